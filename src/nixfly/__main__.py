@@ -1,0 +1,5 @@
+import sys
+
+from nixfly.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fly.io: fly.toml → MachineConfig, the Machines API client, deploy strategies, secrets."""

@@ -1,0 +1,1 @@
+"""Image sinks: an OCI layout, a docker-archive (file or stdout), a registry (``nixfly.registry``)."""
