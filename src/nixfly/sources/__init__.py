@@ -19,7 +19,7 @@ def open_image(location: Location, **registry_options: Any) -> Image:
 
         return read_archive(location)
     assert isinstance(location, RegistryLocation)
-    from nixfly.registry.source import open_remote_image  # type: ignore[import-untyped,unused-ignore]
+    from nixfly.registry.source import open_remote_image  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     img: Image = open_remote_image(location.reference, **registry_options)
     return img
