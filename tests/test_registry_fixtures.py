@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.support.registry import RunningRegistry
+from tests.support.registry_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +52,26 @@ def test_token_registry_accepts_issued_tokens(token_registry: RunningRegistry) -
     anon = httpx.get(issuer.url + "/token", params=params).json()["token"]
     denied = httpx.get(r.url + "/v2/a/b/tags/list", headers={"Authorization": "Bearer " + anon})
     assert denied.status_code == 401
+
+
+def test_fault_proxy_counts_and_injects(fault_proxy: FaultProxy) -> None:
+    p = fault_proxy
+    assert httpx.get(p.url + "/v2/").status_code == 200
+    p.add_fault("status", status=429, retry_after="1", path_contains="/v2/")
+    r = httpx.get(p.url + "/v2/")
+    assert (r.status_code, r.headers["retry-after"]) == (429, "1")
+    start = httpx.post(p.url + "/v2/x/blobs/uploads/")
+    assert start.status_code == 202
+    assert start.headers["location"].startswith(p.url)  # the registry points back through the proxy
+    p.add_fault("reset", method="PATCH", after_bytes=10)
+    with pytest.raises(httpx.TransportError):
+        httpx.patch(
+            start.headers["location"], content=b"x" * 1000, headers={"Content-Type": "application/octet-stream"}
+        )
+    assert [(e.method, e.status, e.fault) for e in p.snapshot()] == [
+        ("GET", 200, None),
+        ("GET", 429, "status"),
+        ("POST", 202, None),
+        ("PATCH", None, "reset"),
+    ]
+    assert p.blob_upload_bytes() == 10

@@ -1,0 +1,250 @@
+"""A loopback HTTP proxy in front of a test registry that counts traffic and injects faults.
+
+The client under test talks to the proxy as if it were the registry (the Host header is passed through,
+so the registry's ``Location`` headers point back at the proxy). Every request is recorded as an
+:class:`Exchange` (method, path, request body bytes, status, injected fault), which lets tests count
+uploaded blob bytes exactly. Faults are queued with :meth:`FaultProxy.add_fault` and consumed in order
+by the first matching requests:
+
+- ``reset``: read ``after_bytes`` of the body (default: all of it), then reset the TCP connection;
+- ``forward_then_reset``: forward the request (the registry acts on it) but reset instead of answering;
+- ``status``: swallow the request and answer ``status`` (500, 429 with ``retry_after``, 503 ...);
+- ``stall``: read the request and then say nothing for ``stall_seconds`` before closing.
+
+Fixture: ``fault_proxy`` (in front of the ``registry`` fixture).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import pytest
+
+from tests.support.registry import RunningRegistry
+
+FaultAction = Literal["reset", "forward_then_reset", "status", "stall"]
+
+
+@dataclass
+class Fault:
+    action: FaultAction
+    method: str | None = None  # match this HTTP method only
+    path_contains: str | None = None  # match paths containing this text only
+    times: int = 1
+    after_bytes: int | None = None  # "reset": how much of the body to read first
+    status: int = 500
+    retry_after: str | None = None
+    stall_seconds: float = 30.0
+    min_body: int = 0  # only requests whose declared body is at least this long
+
+    def matches(self, method: str, path: str, body_len: int) -> bool:
+        return (
+            self.times > 0
+            and (self.method is None or self.method == method)
+            and (self.path_contains is None or self.path_contains in path)
+            and body_len >= self.min_body
+        )
+
+
+@dataclass(frozen=True)
+class Exchange:
+    method: str
+    path: str
+    request_bytes: int  # body bytes received from the client
+    status: int | None  # None when the connection was reset or stalled
+    fault: FaultAction | None
+
+
+@dataclass
+class FaultProxy:
+    upstream: RunningRegistry
+    url: str = ""
+    host: str = ""
+    exchanges: list[Exchange] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def add_fault(self, action: FaultAction, **kw: Any) -> Fault:
+        fault = Fault(action, **kw)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def take_fault(self, method: str, path: str, body_len: int) -> Fault | None:
+        with self.lock:
+            for f in self.faults:
+                if f.matches(method, path, body_len):
+                    f.times -= 1
+                    return f
+        return None
+
+    def record(self, ex: Exchange) -> None:
+        with self.lock:
+            self.exchanges.append(ex)
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.exchanges.clear()
+
+    def snapshot(self) -> list[Exchange]:
+        with self.lock:
+            return list(self.exchanges)
+
+    def blob_upload_bytes(self) -> int:
+        """Body bytes sent to blob upload endpoints (PATCH/PUT under /blobs/uploads/)."""
+        return sum(
+            e.request_bytes for e in self.snapshot() if e.method in ("PATCH", "PUT") and "/blobs/uploads/" in e.path
+        )
+
+    def blob_uploads_completed(self) -> int:
+        """How many blob uploads the registry accepted (PUT ... 201)."""
+        return sum(1 for e in self.snapshot() if e.method == "PUT" and "/blobs/uploads/" in e.path and e.status == 201)
+
+    def manifest_puts(self) -> int:
+        return sum(1 for e in self.snapshot() if e.method == "PUT" and "/manifests/" in e.path)
+
+    def count(self, method: str | None = None, path_contains: str = "") -> int:
+        return sum(1 for e in self.snapshot() if (method is None or e.method == method) and path_contains in e.path)
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+def _reset(sock: socket.socket) -> None:
+    # SO_LINGER with a zero timeout makes close() send RST instead of FIN: a real "connection reset".
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    up_host, _, up_port = proxy.upstream.host.partition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _read_body(self, limit: int | None) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = bytearray()
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return bytes(out)
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                    if limit is not None and len(out) >= limit:
+                        return bytes(out)
+            length = int(self.headers.get("Content-Length") or 0)
+            if limit is not None:
+                length = min(length, limit)
+            return self.rfile.read(length) if length else b""
+
+        def _handle(self) -> None:
+            method, path = self.command, self.path
+            declared = int(self.headers.get("Content-Length") or 0)
+            fault = proxy.take_fault(method, path, declared)
+            if fault is not None and fault.action == "reset":
+                body = self._read_body(fault.after_bytes)
+                proxy.record(Exchange(method, path, len(body), None, "reset"))
+                self.close_connection = True
+                _reset(self.connection)
+                return
+            body = self._read_body(None)
+            if fault is not None and fault.action == "status":
+                proxy.record(Exchange(method, path, len(body), fault.status, "status"))
+                payload = b'{"errors":[{"code":"UNKNOWN","message":"injected fault"}]}'
+                self.send_response(fault.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if fault.retry_after is not None:
+                    self.send_header("Retry-After", fault.retry_after)
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            if fault is not None and fault.action == "stall":
+                proxy.record(Exchange(method, path, len(body), None, "stall"))
+                proxy.release.wait(fault.stall_seconds)
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.close()
+                return
+            conn = http.client.HTTPConnection(up_host, int(up_port), timeout=60)
+            try:
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+                }
+                if body or method in ("PUT", "POST", "PATCH"):
+                    headers["Content-Length"] = str(len(body))
+                conn.request(method, path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                status = resp.status
+                resp_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+            finally:
+                conn.close()
+            if fault is not None and fault.action == "forward_then_reset":
+                proxy.record(Exchange(method, path, len(body), None, "forward_then_reset"))
+                self.close_connection = True
+                _reset(self.connection)
+                return
+            proxy.record(Exchange(method, path, len(body), status, None))
+            self.send_response_only(status, resp.reason)
+            for k, v in resp_headers:
+                if k.lower() != "content-length":
+                    self.send_header(k, v)
+            if method != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            else:
+                self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    return Handler
+
+
+@contextlib.contextmanager
+def start_fault_proxy(upstream: RunningRegistry) -> Iterator[FaultProxy]:
+    """Serve a counting, fault-injecting proxy to ``upstream`` (plain HTTP) on 127.0.0.1."""
+    if upstream.tls:
+        raise ValueError("the fault proxy speaks plain HTTP to its upstream")
+    proxy = FaultProxy(upstream)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(proxy))
+    server.daemon_threads = True
+    port = server.server_address[1]
+    proxy.url, proxy.host = f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"
+    thread = threading.Thread(target=server.serve_forever, name="fault-proxy", daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def fault_proxy(registry: RunningRegistry) -> Iterator[FaultProxy]:
+    """A counting, fault-injecting loopback proxy in front of the ``registry`` fixture."""
+    with start_fault_proxy(registry) as p:
+        yield p
