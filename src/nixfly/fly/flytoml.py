@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nixfly.errors import ConfigError
 
@@ -406,14 +414,18 @@ class Vm(_Model):
     persist_rootfs: Literal["never", "always", "restart"] | None = None
     processes: list[str] | None = None
 
+    @field_validator("memory", "memory_mb")
+    @classmethod
+    def _memory_steps(cls, value: int | str | None) -> int | str | None:
+        # The Machines API allocates memory in 256 MB steps and rejects anything else.
+        if value is not None and (mb := parse_memory_mb(value)) % 256:
+            raise ValueError(f"memory {mb} MB is not a multiple of 256 MB")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Vm:
         if self.size is not None and self.size not in VM_SIZES:
             raise ValueError(f"unknown size {self.size!r}; known sizes: {', '.join(VM_SIZES)}")
-        mb = self.resolved_memory_mb()
-        # The Machines API allocates memory in 256 MB steps and rejects anything else.
-        if mb is not None and mb % 256:
-            raise ValueError(f"memory {mb} MB is not a multiple of 256 MB")
         return self
 
     def resolved_memory_mb(self) -> int | None:
@@ -614,7 +626,7 @@ def parse_fly_toml(
         err = e.errors()[0]
         loc = tuple(x for x in err["loc"] if isinstance(x, str | int))
         loc = _trim_loc(loc)
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be", 1)
         if err["type"] == "missing":
             msg = f"missing required key {loc[-1]!r}"
             loc = loc[:-1]
