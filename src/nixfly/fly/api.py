@@ -1,0 +1,489 @@
+"""A typed client for the Fly Machines REST API (https://docs.machines.dev), sync, on httpx.
+
+Promises:
+- the access token never appears in ``repr``/``str`` of any object here, nor in any error message;
+- requests refused by the rate limiter (429) are retried with backoff (honouring ``Retry-After``),
+  5xx answers and transport failures only for idempotent requests;
+- request shapes follow the published OpenAPI document strictly (lease acquire with a JSON body,
+  one ``state`` query parameter per wanted state, secret delete by path);
+- both shapes of a lease answer (flat ``Lease`` and ``{"status": ..., "data": Lease}``) are accepted,
+  and a body where the spec documents none is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import yaml
+
+from nixfly.errors import ConfigError, DeployError
+
+DEFAULT_API_URL = "https://api.machines.dev/v1"
+API_URL_ENV = "FLY_API_URL"
+TOKEN_ENV = "FLY_API_TOKEN"
+LEASE_NONCE_HEADER = "fly-machine-lease-nonce"
+# Macaroon tokens are sent with the FlyV1 scheme; everything else is a plain Bearer token.
+_MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
+# The longest single /wait the API allows; longer waits are loops of these.
+MAX_WAIT_SECONDS = 60
+
+JSON = dict[str, Any]
+Params = list[tuple[str, str | int | float | bool | None]]
+
+
+class FlyAPIError(DeployError):
+    """The Machines API answered with an error. ``status`` is the HTTP status (0 for transport failures)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LeaseConflict(FlyAPIError):
+    """Somebody else holds the lease on a machine."""
+
+
+class NotFound(FlyAPIError):
+    """The app, machine or secret does not exist (404)."""
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An API token. Its value is only reachable through :meth:`authorization`; repr/str are redacted."""
+
+    _value: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self._value.strip():
+            raise ConfigError("the Fly API token is empty")
+
+    def __str__(self) -> str:
+        return "<redacted token>"
+
+    def authorization(self) -> str:
+        """The ``Authorization`` header value: ``FlyV1 <macaroons,...>`` or ``Bearer <token>``."""
+        raw = self._value.strip()
+        if raw.startswith("FlyV1 "):
+            return raw
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if any(p.startswith(_MACAROON_PREFIXES) for p in parts):
+            return "FlyV1 " + ",".join(parts)
+        return f"Bearer {raw}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of the token (and of each of its macaroons) replaced."""
+        for piece in {self._value.strip(), *self._value.split(",")}:
+            piece = piece.strip()
+            if len(piece) >= 4:
+                text = text.replace(piece, "<redacted>")
+        return text
+
+
+def resolve_token(flag: str | None, *, env: Mapping[str, str] | None = None, home: Path | None = None) -> AccessToken:
+    """The token from ``--access-token``, else ``FLY_API_TOKEN``, else ``~/.fly/config.yml``.
+
+    Raises ConfigError (never naming the token) when none is found or the config file is unreadable.
+    """
+    env = os.environ if env is None else env
+    if flag:
+        return AccessToken(flag)
+    if env.get(TOKEN_ENV, "").strip():
+        return AccessToken(env[TOKEN_ENV])
+    cfg = (home if home is not None else Path.home()) / ".fly" / "config.yml"
+    if cfg.is_file():
+        try:
+            data = yaml.safe_load(cfg.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{cfg}: cannot read ({type(e).__name__})") from None
+        if isinstance(data, dict) and isinstance(data.get("access_token"), str) and data["access_token"]:
+            return AccessToken(data["access_token"])
+    raise ConfigError(f"no Fly API token: pass --access-token, set {TOKEN_ENV}, or log in with flyctl")
+
+
+def resolve_api_url(flag: str | None, *, env: Mapping[str, str] | None = None) -> str:
+    """The API base URL from ``--api-url``, else ``FLY_API_URL``, else the public Machines API."""
+    env = os.environ if env is None else env
+    url = (flag or env.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"Fly API URL {url!r} is not an http(s) URL")
+    return url
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A machine lease as granted by the API."""
+
+    nonce: str
+    expires_at: int | None = None
+    owner: str | None = None
+    description: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> Lease:
+        """Accept the flat ``Lease`` shape and the ``{"status":..., "data": Lease}`` envelope."""
+        if isinstance(body, dict) and isinstance(body.get("data"), dict):
+            body = body["data"]
+        if not isinstance(body, dict) or not isinstance(body.get("nonce"), str) or not body["nonce"]:
+            raise FlyAPIError("the Fly API answered a lease request without a lease nonce")
+        exp = body.get("expires_at")
+        return cls(
+            nonce=body["nonce"],
+            expires_at=exp if isinstance(exp, int) else None,
+            owner=body.get("owner") if isinstance(body.get("owner"), str) else None,
+            description=body.get("description") if isinstance(body.get("description"), str) else None,
+            version=body.get("version") if isinstance(body.get("version"), str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The parts of a Machine object nixfly reasons about; ``config`` is the raw MachineConfig."""
+
+    id: str
+    name: str
+    state: str
+    region: str
+    config: JSON
+    instance_id: str = ""
+    checks: tuple[JSON, ...] = ()
+    events: tuple[JSON, ...] = ()
+
+    @property
+    def process_group(self) -> str:
+        """The fly process group (flyctl's metadata key); machines without one belong to ``app``."""
+        meta = self.config.get("metadata") or {}
+        group = meta.get("fly_process_group") if isinstance(meta, dict) else None
+        return group if isinstance(group, str) and group else "app"
+
+    @property
+    def image(self) -> str:
+        image = self.config.get("image")
+        return image if isinstance(image, str) else ""
+
+    @classmethod
+    def parse(cls, body: Any) -> Machine:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise FlyAPIError("the Fly API answered with a machine object that has no id")
+        raw_config = body.get("config")
+        config: JSON = raw_config if isinstance(raw_config, dict) else {}
+        return cls(
+            id=body["id"],
+            name=str(body.get("name") or ""),
+            state=str(body.get("state") or ""),
+            region=str(body.get("region") or ""),
+            config=config,
+            instance_id=str(body.get("instance_id") or ""),
+            checks=tuple(c for c in body.get("checks") or () if isinstance(c, dict)),
+            events=tuple(e for e in body.get("events") or () if isinstance(e, dict)),
+        )
+
+
+class MachinesAPI:
+    """One Fly Machines API endpoint with one token. Safe to share between threads."""
+
+    def __init__(
+        self,
+        token: AccessToken,
+        base_url: str = DEFAULT_API_URL,
+        *,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 10.0,
+        timeout: float = 75.0,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._token = token
+        self.base_url = base_url.rstrip("/")
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "nixfly"},
+        )
+        self.retries = 0  # how many retried attempts this client made (for progress reporting and tests)
+
+    def __repr__(self) -> str:
+        return f"MachinesAPI(base_url={self.base_url!r}, token=<redacted>)"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> MachinesAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
+        if resp is not None:
+            ra = resp.headers.get("retry-after", "").strip()
+            try:
+                if ra:
+                    return min(max(float(ra), 0.0), self._backoff_cap)
+            except ValueError:
+                pass  # an HTTP-date Retry-After: fall back to our own backoff
+        # Full jitter spreads retries of parallel workers so they do not hit the limiter together.
+        return random.uniform(0, min(self._backoff_cap, self._backoff_base * (2**attempt)))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        json: Any = None,
+        params: Params | None = None,
+        nonce: str | None = None,
+        ok: Sequence[int] = (200, 201, 202, 204),
+    ) -> httpx.Response:
+        """Send one API request, retrying as the module docstring promises; raise FlyAPIError otherwise.
+
+        A 429 is retried for every request because the rate limiter refuses it before it is acted on;
+        a 5xx or a broken connection may have been acted on, so only idempotent requests retry those.
+        """
+        headers = {"Authorization": self._token.authorization()}
+        if nonce is not None:
+            headers[LEASE_NONCE_HEADER] = nonce
+        what = f"{method} {path}"
+        for attempt in range(self._max_attempts):
+            last = attempt == self._max_attempts - 1
+            try:
+                resp = self._client.request(method, path, json=json, params=params, headers=headers)
+            except httpx.HTTPError as e:
+                if idempotent and not last:
+                    self.retries += 1
+                    self._sleep(self._delay(attempt, None))
+                    continue
+                raise FlyAPIError(
+                    self._token.scrub(f"Fly API {what} at {self.base_url}: {type(e).__name__}: {e}")
+                ) from None
+            if resp.status_code in ok:
+                return resp
+            retryable = resp.status_code == 429 or (resp.status_code >= 500 and idempotent)
+            if retryable and not last:
+                self.retries += 1
+                self._sleep(self._delay(attempt, resp))
+                continue
+            raise self._error(what, resp)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, what: str, resp: httpx.Response) -> FlyAPIError:
+        detail = ""
+        try:
+            body = resp.json()
+            if isinstance(body, dict) and body.get("error"):
+                detail = str(body["error"])
+        except ValueError:
+            detail = resp.text[:200]
+        msg = self._token.scrub(f"Fly API {what}: HTTP {resp.status_code}" + (f": {detail}" if detail else ""))
+        if resp.status_code == 404:
+            return NotFound(msg, status=404)
+        if resp.status_code == 409:
+            return LeaseConflict(msg, status=409)
+        if resp.status_code == 401:
+            return FlyAPIError(f"Fly API {what}: HTTP 401: the access token was refused", status=401)
+        return FlyAPIError(msg, status=resp.status_code)
+
+    @staticmethod
+    def _json(resp: httpx.Response, what: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise FlyAPIError(f"Fly API {what}: answer is not JSON") from None
+
+    @staticmethod
+    def _p(*parts: str) -> str:
+        return "/" + "/".join(quote(p, safe="") for p in parts)
+
+    # -- apps --------------------------------------------------------------------------------------
+
+    def get_app(self, app: str) -> JSON | None:
+        """The app object, or None if it does not exist."""
+        try:
+            body = self._json(self.request("GET", self._p("apps", app), idempotent=True), "get app")
+        except NotFound:
+            return None
+        return body if isinstance(body, dict) else {}
+
+    def create_app(self, app: str, org: str) -> None:
+        self.request("POST", "/apps", idempotent=False, json={"name": app, "org_slug": org})
+
+    # -- machines ----------------------------------------------------------------------------------
+
+    def list_machines(self, app: str) -> list[Machine]:
+        """Every machine of ``app`` that is not destroyed."""
+        body = self._json(self.request("GET", self._p("apps", app, "machines"), idempotent=True), "list")
+        if not isinstance(body, list):
+            raise FlyAPIError("Fly API list machines: answer is not a list")
+        machines = [Machine.parse(m) for m in body]
+        return [m for m in machines if m.state not in ("destroyed", "destroying")]
+
+    def get_machine(self, app: str, machine_id: str) -> Machine:
+        resp = self.request("GET", self._p("apps", app, "machines", machine_id), idempotent=True)
+        return Machine.parse(self._json(resp, "get machine"))
+
+    def create_machine(self, app: str, body: JSON) -> Machine:
+        resp = self.request("POST", self._p("apps", app, "machines"), idempotent=False, json=body)
+        return Machine.parse(self._json(resp, "create machine"))
+
+    def update_machine(self, app: str, machine_id: str, body: JSON, *, nonce: str) -> Machine:
+        # Re-sending the same config converges on the same machine version, so a retry is harmless.
+        resp = self.request(
+            "POST", self._p("apps", app, "machines", machine_id), idempotent=True, json=body, nonce=nonce
+        )
+        return Machine.parse(self._json(resp, "update machine"))
+
+    def destroy_machine(self, app: str, machine_id: str, *, nonce: str | None, force: bool = True) -> None:
+        params: Params | None = [("force", "true")] if force else None
+        self.request(
+            "DELETE", self._p("apps", app, "machines", machine_id), idempotent=True, params=params, nonce=nonce
+        )
+
+    def _action(self, app: str, machine_id: str, action: str, nonce: str | None, json: Any = None) -> None:
+        self.request(
+            "POST", self._p("apps", app, "machines", machine_id, action), idempotent=True, nonce=nonce, json=json
+        )
+
+    def start_machine(self, app: str, machine_id: str, *, nonce: str | None) -> None:
+        self._action(app, machine_id, "start", nonce)
+
+    def stop_machine(self, app: str, machine_id: str, *, nonce: str | None) -> None:
+        self._action(app, machine_id, "stop", nonce, json={"signal": "SIGTERM"})
+
+    def cordon_machine(self, app: str, machine_id: str, *, nonce: str | None) -> None:
+        self._action(app, machine_id, "cordon", nonce)
+
+    def uncordon_machine(self, app: str, machine_id: str, *, nonce: str | None) -> None:
+        self._action(app, machine_id, "uncordon", nonce)
+
+    def wait_state(
+        self,
+        app: str,
+        machine_id: str,
+        states: Sequence[str],
+        *,
+        timeout: int = MAX_WAIT_SECONDS,
+        version: str | None = None,
+    ) -> str | None:
+        """One /wait call of at most 60 s. The state reached, or None when the wait timed out (408)."""
+        params: Params = [("state", s) for s in states]  # repeated, as the spec describes
+        params.append(("timeout", str(max(1, min(int(timeout), MAX_WAIT_SECONDS)))))
+        if version:
+            params.append(("version", version))
+        try:
+            resp = self.request(
+                "GET", self._p("apps", app, "machines", machine_id, "wait"), idempotent=True, params=params
+            )
+        except FlyAPIError as e:
+            if e.status == 408:
+                return None
+            raise
+        body = self._json(resp, "wait")
+        state = body.get("state") if isinstance(body, dict) else None
+        return state if isinstance(state, str) else states[0]
+
+    def list_events(self, app: str, machine_id: str, *, limit: int = 20) -> list[JSON]:
+        resp = self.request(
+            "GET",
+            self._p("apps", app, "machines", machine_id, "events"),
+            idempotent=True,
+            params=[("limit", str(limit))],
+        )
+        body = self._json(resp, "events")
+        return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    def acquire_lease(self, app: str, machine_id: str, *, ttl: int, description: str) -> Lease:
+        """A new lease; LeaseConflict when another holder has one."""
+        resp = self.request(
+            "POST",
+            self._p("apps", app, "machines", machine_id, "lease"),
+            idempotent=False,
+            json={"ttl": ttl, "description": description},
+        )
+        return Lease.parse(self._json(resp, "acquire lease"))
+
+    def refresh_lease(self, app: str, machine_id: str, *, nonce: str, ttl: int) -> Lease:
+        resp = self.request(
+            "POST",
+            self._p("apps", app, "machines", machine_id, "lease"),
+            idempotent=True,
+            json={"ttl": ttl},
+            nonce=nonce,
+        )
+        return Lease.parse(self._json(resp, "refresh lease"))
+
+    def get_lease(self, app: str, machine_id: str) -> Lease | None:
+        try:
+            resp = self.request("GET", self._p("apps", app, "machines", machine_id, "lease"), idempotent=True)
+        except NotFound:
+            return None
+        return Lease.parse(self._json(resp, "get lease"))
+
+    def release_lease(self, app: str, machine_id: str, *, nonce: str) -> None:
+        """Release a lease; a machine or lease that is already gone counts as released."""
+        with contextlib.suppress(NotFound):
+            self.request("DELETE", self._p("apps", app, "machines", machine_id, "lease"), idempotent=True, nonce=nonce)
+
+    # -- volumes -----------------------------------------------------------------------------------
+
+    def list_volumes(self, app: str) -> list[JSON]:
+        body = self._json(self.request("GET", self._p("apps", app, "volumes"), idempotent=True), "volumes")
+        return [v for v in body if isinstance(v, dict)] if isinstance(body, list) else []
+
+    def create_volume(self, app: str, *, name: str, region: str, size_gb: int) -> JSON:
+        resp = self.request(
+            "POST",
+            self._p("apps", app, "volumes"),
+            idempotent=False,
+            json={"name": name, "region": region, "size_gb": size_gb},
+        )
+        body = self._json(resp, "create volume")
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise FlyAPIError("Fly API create volume: answer has no volume id")
+        return body
+
+    # -- secrets -----------------------------------------------------------------------------------
+
+    def list_secrets(self, app: str) -> list[JSON]:
+        """Secret names and digests (never values: show_secrets is not requested)."""
+        body = self._json(self.request("GET", self._p("apps", app, "secrets"), idempotent=True), "secrets")
+        items = body.get("secrets") if isinstance(body, dict) else None
+        return [s for s in items if isinstance(s, dict)] if isinstance(items, list) else []
+
+    def update_secrets(self, app: str, values: Mapping[str, str]) -> int:
+        """Set several secrets at once; the new secrets version."""
+        resp = self.request("POST", self._p("apps", app, "secrets"), idempotent=True, json={"values": dict(values)})
+        return self._version(self._json(resp, "set secrets"))
+
+    def delete_secret(self, app: str, name: str) -> int:
+        """Unset one secret; the new secrets version."""
+        resp = self.request("DELETE", self._p("apps", app, "secrets", name), idempotent=True)
+        return self._version(self._json(resp, "unset secret"))
+
+    @staticmethod
+    def _version(body: Any) -> int:
+        if isinstance(body, dict):
+            for key in ("version", "Version"):
+                if isinstance(body.get(key), int):
+                    return int(body[key])
+        raise FlyAPIError("the Fly API answered a secrets change without a secrets version")
