@@ -1,0 +1,164 @@
+"""The build service: closure → layer plan → layers → image. No network; returns an ``Image``.
+
+This is the one place that strings the stages together; sinks (layout, archive, registry) consume
+its result without knowing how it was made.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nixfly.cache import BlobCache
+from nixfly.closure import Closure, resolve_closure
+from nixfly.compress import make_compressor
+from nixfly.customise import customise
+from nixfly.errors import UsageError
+from nixfly.image import Image, canonical_json
+from nixfly.layering import plan_layers
+from nixfly.layers import BuiltLayer, LayerSettings, LayerSpec, build_layers
+from nixfly.spec import ImageSpec
+from nixfly.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm", "riscv64": "riscv64"}
+DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: Image
+    layers: tuple[BuiltLayer, ...]
+    closure: Closure
+    seconds: float
+
+    @property
+    def built_count(self) -> int:
+        return sum(1 for b in self.layers if b.built)
+
+
+def source_date_epoch() -> int:
+    v = os.environ.get("SOURCE_DATE_EPOCH")
+    if v is None:
+        return DEFAULT_MTIME
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH={v!r} is not a whole number of seconds") from None
+
+
+def platform_of(spec: ImageSpec, closure: Closure) -> tuple[str, str]:
+    """(architecture, os) from the closure's Nix system, else the host; the spec overrides both."""
+    system = closure.system or f"{platform.machine()}-{platform.system().lower()}"
+    arch_s, _, os_s = system.partition("-")
+    arch = spec.architecture or _ARCH.get(arch_s, arch_s)
+    os_name = spec.os or os_s
+    return arch, os_name
+
+
+def perm_rules(spec: ImageSpec) -> tuple[PermRule, ...]:
+    return tuple(
+        compile_perm_rule(
+            p.path, p.regex, uid=p.uid, gid=p.gid, mode=p.mode, uname=p.uname, gname=p.gname, where=f"perms[{i}]"
+        )
+        for i, p in enumerate(spec.perms)
+    )
+
+
+def _describe(paths: tuple[str, ...], limit: int = 12) -> str:
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def image_config(spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], env_extra: dict[str, str]) -> bytes:
+    created = datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    arch, os_name = platform_of(spec, closure)
+    env = {"PATH": DEFAULT_PATH, **env_extra, **spec.env}
+    cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
+    if spec.entrypoint is not None:
+        cfg["Entrypoint"] = spec.entrypoint
+    if spec.cmd is not None:
+        cfg["Cmd"] = spec.cmd
+    if spec.workdir:
+        cfg["WorkingDir"] = spec.workdir
+    if spec.user:
+        cfg["User"] = spec.user
+    if spec.ports:
+        cfg["ExposedPorts"] = {p: {} for p in spec.ports}
+    if spec.volumes:
+        cfg["Volumes"] = {v: {} for v in spec.volumes}
+    if spec.labels:
+        cfg["Labels"] = dict(spec.labels)
+    if spec.stop_signal:
+        cfg["StopSignal"] = spec.stop_signal
+    history = []
+    for b in layers:
+        what = (
+            f"store paths: {_describe(b.spec.store_paths)}" if b.spec.store_paths else f"nixfly {b.spec.kind} layer"
+        )
+        history.append({"created": created, "created_by": f"nixfly ({b.spec.kind} layer)", "comment": what})
+    return canonical_json(
+        {
+            "architecture": arch,
+            "os": os_name,
+            "created": created,
+            "config": cfg,
+            "rootfs": {"type": "layers", "diff_ids": [b.layer.diff_id for b in layers]},
+            "history": history,
+        }
+    )
+
+
+def build_image(
+    spec: ImageSpec,
+    *,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    on_plan: Callable[[list[LayerSpec], list[int]], None] | None = None,
+    on_layer: Callable[[int, BuiltLayer], None] | None = None,
+) -> BuildResult:
+    """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests."""
+    t0 = time.monotonic()
+    closure = resolve_closure(spec.roots, closure_file=Path(spec.closure_file) if spec.closure_file else None)
+    cust = customise(spec, closure)
+    has_custom = bool(cust.entries)
+    plan = plan_layers(
+        closure,
+        algorithm=spec.layers.algorithm,
+        max_layers=spec.layers.max_layers,
+        reserved=1 if has_custom else 0,
+        explicit=spec.layers.explicit,
+        roots_on_top=spec.layers.roots_on_top,
+    )
+    specs: list[LayerSpec] = []
+    placed: set[str] = set()
+    for g in plan.groups:
+        extra = tuple(e for p in g.paths for e in cust.root_entries.get(p, []))
+        placed.update(p for p in g.paths if p in cust.root_entries)
+        specs.append(LayerSpec(g.paths, extra, g.kind))
+    leftover = [e for r, es in sorted(cust.root_entries.items()) if r not in placed for e in es]
+    if has_custom or leftover:
+        specs.append(LayerSpec((), tuple(cust.entries + leftover), "customisation"))
+    weights = [sum(closure.paths[p].nar_size for p in s.store_paths) + 4096 * len(s.extra) for s in specs]
+    if on_plan is not None:
+        on_plan(specs, weights)
+    settings = LayerSettings(
+        compressor=make_compressor(spec.layers.compression, spec.layers.level),
+        mtime=source_date_epoch(),
+        rules=perm_rules(spec),
+        store_dir=closure.store_dir,
+        workers=workers or os.cpu_count() or 1,
+    )
+    built = build_layers(specs, settings, BlobCache(cache_dir), weights=weights, on_done=on_layer)
+    config = image_config(spec, closure, built, cust.env)
+    annotations = {}
+    if spec.annotations:
+        annotations.update(spec.annotations)
+    image = Image(config, tuple(b.layer for b in built), spec.format, annotations)
+    return BuildResult(image, tuple(built), closure, time.monotonic() - t0)

@@ -1,0 +1,113 @@
+"""The content-addressed blob store and layer index under the XDG cache dir.
+
+``blobs/sha256/<hex>`` holds compressed layer blobs that nixfly made; ``layers/<key>.json`` remembers,
+for a key derived from what cannot change (sorted store paths, compressor identity, ownership rules,
+mtime), which blob that layer is. Every write is temp file + atomic rename, so concurrent builds and
+``kill -9`` never leave a truncated blob under a final name; on reuse the blob's size is checked, and
+its digest too unless its inode/size/mtime are exactly those recorded right after it was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nixfly.digest import digest_hex, file_digest
+from nixfly.errors import NixflyError
+from nixfly.image import canonical_json
+from nixfly.mediatypes import Compression
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nixfly"
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    digest: str
+    diff_id: str
+    size: int
+    uncompressed_size: int
+    compression: Compression
+    path: Path
+
+
+class BlobCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.blobs = self.root / "blobs" / "sha256"
+        self.index = self.root / "layers"
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self.index.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.root / "tmp"
+            self.tmp.mkdir(exist_ok=True)
+        except OSError as e:
+            raise NixflyError(f"cannot use cache dir {self.root}: {e.strerror}") from None
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / digest_hex(digest)
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        return hashlib.sha256(canonical_json(parts)).hexdigest()
+
+    @contextlib.contextmanager
+    def new_blob(self) -> Iterator[tuple[BinaryIO, list[Path]]]:
+        """A temp file for a blob being written; ``commit`` moves it to its digest name."""
+        fd, name = tempfile.mkstemp(prefix="blob.", dir=self.tmp)
+        holder = [Path(name)]
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f, holder
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(holder[0])
+
+    def commit(self, tmp: Path, digest: str) -> Path:
+        dst = self.blob_path(digest)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dst)  # identical content if another build raced us: replacing is harmless
+        return dst
+
+    def remember(self, key: str, layer: CachedLayer) -> None:
+        st = os.stat(layer.path)
+        rec = {
+            "digest": layer.digest,
+            "diff_id": layer.diff_id,
+            "size": layer.size,
+            "uncompressed_size": layer.uncompressed_size,
+            "compression": layer.compression,
+            "stat": [st.st_ino, st.st_size, st.st_mtime_ns],
+        }
+        fd, tmp = tempfile.mkstemp(prefix="layer.", dir=self.tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(canonical_json(rec))
+        os.replace(tmp, self.index / f"{key}.json")
+
+    def lookup(self, key: str) -> CachedLayer | None:
+        """The cached layer for ``key``, or None if unknown or its blob is missing or corrupt."""
+        try:
+            rec = json.loads((self.index / f"{key}.json").read_bytes())
+            digest = rec["digest"]
+            path = self.blob_path(digest)
+            st = os.stat(path)
+        except (OSError, ValueError, KeyError, NixflyError):
+            return None
+        if st.st_size != rec["size"]:
+            return None
+        if rec.get("stat") != [st.st_ino, st.st_size, st.st_mtime_ns]:
+            actual, _ = file_digest(path)
+            if actual != digest:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                return None
+        return CachedLayer(digest, rec["diff_id"], rec["size"], rec["uncompressed_size"], rec["compression"], path)

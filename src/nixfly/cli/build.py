@@ -1,0 +1,235 @@
+"""``nixfly build``: a Nix closure → a reproducible layered image, written to a layout or archive
+(and pushed, with ``--push``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nixfly.build import BuildResult, build_image
+from nixfly.cli.app import cli
+from nixfly.cli.common import emit_json, human_size, parse_command, parse_kv, show_progress, stderr_console
+from nixfly.errors import UsageError
+from nixfly.layers import BuiltLayer, LayerSpec
+from nixfly.sinks.archive import write_archive
+from nixfly.sinks.layout import write_layout
+from nixfly.spec import FileSpec, ImageSpec, PermSpec, load_spec
+from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
+
+
+def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
+    upd: dict[str, Any] = {}
+    if roots:
+        upd["roots"] = list(roots)
+    if o["closure_file"]:
+        upd["closure_file"] = o["closure_file"]
+    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format"):
+        if o.get(key) is not None:
+            upd[key] = o[key]
+    if o["entrypoint"] is not None:
+        upd["entrypoint"] = parse_command(o["entrypoint"], "--entrypoint")
+    if o["cmd"] is not None:
+        upd["cmd"] = parse_command(o["cmd"], "--cmd")
+    if o["env"]:
+        upd["env"] = {**base.env, **parse_kv(o["env"], "--env")}
+    if o["label"]:
+        upd["labels"] = {**base.labels, **parse_kv(o["label"], "--label")}
+    if o["annotation"]:
+        upd["annotations"] = {**base.annotations, **parse_kv(o["annotation"], "--annotation")}
+    if o["port"]:
+        upd["ports"] = [*base.ports, *o["port"]]
+    if o["volume"]:
+        upd["volumes"] = [*base.volumes, *o["volume"]]
+    if o["add"]:
+        files = list(base.files)
+        for a in o["add"]:
+            src, sep, dest = a.rpartition(":")
+            if not sep or not src or not dest.startswith("/"):
+                raise UsageError(f"--add {a!r} must look like SRC:/image/path")
+            files.append(FileSpec(src=str(Path(src).resolve()), dest=dest))
+        upd["files"] = files
+    if o["perm"]:
+        perms = list(base.perms)
+        for p in o["perm"]:
+            # PATH=UID:GID[:MODE]
+            path, sep, rest = p.partition("=")
+            bits = rest.split(":")
+            if not sep or len(bits) not in (2, 3) or not all(b.isdigit() for b in bits[:2]):
+                raise UsageError(f"--perm {p!r} must look like /path=UID:GID[:MODE]")
+            mode = int(bits[2], 8) if len(bits) == 3 else None
+            perms.append(PermSpec(path=path, uid=int(bits[0]), gid=int(bits[1]), mode=mode))
+        upd["perms"] = perms
+    for flag in ("bin_sh", "usr_bin_env"):
+        if o[flag]:
+            upd[flag] = True
+    if o["no_contents"]:
+        upd["contents"] = base.contents.model_copy(update={"roots": False})
+    lay: dict[str, Any] = {}
+    for key, name in (("max_layers", "max_layers"), ("layering", "algorithm"), ("compression", "compression")):
+        if o[key] is not None:
+            lay[name] = o[key]
+    if o["level"] is not None:
+        lay["level"] = o["level"]
+    if o["layer"]:
+        lay["explicit"] = [*base.layers.explicit, *[[p for p in x.split(",") if p] for x in o["layer"]]]
+    merged = base.model_dump()
+    merged.update(upd)
+    if lay:
+        merged["layers"] = {**base.layers.model_dump(), **lay}
+    try:
+        return ImageSpec.model_validate(merged)
+    except Exception as e:  # pydantic ValidationError: report the first problem on one line
+        errs = getattr(e, "errors", None)
+        if callable(errs):
+            first = errs()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            raise UsageError(f"{loc}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise
+
+
+def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, Any]:
+    img = result.image
+    layers = []
+    for b in result.layers:
+        layers.append(
+            {
+                "digest": b.layer.digest,
+                "diff_id": b.layer.diff_id,
+                "size": b.layer.size,
+                "uncompressed_size": b.layer.uncompressed_size,
+                "kind": b.spec.kind,
+                "store_paths": list(b.spec.store_paths),
+                "built": b.built,
+            }
+        )
+    return {
+        "digest": digest,
+        "config_digest": img.config_digest,
+        "format": img.format,
+        "output": output,
+        "layers": layers,
+        "totals": {
+            "layers": len(layers),
+            "size": sum(x["size"] for x in layers),
+            "uncompressed_size": sum(x["uncompressed_size"] or 0 for x in layers),
+            "built": result.built_count,
+            "reused": len(layers) - result.built_count,
+            "store_paths": len(result.closure.paths),
+        },
+        "seconds": round(result.seconds, 3),
+    }
+
+
+@cli.command()
+@click.argument("roots", nargs=-1)
+@click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Image definition (nixfly.toml).")
+@click.option("--closure-file", help="Closure metadata (path-info JSON, exportReferencesGraph, closureInfo).")
+@click.option("--max-layers", type=int, help="Maximum number of layers (default 100, at most 127).")
+@click.option("--layering", type=click.Choice(["popularity", "auto"]), help="Layering algorithm (default auto).")
+@click.option("--layer", multiple=True, help="An explicit layer: store paths or name globs, comma-separated.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), help="Layer compression (default gzip).")
+@click.option("--level", type=int, help="Compression level (gzip 0-3, zstd 1-19).")
+@click.option("--format", "format", type=click.Choice(["oci", "v2s2"]), help="Manifest format (default oci).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Layer cache (default $XDG_CACHE_HOME/nixfly).")
+@click.option("--entrypoint", help='Entrypoint, as shell words or a JSON array.')
+@click.option("--cmd", help="Cmd, as shell words or a JSON array.")
+@click.option("-e", "--env", multiple=True, help="KEY=VALUE environment variable (repeatable).")
+@click.option("--workdir", help="Working directory.")
+@click.option("--user", help="User (name or uid[:gid]).")
+@click.option("--port", multiple=True, help="Exposed port, e.g. 8080 or 8080/tcp (repeatable).")
+@click.option("--volume", multiple=True, help="Volume path (repeatable).")
+@click.option("--label", multiple=True, help="KEY=VALUE label (repeatable).")
+@click.option("--annotation", multiple=True, help="KEY=VALUE manifest annotation (repeatable).")
+@click.option("--stop-signal", help="Stop signal, e.g. SIGTERM.")
+@click.option("--arch", "architecture", help="Override the architecture (default: from the closure's system).")
+@click.option("--os", "os", help="Override the OS (default: from the closure's system).")
+@click.option("--add", multiple=True, help="Extra file or directory SRC:/image/path (repeatable).")
+@click.option("--perm", multiple=True, help="Ownership/mode rule /path=UID:GID[:MODE] (repeatable).")
+@click.option("--bin-sh", is_flag=True, help="Link /bin/sh to a shell from the closure.")
+@click.option("--usr-bin-env", is_flag=True, help="Link /usr/bin/env from the closure.")
+@click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
+@click.option("--name", help="Image name (for archives' RepoTags).")
+@click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
+@click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
+def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
+    """Build ROOTS (store paths, ./result links, flake installables like .#app) into a layered image."""
+    cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
+    base = load_spec(cfg) if cfg else ImageSpec()
+    spec = _merge_spec(base, roots, {**o, "format": o["format"]})
+    if not spec.roots:
+        raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
+    push_refs: tuple[str, ...] = o["push_refs"]
+    if output is None and not push_refs:
+        raise UsageError("say where the image goes: -o oci:DIR[:TAG], -o docker-archive:FILE, -o -, or --push REF")
+    dest = parse_location(output) if output else None
+    if isinstance(dest, RegistryLocation):
+        raise UsageError(f"-o {output}: use --push to send the image to a registry")
+    if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
+        raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
+    json_out: bool = o["json_out"]
+    quiet: bool = o["quiet"]
+    con = stderr_console()
+    progress = None
+    if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            console=con, transient=True,
+        )  # fmt: skip
+    task: list[Any] = []
+    weights: list[int] = []
+
+    def on_plan(specs: list[LayerSpec], w: list[int]) -> None:
+        weights.extend(w)
+        if progress is not None:
+            progress.start()
+            task.append(progress.add_task(f"building {len(specs)} layers", total=sum(w)))
+
+    def on_layer(i: int, b: BuiltLayer) -> None:
+        if progress is not None and task:
+            progress.advance(task[0], weights[i])
+
+    try:
+        result = build_image(
+            spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
+            on_plan=on_plan, on_layer=on_layer,
+        )  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.stop()
+    image = result.image
+    digest = image.manifest_digest()
+    tag = spec.tag or "latest"
+    if isinstance(dest, LayoutLocation):
+        write_layout(image, dest)
+    elif isinstance(dest, ArchiveLocation):
+        name = dest.name or (f"{spec.name}:{tag}" if spec.name else None)
+        write_archive(image, ArchiveLocation(dest.path, name))
+    summary = _summary(result, str(dest) if dest else None, digest)
+    if push_refs:
+        from nixfly.registry.push import push_image  # type: ignore[import-not-found,unused-ignore]
+
+        pushed = push_image(image, list(push_refs))
+        summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
+    if json_out:
+        emit_json(summary)
+        return
+    t = summary["totals"]
+    if not quiet:
+        con.print(
+            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
+            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
+            + (f" → {dest}" if dest else "")
+        )
+        if "pushed" in summary:
+            con.print(f"pushed {summary['pushed']['reference']}")
+    if not (isinstance(dest, ArchiveLocation) and dest.path is None):
+        click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
+    else:
+        sys.stderr.write(digest + "\n")

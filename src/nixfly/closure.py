@@ -1,0 +1,278 @@
+"""The source stage: a Nix closure (store paths, sizes, references) and the roots a user asked for.
+
+Closure metadata comes from ``nix path-info --json --recursive`` (Nix 2.8 gives a list, newer Nix an
+object keyed by path: both are accepted), from an ``exportReferencesGraph`` file (classic text or
+``__structuredAttrs`` JSON), or from a ``closureInfo`` directory, so nixfly also works inside a Nix
+build where no nix CLI runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nixfly.errors import ClosureError, UsageError
+
+STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
+_STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
+
+
+@dataclass(frozen=True)
+class StorePath:
+    path: str
+    nar_size: int
+    references: tuple[str, ...]  # without the path itself, sorted
+    deriver: str | None = None
+
+    @property
+    def base(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def hash(self) -> str:
+        return self.base.split("-", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.base.split("-", 1)[1] if "-" in self.base else self.base
+
+
+@dataclass(frozen=True)
+class Closure:
+    roots: tuple[str, ...]
+    paths: Mapping[str, StorePath]
+    system: str | None = None
+    store_dir: str = field(default=STORE_DIR)
+
+    def referrers(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {p: set() for p in self.paths}
+        for sp in self.paths.values():
+            for r in sp.references:
+                out[r].add(sp.path)
+        return out
+
+    def closure_of(self, roots: Iterable[str]) -> set[str]:
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            stack.extend(self.paths[p].references)
+        return seen
+
+    def total_size(self) -> int:
+        return sum(sp.nar_size for sp in self.paths.values())
+
+
+def is_store_path(p: str, store_dir: str = STORE_DIR) -> bool:
+    head, _, base = p.rstrip("/").rpartition("/")
+    return head == store_dir and bool(_STORE_NAME.match(base))
+
+
+def to_store_path(p: str, store_dir: str = STORE_DIR) -> str:
+    """The top-level store path for ``p`` (a store path, a file inside one, or a ``./result`` link)."""
+    if not os.path.lexists(p):
+        raise ClosureError(f"{p}: no such file or store path")
+    real = os.path.realpath(p)
+    prefix = store_dir.rstrip("/") + "/"
+    if not real.startswith(prefix):
+        raise ClosureError(f"{p} is not in the Nix store ({store_dir}); pass a store path or a ./result link")
+    top = prefix + real[len(prefix) :].split("/", 1)[0]
+    if not is_store_path(top, store_dir):
+        raise ClosureError(f"{p} resolves to {top}, which is not a valid store path name")
+    return top
+
+
+def _check_entry(path: Any, where: str, store_dir: str) -> str:
+    if not isinstance(path, str) or not is_store_path(path, store_dir):
+        raise ClosureError(f"{where}: {path!r} is not a store path")
+    return path
+
+
+def parse_path_info(data: Any, where: str = "closure JSON", store_dir: str = STORE_DIR) -> dict[str, StorePath]:
+    """Parse ``nix path-info --json`` output in either shape (list of objects, or object keyed by path),
+    or a structuredAttrs ``exportReferencesGraph`` JSON (``{"graph": [...]}``)."""
+    items: list[tuple[str, Any]]
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()) and len(data) == 1:
+        data = next(iter(data.values()))  # structuredAttrs: {"<name>": [ ... ]}
+    if isinstance(data, list):
+        items = []
+        for i, obj in enumerate(data):
+            if not isinstance(obj, dict) or "path" not in obj:
+                raise ClosureError(f"{where}: entry {i} has no 'path'")
+            items.append((obj["path"], obj))
+    elif isinstance(data, dict):
+        items = list(data.items())
+    else:
+        raise ClosureError(f"{where}: expected a list or an object of store paths")
+    out: dict[str, StorePath] = {}
+    for path, obj in items:
+        path = _check_entry(path, where, store_dir)
+        if obj is None:
+            raise ClosureError(f"{where}: {path} is not valid in the store")
+        if not isinstance(obj, dict):
+            raise ClosureError(f"{where}: {path}: expected an object")
+        refs = obj.get("references", [])
+        size = obj.get("narSize", 0)
+        if not isinstance(refs, list) or not isinstance(size, int) or size < 0:
+            raise ClosureError(f"{where}: {path}: 'references' must be a list and 'narSize' a number")
+        # Newer Nix may print references as bare base names.
+        full = [r if r.startswith("/") else f"{store_dir}/{r}" for r in refs if isinstance(r, str)]
+        for r in full:
+            _check_entry(r, where, store_dir)
+        deriver = obj.get("deriver") if isinstance(obj.get("deriver"), str) else None
+        out[path] = StorePath(path, size, tuple(sorted(set(full) - {path})), deriver)
+    return out
+
+
+def parse_registration(text: str, where: str, store_dir: str = STORE_DIR) -> dict[str, StorePath]:
+    """Parse the line format of ``closureInfo``'s ``registration`` (path, hash, size, deriver, n, refs…)
+    and of classic ``exportReferencesGraph`` (path, deriver, n, refs…)."""
+    lines = text.split("\n")
+    out: dict[str, StorePath] = {}
+    i = 0
+    try:
+        while i < len(lines) and lines[i]:
+            path = _check_entry(lines[i], where, store_dir)
+            i += 1
+            size = 0
+            if re.match(r"^(sha256:)?[0-9a-z]{52}$|^[0-9a-f]{64}$", lines[i]):
+                i += 1
+                size = int(lines[i])
+                i += 1
+            i += 1  # deriver (may be empty)
+            n = int(lines[i])
+            i += 1
+            refs = [_check_entry(r, where, store_dir) for r in lines[i : i + n]]
+            if len(refs) != n:
+                raise IndexError
+            i += n
+            out[path] = StorePath(path, size, tuple(sorted(set(refs) - {path})))
+    except (IndexError, ValueError):
+        raise ClosureError(f"{where}: malformed reference graph near line {i + 1}") from None
+    if not out:
+        raise ClosureError(f"{where}: no store paths in the reference graph")
+    return out
+
+
+def load_closure_file(path: Path, store_dir: str = STORE_DIR) -> dict[str, StorePath]:
+    """Closure metadata from a file: path-info JSON, structuredAttrs JSON, a registration / classic
+    exportReferencesGraph file, or a closureInfo directory (its ``registration``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "registration"
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ClosureError(f"cannot read closure file {path}: {e.strerror}") from None
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ClosureError(f"{path}: malformed closure JSON ({e.msg} at line {e.lineno})") from None
+        return parse_path_info(data, str(path), store_dir)
+    return parse_registration(text, str(path), store_dir)
+
+
+def _run_nix(args: Sequence[str], what: str) -> str:
+    try:
+        proc = subprocess.run(["nix", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ClosureError(f"{what}: the nix command is not installed (use --closure-file instead)") from None
+    if proc.returncode != 0:
+        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ClosureError(f"{what} failed: {last[-1] if last else 'exit ' + str(proc.returncode)}")
+    return proc.stdout
+
+
+def nix_build_installable(installable: str) -> list[str]:
+    """Build a flake installable (``.#app``) with ``nix build --json --no-link``; its output paths."""
+    out = _run_nix(["build", "--json", "--no-link", installable], f"nix build {installable}")
+    try:
+        results = json.loads(out)
+        return sorted({p for r in results for p in r["outputs"].values()})
+    except (ValueError, KeyError, TypeError):
+        raise ClosureError(f"nix build {installable}: unexpected output") from None
+
+
+def query_path_info(roots: Sequence[str], store_dir: str = STORE_DIR) -> dict[str, StorePath]:
+    out = _run_nix(["path-info", "--json", "--recursive", *roots], "nix path-info")
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise ClosureError("nix path-info printed malformed JSON") from None
+    return parse_path_info(data, "nix path-info", store_dir)
+
+
+def _dir_size(path: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def resolve_closure(
+    roots: Sequence[str],
+    *,
+    closure_file: Path | None = None,
+    store_dir: str = STORE_DIR,
+    system: str | None = None,
+) -> Closure:
+    """Resolve user-given roots (store paths, ``./result`` links, flake installables like ``.#app``)
+    and their full closure; check every path exists on disk."""
+    if not roots:
+        raise UsageError("nothing to build: give at least one store path, ./result link or flake installable")
+    store_roots: list[str] = []
+    for r in roots:
+        if "#" in r and not os.path.lexists(r):
+            store_roots.extend(nix_build_installable(r))
+        else:
+            store_roots.append(to_store_path(r, store_dir))
+    store_roots = sorted(set(store_roots), key=store_roots.index)
+    if closure_file is not None:
+        paths = load_closure_file(closure_file, store_dir)
+    else:
+        paths = query_path_info(store_roots, store_dir)
+    for r in store_roots:
+        if r not in paths:
+            raise ClosureError(f"{r} is not in the closure metadata")
+    closure = Closure(tuple(store_roots), paths, system, store_dir)
+    needed = closure.closure_of(store_roots)
+    for p in sorted(needed):
+        for ref in paths[p].references:
+            if ref not in paths:
+                raise ClosureError(f"closure metadata is incomplete: {p} references {ref}, which is not listed")
+    sized: dict[str, StorePath] = {}
+    for p in sorted(needed):
+        if not os.path.lexists(p):
+            raise ClosureError(f"store path {p} is missing on disk (run nix-store --realise {p})")
+        sp = paths[p]
+        if sp.nar_size == 0:
+            size = _dir_size(p) if os.path.isdir(p) else os.lstat(p).st_size
+            sp = StorePath(sp.path, size, sp.references, sp.deriver)
+        sized[p] = sp
+    return Closure(tuple(store_roots), sized, system or _system_of(sized[store_roots[0]]), store_dir)
+
+
+def _system_of(sp: StorePath) -> str | None:
+    """The Nix system (e.g. x86_64-linux) a path was built for, read from its .drv when present."""
+    if not sp.deriver:
+        return None
+    try:
+        text = Path(sp.deriver).read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r'\],"([a-z0-9_]+-[a-z]+)","', text)
+    return m.group(1) if m else None

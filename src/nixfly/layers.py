@@ -1,0 +1,217 @@
+"""The layers stage: turn a layer plan into compressed, cached layer blobs — one pass per layer.
+
+A layer is remembered by a key made of what cannot change: its sorted store paths (store paths are
+immutable once built), the digest of any extra entries, the compressor identity and level, the mtime,
+and the perms rules. A rebuild after one path changed writes only that path's layer; an unchanged
+rebuild writes nothing. Layers are built in parallel threads (hashing, compression and file reads
+release the GIL); the bytes of each layer never depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nixfly.cache import BlobCache, CachedLayer
+from nixfly.compress import Compressor
+from nixfly.errors import NixflyError
+from nixfly.image import BlobLayer
+from nixfly.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter
+
+LAYER_FORMAT = 1  # bump when the tar layout changes, so old cache entries are not reused
+
+Owner = tuple[int, int, str, str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A non-store entry of a layer. ``path`` is absolute ("/etc/passwd"). For ``tree`` entries, ``src``
+    is a file or directory on disk copied (recursively, in name order) to ``path``."""
+
+    kind: Literal["dir", "file", "symlink", "tree"]
+    path: str
+    mode: int = 0o755
+    data: bytes = b""
+    target: str = ""
+    src: str = ""
+    owner: Owner | None = None
+
+    def fingerprint(self, h: hashlib._Hash) -> None:
+        h.update(repr((self.kind, self.path, self.mode, self.target, self.src, self.owner)).encode())
+        h.update(hashlib.sha256(self.data).digest())
+        if self.kind == "tree":
+            _fingerprint_tree(os.fsencode(self.src), h)
+
+
+def _fingerprint_tree(src: bytes, h: hashlib._Hash) -> None:
+    try:
+        st = os.lstat(src)
+    except OSError as e:
+        raise NixflyError(f"cannot read {os.fsdecode(src)}: {e.strerror}") from None
+    h.update(b"%s %o %d\n" % (src, st.st_mode, st.st_size))
+    if os.path.islink(src):
+        h.update(os.readlink(src))
+    elif os.path.isdir(src):
+        for c in sorted(os.listdir(src)):
+            _fingerprint_tree(src + b"/" + c, h)
+    else:
+        with open(src, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    store_paths: tuple[str, ...] = ()
+    extra: tuple[Entry, ...] = ()
+    kind: str = "store"
+    comment: str = ""
+
+    def extra_digest(self) -> str:
+        h = hashlib.sha256()
+        for e in self.extra:
+            e.fingerprint(h)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    compressor: Compressor
+    mtime: int = DEFAULT_MTIME
+    rules: tuple[PermRule, ...] = ()
+    store_dir: str = "/nix/store"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def key(self, spec: LayerSpec) -> str:
+        return BlobCache.key(
+            {
+                "format": LAYER_FORMAT,
+                "paths": sorted(spec.store_paths),
+                "extra": spec.extra_digest() if spec.extra else "",
+                "compressor": self.compressor.identity,
+                "mtime": self.mtime,
+                "rules": [r.describe() for r in self.rules],
+                "store": self.store_dir,
+            }
+        )
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _sort_key(e: Entry) -> tuple[bytes, ...]:
+    # Per-directory name order (like GNU tar --sort=name): compare path components, not whole strings.
+    return tuple(e.path.strip("/").encode().split(b"/"))
+
+
+def _write_entries(tw: TarWriter, entries: Sequence[Entry], declared_dirs: set[str]) -> None:
+    for e in entries:
+        name = e.path.strip("/").encode()
+        if e.kind == "dir":
+            tw.add_dir(name, e.mode, e.owner)
+        elif e.kind == "file":
+            tw.add_bytes(name, e.data, e.mode, e.owner)
+        elif e.kind == "symlink":
+            tw.add_symlink(name, e.target.encode(), e.owner)
+        else:
+            tw.add_tree(os.fsencode(e.src), name)
+
+
+def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str) -> None:
+    """Emit the entries of ``spec`` in name order: extra entries sorting before the store tree, the
+    store tree (``/nix``, ``/nix/store`` first, then each path), then the remaining extra entries."""
+    store_rel = store_dir.strip("/")
+    extra = sorted(spec.extra, key=_sort_key)
+    declared = {e.path.strip("/") for e in extra if e.kind == "dir"}
+    # Implied parent directories of extra entries, so every entry's parent exists in the layer.
+    implied = sorted({p for e in extra for p in _parents(e.path)} - declared - set(_parents("/" + store_rel + "/x")))
+    all_extra = sorted([*extra, *(Entry("dir", "/" + p, 0o755) for p in implied)], key=_sort_key)
+    top = store_rel.split("/", 1)[0].encode()
+    before = [e for e in all_extra if e.path.strip("/").encode().split(b"/")[0] < top]
+    after = [e for e in all_extra if e.path.strip("/").encode().split(b"/")[0] > top]
+    inside = [e for e in all_extra if e.path.strip("/").encode().split(b"/")[0] == top]
+    if inside and spec.store_paths:
+        raise NixflyError(f"extra entry {inside[0].path} would collide with the store tree")
+    _write_entries(tw, before, declared)
+    if spec.store_paths:
+        for d in _parents("/" + store_rel + "/x"):
+            tw.add_dir(d.encode(), 0o755)
+        for p in sorted(spec.store_paths):
+            tw.add_tree(os.fsencode(p), p.strip("/").encode())
+    _write_entries(tw, inside, declared)
+    _write_entries(tw, after, declared)
+    tw.close()
+
+
+def build_layer(spec: LayerSpec, settings: LayerSettings, cache: BlobCache) -> tuple[CachedLayer, bool]:
+    """The cached layer for ``spec``, building it if needed. Returns (layer, built_now)."""
+    key = settings.key(spec)
+    hit = cache.lookup(key)
+    if hit is not None:
+        return hit, False
+    with cache.new_blob() as (f, holder):
+        sink = HashingSink(settings.compressor, f)
+        tw = TarWriter(sink, settings.mtime, settings.rules)
+        try:
+            write_layer_tar(tw, spec, settings.store_dir)
+        except OSError as e:
+            raise NixflyError(f"cannot read {e.filename or 'a store path'}: {e.strerror}") from None
+        diff_id, digest = sink.finish()
+        f.flush()
+        path = cache.commit(holder[0], digest)
+    layer = CachedLayer(digest, diff_id, sink.compressed_size, sink.uncompressed_size, settings.compressor.kind, path)
+    cache.remember(key, layer)
+    return layer, True
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    spec: LayerSpec
+    layer: BlobLayer
+    built: bool
+
+
+def build_layers(
+    specs: Sequence[LayerSpec],
+    settings: LayerSettings,
+    cache: BlobCache,
+    *,
+    weights: Sequence[int] | None = None,
+    on_done: Callable[[int, BuiltLayer], None] | None = None,
+) -> list[BuiltLayer]:
+    """Build (or reuse) every layer, in parallel; results in ``specs`` order."""
+    results: list[BuiltLayer | None] = [None] * len(specs)
+
+    def one(i: int) -> None:
+        spec = specs[i]
+        cl, built = build_layer(spec, settings, cache)
+        bl = BlobLayer(
+            cl.path,
+            cl.digest,
+            cl.diff_id,
+            cl.size,
+            cl.compression,
+            cl.uncompressed_size,
+            spec.store_paths,
+            spec.comment,
+        )
+        results[i] = BuiltLayer(spec, bl, built)
+        if on_done is not None:
+            on_done(i, results[i])  # type: ignore[arg-type]
+
+    # Largest first, so the long poles start early and the cores stay busy to the end.
+    order = sorted(range(len(specs)), key=lambda i: -(weights[i] if weights else 0))
+    if settings.workers <= 1 or len(specs) <= 1:
+        for i in order:
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            for fut in [pool.submit(one, i) for i in order]:
+                fut.result()
+    return [r for r in results if r is not None]
