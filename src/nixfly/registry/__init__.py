@@ -1,0 +1,1 @@
+"""Talking to OCI registries directly: references, auth, a resilient client, push and remote sources."""

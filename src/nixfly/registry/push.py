@@ -1,0 +1,180 @@
+"""Push an ``Image`` to one or more references: blobs first (only the missing ones), manifest last.
+
+Layers are uploaded in parallel (bounded by ``RegistryOptions.parallel``) straight from wherever the
+image's layers live (the layer cache, a layout, another registry), then the config, then the manifest
+under each tag. A blob the repository already has is skipped after a HEAD; one in a named sibling
+repository is mounted. Re-running an interrupted push therefore uploads only what is still missing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
+
+from nixfly.errors import UsageError
+from nixfly.image import Image
+from nixfly.mediatypes import ManifestFormat
+from nixfly.registry.auth import FLY_REGISTRY
+from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
+from nixfly.registry.reference import Reference, parse_reference
+
+BlobOutcome = Literal["uploaded", "skipped", "mounted"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did. ``reference`` is the digest-pinned ``name@sha256:…`` that deploy consumes."""
+
+    digest: str
+    reference: str
+    references: tuple[str, ...]  # every ref pushed, as name:tag (or name@digest)
+    media_type: str
+    format: ManifestFormat
+    uploaded_bytes: int  # blob body bytes sent, retransmissions included
+    uploaded_blobs: int
+    skipped_blobs: int  # already present
+    mounted_blobs: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "digest": self.digest,
+            "reference": self.reference,
+            "references": list(self.references),
+            "mediaType": self.media_type,
+            "format": self.format,
+            "uploadedBytes": self.uploaded_bytes,
+            "uploadedBlobs": self.uploaded_blobs,
+            "skippedBlobs": self.skipped_blobs,
+            "mountedBlobs": self.mounted_blobs,
+        }
+
+
+class PushProgress:
+    """Hooks a caller can implement to show progress; the default does nothing."""
+
+    def blob_started(self, digest: str, size: int) -> None:
+        pass
+
+    def blob_advanced(self, digest: str, completed: int) -> None:
+        pass
+
+    def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
+        pass
+
+
+def default_format(refs: Sequence[Reference], image: Image) -> ManifestFormat:
+    """registry.fly.io gets a single-platform Docker v2s2 manifest (Fly's image lookup breaks on OCI
+    indexes/attestations); every other registry gets the image's own format."""
+    if any(r.registry == FLY_REGISTRY for r in refs):
+        return "v2s2"
+    return image.format
+
+
+def push_image(
+    image: Image,
+    refs: Sequence[str | Reference],
+    *,
+    fmt: ManifestFormat | None = None,
+    options: RegistryOptions | None = None,
+    mount_from: Sequence[str] = (),
+    progress: PushProgress | None = None,
+) -> PushResult:
+    """Push ``image`` to every reference in ``refs`` (several tags, or repositories, at once).
+
+    Promises: no manifest is written before every blob it names is confirmed present in that repository;
+    blobs the repository already holds are not uploaded again; the returned digest is the one the registry
+    confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure.
+    """
+    if not refs:
+        raise UsageError("push needs at least one destination reference")
+    parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
+    f = fmt or default_format(parsed, image)
+    manifest = image.manifest_bytes(f)
+    media_type = image.manifest_media_type(f)
+    digest = image.manifest_digest(f)
+    for r in parsed:
+        if r.digest and r.digest != digest:
+            raise UsageError(f"{r} names digest {r.digest}, but the image's manifest digest is {digest}")
+    opts = options or RegistryOptions()
+    prog = progress or PushProgress()
+
+    # One client per registry; blobs go once per repository.
+    clients: dict[str, RegistryClient] = {}
+    totals = {"uploaded": 0, "bytes": 0, "skipped": 0, "mounted": 0}
+    pushed: list[str] = []
+    try:
+        repos: dict[tuple[str, str], list[Reference]] = {}
+        for r in parsed:
+            repos.setdefault((r.registry, r.repository), []).append(r)
+        for (registry, repo), group in repos.items():
+            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, opts))
+            _push_blobs(client, repo, image, mount_from, prog, totals)
+            for r in group:
+                ident = r.tag or r.digest or digest
+                client.put_manifest(repo, ident, manifest, media_type)
+                pushed.append(f"{r.name}:{r.tag}" if r.tag else f"{r.name}@{digest}")
+    finally:
+        for c in clients.values():
+            c.close()
+    return PushResult(
+        digest=digest,
+        reference=parsed[0].pinned(digest),
+        references=tuple(pushed),
+        media_type=media_type,
+        format=f,
+        uploaded_bytes=totals["bytes"],
+        uploaded_blobs=totals["uploaded"],
+        skipped_blobs=totals["skipped"],
+        mounted_blobs=totals["mounted"],
+    )
+
+
+def _push_blobs(
+    client: RegistryClient,
+    repo: str,
+    image: Image,
+    mount_from: Sequence[str],
+    prog: PushProgress,
+    totals: dict[str, int],
+) -> None:
+    layers = list({lyr.digest: lyr for lyr in image.layers}.values())
+
+    def one(digest: str, size: int, opener: Callable[[], BinaryIO]) -> tuple[BlobOutcome, int]:
+        prog.blob_started(digest, size)
+        if client.blob_size(repo, digest, push=True) is not None:
+            prog.blob_finished(digest, "skipped")
+            return "skipped", 0
+        location = None
+        for src in mount_from:
+            if src == repo:
+                continue
+            location = client.mount_blob(repo, digest, src)
+            if location is None:
+                prog.blob_finished(digest, "mounted")
+                return "mounted", 0
+            break  # the registry started an ordinary upload session instead: use it
+        advanced: ProgressFn = prog.blob_advanced
+        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced)
+        prog.blob_finished(digest, "uploaded")
+        return "uploaded", sent
+
+    def account(outcome: BlobOutcome, sent: int) -> None:
+        totals[outcome] += 1
+        totals["bytes"] += sent
+
+    workers = max(1, min(client.options.parallel, len(layers) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixfly-push") as pool:
+        futures = [pool.submit(one, lyr.digest, lyr.size, lyr.open) for lyr in layers]
+        try:
+            for fut in futures:
+                account(*fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    # The config goes after the layers and before the manifest.
+    cfg = image.config_bytes
+    account(*one(image.config_digest, len(cfg), lambda: io.BytesIO(cfg)))
