@@ -1,0 +1,419 @@
+"""Unpack an image's layers into a root filesystem, safely, and cache the result by manifest digest.
+
+Layers are applied in order with OCI whiteouts (``.wh.NAME`` hides ``NAME`` of lower layers) and opaque
+directories (``.wh..wh..opq`` hides everything lower layers put in that directory). No entry can land
+outside the rootfs: names that are absolute or contain ``..`` are refused, and every directory on the way
+to an entry is resolved component by component inside the rootfs, so a symlink laid down by a layer is
+followed the way the container would see it (absolute targets start at the rootfs) and a symlink that
+climbs above the rootfs is refused.
+
+The rootfs is private to us while it is being unpacked (a fresh temp directory nobody else writes), which
+is why resolving with ``lstat`` on path strings is safe here: nothing can swap a component under us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from nixfly.compress import decompressing_reader
+from nixfly.digest import digest_hex
+from nixfly.errors import ImageError, NixflyError
+from nixfly.image import Image, Layer
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+MAX_SYMLINK_HOPS = 40
+# Bumped when unpacking changes in a way that makes older cached trees wrong.
+UNPACK_VERSION = "v1"
+_BLOCK = 1 << 20
+
+
+class UnpackError(ImageError):
+    """A layer cannot be unpacked: corrupt, or it tries to write outside the rootfs."""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nixfly`` (``~/.cache/nixfly`` when unset): the same root the other commands use."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nixfly"
+
+
+@dataclass(frozen=True)
+class UnpackOptions:
+    """How ownership is applied. ``keep_owners`` needs root (CAP_CHOWN); without it every file is ours."""
+
+    keep_owners: bool
+
+    @staticmethod
+    def for_current_user() -> UnpackOptions:
+        return UnpackOptions(keep_owners=os.geteuid() == 0)
+
+
+class _HashingReader:
+    """Passes reads through while hashing, so the uncompressed bytes can be checked against the diff_id."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_BLOCK):
+            pass
+
+
+def entry_parts(name: str, where: str) -> tuple[str, ...]:
+    """Split a tar entry name into path components, refusing absolute names and ``..``."""
+    if name.startswith("/"):
+        raise UnpackError(f"{where}: entry {name!r} has an absolute path; refusing to unpack it")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise UnpackError(f"{where}: entry {name!r} contains '..'; refusing to unpack it")
+    return parts
+
+
+def resolve_in_root(root: Path, parts: tuple[str, ...] | list[str], where: str, *, create: bool) -> Path | None:
+    """The host path of the directory ``parts`` names inside ``root``, following symlinks as the container
+    would (absolute targets restart at ``root``). Missing directories are created (0755) when ``create``,
+    else the answer is None. A symlink that climbs above ``root`` is refused with UnpackError; so is a
+    path through something that is not a directory."""
+    todo = list(parts)
+    cur: list[str] = []
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not cur:
+                raise UnpackError(f"{where}: a symlink on the way leads outside the image root; refusing it")
+            cur.pop()
+            continue
+        p = root.joinpath(*cur, comp)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(p, 0o755)
+            cur.append(comp)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise UnpackError(f"{where}: too many levels of symbolic links")
+            target = os.readlink(p)
+            if target.startswith("/"):
+                cur = []
+            todo = target.split("/") + todo
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnpackError(f"{where}: {'/'.join([*cur, comp])} is not a directory")
+        cur.append(comp)
+    return root.joinpath(*cur)
+
+
+def _remove(path: Path) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        remove_tree(path)
+    else:
+        os.unlink(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree even where directories lack write/execute permission (a non-root unpack or an
+    unprivileged container may leave such directories behind)."""
+
+    def fix(func: object, p: str, _exc: object) -> None:
+        # Grant ourselves access to the parent and retry once; failing again is a real error.
+        parent = os.path.dirname(p)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+                shutil.rmtree(p)
+                return
+            os.unlink(p)
+
+    if not os.path.lexists(path):
+        return
+    shutil.rmtree(path, onerror=fix)
+
+
+class _LayerApplier:
+    """Applies one layer's tar stream to the rootfs."""
+
+    def __init__(self, root: Path, where: str, opts: UnpackOptions) -> None:
+        self.root = root
+        self.where = where
+        self.opts = opts
+        self.written: set[str] = set()  # host paths this layer wrote (incl. directories it created)
+        self.whiteouts: list[Path] = []
+        self.opaque: list[Path] = []
+        self.dir_meta: list[tuple[Path, tarfile.TarInfo]] = []
+
+    def parent_of(self, parts: tuple[str, ...], name: str) -> Path:
+        parent = resolve_in_root(self.root, parts[:-1], f"{self.where}: {name!r}", create=True)
+        assert parent is not None  # create=True always yields a directory
+        for up in (parent, *parent.parents):
+            if up == self.root or self.root not in up.parents:
+                break
+            self.written.add(str(up))
+        return parent
+
+    def apply(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        parts = entry_parts(ti.name, self.where)
+        if not parts:
+            return  # the root itself ("./"): its metadata belongs to the runtime, not the image
+        base = parts[-1]
+        if base == OPAQUE:
+            self.opaque.append(self.parent_of(parts, ti.name))
+            return
+        if base.startswith(WHITEOUT):
+            hidden = base[len(WHITEOUT) :]
+            if hidden.startswith(WHITEOUT) or not hidden:
+                return  # other AUFS metadata (.wh..wh.plnk, ...) carries no content for us
+            parent = resolve_in_root(self.root, parts[:-1], f"{self.where}: {ti.name!r}", create=False)
+            if parent is not None:
+                self.whiteouts.append(parent / hidden)
+            return
+        dest = self.parent_of(parts, ti.name) / base
+        self._clear(dest, keep_dir=ti.isdir())
+        if ti.isdir():
+            if not dest.is_dir():
+                os.mkdir(dest, 0o700)
+            self.dir_meta.append((dest, ti))
+        elif ti.isreg():
+            self._write_file(dest, ti, tf)
+        elif ti.issym():
+            os.symlink(ti.linkname, dest)
+            self._owner(dest, ti)
+        elif ti.islnk():
+            self._hardlink(dest, ti)
+        elif ti.isfifo():
+            os.mkfifo(dest, 0o600)
+            self._finish(dest, ti)
+        elif ti.ischr() or ti.isblk():
+            if not self._mknod(dest, ti):
+                return
+        else:
+            return  # sparse/contiguous/unknown types: tarfile already folded sparse into regular files
+        self.written.add(str(dest))
+        if not ti.isdir():
+            with contextlib.suppress(OSError):
+                os.utime(dest, ns=(int(ti.mtime) * 10**9,) * 2, follow_symlinks=False)
+
+    def _clear(self, dest: Path, *, keep_dir: bool) -> None:
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return
+        if keep_dir and stat.S_ISDIR(st.st_mode):
+            return
+        _remove(dest)
+
+    def _write_file(self, dest: Path, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        src = tf.extractfile(ti)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            if src is not None:
+                shutil.copyfileobj(src, out, _BLOCK)
+        self._finish(dest, ti)
+
+    def _hardlink(self, dest: Path, ti: tarfile.TarInfo) -> None:
+        what = f"{self.where}: hard link {ti.name!r} -> {ti.linkname!r}"
+        tparts = entry_parts(ti.linkname, what)
+        if not tparts:
+            raise UnpackError(f"{what}: links to the root directory")
+        parent = resolve_in_root(self.root, tparts[:-1], what, create=False)
+        target = None if parent is None else parent / tparts[-1]
+        if target is None or not os.path.lexists(target):
+            raise UnpackError(f"{what}: the link target is not in the image")
+        if stat.S_ISDIR(os.lstat(target).st_mode):
+            raise UnpackError(f"{what}: hard links to directories are not allowed")
+        os.link(target, dest, follow_symlinks=False)
+
+    def _mknod(self, dest: Path, ti: tarfile.TarInfo) -> bool:
+        if not self.opts.keep_owners:
+            return False  # device nodes need CAP_MKNOD; the runtimes provide /dev anyway
+        kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
+        try:
+            os.mknod(dest, 0o600 | kind, os.makedev(ti.devmajor, ti.devminor))
+        except PermissionError:
+            return False  # root inside a container without CAP_MKNOD: same as unprivileged
+        self._finish(dest, ti)
+        return True
+
+    def _owner(self, dest: Path, ti: tarfile.TarInfo) -> None:
+        if self.opts.keep_owners:
+            os.chown(dest, ti.uid, ti.gid, follow_symlinks=False)
+
+    def _finish(self, dest: Path, ti: tarfile.TarInfo) -> None:
+        # Order matters: chown clears set-id bits and file capabilities, so owner first, then mode, then xattrs.
+        self._owner(dest, ti)
+        mode = ti.mode & 0o7777
+        if not self.opts.keep_owners:
+            # The file is owned by whoever unpacks; a set-id bit would hand out *their* identity.
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        os.chmod(dest, mode)
+        if self.opts.keep_owners:
+            self._xattrs(dest, ti)
+
+    def _xattrs(self, dest: Path, ti: tarfile.TarInfo) -> None:
+        for key, value in ti.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                # Best effort: file capabilities and the like; a filesystem without xattrs just loses them.
+                with contextlib.suppress(OSError):
+                    os.setxattr(dest, key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape"))
+
+    def finish_layer(self) -> None:
+        for path in self.whiteouts:
+            if str(path) not in self.written and os.path.lexists(path):
+                _remove(path)
+        for d in self.opaque:
+            self._hide_lower(d)
+        # Directory metadata last, deepest first: children were written into them and changed their mtimes,
+        # and a read-only directory must stay writable until its contents are in place.
+        for path, ti in sorted(self.dir_meta, key=lambda item: -len(item[0].parts)):
+            if not os.path.isdir(path) or os.path.islink(path):
+                continue
+            self._owner(path, ti)
+            mode = ti.mode & 0o7777
+            if not self.opts.keep_owners:
+                # Without root a directory we cannot write or enter would block later layers and cleanup.
+                mode = (mode | 0o700) & ~(stat.S_ISUID | stat.S_ISGID)
+            os.chmod(path, mode)
+            with contextlib.suppress(OSError):
+                os.utime(path, ns=(int(ti.mtime) * 10**9,) * 2, follow_symlinks=False)
+
+    def _hide_lower(self, d: Path) -> None:
+        # Everything in an opaque directory that this layer did not write came from a lower layer.
+        with os.scandir(d) as it:
+            entries = list(it)
+        for e in entries:
+            if e.path not in self.written:
+                _remove(Path(e.path))
+            elif e.is_dir(follow_symlinks=False):
+                self._hide_lower(Path(e.path))
+
+
+def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions) -> None:
+    """Apply one layer to the rootfs at ``root`` and check its bytes against the layer's diff_id."""
+    applier = _LayerApplier(root, where, opts)
+    try:
+        with layer.open() as raw:
+            hashing = _HashingReader(decompressing_reader(layer.compression, raw))
+            with tarfile.open(fileobj=hashing, mode="r|") as tf:  # type: ignore[call-overload]
+                for ti in tf:
+                    applier.apply(ti, tf)
+            hashing.drain()
+        applier.finish_layer()
+    except NixflyError:
+        raise
+    except OSError as e:
+        raise UnpackError(f"{where}: cannot unpack: {e.strerror or e}") from None
+    except Exception as e:
+        # Decompressors and tarfile raise their own assorted types for corrupt input; all mean the same.
+        raise UnpackError(f"{where}: corrupt layer: {e}") from None
+    diff_id = layer.diff_id
+    if diff_id.startswith("sha256:") and "sha256:" + hashing.hash.hexdigest() != diff_id:
+        raise UnpackError(f"{where}: uncompressed content does not match its diff_id {diff_id}")
+
+
+def unpack(image: Image, dest_root: Path, opts: UnpackOptions | None = None) -> Path:
+    """Apply every layer of ``image`` in order into the existing directory ``dest_root``; returns it.
+
+    Promises: no file is created, changed or removed outside ``dest_root``; an escaping or corrupt layer
+    raises UnpackError (the caller discards the partial tree). Owners are kept when running as root."""
+    o = opts or UnpackOptions.for_current_user()
+    n = len(image.layers)
+    for i, layer in enumerate(image.layers, 1):
+        apply_layer(layer, dest_root, f"layer {i} of {n} ({layer.digest[:19]})", o)
+    return dest_root
+
+
+def cache_key(image: Image) -> str:
+    return f"{UNPACK_VERSION}-{digest_hex(image.manifest_digest())}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_partials(base: Path) -> None:
+    # ".tmp-<key>-<pid>-<rand>" dirs whose unpacking process is gone are leftovers of a kill -9.
+    for p in base.glob(".tmp-*"):
+        try:
+            pid = int(p.name.split("-")[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                remove_tree(p)
+
+
+def cached_rootfs(image: Image, cache_dir: Path | None = None) -> Path:
+    """The unpacked rootfs of ``image`` under ``<cache_dir>/rootfs/<key>``, unpacking it on first use.
+
+    Promises: the returned tree is complete (it only appears under its final name by an atomic rename once
+    every layer is applied); a partial tree is never reused; concurrent callers agree on one tree. The cache
+    directory is private (0700) because a root-owned rootfs may hold set-uid programs."""
+    base = (cache_dir or default_cache_dir()) / "rootfs"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o700)
+    except OSError as e:
+        raise NixflyError(f"cannot use cache dir {base}: {e.strerror}") from None
+    key = cache_key(image)
+    final = base / key
+    if final.is_dir():
+        return final
+    _sweep_partials(base)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-{os.getpid()}-", dir=base))
+    except OSError as e:
+        raise NixflyError(f"cannot use cache dir {base}: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o755)  # the rootfs's own "/" as containers expect it
+        unpack(image, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if not final.is_dir():
+                raise NixflyError(f"cannot write {final}: {e.strerror}") from None
+            # Another run finished the same image first; theirs is as good as ours.
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    if tmp.exists():
+        remove_tree(tmp)
+    return final
+
+
+def iter_cached(cache_dir: Path | None = None) -> Iterator[Path]:
+    """Complete cached rootfs trees (for pruning tools); partial ones are skipped."""
+    base = (cache_dir or default_cache_dir()) / "rootfs"
+    if base.is_dir():
+        yield from (p for p in base.iterdir() if not p.name.startswith("."))
