@@ -100,6 +100,15 @@ async def _relay_body(r: asyncio.StreamReader, w: asyncio.StreamWriter, hdrs: di
     return n
 
 
+async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while piece := await r.read(PIECE):
+            w.write(piece)
+            await w.drain()
+    with contextlib.suppress(Exception):
+        w.close()
+
+
 class CountingProxy:
     """Run with ``with CountingProxy(port) as p:``; clients use ``127.0.0.1:p.port``."""
 
@@ -119,8 +128,19 @@ class CountingProxy:
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.upstream, limit=LIMIT)
         try:
+            first = await cr.read(1)
+            if not first:
+                return
+            if not first.isalpha():
+                # Not HTTP (a client probing TLS first, as Go's registry clients do): pass it through
+                # untouched so the registry answers exactly as it would without us.
+                uw.write(first)
+                await asyncio.gather(_pipe(cr, uw), _pipe(ur, cw))
+                return
             while True:
                 head = await _read_head(cr)
+                if first:
+                    head, first = first + head, b""
                 if not head:
                     break
                 start, hdrs = _headers(head)

@@ -1,0 +1,140 @@
+"""The pipelines nixfly is compared against, run on exactly the layers nixfly planned.
+
+- floor: one single-pass shell pipeline per layer (GNU tar → tee sha256sum → the compressor nixfly
+  uses, at the same level → tee sha256sum → blob file), run with nixfly's parallelism via xargs -P.
+- the usual pipeline: an uncompressed docker-archive of the same layers (what dockerTools makes),
+  then ``skopeo copy docker-archive:… oci:…`` (skopeo compresses with its defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+TAR_FLAGS = "--sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner"
+COMPRESSORS = {"gzip": "igzip -1 -c", "zstd": "zstd -3 -c -q", "none": "cat"}
+
+# One layer: $1 is a list file of store paths relative to / (one a line); outputs sit next to it.
+_LAYER_FN = f"""
+layer() {{
+  local o="${{1%.paths}}"
+  tar {TAR_FLAGS} -cf - -C / -T "$1" \\
+    | tee >(sha256sum > "$o.diffid") | $COMPRESS | tee >(sha256sum > "$o.digest") > "$o.blob"
+  wait
+}}
+"""
+
+FLOOR_SCRIPT = (
+    "set -euo pipefail\n"
+    + _LAYER_FN
+    + """export -f layer
+export COMPRESS
+find "$1" -maxdepth 1 -name '*.paths' -print0 | sort -z \
+  | xargs -0 -r -n 1 -P "$2" bash -c 'set -o pipefail; layer "$1"' _
+"""
+)
+
+
+def write_plan(dest: Path, layers: Sequence[Sequence[str]]) -> None:
+    """One `NNNN.paths` list per layer (store paths relative to /), in a fresh directory."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for i, paths in enumerate(layers):
+        (dest / f"{i:04d}.paths").write_text("".join(p.lstrip("/") + "\n" for p in sorted(paths)))
+
+
+def floor_command(plan_dir: Path, jobs: int, compression: str) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ, COMPRESS=COMPRESSORS[compression])
+    return ["bash", "-c", FLOOR_SCRIPT, "floor", str(plan_dir), str(jobs)], env
+
+
+def floor_results(plan_dir: Path) -> list[dict[str, object]]:
+    """Per layer: digest, diff_id and blob size the floor produced (checks that every pipeline ran)."""
+    out: list[dict[str, object]] = []
+    for lst in sorted(plan_dir.glob("*.paths")):
+        o = lst.with_suffix("")
+        digest = (o.with_suffix(".digest")).read_text().split()[0]
+        diff_id = (o.with_suffix(".diffid")).read_text().split()[0]
+        out.append(
+            {
+                "digest": "sha256:" + digest,
+                "diff_id": "sha256:" + diff_id,
+                "size": o.with_suffix(".blob").stat().st_size,
+            }
+        )
+    return out
+
+
+def clear_floor_outputs(plan_dir: Path) -> None:
+    for p in plan_dir.iterdir():
+        if p.suffix in (".blob", ".digest", ".diffid"):
+            p.unlink()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def write_docker_archive(plan_dir: Path, archive: Path, jobs: int) -> None:
+    """An uncompressed docker-archive (docker save format) of the planned layers, built with GNU tar."""
+    work = archive.with_name(archive.name + ".d")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    lists = sorted(plan_dir.glob("*.paths"))
+    script = (
+        f'set -euo pipefail; n=$(basename "$1" .paths); mkdir -p "$2/$n"; '
+        f'tar {TAR_FLAGS} -cf "$2/$n/layer.tar" -C / -T "$1"'
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    for lst in lists:
+        while len(procs) >= jobs:
+            procs.pop(0).wait()
+        procs.append(subprocess.Popen(["bash", "-c", script, "_", str(lst), str(work)]))
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError("docker-archive layer tar failed")
+    names = [lst.stem for lst in lists]
+    diff_ids = [_sha256_file(work / n / "layer.tar") for n in names]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": "bench"} for _ in names],
+    }
+    cfg_bytes = json.dumps(config, sort_keys=True).encode()
+    cfg_name = hashlib.sha256(cfg_bytes).hexdigest() + ".json"
+    (work / cfg_name).write_bytes(cfg_bytes)
+    manifest = [{"Config": cfg_name, "RepoTags": ["bench:latest"], "Layers": [f"{n}/layer.tar" for n in names]}]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(work), "."], check=True)
+    shutil.rmtree(work)
+
+
+def skopeo_archive_to_oci(archive: Path, dest: Path, compression: str) -> list[str]:
+    cmd = ["skopeo", "copy", "--quiet", f"docker-archive:{archive}", f"oci:{dest}:bench"]
+    if compression == "zstd":
+        cmd[2:2] = ["--dest-compress-format", "zstd"]
+    return cmd
+
+
+def skopeo_push(layout: Path, tag: str, port: int, repo: str) -> list[str]:
+    return [
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        f"oci:{layout}:{tag}",
+        f"docker://127.0.0.1:{port}/{repo}:latest",
+    ]

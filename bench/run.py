@@ -1,0 +1,574 @@
+#!/usr/bin/env python3
+"""nixfly benchmarks: every scenario side by side with its baselines, in one run.
+
+    .venv/bin/python bench/run.py [--quick] [--runs 3] [--json out.json] [--only build,rebuild,push,rss]
+
+Scenarios (issue 6):
+  1. cold build into an OCI layout (gzip, zstd) vs the floor (per-layer GNU tar | tee sha256sum |
+     same compressor and level | tee sha256sum, nixfly's parallelism, nixfly's layer plan) and vs the
+     usual pipeline (uncompressed docker-archive of the same layers, `skopeo copy docker-archive: oci:`);
+  2. rebuild with nothing changed; rebuild after the leaf app changed (vs the floor on that path alone);
+  3. push to a real local registry (cold, unchanged, after an app change): wall time and blob bytes
+     uploaded (counted by a proxy in front of the registry) vs `skopeo copy oci: docker://`;
+  4. peak RSS of cold builds of the 1x and 2x closures.
+
+Each measurement is repeated --runs times (interleaved: nixfly, then its baselines, per run); the table
+shows median and min-max, ratios of medians, and whether each target is met. JSON goes to
+bench/results/ (or --json). Page cache is warm for every subject alike (no cache dropping: the
+machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import baselines
+from proxy import CountingProxy
+from registry import Registry
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+NIX_CONFIG = "build-users-group =\nsandbox = false\nexperimental-features = nix-command flakes\nsubstituters ="
+JOBS = os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# measuring one child process
+
+
+@dataclass
+class Sample:
+    wall: float
+    maxrss_mb: float
+    rc: int
+    stdout: str = field(repr=False, default="")
+    stderr: str = field(repr=False, default="")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None, check: bool = True) -> Sample:
+    """Run cmd; wall time and peak RSS of it and its waited-for descendants (wait4's ru_maxrss)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        s = Sample(wall, ru.ru_maxrss / 1024, p.returncode, out.read().decode(errors="replace"), err.read().decode())
+    if check and s.rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {s.rc}):\n{s.stderr[-3000:]}")
+    return s
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ, NIX_CONFIG=NIX_CONFIG)
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    return env
+
+
+def nixfly(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nixfly", *args]
+
+
+# ---------------------------------------------------------------------------------------------------
+# closures
+
+
+@dataclass(frozen=True)
+class ClosureInfo:
+    root: str
+    paths: int
+    nar_bytes: int
+    scale: float
+    app_version: int
+
+
+def gen_closure(scale: float, app_version: int) -> ClosureInfo:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "gen_closure.py"),
+            "--scale",
+            f"{scale:g}",
+            "--app-version",
+            str(app_version),
+            "--info",
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=base_env(),
+    )
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    return ClosureInfo(d["root"], d["paths"], d["nar_bytes"], d["scale"], d["app_version"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# nixfly's layer plan, read from `nixfly build --json`
+
+
+def _layers_of(obj: Any) -> list[dict[str, Any]]:
+    if isinstance(obj, dict):
+        for k in ("layers", "layer_plan", "plan"):
+            if isinstance(obj.get(k), list):
+                return [x for x in obj[k] if isinstance(x, dict)]
+        for v in obj.values():
+            found = _layers_of(v)
+            if found:
+                return found
+    return []
+
+
+def plan_from_build_json(text: str) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """(store paths per layer, raw layer objects) from nixfly build's JSON output."""
+    obj = json.loads(text)
+    layers = _layers_of(obj)
+    plan: list[list[str]] = []
+    for lyr in layers:
+        paths = lyr.get("store_paths") or lyr.get("paths") or lyr.get("storePaths") or []
+        plan.append([str(p) for p in paths])
+    if not plan or not any(plan):
+        raise RuntimeError("nixfly build --json did not list the store paths of its layers")
+    return plan, layers
+
+
+# ---------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class Series:
+    samples: list[Sample] = field(default_factory=list)
+
+    def walls(self) -> list[float]:
+        return [s.wall for s in self.samples]
+
+    def median(self, key: str = "wall") -> float:
+        return statistics.median(self._vals(key))
+
+    def _vals(self, key: str) -> list[float]:
+        if key == "wall":
+            return self.walls()
+        if key == "maxrss_mb":
+            return [s.maxrss_mb for s in self.samples]
+        return [float(s.extra[key]) for s in self.samples]
+
+    def summary(self, key: str = "wall") -> dict[str, float]:
+        v = self._vals(key)
+        return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
+@dataclass
+class Row:
+    scenario: str
+    subject: str
+    value: str  # median, formatted
+    spread: str  # min-max, formatted
+    vs: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+
+
+class Report:
+    def __init__(self) -> None:
+        self.series: dict[str, Series] = {}
+        self.rows: list[Row] = []
+        self.targets: dict[str, bool] = {}
+        self.notes: list[str] = []
+        self.facts: dict[str, Any] = {}
+
+    def s(self, key: str) -> Series:
+        return self.series.setdefault(key, Series())
+
+    def add(self, key: str, sample: Sample) -> None:
+        self.s(key).samples.append(sample)
+
+    def time_row(
+        self,
+        scenario: str,
+        subject: str,
+        key: str,
+        vs: str | None = None,
+        target: str = "",
+        limit: float | None = None,
+        abs_limit: float | None = None,
+    ) -> None:
+        ser = self.series.get(key)
+        if ser is None or not ser.samples:
+            return
+        sm = ser.summary()
+        row = Row(scenario, subject, f"{sm['median']:.3f} s", f"{sm['min']:.3f}–{sm['max']:.3f}")
+        ok: bool | None = None
+        if vs is not None and self.series.get(vs) and self.series[vs].samples:
+            ratio = sm["median"] / self.series[vs].median()
+            row.vs, row.ratio = vs, f"{ratio:.2f}×"
+            if limit is not None:
+                ok = ratio <= limit
+        if abs_limit is not None:
+            ok = sm["median"] < abs_limit if ok is None else ok and sm["median"] < abs_limit
+        if target:
+            row.target = target
+            row.met = "—" if ok is None else ("yes" if ok else "NO")
+            if ok is not None:
+                self.targets[f"{scenario}: {subject}: {target}"] = ok
+        self.rows.append(row)
+
+    def value_row(self, scenario: str, subject: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        row = Row(scenario, subject, value, "", target=target)
+        if target:
+            row.met = "—" if ok is None else ("yes" if ok else "NO")
+            if ok is not None:
+                self.targets[f"{scenario}: {subject}: {target}"] = ok
+        self.rows.append(row)
+
+    def table(self) -> str:
+        heads = ["scenario", "subject", "median", "min–max", "vs", "ratio", "target", "met"]
+        cells = [[r.scenario, r.subject, r.value, r.spread, r.vs, r.ratio, r.target, r.met] for r in self.rows]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+        lines = [
+            "| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
+        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "series": {
+                k: {
+                    "wall": v.summary(),
+                    "maxrss_mb": v.summary("maxrss_mb"),
+                    "samples": [{"wall": s.wall, "maxrss_mb": s.maxrss_mb, **s.extra} for s in v.samples],
+                }
+                for k, v in self.series.items()
+                if v.samples
+            },
+            "rows": [asdict(r) for r in self.rows],
+            "targets": self.targets,
+            "facts": self.facts,
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass
+class Ctx:
+    work: Path
+    runs: int
+    c1: ClosureInfo
+    c2: ClosureInfo | None
+    app_versions: list[ClosureInfo]  # one fresh app change per run
+    report: Report
+    env: dict[str, str]
+    # filled by the cold gzip build: a warm cache and a layout holding tag v1
+    warm_cache: Path | None = None
+    layout: Path | None = None
+    plan: list[list[str]] = field(default_factory=list)
+
+
+def nixfly_build(ctx: Ctx, root: str, out: Path, tag: str, cache: Path, compression: str) -> Sample:
+    s = measure(
+        nixfly(
+            "build", root, "-o", f"oci:{out}:{tag}", "--compression", compression, "--cache-dir", str(cache), "--json"
+        ),
+        env=ctx.env,
+    )
+    with contextlib.suppress(ValueError):
+        s.extra["layers"] = len(plan_from_build_json(s.stdout)[0])
+    return s
+
+
+def scenario_cold_build(ctx: Ctx, compression: str) -> None:
+    rep = ctx.report
+    scen = f"cold build {compression} (1x)"
+    archive = ctx.work / "docker-archive.tar"
+    for i in range(ctx.runs):
+        cache = ctx.work / f"cache-{compression}-{i}"
+        out = ctx.work / f"layout-{compression}-{i}"
+        for d in (cache, out):
+            shutil.rmtree(d, ignore_errors=True)
+        s = nixfly_build(ctx, ctx.c1.root, out, "v1", cache, compression)
+        rep.add(f"build.{compression}.nixfly", s)
+        plan, layers = plan_from_build_json(s.stdout)
+        plan_dir = ctx.work / f"plan-{compression}"
+        if i == 0:
+            baselines.write_plan(plan_dir, plan)
+            rep.facts[f"build.{compression}.layers"] = len(plan)
+            if not archive.exists():
+                t0 = time.perf_counter()
+                baselines.write_docker_archive(plan_dir, archive, JOBS)
+                rep.facts["docker_archive_write_s"] = time.perf_counter() - t0
+                rep.facts["docker_archive_bytes"] = archive.stat().st_size
+        # the floor, on the same layers with the same parallelism
+        baselines.clear_floor_outputs(plan_dir)
+        cmd, env = baselines.floor_command(plan_dir, JOBS, compression)
+        rep.add(f"build.{compression}.floor", measure(cmd, env=env))
+        fl = baselines.floor_results(plan_dir)
+        if i == 0:
+            same_diff = sum(1 for a, b in zip(fl, layers, strict=False) if a["diff_id"] == b.get("diff_id"))
+            same_dig = sum(1 for a, b in zip(fl, layers, strict=False) if a["digest"] == b.get("digest"))
+            rep.facts[f"build.{compression}.floor_blob_bytes"] = sum(int(str(x["size"])) for x in fl)
+            rep.facts[f"build.{compression}.nixfly_blob_bytes"] = sum(int(x.get("size", 0)) for x in layers)
+            rep.facts[f"build.{compression}.identical_diff_ids"] = f"{same_diff}/{len(fl)}"
+            rep.facts[f"build.{compression}.identical_digests"] = f"{same_dig}/{len(fl)}"
+        baselines.clear_floor_outputs(plan_dir)
+        # the usual pipeline: skopeo compresses the uncompressed docker-archive into an OCI layout
+        sk_out = ctx.work / f"skopeo-{compression}"
+        shutil.rmtree(sk_out, ignore_errors=True)
+        rep.add(f"build.{compression}.skopeo", measure(baselines.skopeo_archive_to_oci(archive, sk_out, compression)))
+        shutil.rmtree(sk_out, ignore_errors=True)
+        if compression == "gzip" and i == ctx.runs - 1:
+            ctx.warm_cache, ctx.layout, ctx.plan = cache, out, plan
+        else:
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+    rep.time_row(scen, "nixfly build", f"build.{compression}.nixfly")
+    rep.time_row(scen, "floor (tar|sha|compress|sha)", f"build.{compression}.floor")
+    rep.time_row(scen, "skopeo copy docker-archive→oci", f"build.{compression}.skopeo")
+    rep.time_row(scen, "nixfly vs floor", f"build.{compression}.nixfly", f"build.{compression}.floor", "≤ 1.3×", 1.3)
+    rep.time_row(
+        scen, "nixfly vs skopeo", f"build.{compression}.nixfly", f"build.{compression}.skopeo", "< 1.0×", 0.9999
+    )
+
+
+def scenario_rebuild(ctx: Ctx) -> None:
+    rep = ctx.report
+    assert ctx.warm_cache is not None and ctx.layout is not None
+    for _ in range(ctx.runs):
+        s = nixfly_build(ctx, ctx.c1.root, ctx.layout, "v1", ctx.warm_cache, "gzip")
+        rep.add("rebuild.nochange.nixfly", s)
+    plan_dir = ctx.work / "plan-app"
+    for i, app in enumerate(ctx.app_versions):
+        s = nixfly_build(ctx, app.root, ctx.layout, f"app{i}", ctx.warm_cache, "gzip")
+        rep.add("rebuild.app.nixfly", s)
+        # the floor for that path alone
+        baselines.write_plan(plan_dir, [[app.root]])
+        cmd, env = baselines.floor_command(plan_dir, 1, "gzip")
+        rep.add("rebuild.app.floor", measure(cmd, env=env))
+        rep.facts["rebuild.app_path_blob_bytes"] = baselines.floor_results(plan_dir)[0]["size"]
+    scen = "rebuild gzip (1x)"
+    rep.time_row(scen, "no change", "rebuild.nochange.nixfly", target="< 1 s", abs_limit=1.0)
+    rep.time_row(scen, "app path changed", "rebuild.app.nixfly")
+    rep.time_row(scen, "floor: app path alone", "rebuild.app.floor")
+    rep.time_row(scen, "app changed vs floor", "rebuild.app.nixfly", "rebuild.app.floor", "≤ 1.5×", 1.5)
+
+
+def _push_supported(ctx: Ctx) -> bool:
+    s = measure(nixfly("push", "--help"), env=ctx.env, check=False)
+    return s.rc == 0
+
+
+def _layout_blob_size(layout: Path, tag: str) -> tuple[int, int, set[str]]:
+    """(sum of layer sizes, config size, layer digests) of the image tagged `tag` in an OCI layout."""
+    index = json.loads((layout / "index.json").read_text())
+    for m in index["manifests"]:
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            mf = json.loads((layout / "blobs" / "sha256" / m["digest"].split(":")[1]).read_text())
+            return (
+                sum(int(x["size"]) for x in mf["layers"]),
+                int(mf["config"]["size"]),
+                {x["digest"] for x in mf["layers"]},
+            )
+    raise RuntimeError(f"tag {tag} not in {layout}")
+
+
+def scenario_push(ctx: Ctx) -> None:
+    rep = ctx.report
+    assert ctx.layout is not None
+    layout = ctx.layout
+    have_push = _push_supported(ctx)
+    if not have_push:
+        rep.notes.append("nixfly push is not available yet: push scenarios ran skopeo only")
+    for i in range(ctx.runs):
+        app_tag = f"app{i % len(ctx.app_versions)}"
+        subjects: list[str] = ["nixfly", "skopeo"] if have_push else ["skopeo"]
+        for subj in subjects:
+            with Registry(ctx.work / f"registry-{subj}") as reg, CountingProxy(reg.port) as px:
+                ref = f"docker://127.0.0.1:{px.port}/bench/{subj}:latest"
+
+                def push(tag: str, subj: str = subj, ref: str = ref, px: CountingProxy = px) -> Sample:
+                    px.reset()
+                    if subj == "nixfly":
+                        s = measure(nixfly("push", f"oci:{layout}:{tag}", ref, "--json"), env=ctx.env)
+                        with contextlib.suppress(ValueError):
+                            s.extra["reported"] = json.loads(s.stdout)
+                    else:
+                        s = measure(baselines.skopeo_push(layout, tag, px.port, f"bench/{subj}"))
+                    c = px.counts
+                    s.extra.update(blob_bytes=c.blob_bytes, manifest_bytes=c.manifest_bytes, requests=c.requests)
+                    return s
+
+                rep.add(f"push.cold.{subj}", push("v1"))
+                rep.add(f"push.nochange.{subj}", push("v1"))
+                rep.add(f"push.app.{subj}", push(app_tag))
+    total, cfg, v1_layers = _layout_blob_size(layout, "v1")
+    _, app_cfg, app_layers = _layout_blob_size(layout, "app0")
+    new_layer_bytes = 0
+    for d in app_layers - v1_layers:
+        new_layer_bytes += (layout / "blobs" / "sha256" / d.split(":")[1]).stat().st_size
+    rep.facts["push.image_blob_bytes"] = total + cfg
+    rep.facts["push.app_change_expected_bytes"] = new_layer_bytes + app_cfg
+    for kind, label in (("cold", "cold"), ("nochange", "unchanged re-push"), ("app", "after app change")):
+        scen = f"push gzip (1x): {label}"
+        for subj in ("nixfly", "skopeo"):
+            key = f"push.{kind}.{subj}"
+            ser = rep.series.get(key)
+            if not ser or not ser.samples:
+                continue
+            target, lim = "", None
+            if subj == "nixfly" and kind == "nochange":
+                target, lim = "< 1 s", 1.0
+            rep.time_row(scen, f"{subj} wall", key, target=target, abs_limit=lim)
+            b = [int(s.extra["blob_bytes"]) for s in ser.samples]
+            ok: bool | None = None
+            tgt = ""
+            if subj == "nixfly" and kind == "nochange":
+                tgt, ok = "0 blob bytes", max(b) == 0
+            if subj == "nixfly" and kind == "app":
+                exp = new_layer_bytes + app_cfg
+                tgt, ok = f"= changed layer + config ({exp} B)", all(x == exp for x in b)
+            if subj == "nixfly" and kind == "cold":
+                tgt, ok = f"= image blobs ({total + cfg} B)", all(x == total + cfg for x in b)
+            rep.value_row(scen, f"{subj} blob bytes uploaded", f"{statistics.median(b):,.0f} B", tgt, ok)
+        if have_push:
+            rep.time_row(scen, "nixfly vs skopeo", f"push.{kind}.nixfly", f"push.{kind}.skopeo")
+
+
+def scenario_rss(ctx: Ctx) -> None:
+    rep = ctx.report
+    if ctx.c2 is None:
+        return
+    for i in range(ctx.runs):
+        cache = ctx.work / f"cache-2x-{i}"
+        out = ctx.work / f"layout-2x-{i}"
+        s = nixfly_build(ctx, ctx.c2.root, out, "v1", cache, "gzip")
+        rep.add("build.gzip.2x.nixfly", s)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    one = rep.series.get("build.gzip.nixfly")
+    two = rep.series["build.gzip.2x.nixfly"]
+    scen = "peak RSS, cold build gzip"
+    rep.time_row("cold build gzip (2x)", "nixfly build", "build.gzip.2x.nixfly")
+    if one and one.samples:
+        r1 = one.summary("maxrss_mb")
+        rep.value_row(scen, "1x closure", f"{r1['median']:.1f} MB", "< 200 MB", r1["max"] < 200)
+    r2 = two.summary("maxrss_mb")
+    rep.value_row(scen, "2x closure", f"{r2['median']:.1f} MB", "< 200 MB", r2["max"] < 200)
+    if one and one.samples:
+        ratio = r2["median"] / one.summary("maxrss_mb")["median"]
+        rep.value_row(scen, "2x / 1x", f"{ratio:.3f}", "≤ 1.10", ratio <= 1.10)
+    z = rep.series.get("build.zstd.nixfly")
+    if z and z.samples:
+        rep.value_row(scen.replace("gzip", "zstd"), "1x closure", f"{z.summary('maxrss_mb')['median']:.1f} MB")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def work_dir(path: Path | None, keep: bool) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    d = Path(tempfile.mkdtemp(prefix="nixfly-bench-", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        if not keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small closure (~40 MB): a smoke test in under a minute")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="write results here (default bench/results/<time>.json)")
+    ap.add_argument("--only", default="build,rebuild,push,rss", help="comma list of scenarios")
+    ap.add_argument("--work-dir", type=Path, help="scratch directory (default: a fresh one in /var/tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    s1, s2 = (0.03, 0.06) if args.quick else (1.0, 2.0)
+
+    env = base_env()
+    t_start = time.perf_counter()
+    print(f"generating closures (scale {s1:g}, {s2:g}) ...", file=sys.stderr)
+    c1 = gen_closure(s1, 1)
+    apps = [gen_closure(s1, 2 + i) for i in range(args.runs)] if {"rebuild", "push"} & only else []
+    c2 = gen_closure(s2, 1) if "rss" in only else None
+    report = Report()
+    report.facts.update(
+        closure_1x=asdict(c1),
+        closure_2x=asdict(c2) if c2 else None,
+        jobs=JOBS,
+        runs=args.runs,
+        quick=args.quick,
+        host=platform.node(),
+        cpus=os.cpu_count(),
+        started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        tools={
+            t: subprocess.run([t, "--version"], capture_output=True, text=True).stdout.splitlines()[0:1]
+            for t in ("tar", "skopeo", "zstd", "nix")
+        },
+    )
+    with work_dir(args.work_dir, args.keep) as work:
+        ctx = Ctx(work, args.runs, c1, c2, apps, report, env)
+        needs_gzip = bool({"build", "rebuild", "push", "rss"} & only)
+        if needs_gzip:
+            print("scenario: cold build gzip", file=sys.stderr)
+            scenario_cold_build(ctx, "gzip")
+        if "build" in only:
+            print("scenario: cold build zstd", file=sys.stderr)
+            scenario_cold_build(ctx, "zstd")
+        if "rebuild" in only or "push" in only:
+            print("scenario: rebuild", file=sys.stderr)
+            scenario_rebuild(ctx)
+        if "push" in only:
+            print("scenario: push", file=sys.stderr)
+            scenario_push(ctx)
+        if "rss" in only:
+            print("scenario: peak RSS 2x", file=sys.stderr)
+            scenario_rss(ctx)
+    report.facts["bench_wall_s"] = time.perf_counter() - t_start
+
+    c2txt = f"; 2x: {c2.paths} paths, {c2.nar_bytes / 2**30:.2f} GiB" if c2 else ""
+    print(f"\nclosure 1x: {c1.paths} paths, {c1.nar_bytes / 2**30:.2f} GiB{c2txt}; runs={args.runs}; jobs={JOBS}")
+    print(report.table())
+    for k, v in report.facts.items():
+        if k.startswith(("build.", "rebuild.", "push.", "docker_")):
+            print(f"  {k}: {v}")
+    for n in report.notes:
+        print(f"  note: {n}")
+    met = sum(report.targets.values())
+    print(f"targets met: {met}/{len(report.targets)}")
+    out = args.json or HERE / "results" / f"bench-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_json(), indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
