@@ -200,6 +200,11 @@ def plan_layers(
     fixed = {p for g in (*explicit_groups, *root_groups) for p in g.paths}
     rest = set(closure.paths) - fixed
     need = len(explicit_groups) + len(root_groups) + (1 if rest else 0)
+    if need > limit and root_groups and rest and len(explicit_groups) + 1 <= limit:
+        # Too tight to keep the roots apart: they share the dependencies' layers.
+        rest |= {p for g in root_groups for p in g.paths}
+        root_groups = []
+        need = len(explicit_groups) + 1
     if need > limit:
         raise LayeringError(
             f"--max-layers {max_layers} is below the {need + reserved} layers this image needs "
