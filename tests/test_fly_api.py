@@ -109,6 +109,9 @@ def test_lease_cycle_in_both_response_shapes(fly_api: RunningStandin, envelope: 
     with pytest.raises(LeaseConflict):
         api.acquire_lease("demo", m.id, ttl=30, description="second")
     assert api.refresh_lease("demo", m.id, nonce=lease.nonce, ttl=60).nonce == lease.nonce
+    raw = httpx.get(f"{fly_api.url}/apps/demo/machines/{m.id}/lease",
+                    headers={"Authorization": f"Bearer {fly_api.token}"}).json()  # fmt: skip
+    assert ("data" in raw) is envelope  # the shape the client just parsed really was that one
     api.release_lease("demo", m.id, nonce=lease.nonce)
     assert fly_api.apps["demo"].machines[m.id].lease is None
 

@@ -617,6 +617,13 @@ class RunningStandin:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.standin, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Knobs (release_exit_code, lease_envelope, ...) live on the stand-in, not on this handle.
+        if name in ("standin", "url", "token"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.standin, name, value)
+
 
 @pytest.fixture
 def fly_api(request: pytest.FixtureRequest) -> Iterator[RunningStandin]:

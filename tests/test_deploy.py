@@ -1,0 +1,333 @@
+"""nixfly deploy against the validated Machines API stand-in, with images resolved in a real registry.
+
+Covers: first deploy creates machines and volumes; rolling honours max_unavailable; failing checks roll
+every updated machine back; a foreign lease stops the deploy with nothing changed; Ctrl-C releases leases;
+an interrupted deploy's leases are recovered; secrets changes carry min_secrets_version; --dry-run changes
+nothing; tag-only images are refused; canary, bluegreen, immediate; release_command gates the deploy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nixfly.cli import main
+from nixfly.fly.api import AccessToken, MachinesAPI
+from nixfly.fly.deploy import Deployer, DeploySettings, LeaseStore, plan_deploy
+from nixfly.fly.flytoml import load_fly_toml
+from nixfly.fly.machineconfig import machine_configs
+from tests.support.flystandin import RunningStandin, push_tiny_image
+from tests.support.registry import RunningRegistry
+
+pytestmark = pytest.mark.slow  # real docker-registry + skopeo
+
+FLY_TOML = """\
+app = "demo"
+primary_region = "ams"
+[deploy]
+strategy = "{strategy}"
+max_unavailable = {max_unavailable}
+wait_timeout = "{wait}"
+{extra_deploy}
+[http_service]
+internal_port = 8080
+processes = ["app"]
+[[http_service.checks]]
+interval = "10s"
+timeout = "2s"
+path = "/health"
+{extra}
+"""
+
+
+@pytest.fixture
+def env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
+    monkeypatch.setenv("FLY_API_URL", fly_api.url)
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
+    fly_api.create_app("demo")
+    return tmp_path
+
+
+@pytest.fixture
+def images(registry: RunningRegistry, tiny_oci_layout: Path, tmp_path: Path) -> dict[str, str]:
+    """Digest-pinned refs in the real registry: v1, v2, and 'bad' (a v3 image under a repo that fails)."""
+    return {
+        "v1": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v1", tmp_path),
+        "v2": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v2", tmp_path),
+        "bad": push_tiny_image(tiny_oci_layout, registry.host, "demo-bad", "v3", tmp_path),
+    }
+
+
+def write_toml(path: Path, *, strategy: str = "rolling", max_unavailable: object = 1, wait: str = "5s",
+               extra: str = "", extra_deploy: str = "") -> Path:  # fmt: skip
+    toml = path / "fly.toml"
+    toml.write_text(
+        FLY_TOML.format(
+            strategy=strategy, max_unavailable=max_unavailable, wait=wait, extra=extra, extra_deploy=extra_deploy
+        )
+    )
+    return toml
+
+
+def seed(fly_api: RunningStandin, toml: Path, image: str, n: int) -> list[str]:
+    config = machine_configs(load_fly_toml(toml), image)["app"]
+    return [fly_api.seed_machine("demo", config).id for _ in range(n)]
+
+
+def deploy(toml: Path, image: str, *extra: str) -> int:
+    return main(["deploy", "--config", str(toml), "--image", image, *extra])
+
+
+def test_first_deploy_creates_machines_and_volume(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(
+        env,
+        extra='[processes]\napp = "serve"\nworker = "work"\n'
+        '[[mounts]]\nsource = "data"\ndestination = "/data"\nprocesses = ["worker"]\ninitial_size = "3gb"\n',
+    )
+    assert deploy(toml, images["v1"], "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    machines = fly_api.machines("demo")
+    assert sorted(m.group for m in machines) == ["app", "worker"]
+    assert {m.image for m in machines} == {images["v1"]}
+    assert sorted(summary["created"]) == sorted(m.id for m in machines)
+    vols = list(fly_api.apps["demo"].volumes.values())
+    worker = next(m for m in machines if m.group == "worker")
+    assert [(v["name"], v["size_gb"], v.get("attached_machine_id")) for v in vols] == [("data", 3, worker.id)]
+    assert worker.config["mounts"] == [{"name": "data", "path": "/data", "volume": vols[0]["id"]}]
+    assert all(m.state == "started" and m.lease is None for m in machines)
+
+
+def test_rolling_update_honours_max_unavailable(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
+    toml = write_toml(env, max_unavailable=2)
+    ids = seed(fly_api, toml, images["v1"], 5)
+    assert deploy(toml, images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+    # Between health waits, how many machines were updated at once: first one alone, then two at a time.
+    runs, current = [], 0
+    for r in fly_api.requests:
+        if r.method == "POST" and r.path.rstrip("/").split("/")[-1] in ids:
+            current += 1
+        elif r.path.endswith("/wait") and current:
+            runs.append(current)
+            current = 0
+    assert runs == [1, 2, 2]
+    assert all(m.lease is None for m in fly_api.machines("demo"))
+
+
+def test_failing_checks_restore_every_updated_machine(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(env, max_unavailable=2, wait="1s")
+    ids = seed(fly_api, toml, images["v1"], 5)
+    fly_api.fail_checks("/demo-bad@")
+    assert deploy(toml, images["bad"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # progress lines come first
+    assert err.startswith("nixfly: machine ")
+    assert "checks not passing" in err and "last events:" in err and "restored the previous config" in err
+    machines = {m.id: m for m in fly_api.machines("demo")}
+    assert {m.image for m in machines.values()} == {images["v1"]}
+    touched = [i for i in ids if len(machines[i].configs) > 1]
+    # The first machine failed alone: it was the only one updated, and it got the old image back.
+    assert len(touched) == 1 and [c["image"] for c in machines[touched[0]].configs] == [
+        images["v1"], images["bad"], images["v1"]
+    ]  # fmt: skip
+    assert touched[0] in err
+    assert all(m.lease is None for m in machines.values())
+
+
+def test_failure_in_later_batch_restores_earlier_batches(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(env, max_unavailable=2, wait="1s")
+    seed(fly_api, toml, images["v1"], 4)
+    api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
+    machines = api.list_machines("demo")
+    desired = machine_configs(load_fly_toml(toml), images["v2"])
+    settings = DeploySettings(app="demo", max_unavailable=2, wait_timeout=1, poll_interval=0.1)
+    plan = plan_deploy(machines, desired, settings)
+    third = plan.of("update")[2].machine_id
+    assert third is not None
+    # Only the third machine crashes on the new image (a crash loop, not a check failure).
+    original = fly_api.standin._tick
+
+    def tick(m: object) -> None:
+        if (
+            getattr(m, "id", None) == third
+            and getattr(m, "state", "") == "replacing"
+            and images["v2"] in str(getattr(m, "image", ""))
+        ):
+            m.state = "stopped"  # type: ignore[attr-defined]
+            fly_api.standin._event(m, "exit", "stopped", {"exit_event": {"exit_code": 137}})  # type: ignore[arg-type]
+            return
+        original(m)  # type: ignore[arg-type]
+
+    fly_api.standin._tick = tick  # type: ignore[method-assign]
+    with pytest.raises(Exception, match=rf"machine {third} crashed .*exit_code=137.*restored the previous config on 3"):
+        Deployer(api, plan, settings, state_dir=env / "state").run()
+    fly_api.standin._tick = original  # type: ignore[method-assign]
+    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+
+
+def test_foreign_lease_stops_deploy_with_nothing_changed(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(env)
+    ids = seed(fly_api, toml, images["v1"], 3)
+    fly_api.hold_lease("demo", ids[2], owner="alice@example.com")
+    assert deploy(toml, images["v2"]) == 1
+    err = capsys.readouterr().err
+    assert f"machine {ids[2]} of app demo is leased by alice@example.com" in err and "nothing was changed" in err
+    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    changed = [r for r in fly_api.mutations() if not r.path.endswith("/lease")]
+    assert changed == []
+    leases = {m.id: m.lease for m in fly_api.machines("demo")}
+    assert leases[ids[0]] is None and leases[ids[1]] is None and leases[ids[2]].owner == "alice@example.com"
+
+
+def test_ctrl_c_mid_deploy_releases_leases(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
+    toml = write_toml(env)
+    seed(fly_api, toml, images["v1"], 3)
+    api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
+    settings = DeploySettings(app="demo", max_unavailable=1, wait_timeout=5)
+    plan = plan_deploy(api.list_machines("demo"), machine_configs(load_fly_toml(toml), images["v2"]), settings)
+
+    def progress(line: str) -> None:
+        if line.startswith("updated machine"):
+            assert all(m.lease is not None for m in fly_api.machines("demo"))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Deployer(api, plan, settings, state_dir=env / "state", progress=progress).run()
+    assert all(m.lease is None for m in fly_api.machines("demo"))
+    assert LeaseStore(env / "state", "demo").load() == {}
+    # Exactly one machine got the new image before the interrupt; a re-run finishes the job.
+    assert sorted(m.image for m in fly_api.machines("demo")) == sorted([images["v1"]] * 2 + [images["v2"]])
+    assert deploy(toml, images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+
+
+def test_rerun_recovers_leases_left_by_a_killed_deploy(
+    fly_api: RunningStandin, env: Path, images: dict[str, str]
+) -> None:
+    toml = write_toml(env)
+    ids = seed(fly_api, toml, images["v1"], 2)
+    api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
+    # A deploy killed with SIGKILL leaves its lease on the machine and its nonce in the store.
+    nonce = api.acquire_lease("demo", ids[0], ttl=600, description="nixfly deploy").nonce
+    LeaseStore(env / "state", "demo").put(ids[0], nonce)
+    assert deploy(toml, images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+    assert LeaseStore(env / "state", "demo").load() == {}
+
+
+def test_secrets_change_sets_min_secrets_version(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    toml = write_toml(env)
+    seed(fly_api, toml, images["v1"], 2)
+    secret = "hunter2-very-secret-value"
+    assert main(["secrets", "set", "--config", str(toml), f"DB_PASSWORD={secret}", "API_KEY=k-123456"]) == 0
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err and "k-123456" not in out.out + out.err
+    # Same image: only the secrets changed, and the machines must still roll onto them.
+    assert deploy(toml, images["v1"], "--json") == 0
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    version = fly_api.apps["demo"].secrets_version
+    assert version == 1
+    assert [m.min_secrets_version for m in fly_api.machines("demo")] == [version, version]
+    assert len(json.loads(out.out)["updated"]) == 2
+
+
+def test_dry_run_changes_nothing(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(env, extra='[processes]\napp = "serve"\nworker = "work"\n')
+    seed_cfg = machine_configs(load_fly_toml(write_toml(env / "..", strategy="rolling")), images["v1"])["app"]
+    m = fly_api.seed_machine("demo", seed_cfg)
+    old = fly_api.seed_machine("demo", {**seed_cfg, "metadata": {"fly_process_group": "gone"}})
+    assert deploy(toml, images["v2"], "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert fly_api.mutations() == []
+    assert f"update {m.id} [app]" in out and f"destroy {old.id} [gone]" in out
+    assert "create new machine in ams [worker]" in out
+    assert f'- image: "{images["v1"]}"' in out and f'+ image: "{images["v2"]}"' in out
+    assert deploy(toml, images["v2"], "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert sorted(a["action"] for a in plan["actions"]) == ["create", "destroy", "update"]
+    assert fly_api.mutations() == []
+
+
+def test_tag_only_image_is_refused(env: Path, capsys: pytest.CaptureFixture[str], fly_api: RunningStandin) -> None:
+    toml = write_toml(env)
+    assert deploy(toml, "registry.fly.io/demo:latest") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nixfly: ") and "not pinned by digest" in err and err.count("\n") == 1
+    assert fly_api.requests == []
+
+
+def test_image_missing_from_registry_fails_cleanly(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    toml = write_toml(env)
+    missing = f"{registry.host}/demo@sha256:" + "0" * 64
+    assert deploy(toml, missing) == 1
+    assert "does not resolve in the registry" in capsys.readouterr().err
+    assert fly_api.machines("demo") == []
+
+
+@pytest.mark.parametrize("strategy", ["canary", "bluegreen", "immediate"])
+def test_other_strategies_end_on_new_image(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], strategy: str
+) -> None:
+    toml = write_toml(env, strategy=strategy)
+    ids = seed(fly_api, toml, images["v1"], 2)
+    assert deploy(toml, images["v2"]) == 0
+    machines = fly_api.machines("demo")
+    assert len(machines) == 2 and {m.image for m in machines} == {images["v2"]}
+    if strategy == "bluegreen":
+        assert not {m.id for m in machines} & set(ids)  # blue destroyed, green serving
+        assert not any(m.cordoned for m in machines)
+        creates = [json.loads(r.body) for r in fly_api.requests if r.method == "POST" and r.path.endswith("/machines")]
+        assert all(c["skip_service_registration"] for c in creates)
+    else:
+        assert {m.id for m in machines} == set(ids)
+
+
+@pytest.mark.parametrize("strategy", ["canary", "bluegreen"])
+def test_failed_canary_or_green_leaves_old_machines_untouched(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], strategy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = write_toml(env, strategy=strategy, wait="1s")
+    ids = seed(fly_api, toml, images["v1"], 2)
+    fly_api.fail_checks("/demo-bad@")
+    assert deploy(toml, images["bad"]) == 1
+    assert "checks not passing" in capsys.readouterr().err
+    machines = fly_api.machines("demo")
+    assert sorted(m.id for m in machines) == sorted(ids)
+    assert all(m.image == images["v1"] and len(m.configs) == 1 for m in machines)
+
+
+@pytest.mark.parametrize(("code", "rc"), [(0, 0), (3, 1)])
+def test_release_command_exit_code_gates_deploy(
+    fly_api: RunningStandin, env: Path, images: dict[str, str], code: int, rc: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    toml = write_toml(env, extra_deploy='release_command = "migrate --yes"')
+    seed(fly_api, toml, images["v1"], 1)
+    fly_api.release_exit_code = code
+    assert deploy(toml, images["v2"]) == rc
+    machines = fly_api.machines("demo")
+    assert len(machines) == 1  # the one-off release machine is gone either way
+    assert machines[0].image == (images["v2"] if code == 0 else images["v1"])
+    if code:
+        assert "exited with code 3; nothing was deployed" in capsys.readouterr().err
+    release = [m for m in fly_api.apps["demo"].machines.values() if m.group == "fly_app_release_command"]
+    assert len(release) == 1 and release[0].config["init"]["cmd"] == ["migrate", "--yes"]
