@@ -203,6 +203,7 @@ class Authenticator:
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
         self.tokens_fetched = 0
 
     def learn(self, response: httpx.Response) -> None:
@@ -221,13 +222,17 @@ class Authenticator:
         if ch.scheme == "basic":
             return self.credentials.basic_header() if self.credentials else None
         with self._lock:
-            cached = self._tokens.get(scope)
-            if cached and cached[1] > time.monotonic():
-                return "Bearer " + cached[0]
-        token, ttl = self._fetch_token(ch, scope)
-        with self._lock:
-            # Refresh a little early so a token never expires between our check and the registry's.
-            self._tokens[scope] = (token, time.monotonic() + max(ttl - 10, 1))
+            scope_lock = self._fetching.setdefault(scope, threading.Lock())
+        # One fetch per scope at a time: parallel blob transfers share the token the first one gets.
+        with scope_lock:
+            with self._lock:
+                cached = self._tokens.get(scope)
+                if cached and cached[1] > time.monotonic():
+                    return "Bearer " + cached[0]
+            token, ttl = self._fetch_token(ch, scope)
+            with self._lock:
+                # Refresh a little early so a token never expires between our check and the registry's.
+                self._tokens[scope] = (token, time.monotonic() + max(ttl - 10, 1))
         return "Bearer " + token
 
     def unauthorized(self, response: httpx.Response, scope: str) -> None:
