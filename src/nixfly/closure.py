@@ -248,12 +248,17 @@ def resolve_closure(
     for r in store_roots:
         if r not in paths:
             raise ClosureError(f"{r} is not in the closure metadata")
-    closure = Closure(tuple(store_roots), paths, system, store_dir)
-    needed = closure.closure_of(store_roots)
-    for p in sorted(needed):
+    needed: set[str] = set()
+    stack = list(store_roots)
+    while stack:
+        p = stack.pop()
+        if p in needed:
+            continue
+        needed.add(p)
         for ref in paths[p].references:
             if ref not in paths:
                 raise ClosureError(f"closure metadata is incomplete: {p} references {ref}, which is not listed")
+            stack.append(ref)
     sized: dict[str, StorePath] = {}
     for p in sorted(needed):
         if not os.path.lexists(p):
