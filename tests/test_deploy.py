@@ -331,3 +331,33 @@ def test_release_command_exit_code_gates_deploy(
         assert "exited with code 3; nothing was deployed" in capsys.readouterr().err
     release = [m for m in fly_api.apps["demo"].machines.values() if m.group == "fly_app_release_command"]
     assert len(release) == 1 and release[0].config["init"]["cmd"] == ["migrate", "--yes"]
+
+
+def test_real_sigint_to_cli_releases_leases(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
+    """A real Ctrl-C (SIGINT) to a running `nixfly deploy` process: exit 130, every lease released."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    toml = write_toml(env, wait="30s")
+    seed(fly_api, toml, images["v1"], 2)
+    fly_api.start_delay = 20.0  # the updated machine stays "replacing": the CLI sits in its /wait loop
+    updated = threading.Event()
+    fly_api.on_request = lambda r: updated.set() if r.method == "POST" and r.path.count("/") == 5 else None
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "nixfly"), "deploy", "--config", str(toml), "--image", images["v2"]],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert updated.wait(30), "the deploy never updated a machine"
+        assert any(m.lease is not None for m in fly_api.machines("demo"))
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "nixfly: interrupted"
+    assert all(m.lease is None for m in fly_api.machines("demo"))
+    assert LeaseStore(env / "state", "demo").load() == {}
