@@ -352,7 +352,8 @@ def cache_key(image: Image) -> str:
     return f"{UNPACK_VERSION}-{digest_hex(image.manifest_digest())}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -369,7 +370,7 @@ def _sweep_partials(base: Path) -> None:
             pid = int(p.name.split("-")[-2])
         except (ValueError, IndexError):
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             with contextlib.suppress(OSError):
                 remove_tree(p)
 
