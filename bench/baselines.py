@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,6 +76,24 @@ def clear_floor_outputs(plan_dir: Path) -> None:
     for p in plan_dir.iterdir():
         if p.suffix in (".blob", ".digest", ".diffid"):
             p.unlink()
+
+
+def tar_listing(blob: Path) -> list[tuple[str, str, int, int, str, str]]:
+    """(name, type, mode, size, link target, content sha256) of each member of a gzip'd layer tar,
+    without nixfly's ``nix`` and ``nix/store`` directory entries (GNU tar only adds what it is given)."""
+    out: list[tuple[str, str, int, int, str, str]] = []
+    with tarfile.open(blob, "r|gz") as tf:
+        for m in tf:
+            name = m.name.rstrip("/")
+            if name in ("nix", "nix/store"):
+                continue
+            digest = ""
+            if m.isfile():
+                f = tf.extractfile(m)
+                assert f is not None
+                digest = hashlib.sha256(f.read()).hexdigest()
+            out.append((name, m.type.decode(), m.mode & 0o7777, m.size, m.linkname, digest))
+    return out
 
 
 def _sha256_file(path: Path) -> str:
