@@ -44,6 +44,7 @@ class Fault:
     retry_after: str | None = None
     stall_seconds: float = 30.0
     min_body: int = 0  # only requests whose declared body is at least this long
+    skip: int = 0  # let this many matching requests through first
 
     def matches(self, method: str, path: str, body_len: int) -> bool:
         return (
@@ -83,6 +84,9 @@ class FaultProxy:
         with self.lock:
             for f in self.faults:
                 if f.matches(method, path, body_len):
+                    if f.skip > 0:
+                        f.skip -= 1
+                        continue
                     f.times -= 1
                     return f
         return None
@@ -185,14 +189,14 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             conn = http.client.HTTPConnection(up_host, int(up_port), timeout=60)
             try:
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
-                }
+                # Header by header: repeated headers (skopeo sends several Accept lines) must all survive.
+                conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                        conn.putheader(k, v)
                 if body or method in ("PUT", "POST", "PATCH"):
-                    headers["Content-Length"] = str(len(body))
-                conn.request(method, path, body=body or None, headers=headers)
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body or None)
                 resp = conn.getresponse()
                 data = resp.read()
                 status = resp.status

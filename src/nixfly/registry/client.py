@@ -397,6 +397,7 @@ class RegistryClient:
             try:
                 if location is None:
                     location = self.start_upload(repo)
+                state.location = state.location or location
                 if size <= self.options.monolithic_max:
                     self._put_whole(repo, location, state)
                 else:
@@ -409,7 +410,8 @@ class RegistryClient:
                 self._sleep(attempt, t.retry_after)
                 if self.blob_size(repo, digest, push=True) == size:
                     return state.sent  # the server finished it even though we did not hear back
-                location = self._resume_point(repo, location, state)
+                location = self._resume_point(repo, state.location or location, state)
+                state.location = location  # None: the next round starts a new session
             finally:
                 state.close()
 
@@ -462,6 +464,7 @@ class RegistryClient:
             if resp.status_code != 202:
                 raise self.fail(f"upload of {state.digest} to {repo}: {registry_error_text(resp)}")
             location = resp.headers.get("location") or location
+            state.location = location  # the newest Location carries the session state a resume needs
             m = re.fullmatch(r"(?:bytes=)?0-(\d+)", resp.headers.get("range", "").strip())
             # Trust the server's account of what it holds over ours.
             state.offset = int(m.group(1)) + 1 if m else end
@@ -625,6 +628,7 @@ class _UploadState:
         self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
         self.offset = 0
         self.sent = 0
+        self.location: str | None = None
         self._hash = hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) went through the hash
         self._src: BinaryIO | None = None
