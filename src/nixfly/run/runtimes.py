@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -107,7 +107,7 @@ def probe(name: RuntimeName) -> Probe:
     return Probe(name, path, _try(argv, "a trial sandbox"))
 
 
-def select_runtime(requested: str = "auto") -> Probe:
+def select_runtime(requested: str = "auto", probes: Callable[[RuntimeName], Probe] = probe) -> Probe:
     """The runtime to use: ``requested`` if it is usable, or with ``auto`` the first usable of runc, bwrap,
     chroot. Raises RuntimeErrorNF naming each runtime tried and why it is unusable."""
     names: tuple[RuntimeName, ...]
@@ -119,7 +119,7 @@ def select_runtime(requested: str = "auto") -> Probe:
         raise RuntimeErrorNF(f"unknown runtime {requested!r}: use auto, {', '.join(RUNTIMES)}")
     tried = []
     for n in names:
-        p = probe(n)
+        p = probes(n)
         if p.usable:
             return p
         tried.append(f"{n}: {p.problem}")
