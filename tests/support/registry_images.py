@@ -59,6 +59,7 @@ def make_image(
     app: bytes = b"hello from nixfly v1\n",
     extra_layer_bytes: int = 0,
     busybox: bool = True,
+    created: str = "1970-01-01T00:00:01Z",
 ) -> Image:
     """An image: [busybox layer], app layer (/app/message), optionally a large incompressible layer.
 
@@ -85,7 +86,7 @@ def make_image(
         "config": {"Cmd": ["/bin/cat", "/app/message"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [lyr.diff_id for lyr in layers]},
         "history": [{"created": "1970-01-01T00:00:01Z", "created_by": "nixfly tests"} for _ in layers],
-        "created": "1970-01-01T00:00:01Z",
+        "created": created,
     }
     return Image(canonical_json(config), tuple(layers), "oci")
 
