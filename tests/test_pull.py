@@ -58,8 +58,8 @@ def test_pull_round_trips_nixfly_and_skopeo_pushed_images(
     write_layout(image, LayoutLocation(tmp_path / "src", "v1"))
     subprocess.run(["skopeo", "copy", "--format", "v2s2", "--dest-tls-verify=false", f"oci:{tmp_path / 'src'}:v1",
                     f"docker://{registry.host}/pull/skopeo:v2"], check=True, capture_output=True)  # fmt: skip
-    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
-                          f"docker://{registry.host}/pull/skopeo:v2"], check=True, capture_output=True).stdout  # fmt: skip
+    inspect = ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/pull/skopeo:v2"]
+    raw = subprocess.run(inspect, check=True, capture_output=True).stdout
     code = main(["pull", f"docker://{registry.host}/pull/skopeo:v2", f"oci:{tmp_path / 'out2'}:v2", "-q"])
     printed = capsys.readouterr().out.strip()
     assert code == 0

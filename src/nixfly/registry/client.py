@@ -33,6 +33,7 @@ from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST))
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 _MiB = 1 << 20
+IO_CHUNK = 256 * 1024  # bytes per read/write step: bounds memory per transfer whatever the blob size
 
 # Called with (digest, bytes completed so far) as blob bytes go out or come in.
 ProgressFn = Callable[[str, int], None]
@@ -656,7 +657,7 @@ class _UploadState:
             else:
                 left = pos
                 while left:
-                    skipped = src.read(min(left, _MiB))
+                    skipped = src.read(min(left, IO_CHUNK))
                     if not skipped:
                         raise ImageError(f"blob {self.digest} is shorter than {self.size} bytes")
                     left -= len(skipped)
@@ -668,7 +669,7 @@ class _UploadState:
             # The server holds bytes we never hashed (cannot normally happen): hash them before going on.
             src = self._seek(self._hashed)
             while self._hashed < start:
-                gap = src.read(min(_MiB, start - self._hashed))
+                gap = src.read(min(IO_CHUNK, start - self._hashed))
                 if not gap:
                     raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
                 self._hash.update(gap)
@@ -679,7 +680,7 @@ class _UploadState:
         if self.progress:
             self.progress(self.digest, start)
         while pos < end:
-            chunk = src.read(min(_MiB, end - pos))
+            chunk = src.read(min(IO_CHUNK, end - pos))
             if not chunk:
                 raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
             new_from = self._hashed - pos

@@ -35,7 +35,7 @@ class ProgressLayer:
         return self.inner.compression
 
     def open(self) -> BinaryIO:
-        return io.BufferedReader(_Reporting(self.inner.open(), self.advance), 1 << 20)
+        return io.BufferedReader(_Reporting(self.inner.open(), self.advance), 256 * 1024)
 
 
 class _Reporting(io.RawIOBase):

@@ -22,7 +22,7 @@ from nixfly.digest import check_digest
 from nixfly.errors import ImageError, NixflyError, RegistryError
 from nixfly.image import Image
 from nixfly.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
-from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
+from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
 
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
@@ -46,7 +46,7 @@ class RemoteLayer:
     media_type: str = ""
 
     def open(self) -> BinaryIO:
-        return io.BufferedReader(_VerifyingBlobReader(self), 1 << 20)
+        return io.BufferedReader(_VerifyingBlobReader(self), IO_CHUNK)
 
 
 class _VerifyingBlobReader(io.RawIOBase):
@@ -69,7 +69,7 @@ class _VerifyingBlobReader(io.RawIOBase):
     def _connect(self) -> None:
         lyr = self._layer
         self._resp = lyr.client.open_blob(lyr.repository, lyr.digest, self._pos)
-        self._chunks = self._resp.iter_raw(1 << 20)
+        self._chunks = self._resp.iter_raw(IO_CHUNK)
 
     def _next_chunk(self) -> bytes:
         lyr = self._layer
