@@ -25,10 +25,8 @@ def _registry_options(tls_verify: bool, creds: str | None) -> dict[str, Any]:
     return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify)}
 
 
-@cli.command(
-    "run",
-    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": False},
-)
+# Options may follow the image (people write them there); everything after "--" is the container's command.
+@cli.command("run")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option(

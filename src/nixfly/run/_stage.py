@@ -121,10 +121,15 @@ def _container_child(plan: dict[str, Any]) -> None:
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
         if os.path.exists(f"/dev/{node}"):
             _bind(f"/dev/{node}", f"{dev}/{node}", False)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
+    links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1"}
+    links |= {"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+    for name, target in links.items():
         os.symlink(target, f"{dev}/{name}")
-    os.symlink("/proc/self/fd/1", f"{dev}/stdout")
-    os.symlink("/proc/self/fd/2", f"{dev}/stderr")
+    if os.path.isdir("/dev/pts"):
+        # The host's terminals, so a container started from a terminal finds its tty (ttyname, job control).
+        _bind("/dev/pts", f"{dev}/pts", False)
+    os.makedirs(f"{dev}/shm")
+    _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV)
     for host, ctr, ro in c["volumes"]:
         _bind(host, merged + ctr, ro)
     os.chroot(merged)
