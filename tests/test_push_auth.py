@@ -50,7 +50,7 @@ def test_basic_auth_push_and_wrong_password(basic_registry: RunningRegistry, tmp
     r = basic_registry
     layout = _layout(tmp_path)
     ref = f"{r.host}/secure/app:v1"
-    ok = _cli("push", f"oci:{layout}:v1", ref, "--creds", f"{r.username}:{r.password}", "--json")
+    ok = _cli("push", f"oci:{layout}:v1", ref, "--dest-creds", f"{r.username}:{r.password}", "--json")
     assert ok.returncode == 0, ok.stderr
     digest = json.loads(ok.stdout)["digest"]
     assert _skopeo_digest(r, ref) == digest

@@ -188,6 +188,7 @@ def _dest_refs(dests: tuple[str, ...]) -> list[str]:
 @click.option("--mount-from", multiple=True, metavar="REPO",
               help="Sibling repository on the same registry to mount existing blobs from (repeatable).")  # fmt: skip
 @_transport_options()
+@_transport_options("dest")
 @_common_options
 def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None, mount_from: tuple[str, ...],
          **o: Any) -> None:  # fmt: skip
@@ -197,7 +198,7 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     digest-pinned reference (name@sha256:…) that nixfly deploy takes.
     """
     refs = _dest_refs(destinations)
-    options = _options(o)
+    options = _options(o, "dest")  # --dest-* (skopeo's spelling) or the plain --creds/--tls-verify/--cert-dir
     src_path = Path(source)
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         if not src_path.is_file():
