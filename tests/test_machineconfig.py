@@ -27,7 +27,8 @@ from nixfly.fly.machineconfig import (
 )
 
 DATA = Path(__file__).parent / "data" / "fly"
-SPEC = Path("/work/shared/fixtures/fly/fly-machines-openapi.json")
+from tests.support.flyspec import SPEC_PATH as SPEC  # noqa: E402
+
 IMAGE = "registry.example/demo@sha256:" + "ab" * 32
 
 

@@ -40,7 +40,8 @@ from werkzeug.wrappers import Request, Response
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request is noise
 
-SPEC_PATH = Path("/work/shared/fixtures/fly/fly-machines-openapi.json")
+from tests.support.flyspec import SPEC_PATH  # noqa: E402
+
 TOKEN = "fly-test-token-Zq81xPw0"  # what the fixture expects in "Authorization: Bearer ..."
 OTHER_OWNER = "someone-else@example.com"
 RELEASE_GROUP = "fly_app_release_command"
