@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from nixfly.build import BuildResult, build_image
 from nixfly.cli.app import cli
 from nixfly.cli.common import emit_json, human_size, parse_command, parse_kv, show_progress, stderr_console
+from nixfly.cli.registry import _options, _transport_options
 from nixfly.errors import UsageError
 from nixfly.layers import BuiltLayer, LayerSpec
 from nixfly.sinks.archive import write_archive
@@ -156,6 +157,7 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@_transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
 def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
@@ -213,9 +215,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         write_archive(image, ArchiveLocation(dest.path, name))
     summary = _summary(result, str(dest) if dest else None, digest)
     if push_refs:
-        from nixfly.registry.push import push_image  # type: ignore[import-not-found,unused-ignore]
+        from nixfly.registry.push import push_image
 
-        pushed = push_image(image, list(push_refs))
+        pushed = push_image(image, list(push_refs), options=_options(o))
         summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
     if json_out:
         emit_json(summary)
