@@ -59,6 +59,7 @@ class Closure:
         return out
 
     def closure_of(self, roots: Iterable[str]) -> set[str]:
+        """Every path reachable from ``roots``; a reference to an unlisted path is a ClosureError."""
         seen: set[str] = set()
         stack = list(roots)
         while stack:
@@ -66,7 +67,10 @@ class Closure:
             if p in seen:
                 continue
             seen.add(p)
-            stack.extend(self.paths[p].references)
+            for ref in self.paths[p].references:
+                if ref not in self.paths:
+                    raise ClosureError(f"closure metadata is incomplete: {p} references {ref}, which is not listed")
+                stack.append(ref)
         return seen
 
     def total_size(self) -> int:
@@ -248,17 +252,7 @@ def resolve_closure(
     for r in store_roots:
         if r not in paths:
             raise ClosureError(f"{r} is not in the closure metadata")
-    needed: set[str] = set()
-    stack = list(store_roots)
-    while stack:
-        p = stack.pop()
-        if p in needed:
-            continue
-        needed.add(p)
-        for ref in paths[p].references:
-            if ref not in paths:
-                raise ClosureError(f"closure metadata is incomplete: {p} references {ref}, which is not listed")
-            stack.append(ref)
+    needed = Closure(tuple(store_roots), paths, system, store_dir).closure_of(store_roots)
     sized: dict[str, StorePath] = {}
     for p in sorted(needed):
         if not os.path.lexists(p):

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from nixfly.cache import default_cache_dir
 from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runtimes import Prepared, Probe, prepare, select_runtime
-from nixfly.run.unpack import cached_rootfs, default_cache_dir, pid_alive, remove_tree
+from nixfly.run.unpack import cached_rootfs, pid_alive, remove_tree
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _PR_SET_PDEATHSIG = 1

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from nixfly.cache import default_cache_dir
 from nixfly.compress import decompressing_reader
 from nixfly.digest import digest_hex
 from nixfly.errors import ImageError, NixflyError
@@ -40,12 +41,6 @@ _BLOCK = 1 << 20
 
 class UnpackError(ImageError):
     """A layer cannot be unpacked: corrupt, or it tries to write outside the rootfs."""
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/nixfly`` (``~/.cache/nixfly`` when unset): the same root the other commands use."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nixfly"
 
 
 @dataclass(frozen=True)
