@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,10 +81,37 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, check: bool =
     return s
 
 
-def base_env() -> dict[str, str]:
+def base_env(snapshot: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, NIX_CONFIG=NIX_CONFIG)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    if snapshot is not None:
+        env["PYTHONPATH"] = str(snapshot)
     return env
+
+
+def snapshot_source(dest: Path) -> dict[str, str]:
+    """Copy src/nixfly to dest/nixfly and check it imports, so that edits others make to the shared
+    working tree during a run neither break it nor change what is measured halfway. Retries for a
+    while if the tree is mid-edit. Returns the git revision and the state of src/."""
+    for attempt in range(10):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(REPO / "src" / "nixfly", dest / "nixfly", ignore=shutil.ignore_patterns("__pycache__"))
+        probe = subprocess.run(
+            [sys.executable, "-c", "import nixfly, nixfly.cli; print(nixfly.__file__)"],
+            env=base_env(dest),
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip().startswith(str(dest)):
+            break
+        print(f"src/nixfly does not import yet (attempt {attempt + 1}); retrying in 15 s", file=sys.stderr)
+        time.sleep(15)
+    else:
+        raise RuntimeError(f"src/nixfly does not import:\n{probe.stderr[-2000:]}")
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True).stdout
+    return {"git_head": head, "src_uncommitted_files": str(len(dirty.splitlines()))}
 
 
 def nixfly(*args: str) -> list[str]:
@@ -405,7 +432,8 @@ def scenario_cold_build(ctx: Ctx, compression: str) -> None:
 
 def scenario_rebuild(ctx: Ctx) -> None:
     rep = ctx.report
-    assert ctx.warm_cache is not None and ctx.layout is not None
+    if ctx.warm_cache is None or ctx.layout is None:
+        raise RuntimeError("needs the cold gzip build's cache and layout")
     for _ in range(ctx.runs):
         s = nixfly_build(ctx, ctx.c1.root, ctx.layout, "v1", ctx.warm_cache, "gzip")
         rep.add("rebuild.nochange.nixfly", s)
@@ -456,7 +484,8 @@ def _layout_blob_size(layout: Path, tag: str) -> tuple[int, int, set[str]]:
 
 def scenario_push(ctx: Ctx) -> None:
     rep = ctx.report
-    assert ctx.layout is not None
+    if ctx.layout is None or not ctx.report.series.get("rebuild.app.nixfly"):
+        raise RuntimeError("needs the layout with the cold build and the app-change rebuilds")
     layout = ctx.layout
     have_push = _push_supported(ctx)
     if not have_push:
@@ -572,7 +601,6 @@ def main(argv: list[str] | None = None) -> int:
         args.runs = 1 if args.quick else 3
     s1, s2 = (0.03, 0.06) if args.quick else (1.0, 2.0)
 
-    env = base_env()
     t_start = time.perf_counter()
     print(f"generating closures (scale {s1:g}, {s2:g}) ...", file=sys.stderr)
     c1 = gen_closure(s1, 1)
@@ -594,23 +622,29 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     with work_dir(args.work_dir, args.keep) as work:
+        report.facts["source"] = snapshot_source(work / "src")
+        env = base_env(work / "src")
         ctx = Ctx(work, args.runs, c1, c2, apps, report, env)
-        needs_gzip = bool({"build", "rebuild", "push", "rss"} & only)
-        if needs_gzip:
-            print("scenario: cold build gzip", file=sys.stderr)
-            scenario_cold_build(ctx, "gzip")
-        if "build" in only:
-            print("scenario: cold build zstd", file=sys.stderr)
-            scenario_cold_build(ctx, "zstd")
-        if "rebuild" in only or "push" in only:
-            print("scenario: rebuild", file=sys.stderr)
-            scenario_rebuild(ctx)
-        if "push" in only:
-            print("scenario: push", file=sys.stderr)
-            scenario_push(ctx)
-        if "rss" in only:
-            print("scenario: peak RSS 2x", file=sys.stderr)
-            scenario_rss(ctx)
+        steps: list[tuple[str, bool, Callable[[], None]]] = [
+            (
+                "cold build gzip",
+                bool({"build", "rebuild", "push", "rss"} & only),
+                lambda: scenario_cold_build(ctx, "gzip"),
+            ),
+            ("cold build zstd", "build" in only, lambda: scenario_cold_build(ctx, "zstd")),
+            ("rebuild", bool({"rebuild", "push"} & only), lambda: scenario_rebuild(ctx)),
+            ("push", "push" in only, lambda: scenario_push(ctx)),
+            ("peak RSS 2x", "rss" in only, lambda: scenario_rss(ctx)),
+        ]
+        for name, wanted, step in steps:
+            if not wanted:
+                continue
+            print(f"scenario: {name}", file=sys.stderr)
+            try:
+                step()
+            except Exception as e:  # keep going: one broken scenario must not lose the others' numbers
+                report.notes.append(f"scenario {name} failed: {str(e).strip()[-600:]}")
+                print(f"scenario {name} failed: {e}", file=sys.stderr)
     report.facts["bench_wall_s"] = time.perf_counter() - t_start
 
     c2txt = f"; 2x: {c2.paths} paths, {c2.nar_bytes / 2**30:.2f} GiB" if c2 else ""
@@ -621,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k}: {v}")
     for n in report.notes:
         print(f"  note: {n}")
+    if report.notes:
+        print("")
     met = sum(report.targets.values())
     print(f"targets met: {met}/{len(report.targets)}")
     out = args.json or HERE / "results" / f"bench-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
