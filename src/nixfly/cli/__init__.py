@@ -1,25 +1,14 @@
-"""Command-line entry point. Imports each command module (they attach to ``cli``) and maps every
-NixflyError to ``nixfly: <one line>`` on stderr with a non-zero exit, never a traceback."""
+"""Command-line entry point. Command modules load on demand (see ``app.COMMANDS``); every NixflyError
+becomes ``nixfly: <one line>`` on stderr with a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
 from nixfly.cli.app import cli
 from nixfly.errors import NixflyError
-
-# Each module owns its commands; a missing module (not yet written) is skipped so slices can land alone.
-COMMAND_MODULES = ("build", "inspect", "registry", "run", "deploy", "flyinit")
-
-for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"nixfly.cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"nixfly.cli.{_name}":
-            raise
 
 
 def main(argv: list[str] | None = None) -> int:

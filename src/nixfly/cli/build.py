@@ -3,22 +3,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nixfly.build import BuildResult, build_image
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, parse_command, parse_kv, show_progress, stderr_console
-from nixfly.cli.registry import _options, _transport_options
+from nixfly.cli.common import (
+    emit_json,
+    human_size,
+    parse_command,
+    parse_kv,
+    show_progress,
+    stderr_console,
+    transport_options,
+)
 from nixfly.errors import UsageError
 from nixfly.layers import BuiltLayer, LayerSpec
 from nixfly.sinks.archive import write_archive
 from nixfly.sinks.layout import write_layout
-from nixfly.spec import FileSpec, ImageSpec, PermSpec, load_spec
+from nixfly.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
 from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
 
 
@@ -68,7 +75,7 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         if o[flag]:
             upd[flag] = True
     if o["no_contents"]:
-        upd["contents"] = base.contents.model_copy(update={"roots": False})
+        upd["contents"] = dataclasses.replace(base.contents, roots=False)
     lay: dict[str, Any] = {}
     for key, name in (("max_layers", "max_layers"), ("layering", "algorithm"), ("compression", "compression")):
         if o[key] is not None:
@@ -77,19 +84,11 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         lay["level"] = o["level"]
     if o["layer"]:
         lay["explicit"] = [*base.layers.explicit, *[[p for p in x.split(",") if p] for x in o["layer"]]]
-    merged = base.model_dump()
+    merged = to_dict(base)
     merged.update(upd)
     if lay:
-        merged["layers"] = {**base.layers.model_dump(), **lay}
-    try:
-        return ImageSpec.model_validate(merged)
-    except Exception as e:  # pydantic ValidationError: report the first problem on one line
-        errs = getattr(e, "errors", None)
-        if callable(errs):
-            first = errs()[0]
-            loc = ".".join(str(x) for x in first.get("loc", ()))
-            raise UsageError(f"{loc}: {first['msg'].removeprefix('Value error, ')}") from None
-        raise
+        merged["layers"] = {**to_dict(base.layers), **lay}
+    return validate_spec(merged)
 
 
 def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, Any]:
@@ -157,7 +156,7 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
-@_transport_options()
+@transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
 def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
@@ -180,6 +179,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     con = stderr_console()
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
             console=con, transient=True,
@@ -215,6 +216,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         write_archive(image, ArchiveLocation(dest.path, name))
     summary = _summary(result, str(dest) if dest else None, digest)
     if push_refs:
+        from nixfly.cli.registry import _options
         from nixfly.registry.push import push_image
 
         pushed = push_image(image, list(push_refs), options=_options(o))

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from nixfly.errors import UsageError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 
@@ -62,3 +68,24 @@ def human_size(n: int) -> str:
             return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
         f /= 1024
     return f"{n} B"
+
+
+def transport_options(prefix: str = "") -> Callable[[Any], Any]:
+    """--creds/--tls-verify/--cert-dir, optionally with a src-/dest- prefix as in skopeo."""
+    p = f"{prefix}-" if prefix else ""
+    k = f"{prefix}_" if prefix else ""
+    opts = [
+        click.option(f"--{p}creds", f"{k}creds", metavar="USER:PASS", default=None,
+                     help=f"Registry credentials{' for the ' + prefix if prefix else ''} (never printed)."),
+        click.option(f"--{p}tls-verify", f"{k}tls_verify", type=click.BOOL, default=None, metavar="BOOL",
+                     help="Verify TLS (default true; false also allows plain HTTP)."),
+        click.option(f"--{p}cert-dir", f"{k}cert_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, help="Directory with the registry's CA certificate(s) (*.crt)."),
+    ]  # fmt: skip
+
+    def deco(f: Any) -> Any:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return deco

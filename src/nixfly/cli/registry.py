@@ -7,7 +7,6 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from rich.progress import (
 )
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console
+from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console, transport_options
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
 from nixfly.mediatypes import INDEX_TYPES, ManifestFormat
@@ -34,27 +33,6 @@ from nixfly.registry.push import BlobOutcome, PushProgress, PushResult, push_ima
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
 from nixfly.registry.source import image_from_manifest, open_remote_image, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
-
-
-def _transport_options(prefix: str = "") -> Callable[[Any], Any]:
-    """--creds/--tls-verify/--cert-dir, optionally with a src-/dest- prefix as in skopeo."""
-    p = f"{prefix}-" if prefix else ""
-    k = f"{prefix}_" if prefix else ""
-    opts = [
-        click.option(f"--{p}creds", f"{k}creds", metavar="USER:PASS", default=None,
-                     help=f"Registry credentials{' for the ' + prefix if prefix else ''} (never printed)."),
-        click.option(f"--{p}tls-verify", f"{k}tls_verify", type=click.BOOL, default=None, metavar="BOOL",
-                     help="Verify TLS (default true; false also allows plain HTTP)."),
-        click.option(f"--{p}cert-dir", f"{k}cert_dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=None, help="Directory with the registry's CA certificate(s) (*.crt)."),
-    ]  # fmt: skip
-
-    def deco(f: Any) -> Any:
-        for o in reversed(opts):
-            f = o(f)
-        return f
-
-    return deco
 
 
 def _common_options(f: Any) -> Any:
@@ -187,8 +165,8 @@ def _dest_refs(dests: tuple[str, ...]) -> list[str]:
               help="Manifest format (default: the image's; v2s2 for registry.fly.io).")  # fmt: skip
 @click.option("--mount-from", multiple=True, metavar="REPO",
               help="Sibling repository on the same registry to mount existing blobs from (repeatable).")  # fmt: skip
-@_transport_options()
-@_transport_options("dest")
+@transport_options()
+@transport_options("dest")
 @_common_options
 def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None, mount_from: tuple[str, ...],
          **o: Any) -> None:  # fmt: skip
@@ -220,7 +198,7 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
 @click.argument("source")
 @click.argument("destination")
 @click.option("--platform", default=None, help="os/arch to pick from a multi-platform image (default: this host).")
-@_transport_options()
+@transport_options()
 @_common_options
 def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
     """Pull registry image SOURCE into DESTINATION (oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]).
@@ -279,9 +257,9 @@ def _counting(image: Image, hook: tuple[Progress, TaskID]) -> Image:
 @click.option("--format", "fmt", type=click.Choice(["oci", "v2s2"]), default=None,
               help="Destination manifest format (default: the source's; v2s2 for registry.fly.io).")  # fmt: skip
 @click.option("--platform", default=None, help="os/arch to pick from a multi-platform image (default: this host).")
-@_transport_options()
-@_transport_options("src")
-@_transport_options("dest")
+@transport_options()
+@transport_options("src")
+@transport_options("dest")
 @_common_options
 def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: str | None, **o: Any) -> None:
     """Copy an image from SOURCE to DESTINATION (registry, oci:DIR[:TAG] or docker-archive:FILE).
@@ -316,7 +294,7 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
 
 @cli.command()
 @click.argument("repository")
-@_transport_options()
+@transport_options()
 @_common_options
 def tags(repository: str, **o: Any) -> None:
     """List the releases in REPOSITORY: each tag with its digest and created time, newest first."""

@@ -1,0 +1,59 @@
+"""nixfly.toml: the image definition is validated with errors naming file:line, key and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nixfly.errors import ConfigError
+from nixfly.spec import load_spec
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[image]\nroots = ["x"]\n[[image.users]]\nname = "a"\nuid = -1\n',
+            "n.toml:5: image.users.0.uid: must be at least 0 (got -1)",
+        ),
+        ('[image]\nports = ["80/sctp"]\n', "n.toml:2: image.ports.0: port '80/sctp' must look like 8080 or 8080/tcp"),
+        (
+            '[image.layers]\nalgorithm = "fancy"\n',
+            "n.toml:2: image.layers.algorithm: must be one of 'popularity', 'auto' (got 'fancy')",
+        ),
+        (
+            "[image.layers]\nmax_layers = 200\n",
+            "n.toml:2: image.layers.max_layers: must be between 1 and 127 (got 200)",
+        ),
+        ("[image]\nenv = { A = 1 }\n", "image.env.A: must be a string (got int 1)"),
+        (
+            '[[image.dirs]]\npath = "/d"\nmode = "999"\n',
+            "n.toml:3: image.dirs.0.mode: mode '999' is not an octal number",
+        ),
+        ('[image]\nusers = [{ name = "x" }]\n', "image.users.0.uid: is required"),
+        ('roots = ["a"]\nentrypont = ["/bin/x"]\n', "n.toml:2: entrypont: unknown key"),
+        ("[image\n", "invalid TOML"),
+    ],
+)
+def test_bad_definitions_name_line_and_key(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_spec(p)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_good_definition_resolves_relative_paths_and_modes(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text(
+        '[image]\nroots = ["./result", "/nix/store/x", ".#app"]\nports = ["8080"]\n'
+        '[[image.dirs]]\npath = "/data"\nmode = "0750"\n[[image.files]]\nsrc = "static"\ndest = "/srv"\n'
+    )
+    s = load_spec(p)
+    assert s.roots == [str(tmp_path / "result"), "/nix/store/x", ".#app"]
+    assert s.ports == ["8080/tcp"]
+    assert s.dirs[0].mode == 0o750
+    assert s.files[0].src == str(tmp_path / "static")
+    assert s.layers.algorithm == "auto" and s.layers.max_layers == 100
