@@ -176,14 +176,13 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
-    con = stderr_console()
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-            console=con, transient=True,
+            console=stderr_console(), transient=True,
         )  # fmt: skip
     task: list[Any] = []
     weights: list[int] = []
@@ -226,13 +225,14 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         return
     t = summary["totals"]
     if not quiet:
-        con.print(
+        click.echo(
             f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
             f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
-            + (f" → {dest}" if dest else "")
+            + (f" → {dest}" if dest else ""),
+            err=True,
         )
         if "pushed" in summary:
-            con.print(f"pushed {summary['pushed']['reference']}")
+            click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     if not (isinstance(dest, ArchiveLocation) and dest.path is None):
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
