@@ -122,6 +122,8 @@ def build_image(
     workers: int | None = None,
     on_plan: Callable[[list[LayerSpec], list[int]], None] | None = None,
     on_layer: Callable[[int, BuiltLayer], None] | None = None,
+    on_layer_start: Callable[[int], None] | None = None,
+    on_layer_bytes: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests."""
     t0 = time.monotonic()
@@ -155,7 +157,10 @@ def build_image(
         store_dir=closure.store_dir,
         workers=workers or os.cpu_count() or 1,
     )
-    built = build_layers(specs, settings, BlobCache(cache_dir), weights=weights, on_done=on_layer)
+    built = build_layers(
+        specs, settings, BlobCache(cache_dir), weights=weights,
+        on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes,
+    )  # fmt: skip
     config = image_config(spec, closure, built, cust.env)
     annotations = {}
     if spec.annotations:

@@ -149,14 +149,17 @@ def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str) -> None:
     tw.close()
 
 
-def build_layer(spec: LayerSpec, settings: LayerSettings, cache: BlobCache) -> tuple[CachedLayer, bool]:
-    """The cached layer for ``spec``, building it if needed. Returns (layer, built_now)."""
+def build_layer(
+    spec: LayerSpec, settings: LayerSettings, cache: BlobCache, on_bytes: Callable[[int], None] | None = None
+) -> tuple[CachedLayer, bool]:
+    """The cached layer for ``spec``, building it if needed. Returns (layer, built_now). ``on_bytes`` hears
+    how many uncompressed tar bytes were written, as they are."""
     key = settings.key(spec)
     hit = cache.lookup(key)
     if hit is not None:
         return hit, False
     with cache.new_blob() as (f, holder):
-        sink = HashingSink(settings.compressor, f)
+        sink = HashingSink(settings.compressor, f, on_bytes)
         tw = TarWriter(sink, settings.mtime, settings.rules)
         try:
             write_layer_tar(tw, spec, settings.store_dir)
@@ -184,13 +187,19 @@ def build_layers(
     *,
     weights: Sequence[int] | None = None,
     on_done: Callable[[int, BuiltLayer], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> list[BuiltLayer]:
-    """Build (or reuse) every layer, in parallel; results in ``specs`` order."""
+    """Build (or reuse) every layer, in parallel; results in ``specs`` order. The callbacks (for progress
+    display) hear when layer i starts, how many tar bytes it has written, and when it is done."""
     results: list[BuiltLayer | None] = [None] * len(specs)
 
     def one(i: int) -> None:
         spec = specs[i]
-        cl, built = build_layer(spec, settings, cache)
+        if on_start is not None:
+            on_start(i)
+        counter = None if on_bytes is None else (lambda n: on_bytes(i, n))
+        cl, built = build_layer(spec, settings, cache, counter)
         bl = BlobLayer(
             cl.path,
             cl.digest,

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -64,7 +64,8 @@ def compile_perm_rule(
 class HashingSink:
     """Receives raw tar bytes; hashes them, compresses in fixed blocks, hashes and writes the output."""
 
-    def __init__(self, compressor: Compressor, out: BinaryIO) -> None:
+    def __init__(self, compressor: Compressor, out: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
+        self._on_bytes = on_bytes
         self._buf = bytearray()
         self._diff = hashlib.sha256()
         self._dig = hashlib.sha256()
@@ -97,6 +98,8 @@ class HashingSink:
         view.release()
         del buf[:n]
         self.uncompressed_size += n
+        if self._on_bytes is not None:
+            self._on_bytes(n)
 
     def finish(self) -> tuple[str, str]:
         """Flush everything; returns (diff_id, digest)."""

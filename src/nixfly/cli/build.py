@@ -91,6 +91,14 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
     return validate_spec(merged)
 
 
+def _label(spec: LayerSpec) -> str:
+    """A layer's name for a progress bar: its first store path's name (+N more), or its kind."""
+    if not spec.store_paths:
+        return spec.kind
+    first = spec.store_paths[0].rsplit("/", 1)[-1].split("-", 1)[-1]
+    return first + (f" +{len(spec.store_paths) - 1}" if len(spec.store_paths) > 1 else "")
+
+
 def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, Any]:
     img = result.image
     layers = []
@@ -181,26 +189,41 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
-    task: list[Any] = []
+    total: list[Any] = []
+    per_layer: dict[int, Any] = {}
     weights: list[int] = []
+    names: list[str] = []
 
     def on_plan(specs: list[LayerSpec], w: list[int]) -> None:
         weights.extend(w)
+        names.extend(_label(s) for s in specs)
         if progress is not None:
             progress.start()
-            task.append(progress.add_task(f"building {len(specs)} layers", total=sum(w)))
+            total.append(progress.add_task(f"[bold]{len(specs)} layers", total=sum(w)))
+
+    def on_start(i: int) -> None:
+        if progress is not None:
+            per_layer[i] = progress.add_task(f"  {names[i][:40]}", total=max(weights[i], 1))
+
+    def on_bytes(i: int, n: int) -> None:
+        if progress is not None and i in per_layer:
+            progress.advance(per_layer[i], n)
 
     def on_layer(i: int, b: BuiltLayer) -> None:
-        if progress is not None and task:
-            progress.advance(task[0], weights[i])
+        if progress is not None and total:
+            if i in per_layer:
+                progress.remove_task(per_layer.pop(i))
+            progress.advance(total[0], weights[i])
 
     try:
         result = build_image(
             spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
             on_plan=on_plan, on_layer=on_layer,
+            on_layer_start=on_start if progress is not None else None,
+            on_layer_bytes=on_bytes if progress is not None else None,
         )  # fmt: skip
     finally:
         if progress is not None:
