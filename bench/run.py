@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -111,7 +112,14 @@ def snapshot_source(dest: Path) -> dict[str, str]:
     git = ["git", "-C", str(REPO)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True).stdout
-    return {"git_head": head, "src_uncommitted_files": str(len(dirty.splitlines()))}
+    h = hashlib.sha256()
+    for f in sorted((dest / "nixfly").rglob("*.py")):
+        h.update(f.relative_to(dest).as_posix().encode() + b"\0" + f.read_bytes())
+    return {
+        "git_head": head,
+        "src_uncommitted_files": str(len(dirty.splitlines())),
+        "snapshot_sha256": h.hexdigest()[:16],
+    }
 
 
 def nixfly(*args: str) -> list[str]:
