@@ -97,6 +97,8 @@ def snapshot_source(dest: Path) -> dict[str, str]:
     for attempt in range(10):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(REPO / "src" / "nixfly", dest / "nixfly", ignore=shutil.ignore_patterns("__pycache__"))
+        # byte-compile up front, as an installed package is: no run pays for compiling the sources
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest)], check=False)
         probe = subprocess.run(
             [sys.executable, "-c", "import nixfly, nixfly.cli; print(nixfly.__file__)"],
             env=base_env(dest),
