@@ -101,3 +101,21 @@ def test_flake_installable_as_root(tiny_closure: TinyClosure, tmp_path: Path) ->
         and bad.err.startswith("nixfly: nix build .#nope failed")
         and len(bad.err.strip().splitlines()) == 1
     )
+
+
+def test_export_references_graph_files_classic_and_structured(tiny_closure: TinyClosure, tmp_path: Path) -> None:
+    graphs = subprocess.run(
+        ["nix-build", str(Path(__file__).parent / "data" / "nix" / "export-graph.nix"), "--no-out-link",
+         "--argstr", "app", tiny_closure.app, "--argstr", "bb", tiny_closure.bb, "-A", "classic", "-A", "structured"],
+        capture_output=True, text=True, env=nix_env(), check=True,
+    ).stdout.split()  # fmt: skip
+    cache = tmp_path / "c"
+    ref = _build(tiny_closure, tmp_path / "ref", cache)["digest"]
+    no_nix = tmp_path / "no-nix-here"
+    no_nix.mkdir()
+    for g in graphs:
+        # Inside a Nix build there is no nix CLI: PATH holds nothing, the graph file is all nixfly has.
+        r = run_nixfly("build", tiny_closure.app, "--closure-file", g, "-o", f"oci:{tmp_path / Path(g).name}",
+                       "--cache-dir", str(cache), "--json", env={"PATH": str(no_nix)})  # fmt: skip
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["digest"] == ref, g

@@ -102,12 +102,20 @@ def _check_entry(path: Any, where: str, store_dir: str) -> str:
     return path
 
 
+def _is_path_obj(x: Any) -> bool:
+    return isinstance(x, dict) and "path" in x
+
+
 def parse_path_info(data: Any, where: str = "closure JSON", store_dir: str = STORE_DIR) -> dict[str, StorePath]:
     """Parse ``nix path-info --json`` output in either shape (list of objects, or object keyed by path),
     or a structuredAttrs ``exportReferencesGraph`` JSON (``{"graph": [...]}``)."""
     items: list[tuple[str, Any]]
-    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()) and len(data) == 1:
-        data = next(iter(data.values()))  # structuredAttrs: {"<name>": [ ... ]}
+    if isinstance(data, dict) and not all(isinstance(k, str) and k.startswith("/") for k in data):
+        # A structuredAttrs .attrs.json: each exportReferencesGraph name holds a list of path objects.
+        graphs = [v for v in data.values() if isinstance(v, list) and v and all(_is_path_obj(x) for x in v)]
+        if not graphs:
+            raise ClosureError(f"{where}: no store paths found (expected path-info or exportReferencesGraph JSON)")
+        data = [x for g in graphs for x in g]
     if isinstance(data, list):
         items = []
         for i, obj in enumerate(data):
