@@ -119,3 +119,20 @@ def test_export_references_graph_files_classic_and_structured(tiny_closure: Tiny
                        "--cache-dir", str(cache), "--json", env={"PATH": str(no_nix)})  # fmt: skip
         assert r.code == 0, r.err
         assert json.loads(r.out)["digest"] == ref, g
+
+
+def test_closure_metadata_is_remembered_per_root(tiny_closure: TinyClosure, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    first = _build(tiny_closure, tmp_path / "a", cache)
+    assert len(list((cache / "closures").glob("*.json"))) == 1
+    # A store path's closure never changes: the second build needs no nix at all.
+    no_nix = tmp_path / "empty-path"
+    no_nix.mkdir()
+    r = run_nixfly("build", tiny_closure.app, "-o", f"oci:{tmp_path / 'b'}", "--cache-dir", str(cache), "--json",
+                   env={"PATH": str(no_nix)})  # fmt: skip
+    assert r.code == 0, r.err
+    again = json.loads(r.out)
+    assert again["digest"] == first["digest"] and again["totals"]["built"] == 0
+    # A corrupt entry is not trusted: nix is asked again.
+    next((cache / "closures").glob("*.json")).write_text("{not json")
+    assert _build(tiny_closure, tmp_path / "c2", cache)["digest"] == first["digest"]

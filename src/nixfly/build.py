@@ -127,7 +127,12 @@ def build_image(
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests."""
     t0 = time.monotonic()
-    closure = resolve_closure(spec.roots, closure_file=Path(spec.closure_file) if spec.closure_file else None)
+    cache = BlobCache(cache_dir)
+    closure = resolve_closure(
+        spec.roots,
+        closure_file=Path(spec.closure_file) if spec.closure_file else None,
+        metadata_cache=cache.root / "closures",
+    )
     cust = customise(spec, closure)
     has_custom = bool(cust.entries)
     plan = plan_layers(
@@ -158,7 +163,7 @@ def build_image(
         workers=workers or os.cpu_count() or 1,
     )
     built = build_layers(
-        specs, settings, BlobCache(cache_dir), weights=weights,
+        specs, settings, cache, weights=weights,
         on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes,
     )  # fmt: skip
     config = image_config(spec, closure, built, cust.env)

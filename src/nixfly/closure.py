@@ -9,10 +9,12 @@ build where no nix CLI runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,9 +243,11 @@ def resolve_closure(
     closure_file: Path | None = None,
     store_dir: str = STORE_DIR,
     system: str | None = None,
+    metadata_cache: Path | None = None,
 ) -> Closure:
     """Resolve user-given roots (store paths, ``./result`` links, flake installables like ``.#app``)
-    and their full closure; check every path exists on disk."""
+    and their full closure; check every path exists on disk. With ``metadata_cache``, the metadata
+    ``nix path-info`` gave for a set of roots is remembered there: a store path's closure never changes."""
     if not roots:
         raise UsageError("nothing to build: give at least one store path, ./result link or flake installable")
     store_roots: list[str] = []
@@ -256,7 +260,7 @@ def resolve_closure(
     if closure_file is not None:
         paths = load_closure_file(closure_file, store_dir)
     else:
-        paths = query_path_info(store_roots, store_dir)
+        paths = _cached_path_info(store_roots, store_dir, metadata_cache)
     for r in store_roots:
         if r not in paths:
             raise ClosureError(f"{r} is not in the closure metadata")
@@ -271,6 +275,29 @@ def resolve_closure(
             sp = StorePath(sp.path, size, sp.references, sp.deriver)
         sized[p] = sp
     return Closure(tuple(store_roots), sized, system or _system_of(sized[store_roots[0]]), store_dir)
+
+
+def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) -> dict[str, StorePath]:
+    if cache is None:
+        return query_path_info(roots, store_dir)
+    key = hashlib.sha256("\n".join(sorted(roots)).encode()).hexdigest()
+    entry = cache / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, ClosureError):
+        paths = parse_path_info(json.loads(entry.read_bytes()), str(entry), store_dir)
+        if all(r in paths for r in roots):
+            return paths
+    paths = query_path_info(roots, store_dir)
+    data = [
+        {"path": sp.path, "narSize": sp.nar_size, "references": list(sp.references), "deriver": sp.deriver}
+        for sp in paths.values()
+    ]
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run a query
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".closure.", dir=cache)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, entry)
+    return paths
 
 
 def _system_of(sp: StorePath) -> str | None:

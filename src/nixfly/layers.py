@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -194,33 +193,41 @@ def build_layers(
     display) hear when layer i starts, how many tar bytes it has written, and when it is done."""
     results: list[BuiltLayer | None] = [None] * len(specs)
 
-    def one(i: int) -> None:
+    def finish(i: int, cl: CachedLayer, built: bool) -> None:
         spec = specs[i]
+        bl = BlobLayer(
+            cl.path, cl.digest, cl.diff_id, cl.size, cl.compression,
+            cl.uncompressed_size, spec.store_paths, spec.comment,
+        )  # fmt: skip
+        done = BuiltLayer(spec, bl, built)
+        results[i] = done
+        if on_done is not None:
+            on_done(i, done)
+
+    def one(i: int) -> None:
         if on_start is not None:
             on_start(i)
         counter = None if on_bytes is None else (lambda n: on_bytes(i, n))
-        cl, built = build_layer(spec, settings, cache, counter)
-        bl = BlobLayer(
-            cl.path,
-            cl.digest,
-            cl.diff_id,
-            cl.size,
-            cl.compression,
-            cl.uncompressed_size,
-            spec.store_paths,
-            spec.comment,
-        )
-        results[i] = BuiltLayer(spec, bl, built)
-        if on_done is not None:
-            on_done(i, results[i])  # type: ignore[arg-type]
+        cl, built = build_layer(specs[i], settings, cache, counter)
+        finish(i, cl, built)
 
+    # Cache hits first, serially: an unchanged rebuild then needs no thread pool at all.
+    misses = []
+    for i, spec in enumerate(specs):
+        hit = cache.lookup(settings.key(spec))
+        if hit is None:
+            misses.append(i)
+        else:
+            finish(i, hit, False)
     # Largest first, so the long poles start early and the cores stay busy to the end.
-    order = sorted(range(len(specs)), key=lambda i: -(weights[i] if weights else 0))
-    if settings.workers <= 1 or len(specs) <= 1:
-        for i in order:
+    misses.sort(key=lambda i: -(weights[i] if weights else 0))
+    if settings.workers <= 1 or len(misses) <= 1:
+        for i in misses:
             one(i)
-    else:
+    elif misses:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-            for fut in [pool.submit(one, i) for i in order]:
+            for fut in [pool.submit(one, i) for i in misses]:
                 fut.result()
     return [r for r in results if r is not None]

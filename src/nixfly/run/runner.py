@@ -94,23 +94,32 @@ class _Supervisor:
         self.info_read = info_read
         self.tty = tty
         self.child_pid: int | None = None  # bwrap: the container's PID-1 on the host
+        self.child_known = threading.Event()  # set once bwrap has told us child_pid (or closed the pipe)
         self.proc: subprocess.Popen[bytes] | None = None
         self.signals = 0
 
     def _read_info(self) -> None:
         assert self.info_read is not None
         buf = b""
-        with os.fdopen(self.info_read, "rb") as f:
-            while chunk := f.read1(4096):
-                buf += chunk
-                m = re.search(rb'"child-pid"\s*:\s*(\d+)', buf)
-                if m:
-                    self.child_pid = int(m.group(1))
+        try:
+            with os.fdopen(self.info_read, "rb") as f:
+                while chunk := f.read1(4096):
+                    buf += chunk
+                    m = re.search(rb'"child-pid"\s*:\s*(\d+)', buf)
+                    if m:
+                        self.child_pid = int(m.group(1))
+                        self.child_known.set()
+        finally:
+            self.child_known.set()
 
     def _target(self) -> int:
         assert self.proc is not None
-        if self.prep.runtime.name == "bwrap" and self.child_pid is not None:
-            return self.child_pid
+        if self.prep.runtime.name == "bwrap":
+            # A signal can arrive before the reader thread has parsed bwrap's report; bwrap itself must
+            # not get it (it would die and leave the container), so wait for the PID briefly.
+            self.child_known.wait(5.0)
+            if self.child_pid is not None:
+                return self.child_pid
         return self.proc.pid
 
     def _kill_hard(self) -> None:
