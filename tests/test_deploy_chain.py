@@ -4,6 +4,7 @@ nixfly deploy to the validated Machines API stand-in, which resolves the image b
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,44 @@ def test_nix_closure_to_fly_machines(
     assert machines[0].image == reference and machines[0].region == "fra" and machines[0].state == "started"
     # The stand-in looked the manifest up by digest in the real registry before accepting the machine.
     assert f"/v2/chain/manifests/{digest}" in registry.log_text()
+
+
+def test_deploy_builds_and_pushes_first(
+    fly_api: RunningStandin,
+    registry: RunningRegistry,
+    tiny_closure: TinyClosure,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
+    monkeypatch.setenv("FLY_API_URL", fly_api.url)
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fly_api.create_app("oneshot")
+    (tmp_path / "nixfly.toml").write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nentrypoint = ["/bin/hello"]\n')
+    toml = tmp_path / "fly.toml"
+    toml.write_text('app = "oneshot"\nprimary_region = "fra"\n[deploy]\nwait_timeout = "5s"\n')
+    monkeypatch.chdir(tmp_path)
+    repo = f"{registry.host}/oneshot"
+
+    # --dry-run builds but pushes nothing and changes nothing; it names the digest the push will have.
+    assert main(["deploy", "--config", str(toml), "--push-to", repo, "--dry-run", "--json"]) == 0
+    plan = capsys.readouterr().out
+    assert "/v2/oneshot/blobs/uploads/" not in registry.log_text()
+    assert fly_api.machines("oneshot") == []
+
+    # ./nixfly.toml is found by itself: build, push to a deployment-<digest> tag, deploy by digest.
+    assert main(["deploy", "--config", str(toml), "--push-to", repo, "--json"]) == 0
+    capsys.readouterr()
+    machines = fly_api.machines("oneshot")
+    assert len(machines) == 1
+    image = machines[0].image
+    digest = image.split("@", 1)[1]
+    assert image == f"{repo}@{digest}" and digest in plan
+    tags = json.loads(
+        subprocess.run(
+            ["skopeo", "list-tags", "--tls-verify=false", f"docker://{repo}"], capture_output=True, check=True
+        ).stdout
+    )["Tags"]
+    assert tags == [f"deployment-{digest.split(':')[1][:12]}"]

@@ -51,10 +51,37 @@ def _progress(line: str) -> None:
     click.echo(f"==> {line}", err=True)
 
 
+def _build_and_push(build_path: Path, repository: str, dry_run: bool) -> str:
+    """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
+
+    With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
+    from nixfly.build import build_image
+    from nixfly.registry.push import default_format, push_image
+    from nixfly.registry.reference import parse_reference
+    from nixfly.spec import load_spec
+
+    ref = parse_reference(repository)
+    if ref.tag is not None or ref.digest is not None:
+        raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
+    _progress(f"building {build_path}")
+    image = build_image(load_spec(build_path)).image
+    fmt = default_format([ref], image)
+    digest = image.manifest_digest(fmt)
+    if dry_run:
+        return ref.pinned(digest)
+    tag = f"{ref.name}:deployment-{digest.split(':', 1)[1][:12]}"
+    _progress(f"pushing {tag}")
+    return push_image(image, [tag], fmt=fmt).reference
+
+
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("fly.toml"),
               show_default=True, help="The fly.toml to deploy.")  # fmt: skip
 @click.option("--image", default=None, help="Digest-pinned image (NAME@sha256:...), e.g. from nixfly push.")
+@click.option("--build", "build_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Build this nixfly.toml and push it first (default: ./nixfly.toml when no image is given).")
+@click.option("--push-to", default=None, metavar="REPO",
+              help="Where --build pushes (default registry.fly.io/APP); tagged deployment-<digest>.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy.")
 @click.option("--app", "app_name", default=None, help="Override the app name from fly.toml.")
 @click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for each machine to be healthy.")
@@ -64,6 +91,8 @@ def _progress(line: str) -> None:
 def deploy(
     config_path: Path,
     image: str | None,
+    build_path: Path | None,
+    push_to: str | None,
     strategy: str | None,
     app_name: str | None,
     wait_timeout: float | None,
@@ -79,12 +108,16 @@ def deploy(
     if not config_path.is_file():
         raise ConfigError(f"{config_path}: no such file (pass --config PATH to your fly.toml)")
     cfg = load_fly_toml(config_path)
-    if image is None:
-        image = cfg.build.image if cfg.build is not None else None
-    if image is None:
-        raise UsageError("no image to deploy: pass --image NAME@sha256:... (nixfly push prints one)")
-    image = require_digest_ref(image)
     app = app_name or cfg.app
+    if image is None and build_path is None:
+        image = cfg.build.image if cfg.build is not None else None
+        if image is None and Path("nixfly.toml").is_file():
+            build_path = Path("nixfly.toml")
+    if image is None and build_path is not None:
+        image = _build_and_push(build_path, push_to or f"registry.fly.io/{app}", dry_run)
+    if image is None:
+        raise UsageError("no image to deploy: pass --image NAME@sha256:... (from nixfly push) or --build nixfly.toml")
+    image = require_digest_ref(image)
     state_dir = default_state_dir()
     target = _connect(app, api_url, access_token)
     with target.api as api:
