@@ -53,13 +53,6 @@ class Closure:
     system: str | None = None
     store_dir: str = field(default=STORE_DIR)
 
-    def referrers(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {p: set() for p in self.paths}
-        for sp in self.paths.values():
-            for r in sp.references:
-                out[r].add(sp.path)
-        return out
-
     def closure_of(self, roots: Iterable[str]) -> set[str]:
         """Every path reachable from ``roots``; a reference to an unlisted path is a ClosureError."""
         seen: set[str] = set()
@@ -75,8 +68,6 @@ class Closure:
                 stack.append(ref)
         return seen
 
-    def total_size(self) -> int:
-        return sum(sp.nar_size for sp in self.paths.values())
 
 
 def is_store_path(p: str, store_dir: str = STORE_DIR) -> bool:

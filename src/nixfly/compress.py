@@ -9,7 +9,6 @@ blocks (never in read-size-dependent chunks), and the gzip header is written by 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
@@ -132,5 +131,3 @@ def sniff_compression(head: bytes) -> Literal["gzip", "zstd", "none"]:
         return "zstd"
     return "none"
 
-
-Writer = Callable[[bytes], object]

@@ -130,10 +130,7 @@ def customise(spec: ImageSpec, closure: Closure) -> Customisation:
             raise UsageError(f"contents path {p} is not in the image's closure")
         if sp not in sources:
             sources.append(sp)
-    priority: dict[str, int] = {}
-    for k, v in spec.contents.priority.items():
-        priority[k] = v
-    for image_path, (src, target) in sorted(_contents_links(closure, sources, priority).items()):
+    for image_path, (src, target) in sorted(_contents_links(closure, sources, spec.contents.priority).items()):
         root = src if src in closure.roots else None
         add(Entry("symlink", image_path, target=target), f"contents of {src}", root)
 

@@ -8,7 +8,7 @@ config lists) and a way to open the blob. Sinks never ask where an image came fr
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -18,7 +18,6 @@ from nixfly.errors import ImageError
 from nixfly.mediatypes import (
     Compression,
     ManifestFormat,
-    compression_of,
     config_type,
     format_of_manifest,
     layer_type,
@@ -137,11 +136,6 @@ class Image:
             return self
         return Image(self.config_bytes, self.layers, fmt, self.annotations, None)
 
-    def check(self) -> None:
-        """Raise ImageError if config and layers disagree (diff_ids count/order)."""
-        diff_ids = self.config.get("rootfs", {}).get("diff_ids", [])
-        if list(diff_ids) != [lyr.diff_id for lyr in self.layers]:
-            raise ImageError("image config rootfs.diff_ids do not match the layers")
 
 
 def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
@@ -157,7 +151,3 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
         m["mediaType"] = manifest_type("oci")
     format_of_manifest(str(m["mediaType"]))
     return m
-
-
-def layer_compressions(manifest: Mapping[str, Any]) -> Sequence[Compression]:
-    return [compression_of(str(d.get("mediaType", ""))) for d in manifest["layers"]]

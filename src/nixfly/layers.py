@@ -109,7 +109,7 @@ def _sort_key(e: Entry) -> tuple[bytes, ...]:
     return tuple(e.path.strip("/").encode().split(b"/"))
 
 
-def _write_entries(tw: TarWriter, entries: Sequence[Entry], declared_dirs: set[str]) -> None:
+def _write_entries(tw: TarWriter, entries: Sequence[Entry]) -> None:
     for e in entries:
         name = e.path.strip("/").encode()
         if e.kind == "dir":
@@ -137,14 +137,14 @@ def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str) -> None:
     inside = [e for e in all_extra if e.path.strip("/").encode().split(b"/")[0] == top]
     if inside and spec.store_paths:
         raise NixflyError(f"extra entry {inside[0].path} would collide with the store tree")
-    _write_entries(tw, before, declared)
+    _write_entries(tw, before)
     if spec.store_paths:
         for d in _parents("/" + store_rel + "/x"):
             tw.add_dir(d.encode(), 0o755)
         for p in sorted(spec.store_paths):
             tw.add_tree(os.fsencode(p), p.strip("/").encode())
-    _write_entries(tw, inside, declared)
-    _write_entries(tw, after, declared)
+    _write_entries(tw, inside)
+    _write_entries(tw, after)
     tw.close()
 
 
