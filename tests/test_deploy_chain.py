@@ -17,17 +17,24 @@ from tests.support.registry import RunningRegistry
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture()
+def fly_env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunningStandin:
+    """The stand-in's URL and token in the environment, and state/cache kept in the test's tmp dir."""
+    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
+    monkeypatch.setenv("FLY_API_URL", fly_api.url)
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return fly_api
+
+
 def test_nix_closure_to_fly_machines(
-    fly_api: RunningStandin,
+    fly_env: RunningStandin,
     registry: RunningRegistry,
     tiny_closure: TinyClosure,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
-    monkeypatch.setenv("FLY_API_URL", fly_api.url)
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
+    fly_api = fly_env
     fly_api.create_app("chain")
 
     layout = tmp_path / "layout"
@@ -53,17 +60,14 @@ def test_nix_closure_to_fly_machines(
 
 
 def test_deploy_builds_and_pushes_first(
-    fly_api: RunningStandin,
+    fly_env: RunningStandin,
     registry: RunningRegistry,
     tiny_closure: TinyClosure,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
-    monkeypatch.setenv("FLY_API_URL", fly_api.url)
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fly_api = fly_env
     fly_api.create_app("oneshot")
     (tmp_path / "nixfly.toml").write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nentrypoint = ["/bin/hello"]\n')
     toml = tmp_path / "fly.toml"
