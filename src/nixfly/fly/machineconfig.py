@@ -297,14 +297,21 @@ def _service_check(check: ServiceCheck, kind: str) -> JSON:
     out: JSON = {"type": kind}
     _timings(check, out)
     if kind == "http":
-        for name in ("method", "path", "protocol", "tls_skip_verify", "tls_server_name"):
-            value = getattr(check, name)
-            if value is not None:
-                out[name] = value
-        headers = _headers(check.headers)
-        if headers:
-            out["headers"] = headers
+        if check.method is not None:
+            out["method"] = check.method
+        _http_fields(check, out)
     return out
+
+
+def _http_fields(check: ServiceCheck | TopLevelCheck, out: JSON) -> None:
+    """Copy the optional HTTP fields (path, protocol, TLS settings, headers) that are set."""
+    for name in ("path", "protocol", "tls_skip_verify", "tls_server_name"):
+        value = getattr(check, name)
+        if value is not None:
+            out[name] = value
+    headers = _headers(check.headers)
+    if headers:
+        out["headers"] = headers
 
 
 def _toplevel_check(name: str, check: TopLevelCheck, group: str, http: HttpService | None) -> JSON:
@@ -322,13 +329,7 @@ def _toplevel_check(name: str, check: TopLevelCheck, group: str, http: HttpServi
         out["kind"] = check.kind
     if check.method is not None:
         out["method"] = check.method.upper()
-    for field in ("path", "protocol", "tls_skip_verify", "tls_server_name"):
-        value = getattr(check, field)
-        if value is not None:
-            out[field] = value
-    headers = _headers(check.headers)
-    if headers:
-        out["headers"] = headers
+    _http_fields(check, out)
     return out
 
 
