@@ -17,16 +17,6 @@ from tests.support.registry import RunningRegistry
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def fly_env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunningStandin:
-    """The stand-in's URL and token in the environment, and state/cache kept in the test's tmp dir."""
-    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
-    monkeypatch.setenv("FLY_API_URL", fly_api.url)
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    return fly_api
-
-
 def test_nix_closure_to_fly_machines(
     fly_env: RunningStandin,
     registry: RunningRegistry,

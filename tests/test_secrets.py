@@ -18,11 +18,8 @@ SECRET = "pa55-W0rd-never-shown"
 
 
 @pytest.fixture
-def env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
-    monkeypatch.setenv("FLY_API_URL", fly_api.url)
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
-    fly_api.create_app("demo")
+def env(fly_env: RunningStandin, tmp_path: Path) -> Path:
+    fly_env.create_app("demo")
     return tmp_path
 
 

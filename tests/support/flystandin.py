@@ -647,6 +647,16 @@ def fly_api(request: pytest.FixtureRequest) -> Iterator[RunningStandin]:
     assert not standin.violations, "Machines API spec violations:\n" + "\n".join(standin.violations)
 
 
+@pytest.fixture
+def fly_env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunningStandin:
+    """``fly_api`` plus the environment nixfly reads: its URL and token, and state/cache dirs in tmp_path."""
+    monkeypatch.setenv("FLY_API_TOKEN", fly_api.token)
+    monkeypatch.setenv("FLY_API_URL", fly_api.url)
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return fly_api
+
+
 @pytest.fixture(scope="session")
 def tiny_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small OCI layout made by umoci with tags v1, v2, v3 (same empty rootfs, different configs)."""
