@@ -13,8 +13,8 @@ import pytest
 from nixfly.cli import main
 from nixfly.registry.auth import Credentials
 from nixfly.registry.client import RegistryOptions
-from nixfly.registry.push import push_image
-from nixfly.registry.source import open_remote_image
+from nixfly.sinks.registry import push_image
+from nixfly.sources.registry import open_remote_image
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image
 from tests.support.registry_proxy import FaultProxy

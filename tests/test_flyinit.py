@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from nixfly.cli import main
-from nixfly.digest import sha256_digest
 from nixfly.errors import ConfigError, UsageError
 from nixfly.fly.flytoml import load_fly_toml, parse_fly_toml
 from nixfly.fly.init import exposed_tcp_ports, starter_fly_toml
 from nixfly.fly.machineconfig import machine_configs
 from nixfly.image import BlobLayer, Image
+from nixfly.image.digest import sha256_digest
 from nixfly.sinks.archive import write_archive
 from nixfly.sinks.layout import write_layout
 from nixfly.transports import ArchiveLocation, LayoutLocation

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from nixfly.closure import Closure, StorePath
+from nixfly.build.closure import Closure, StorePath
+from nixfly.build.layering import plan_layers, popularity_order
 from nixfly.errors import LayeringError, UsageError
-from nixfly.layering import plan_layers, popularity_order
 
 H = "0123456789abcdfghijklmnpqrsvwxyz"
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from nixfly.cli import main
-from nixfly.digest import digest_hex
-from nixfly.registry.push import push_image
+from nixfly.image.digest import digest_hex
 from nixfly.sinks.layout import write_layout
+from nixfly.sinks.registry import push_image
 from nixfly.transports import LayoutLocation
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image

@@ -12,9 +12,9 @@ import pytest
 from nixfly.cli import main
 from nixfly.image import Image
 from nixfly.registry.client import RegistryOptions
-from nixfly.registry.push import default_format, push_image
 from nixfly.registry.reference import parse_reference
 from nixfly.sinks.layout import write_layout
+from nixfly.sinks.registry import default_format, push_image
 from nixfly.transports import LayoutLocation
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image

@@ -16,9 +16,9 @@ import pytest
 from nixfly.errors import RegistryError
 from nixfly.registry.auth import Credentials
 from nixfly.registry.client import RegistryClient, RegistryOptions
-from nixfly.registry.push import push_image
-from nixfly.registry.source import open_remote_image
 from nixfly.sinks.layout import write_layout
+from nixfly.sinks.registry import push_image
+from nixfly.sources.registry import open_remote_image
 from nixfly.transports import LayoutLocation
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image

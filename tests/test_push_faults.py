@@ -16,8 +16,8 @@ import pytest
 from nixfly.errors import ImageError, RegistryError
 from nixfly.image import BlobLayer, Image
 from nixfly.registry.client import RegistryOptions
-from nixfly.registry.push import push_image
 from nixfly.sinks.layout import write_layout
+from nixfly.sinks.registry import push_image
 from nixfly.transports import LayoutLocation
 from tests.support.registry_images import make_image
 from tests.support.registry_proxy import FaultProxy

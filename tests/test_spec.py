@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from nixfly.build.spec import load_spec
 from nixfly.errors import ConfigError
-from nixfly.spec import load_spec
 
 
 @pytest.mark.parametrize(

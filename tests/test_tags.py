@@ -9,7 +9,7 @@ import pytest
 
 from nixfly.cli import main
 from nixfly.registry.client import RegistryClient
-from nixfly.registry.push import push_image
+from nixfly.sinks.registry import push_image
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image
 

@@ -9,8 +9,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from nixfly.compress import make_compressor
-from nixfly.tarwriter import HashingSink, TarWriter, compile_perm_rule
+from nixfly.build.compress import make_compressor
+from nixfly.build.tarwriter import HashingSink, TarWriter, compile_perm_rule
 
 
 def write(tmp: Path, fill: object, **kw: object) -> tuple[bytes, str, str]:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from nixfly.compress import decompressing_reader
+from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError
 from nixfly.image import Image
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
-from nixfly.build import BuildResult, build_image
+from nixfly.build.layers import BuiltLayer, LayerSpec
+from nixfly.build.pipeline import BuildResult, build_image
+from nixfly.build.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -22,10 +24,8 @@ from nixfly.cli.common import (
     transport_options,
 )
 from nixfly.errors import UsageError
-from nixfly.layers import BuiltLayer, LayerSpec
 from nixfly.sinks.archive import write_archive
 from nixfly.sinks.layout import write_layout
-from nixfly.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
 from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
 
 
@@ -239,7 +239,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     summary = _summary(result, str(dest) if dest else None, digest)
     if push_refs:
         from nixfly.cli.registry import _options
-        from nixfly.registry.push import push_image
+        from nixfly.sinks.registry import push_image
 
         pushed = push_image(image, list(push_refs), options=_options(o))
         summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}

@@ -55,10 +55,10 @@ def _build_and_push(build_path: Path, repository: str, dry_run: bool) -> str:
     """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
 
     With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
-    from nixfly.build import build_image
-    from nixfly.registry.push import default_format, push_image
+    from nixfly.build.pipeline import build_image
+    from nixfly.build.spec import load_spec
     from nixfly.registry.reference import parse_reference
-    from nixfly.spec import load_spec
+    from nixfly.sinks.registry import default_format, push_image
 
     ref = parse_reference(repository)
     if ref.tag is not None or ref.digest is not None:

@@ -26,12 +26,12 @@ from nixfly.cli.app import cli
 from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console, transport_options
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
-from nixfly.mediatypes import INDEX_TYPES, ManifestFormat
+from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.auth import Credentials, parse_creds
 from nixfly.registry.client import RegistryClient, RegistryOptions
-from nixfly.registry.push import BlobOutcome, PushProgress, PushResult, push_image
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
-from nixfly.registry.source import image_from_manifest, open_remote_image, resolve_manifest
+from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult, push_image
+from nixfly.sources.registry import image_from_manifest, open_remote_image, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
@@ -181,8 +181,8 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         if not src_path.is_file():
             raise UsageError(f"{source}: no such file")
-        from nixfly.build import build_image
-        from nixfly.spec import load_spec
+        from nixfly.build.pipeline import build_image
+        from nixfly.build.spec import load_spec
 
         image = build_image(load_spec(src_path)).image
     else:

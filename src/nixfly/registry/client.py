@@ -24,9 +24,9 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from nixfly.digest import sha256_digest
 from nixfly.errors import ImageError, RegistryError, UsageError
-from nixfly.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixfly.image.digest import sha256_digest
+from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from nixfly.image import Layer
-from nixfly.mediatypes import Compression
+from nixfly.image.mediatypes import Compression
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from nixfly.cache import default_cache_dir
+from nixfly.build.cache import default_cache_dir
 from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
 from nixfly.run.process import Volume, build_process

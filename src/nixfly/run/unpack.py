@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nixfly.cache import default_cache_dir
-from nixfly.compress import decompressing_reader
-from nixfly.digest import digest_hex
+from nixfly.build.cache import default_cache_dir
+from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError, NixflyError
 from nixfly.image import Image, Layer
+from nixfly.image.digest import digest_hex
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

@@ -11,11 +11,11 @@ import sys
 import tarfile
 from typing import BinaryIO
 
-from nixfly.compress import decompressing_reader
-from nixfly.digest import digest_hex
+from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError
 from nixfly.fsutil import atomic_writer
 from nixfly.image import BlobLayer, Image, Layer, canonical_json
+from nixfly.image.digest import digest_hex
 from nixfly.transports import ArchiveLocation
 
 _MTIME = 1

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nixfly.digest import sha256_digest
 from nixfly.errors import NixflyError
 from nixfly.fsutil import atomic_write_bytes, copy_stream_to, link_or_copy
 from nixfly.image import BlobLayer, Image, canonical_json
-from nixfly.mediatypes import OCI_INDEX, ManifestFormat
+from nixfly.image.digest import sha256_digest
+from nixfly.image.mediatypes import OCI_INDEX, ManifestFormat
 from nixfly.sources.layout import REF_NAME, blob_path, read_index
 from nixfly.transports import LayoutLocation
 

@@ -19,7 +19,6 @@ def open_image(location: Location, **registry_options: Any) -> Image:
 
         return read_archive(location)
     assert isinstance(location, RegistryLocation)
-    from nixfly.registry.source import open_remote_image  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    from nixfly.sources.registry import open_remote_image
 
-    img: Image = open_remote_image(location.reference, **registry_options)
-    return img
+    return open_remote_image(location.reference, **registry_options)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nixfly.compress import sniff_compression
+from nixfly.build.compress import sniff_compression
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
-from nixfly.mediatypes import Compression
+from nixfly.image.mediatypes import Compression
 from nixfly.transports import ArchiveLocation
 
 

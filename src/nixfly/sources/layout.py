@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nixfly.digest import check_digest, digest_hex
 from nixfly.errors import ImageError
 from nixfly.image import BlobLayer, Image, parse_manifest
-from nixfly.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
+from nixfly.image.digest import check_digest, digest_hex
+from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
 from nixfly.transports import LayoutLocation
 
 REF_NAME = "org.opencontainers.image.ref.name"

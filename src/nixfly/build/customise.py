@@ -12,10 +12,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nixfly.closure import Closure, to_store_path
+from nixfly.build.closure import Closure, to_store_path
+from nixfly.build.layers import Entry
+from nixfly.build.spec import ImageSpec, UserSpec
 from nixfly.errors import NixflyError, UsageError
-from nixfly.layers import Entry
-from nixfly.spec import ImageSpec, UserSpec
 
 CA_CANDIDATES = ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt")
 CA_LINKS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-bundle.crt", "/etc/pki/tls/certs/ca-bundle.crt")

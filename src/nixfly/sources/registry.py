@@ -18,10 +18,10 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from nixfly.digest import check_digest
 from nixfly.errors import ImageError, NixflyError, RegistryError
 from nixfly.image import Image
-from nixfly.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
+from nixfly.image.digest import check_digest
+from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
 from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
 

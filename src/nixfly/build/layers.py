@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nixfly.cache import BlobCache, CachedLayer
-from nixfly.compress import Compressor
+from nixfly.build.cache import BlobCache, CachedLayer
+from nixfly.build.compress import Compressor
+from nixfly.build.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter
 from nixfly.errors import NixflyError
 from nixfly.image import BlobLayer
-from nixfly.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter
 
 LAYER_FORMAT = 1  # bump when the tar layout changes, so old cache entries are not reused
 

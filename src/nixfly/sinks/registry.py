@@ -16,7 +16,7 @@ from typing import BinaryIO, Literal
 
 from nixfly.errors import UsageError
 from nixfly.image import Image
-from nixfly.mediatypes import ManifestFormat
+from nixfly.image.mediatypes import ManifestFormat
 from nixfly.registry.auth import FLY_REGISTRY
 from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference

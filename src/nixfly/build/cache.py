@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nixfly.digest import digest_hex, file_digest
 from nixfly.errors import NixflyError
 from nixfly.image import canonical_json
-from nixfly.mediatypes import Compression
+from nixfly.image.digest import digest_hex, file_digest
+from nixfly.image.mediatypes import Compression
 
 
 def default_cache_dir() -> Path:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from nixfly.digest import sha256_digest
 from nixfly.errors import ImageError
-from nixfly.mediatypes import (
+from nixfly.image.digest import sha256_digest
+from nixfly.image.mediatypes import (
     Compression,
     ManifestFormat,
     config_type,

@@ -15,16 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nixfly.cache import BlobCache
-from nixfly.closure import Closure, resolve_closure
-from nixfly.compress import make_compressor
-from nixfly.customise import customise
+from nixfly.build.cache import BlobCache
+from nixfly.build.closure import Closure, resolve_closure
+from nixfly.build.compress import make_compressor
+from nixfly.build.customise import customise
+from nixfly.build.layering import plan_layers
+from nixfly.build.layers import BuiltLayer, LayerSettings, LayerSpec, build_layers
+from nixfly.build.spec import ImageSpec
+from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 from nixfly.errors import UsageError
 from nixfly.image import Image, canonical_json
-from nixfly.layering import plan_layers
-from nixfly.layers import BuiltLayer, LayerSettings, LayerSpec, build_layers
-from nixfly.spec import ImageSpec
-from nixfly.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm", "riscv64": "riscv64"}
 DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from nixfly.closure import Closure
+from nixfly.build.closure import Closure
 from nixfly.errors import LayeringError, UsageError
 
 Algorithm = Literal["popularity", "auto"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from nixfly.compress import BLOCK, Compressor
+from nixfly.build.compress import BLOCK, Compressor
 from nixfly.errors import NixflyError
 
 DEFAULT_MTIME = 1  # 1970-01-01T00:00:01Z
