@@ -190,7 +190,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     total: list[Any] = []

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console
+from nixfly.cli.common import emit_json, human_size, registry_options, show_progress, stderr_console, transport_options
 from nixfly.errors import UsageError
 from nixfly.inspect import InspectReport, inspect_image, store_name
 from nixfly.sources import open_image
@@ -27,14 +27,6 @@ def _location(text: str) -> Location:
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
         raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
     return parse_location(text, bare_paths=True)
-
-
-def _registry_options(creds: str | None, tls_verify: bool, cert_dir: Path | None) -> dict[str, Any]:
-    from nixfly.registry.auth import parse_creds
-    from nixfly.registry.client import RegistryOptions
-
-    credentials = parse_creds(creds, "--creds") if creds else None
-    return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify, cert_dir=cert_dir)}
 
 
 def _names(paths: tuple[str, ...], limit: int) -> str:
@@ -120,35 +112,19 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
     help="How many of the largest store paths to list.",
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
-@click.option("--creds", metavar="USER:PASS", default=None, help="Registry credentials (never printed).")
-@click.option(
-    "--tls-verify/--no-tls-verify",
-    default=True,
-    show_default=True,
-    help="Verify the registry's TLS certificate (--no-tls-verify also allows plain HTTP).",
-)
-@click.option(
-    "--cert-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Directory with the registry's CA certificate(s) (*.crt).",
-)
-def inspect(
-    location: str, json_out: bool, top: int, no_scan: bool, creds: str | None, tls_verify: bool,
-    cert_dir: Path | None,
-) -> None:  # fmt: skip
+@transport_options()
+def inspect(location: str, json_out: bool, top: int, no_scan: bool, **o: Any) -> None:
     """Show what the image at LOCATION is made of: oci:DIR[:TAG], docker-archive:FILE, docker://REF,
     or a bare layout directory / archive file.
 
     Lists each layer with its sizes and store paths, then the largest store paths with the chain of
     references (recovered by scanning the files, as Nix does) that pulls each one into the image."""
     loc = _location(location)
-    opts = _registry_options(creds, tls_verify, cert_dir) if isinstance(loc, RegistryLocation) else {}
-    image = open_image(loc, **opts)
+    image = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
     progress = None
     if not no_scan and show_progress(json_out, False):
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     on_bytes = None

@@ -7,6 +7,7 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,22 +44,32 @@ from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
-def _common_options(f: Any) -> Any:
-    for o in reversed(
-        [
+def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
+    """--retries/--timeout (and, for commands that move blobs, --parallel), --json, -q."""
+    opts = [
+        click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
+                     help="Retries per request on connection errors, 429 and 5xx."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Seconds a connection may make no progress before it is retried."),
+        click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
+    ]  # fmt: skip
+    if transfers:
+        opts += [
             click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True,
                          help="Blob transfers at once."),
-            click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
-                         help="Retries per request on connection errors, 429 and 5xx."),
-            click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
-                         help="Seconds a connection may make no progress before it is retried."),
             click.option("--chunk-size", type=click.IntRange(min=1024), default=None, hidden=True),
-            click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
-            click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
-        ]
-    ):  # fmt: skip
-        f = o(f)
-    return f
+        ]  # fmt: skip
+
+    def deco(f: Any) -> Any:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return deco
+
+
+_common_options = _network_options()
 
 
 class _RichPushProgress(PushProgress):
@@ -89,7 +100,7 @@ class _RichPushProgress(PushProgress):
 
 def _progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
         TimeRemainingColumn(), console=stderr_console(), transient=True,
     )  # fmt: skip
 
@@ -267,9 +278,10 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
 @cli.command()
 @click.argument("repository")
 @transport_options()
-@_common_options
+@_network_options(transfers=False)
 def tags(repository: str, **o: Any) -> None:
-    """List the releases in REPOSITORY: each tag with its digest and created time, newest first."""
+    """List the releases in REPOSITORY: each tag with its digest and created time, newest first
+    (with -q, only the tag names)."""
     loc = parse_location(repository)
     if not isinstance(loc, RegistryLocation):
         raise UsageError(f"{repository}: tags lists a registry repository, as in registry.fly.io/app")
@@ -281,7 +293,7 @@ def tags(repository: str, **o: Any) -> None:
         emit_json({"repository": ref.name, "tags": releases})
         return
     for r in releases:
-        click.echo(f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
+        click.echo(r["tag"] if o.get("quiet") else f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
 
 
 def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
@@ -298,10 +310,10 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
             created = str(cfg["created"]) if cfg.get("created") else None
         except (ImageError, UsageError):
             created = None  # an index without our platform, or a foreign artefact: still list the tag
-        return {"tag": tag, "digest": top.digest, "mediaType": top.media_type, "created": created,
+        return {"tag": tag, "digest": top.digest, "media_type": top.media_type, "created": created,
                 "reference": r.pinned(top.digest)}  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, client.options.parallel * 2))) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         releases = list(pool.map(one, names))
     # Newest first; equal or unknown times fall back to the tag name, descending, for a stable order.
     releases.sort(key=lambda r: (r["created"] or "", r["tag"]), reverse=True)
