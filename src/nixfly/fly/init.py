@@ -8,9 +8,7 @@ so everything the user wrote (comments, order, spacing, other sections) stays as
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from tomlkit.items import Table
 
 from nixfly.errors import ConfigError, UsageError
 from nixfly.fly.flytoml import parse_fly_toml
+from nixfly.fsutil import atomic_write_bytes
 
 DEFAULT_PORT = 8080
 _APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -185,21 +184,10 @@ def _update(existing: str, app: str | None, region: str | None, image_ref: str |
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename, so readers see
-    the old file or the new one, never half of one. An existing file's permission bits are kept."""
+    """Write ``text`` to ``path`` atomically (readers see the old file or the new one, never half of one).
+    An existing file's permission bits are kept."""
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path if str(path.parent) else Path(".") / path, text.encode("utf-8"), mode=mode)
 
 
 __all__ = [
