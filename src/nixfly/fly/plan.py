@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from nixfly.errors import UsageError
 from nixfly.fly.api import JSON, Machine
-from nixfly.fly.normal import BOOKKEEPING_METADATA, same_config
+from nixfly.fly.normal import BOOKKEEPING_METADATA, comparable, same_config
 
 Strategy = Literal["immediate", "rolling", "canary", "bluegreen"]
 STRATEGIES: tuple[str, ...] = ("immediate", "rolling", "canary", "bluegreen")
@@ -97,8 +97,9 @@ class Action:
 
     def diff(self) -> list[str]:
         """``- key: old`` / ``+ key: new`` lines over flattened config keys, sorted by key."""
-        before = _flatten(self.old) if self.old else {}
-        after = _flatten(self.new) if self.new else {}
+        # Compared in normal form: what the API fills in or spells differently is not a change.
+        before = _flatten(comparable(self.old)) if self.old else {}
+        after = _flatten(comparable(self.new)) if self.new else {}
         lines: list[str] = []
         for key in sorted(before.keys() | after.keys()):
             if before.get(key) != after.get(key):
