@@ -59,9 +59,7 @@ def images(registry: RunningRegistry, tiny_oci_layout: Path, tmp_path: Path) -> 
 
 def write_toml(path: Path, *, strategy: str = "rolling", wait: str | None = "5s", extra: str = "") -> Path:
     toml = path / "fly.toml"
-    toml.write_text(
-        FLY_TOML.format(strategy=strategy, wait=f'wait_timeout = "{wait}"' if wait else "", extra=extra)
-    )
+    toml.write_text(FLY_TOML.format(strategy=strategy, wait=f'wait_timeout = "{wait}"' if wait else "", extra=extra))
     return toml
 
 

@@ -309,3 +309,25 @@ def test_memory_sizes(value: int | str, mb: int) -> None:
 def test_bad_memory_sizes(value: str) -> None:
     with pytest.raises(ValueError):
         parse_memory_mb(value)
+
+
+def test_shared_toml_positions() -> None:
+    from nixfly.tomlpos import TomlPositions, dotted_path
+
+    text = (
+        'app = "a"\n'
+        "[[services]]\n  internal_port = 1\n  [[services.ports]]\n    port = 80\n  [[services.ports]]\n    port = 443\n"
+        '[[services]]\n  "internal_port" = 2\n'
+        'desc = """\nport = 9\n"""\n'
+        "[http_service.concurrency]\n  hard_limit = 5\n"
+        "a.b.'c.d' = 1\n"
+    )
+    pos = TomlPositions(text)
+    assert pos.line_of(("services", 0, "ports", 1, "port")) == 7
+    assert pos.line_of(("services", 1, "internal_port")) == 9
+    assert pos.exact_line(("services", 1, "port")) is None  # inside a multi-line string: not a key
+    assert pos.line_of(("http_service", "concurrency", "hard_limit")) == 14
+    assert pos.line_of(("http_service", "concurrency", "hard_limit", "deeper")) == 14
+    assert pos.line_of(("http_service", "concurrency", "a", "b", "c.d")) == 15
+    assert pos.line_of(("nowhere",)) is None
+    assert dotted_path("image.users.0.uid") == ("image", "users", 0, "uid")
