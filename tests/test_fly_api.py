@@ -185,5 +185,5 @@ def test_one_token_lookup_for_the_api_and_the_fly_registry(tmp_path: Path) -> No
         creds = resolve_credentials("registry.fly.io", env=env, home=home)
         assert creds is not None and creds.password == want
     (home / ".fly" / "config.yml").write_text("access_token: [unclosed\n")
-    with pytest.raises(ConfigError, match="config.yml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"config\.yml is not valid YAML"):
         resolve_token(None, env={}, home=home)
