@@ -164,6 +164,7 @@ class RecordedRequest:
     query: list[tuple[str, str]]
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)  # when the stand-in received it
 
 
 class _Reply(Exception):

@@ -22,6 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,20 @@ def _describe_events(events: Sequence[JSON], limit: int = 5) -> list[str]:
     return out
 
 
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 8) -> None:
+    """Run ``fn`` on every item on a few threads (independent API requests); the first error is raised
+    once all have finished."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+
+
 @dataclass
 class _Watch:
     """One machine instance being waited on: its version and the events that predate it."""
@@ -214,19 +229,23 @@ class Deployer:
     def _release_all(self) -> None:
         with self._lease_lock:
             held = dict(self._leases)
-        for mid, nonce in held.items():
+
+        def release(item: tuple[str, str]) -> None:
+            mid, nonce = item
             try:
                 self.api.release_lease(self.app, mid, nonce=nonce)
             except FlyAPIError:
-                continue  # stays in the store; the next run recovers it
+                return  # stays in the store; the next run recovers it
             self._forget(mid)
+
+        parallel(release, list(held.items()))
 
     @contextlib.contextmanager
     def _leased(self) -> Iterator[None]:
         try:
-            for a in self.plan.actions:
-                if a.machine_id is not None:
-                    self._lease(a.machine_id)
+            # All at once (each is one request); any failure stops the deploy before anything changed, and
+            # the leases already granted are released below.
+            parallel(self._lease, [a.machine_id for a in self.plan.actions if a.machine_id is not None])
             self._refresher = threading.Thread(target=self._refresh_loop, name="lease-refresh", daemon=True)
             self._refresher.start()
             yield

@@ -96,11 +96,14 @@ def record_release(
     log = [release] + [r for r in app_releases(machines) if r.version != release.version]
     log = log[:MAX_RELEASES]
     text = json.dumps([r.to_json() for r in log], separators=(",", ":"), sort_keys=True)
-    for m in machines:
-        if m.process_group == "fly_app_release_command":
-            continue
+
+    def write(m: Machine) -> None:
         try:
             api.set_metadata(app, m.id, RELEASES_KEY, text, nonce=nonce_for(m.id))
         except FlyAPIError as e:
             progress(f"could not record release v{release.version} on machine {m.id}: {e}")
+
+    from nixfly.fly.deploy import parallel
+
+    parallel(write, [m for m in machines if m.process_group != "fly_app_release_command"])
     return log

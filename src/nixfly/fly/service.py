@@ -238,7 +238,7 @@ def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path |
             if plan.empty and not req.dry_run:
                 progress(f"no change: {len(plan.unchanged)} machine(s) already run {image}")
             return DeployOutcome(app, image, plan, resolved_from=resolved_from)
-        return _carry_out(api, plan, settings, req, resolved_from, progress, state_dir)
+        return _carry_out(api, plan, settings, req, app_releases(machines), resolved_from, progress, state_dir)
 
 
 def _carry_out(
@@ -246,12 +246,12 @@ def _carry_out(
     plan: Plan,
     settings: DeploySettings,
     req: DeployRequest,
+    history: list[Release],
     resolved_from: str | None,
     progress: Progress,
     state_dir: Path | None,
 ) -> DeployOutcome:
     app = settings.app
-    history = app_releases(api.list_machines(app))
     deployer = Deployer(api, plan, settings, state_dir=state_dir or default_state_dir(), progress=progress)
     outcome = "failed"
     try:
