@@ -366,6 +366,10 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
         assert lease_at < update_at and reqs[update_at].headers.get("fly-machine-lease-nonce")
         assert m.lease is None
     assert machine_posts(fly_api, ids).count(next(iter(ids))) == 1
+    # The machines now run with those secrets: a deploy of the same image has nothing to do.
+    fly_api.requests.clear()
+    assert deploy(toml, images["v1"]) == 0
+    assert fly_api.mutations() == []
     # --stage stores only.
     fly_api.requests.clear()
     assert main(["secrets", "set", "-a", "demo", "--stage", "TOKEN=other"]) == 0

@@ -63,7 +63,7 @@ def status(
             group = m.group
             click.echo(f"[{group}]")
         checks = ", ".join(f"{k}={v}" for k, v in sorted(m.checks.items())) or "no checks"
-        mark = "current" if m.matches_last_release else "NOT the last release"
+        mark = ("current" if m.matches_last_release else "NOT the last release") if last else ""
         secrets = f"secrets v{m.secrets_version}" if m.secrets_version else "no secrets version"
         click.echo(f"  {m.id}  {m.region}  {m.state}  {m.image}  {checks}  {secrets}  {mark}")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nixfly.errors import ConfigError, DeployError, UsageError
-from nixfly.fly.api import JSON, Machine, MachinesAPI, NotFound, resolve_api_url, resolve_token
+from nixfly.fly.api import JSON, FlyAPIError, Machine, MachinesAPI, NotFound, resolve_api_url, resolve_token
 from nixfly.fly.deploy import Deployer, DeployResult
 from nixfly.fly.flytoml import FlyConfig, load_fly_toml
 from nixfly.fly.normal import request_form
@@ -38,7 +38,7 @@ from nixfly.fly.plan import (
 )
 from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, record_release
 from nixfly.fly.resolve import is_pinned, resolve_tag
-from nixfly.fly.state import default_state_dir
+from nixfly.fly.state import SecretsVersionStore, default_state_dir
 
 Progress = Callable[[str], None]
 
@@ -182,12 +182,15 @@ def _meta(m: Machine, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def secrets_state(api: MachinesAPI, app: str, machines: Sequence[Machine]) -> tuple[int | None, str | None]:
+def secrets_state(
+    api: MachinesAPI, app: str, machines: Sequence[Machine], *, progress: Progress = _quiet
+) -> tuple[int | None, str | None]:
     """(secrets version, digest of the secrets) the machines must run with; (None, None) without secrets.
 
     The digest comes from the API's secret list (names and value digests). When a machine already runs
     with that digest, its recorded version is reused; otherwise the app's current version is read from
-    the API — never from this host, so a deploy from CI sees a ``secrets set`` made on a laptop."""
+    the API — never from this host, so a deploy from CI sees a ``secrets set`` made on a laptop. Only if
+    the API will not say does the version this host last saw (``nixfly secrets``) stand in for it."""
     secrets = api.list_secrets(app)
     if not secrets:
         return None, None
@@ -196,7 +199,12 @@ def secrets_state(api: MachinesAPI, app: str, machines: Sequence[Machine]) -> tu
         version = _meta(m, SECRETS_VERSION_KEY)
         if _meta(m, SECRETS_DIGEST_KEY) == digest and version is not None and version.isdigit():
             return int(version), digest
-    return api.secrets_version(app), digest
+    try:
+        return api.secrets_version(app), digest
+    except FlyAPIError as e:
+        local = SecretsVersionStore(default_state_dir(), app).get()
+        progress(f"cannot read the secrets version from the API ({e}); using {local if local else 'none'}")
+        return local, digest
 
 
 def settings_for(
@@ -229,7 +237,7 @@ def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path |
     image, resolved_from = _image_for(req, cfg, app, progress)
     with req.connection.open() as api:
         machines = _machines_or_create(api, app, req, progress)
-        secrets_version, digest = secrets_state(api, app, machines)
+        secrets_version, digest = secrets_state(api, app, machines, progress=progress)
         settings = settings_for(cfg, app, image, req, secrets_version)
         desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
         volumes = api.list_volumes(app) if cfg.mounts else []
