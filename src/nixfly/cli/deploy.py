@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,32 @@ def run_reporting_json(as_json: bool, app: str | None, work: Any) -> Any:
         raise
 
 
+def build_and_push(build_path: Path, repository: str, dry_run: bool, progress: Callable[[str], None]) -> str:
+    """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
+
+    With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
+    from nixfly.build.pipeline import build_image
+    from nixfly.build.spec import load_spec
+    from nixfly.image.convert import with_format
+    from nixfly.registry.reference import parse_reference
+    from nixfly.sinks import format_for, publish
+    from nixfly.transports import RegistryLocation
+
+    ref = parse_reference(repository)
+    if ref.tag is not None or ref.digest is not None:
+        raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
+    progress(f"building {build_path}")
+    built = build_image(load_spec(build_path)).image
+    fmt = format_for([RegistryLocation(ref.name)], built)
+    digest = with_format(built, fmt).manifest_digest()
+    if dry_run:
+        return ref.pinned(digest)
+    tag = f"{ref.name}:deployment-{digest.split(':', 1)[1][:12]}"
+    progress(f"pushing {tag}")
+    _, written = publish(built, [RegistryLocation(tag)], fmt=fmt)
+    return written[0].reference
+
+
 @cli.command()
 @click.option(
     "-i",
@@ -147,7 +174,7 @@ def deploy(
         config_path=config_path, image=image, build_path=build_path, push_to=push_to, strategy=strategy,
         app=app_name, wait_timeout=wait_timeout, dry_run=dry_run, ha=ha, create_app=create_app, org=org,
         allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
-        connection=Connection(api_url, access_token),
+        connection=Connection(api_url, access_token), publish=build_and_push,
     )  # fmt: skip
     outcome = run_reporting_json(as_json, app_name, lambda: deploy_service(req, progress=progress))
     print_outcome(outcome, as_json, dry_run)

@@ -75,6 +75,9 @@ class DeployRequest:
     rollback_on_interrupt: bool = False
     connection: Connection = field(default_factory=Connection)
     command: str = "deploy"  # what the release log says made this release ("deploy" or "rollback")
+    # Builds a nixfly.toml and pushes it to a repository, returning the digest-pinned reference (pushing
+    # nothing on a dry run): given by the CLI, so fly/ never imports build/.
+    publish: Callable[[Path, str, bool, Progress], str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -104,29 +107,6 @@ def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyCo
     return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
 
 
-def build_and_push(build_path: Path, repository: str, dry_run: bool, progress: Progress) -> str:
-    """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
-
-    With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
-    from nixfly.build.pipeline import build_image
-    from nixfly.build.spec import load_spec
-    from nixfly.registry.reference import parse_reference
-    from nixfly.sinks.registry import default_format, push_image
-
-    ref = parse_reference(repository)
-    if ref.tag is not None or ref.digest is not None:
-        raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
-    progress(f"building {build_path}")
-    image = build_image(load_spec(build_path)).image
-    fmt = default_format([ref], image)
-    digest = image.manifest_digest(fmt)
-    if dry_run:
-        return ref.pinned(digest)
-    tag = f"{ref.name}:deployment-{digest.split(':', 1)[1][:12]}"
-    progress(f"pushing {tag}")
-    return push_image(image, [tag], fmt=fmt).reference
-
-
 def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress) -> tuple[str, str | None]:
     """The digest-pinned image to deploy, and the tag it was resolved from (if any)."""
     image, build_path = req.image, req.build_path
@@ -135,7 +115,9 @@ def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress)
         if image is None and Path("nixfly.toml").is_file():
             build_path = Path("nixfly.toml")
     if image is None and build_path is not None:
-        image = build_and_push(build_path, req.push_to or f"registry.fly.io/{app}", req.dry_run, progress)
+        if req.publish is None:
+            raise UsageError(f"cannot build {build_path} here: pass --image NAME@sha256:...")
+        image = req.publish(build_path, req.push_to or f"registry.fly.io/{app}", req.dry_run, progress)
     if image is None:
         raise UsageError("no image to deploy: pass --image NAME@sha256:... (from nixfly push) or --build nixfly.toml")
     if is_pinned(image):
