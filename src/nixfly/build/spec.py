@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from nixfly.errors import ConfigError, UsageError
+from nixfly.tomlpos import TomlPositions, dotted_path
 
 T = TypeVar("T")
 
@@ -231,24 +232,6 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
         raise UsageError(f"{e.key}: {e.msg}") from None
 
 
-def _line_of(text: str, key: str) -> int | None:
-    parts = [p for p in key.split(".") if not p.isdigit()]
-    last = parts[-1]
-    table = ".".join(parts[:-1])
-    in_table = table == "" or table == "image"
-    for i, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if s.startswith("["):
-            name = s.strip("[]").strip()
-            in_table = name in (table, f"image.{table}") or (table == "" and name == "image")
-            if s in (f"[{key}]", f"[[{key}]]"):
-                return i
-            continue
-        if in_table and s.split("=", 1)[0].strip() == last:
-            return i
-    return None
-
-
 def load_spec(path: Path) -> ImageSpec:
     """Load ``nixfly.toml``; the ``[image]`` table (or the top level) is the image definition.
     Relative paths in ``roots``, ``closure_file`` and ``files.src`` are relative to the file."""
@@ -265,7 +248,7 @@ def load_spec(path: Path) -> ImageSpec:
     try:
         spec = from_dict(ImageSpec, table, prefix)
     except SpecError as e:
-        line = _line_of(text, e.key)
+        line = TomlPositions(text).line_of(dotted_path(e.key))
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
     base = Path(path).resolve().parent
