@@ -71,8 +71,9 @@ def test_build_from_file_cache_is_byte_identical_to_local(
     cached: CachedClosure, compression: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "img"
+    url = f"file://{cached.caches[compression]}"
     d = build_digest(cached.paths["app"], "-o", f"oci:{out}:t", "--cache-dir", fresh(tmp_path),
-                     "--from-cache", f"file://{cached.caches[compression]}", "--trusted-public-key", cached.public_key)  # fmt: skip
+                     "--from-cache", url, "--trusted-public-key", cached.public_key)  # fmt: skip
     assert d == cached.local_digest
     # Same blobs, byte for byte (layers, config, manifest).
     assert sorted(os.listdir(out / "blobs" / "sha256")) == sorted(os.listdir(cached.local_layout / "blobs" / "sha256"))
@@ -153,7 +154,8 @@ def test_nar_that_differs_from_its_nar_hash_is_refused(cached: CachedClosure, tm
     os.chmod(nar, 0o644)
     nar.write_bytes(data.replace(marker + b"\n", marker[:-1] + b"Z\n", 1))
     os.chmod(ni, 0o644)
-    ni.write_text("".join(ln + "\n" for ln in ni.read_text().splitlines() if not ln.startswith(("FileHash", "FileSize"))))
+    kept = [ln for ln in ni.read_text().splitlines() if not ln.startswith(("FileHash", "FileSize"))]
+    ni.write_text("".join(ln + "\n" for ln in kept))
     r = nixfly("build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
                "--from-cache", f"file://{cache}", "--trusted-public-key", cached.public_key)  # fmt: skip
     line = one_line_error(r)
