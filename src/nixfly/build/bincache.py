@@ -560,10 +560,12 @@ class CacheOptions:
     verify: bool = True
     jobs: int = FETCH_JOBS
     store_dir: str = STORE_DIR
+    use_local: bool = True  # False: every path from the caches, even those in the local store
 
 
 def cache_options(
-    urls: Sequence[str], keys: Sequence[str], *, verify: bool = True, store_dir: str = STORE_DIR
+    urls: Sequence[str], keys: Sequence[str], *, verify: bool = True, store_dir: str = STORE_DIR,
+    use_local: bool = True,
 ) -> CacheOptions:
     """Options from user input; no URL means nix.conf's substituters, no key nix.conf's trusted keys."""
     settings = read_nix_settings() if not urls or not keys else NixSettings()
@@ -571,7 +573,7 @@ def cache_options(
     if not chosen:
         raise UsageError("--from-cache: no binary cache given and nix.conf lists no substituters")
     parsed = tuple(parse_public_key(k) for k in (keys or settings.trusted_public_keys))
-    return CacheOptions(tuple(dict.fromkeys(chosen)), parsed, verify, FETCH_JOBS, store_dir)
+    return CacheOptions(tuple(dict.fromkeys(chosen)), parsed, verify, FETCH_JOBS, store_dir, use_local)
 
 
 def eval_installable(installable: str) -> tuple[str, str | None]:
@@ -720,7 +722,7 @@ def resolve_from_caches(
                 if p in seen:
                     continue
                 seen.add(p)
-                if os.path.lexists(p):
+                if options.use_local and os.path.lexists(p):
                     local.append(p)
                 else:
                     todo.append(p)
@@ -744,7 +746,7 @@ def resolve_from_caches(
                 continue  # present locally after all (a reference of a local path): read it from disk
             paths[p] = sp
         for p in list(narinfos):
-            if os.path.lexists(p) and p in info:
+            if p in info:
                 del narinfos[p]
                 paths[p] = info[p]
     for r in store_roots:

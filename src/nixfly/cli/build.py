@@ -171,6 +171,8 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 )  # fmt: skip
 @click.option("--trusted-public-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
               help="A key binary-cache signatures must verify against (repeatable; default: nix.conf's).")  # fmt: skip
+@click.option("--ignore-local-store", is_flag=True,
+              help="With --from-cache: take every path from the caches, even those in the local store.")  # fmt: skip
 @click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
 @click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
 @click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
@@ -206,7 +208,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
 
         urls = [u.strip() for u in str(o["from_cache"]).split(",") if u.strip()] or list(spec.substituters)
         keys = list(o["trusted_keys"]) or list(spec.trusted_public_keys)
-        caches = cache_options(urls, keys, verify=not o["no_verify"])
+        caches = cache_options(urls, keys, verify=not o["no_verify"], use_local=not o["ignore_local_store"])
+    elif o["ignore_local_store"]:
+        raise UsageError("--ignore-local-store needs --from-cache")
     elif o["trusted_keys"]:
         spec = dataclasses.replace(spec, trusted_public_keys=list(o["trusted_keys"]))
     progress = None
