@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from nixfly.build.bincache import BinaryCache
+from nixfly.build.nar import NarReader
 from tests.support.bincache import (
+    BINCACHE_NIX,
     COMPRESSIONS,
     CachedClosure,
     StaticServer,
@@ -25,7 +29,7 @@ from tests.support.bincache import (
     nix,
 )
 from tests.support.cli import Result, run_nixfly
-from tests.support.nixstore import nix_env
+from tests.support.nixstore import make_busybox_dir, nix_env
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +116,71 @@ def test_image_from_cache_runs_under_runc(cached: CachedClosure, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     marker = cached.paths["app"].rsplit("-", 1)[-1]
     assert r.stdout == f"hello from the cache {marker}\n{marker}\n"
+
+
+def test_installable_is_evaluated_for_its_system_not_built(cached: CachedClosure, tmp_path: Path) -> None:
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    make_busybox_dir(flake)
+    shutil.copy(BINCACHE_NIX, flake / "bincache.nix")
+    marker = cached.paths["app"].rsplit("-", 1)[-1]
+    (flake / "flake.nix").write_text(
+        "{ outputs = { self }: { packages.x86_64-linux = import ./bincache.nix "
+        f'{{ bbdir = ./bb; marker = "{marker}"; system = "x86_64-linux"; }}; }}; }}\n'
+    )
+    installable = f"path:{flake}#packages.x86_64-linux.app"
+    url = f"file://{cached.caches['xz']}"
+    d = build_digest(installable, "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
+                     "--from-cache", url, "--trusted-public-key", cached.public_key)  # fmt: skip
+    assert d == cached.local_digest
+    assert not os.path.lexists(cached.paths["app"])  # evaluated only: nothing was built or substituted
+
+
+def test_nar_listings_are_used_when_the_cache_has_them(cached: CachedClosure, tmp_path: Path) -> None:
+    # nix copy ...?write-nar-listing=true writes <hash>.ls (cache.nixos.org has them): the listings that
+    # customisation needs then come from there, not from a pass over the NARs.
+    cache = tmp_path / "ls-cache"
+    shutil.copytree(cached.caches["xz"], cache)
+
+    bc = BinaryCache(f"file://{cache}")
+    for name in ("data", "sh"):
+        ni = bc.narinfo(cached.paths[name])
+        assert ni is not None
+        # A listing in Nix's .ls shape, derived here from the NAR the cache holds.
+        listing = _ls_of(cached.paths[name], cache / ni.url)
+        (cache / (cached.paths[name].rsplit("/", 1)[-1].split("-", 1)[0] + ".ls")).write_text(json.dumps(listing))
+    with StaticServer(cache) as srv:
+        d = build_digest(cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
+                         "--from-cache", srv.url, "--trusted-public-key", cached.public_key)  # fmt: skip
+        ls = sorted(r for r in srv.requests if r.endswith(".ls"))
+    assert d == cached.local_digest
+    hashes = sorted("/" + cached.paths[n].rsplit("/", 1)[-1].split("-", 1)[0] + ".ls" for n in ("data", "sh"))
+    assert ls == hashes  # asked for the dependencies' listings, not the root's (its bin/ heads need the NAR)
+
+
+def _ls_of(path: str, nar_file: Path) -> dict[str, object]:
+    root: dict[str, object] = {}
+    nodes: dict[bytes, dict[str, object]] = {}
+    name = path.strip("/").encode()
+    with lzma.open(nar_file) as f:
+        for e in NarReader(f, path).entries(name):
+            kind = {b"0": "regular", b"2": "symlink", b"5": "directory"}[e.type]
+            node: dict[str, object] = {"type": kind}
+            if kind == "regular":
+                node["size"] = e.size
+                if e.mode & 0o111:
+                    node["executable"] = True
+            elif kind == "symlink":
+                node["target"] = e.target.decode()
+            else:
+                node["entries"] = {}
+            nodes[e.name] = node
+            if e.name == name:
+                root = node
+            else:
+                parent, _, child = e.name.rpartition(b"/")
+                nodes[parent]["entries"][child.decode()] = node  # type: ignore[index]
+    return {"version": 1, "root": root}
 
 
 def copy_cache(cached: CachedClosure, compression: str, dest: Path) -> Path:
@@ -205,6 +274,13 @@ def test_keys_and_substituters_from_nixfly_toml(cached: CachedClosure, tmp_path:
     )
     d = build_digest("--config", str(cfg), "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path))
     assert d == cached.local_digest
+    # --from-cache alone: nix.conf's substituters and trusted-public-keys (here through NIX_CONFIG).
+    conf = nix_env()["NIX_CONFIG"].replace("substituters =", f"substituters = file://{cached.caches['xz']}")
+    conf += f"\ntrusted-public-keys = {cached.public_key}\n"
+    r = nixfly("build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img2'}:t", "--cache-dir", fresh(tmp_path),
+               "--from-cache", "-q", env={"NIX_CONFIG": conf})  # fmt: skip
+    assert r.code == 0, r.err
+    assert r.out.strip() == cached.local_digest
 
 
 def test_path_in_no_cache_names_it_and_the_caches(cached: CachedClosure, tmp_path: Path) -> None:

@@ -774,6 +774,7 @@ class RemoteStore:
         self._files: dict[str, Path] = {}
         self._lock = threading.Lock()
         self.fs: RemoteFS | None = None  # set by the pipeline once it knows which paths are listed whole
+        self.on_bytes: Callable[[int], None] | None = None  # hears downloaded bytes (progress)
 
     def covers(self, path: str) -> bool:
         return path in self.narinfos
@@ -798,7 +799,7 @@ class RemoteStore:
         def one(p: str) -> None:
             ni = self.narinfos[p]
             dest = self.workdir / (p.rsplit("/", 1)[-1] + ".nar")
-            self._cache(ni).download(ni, dest, on_bytes)
+            self._cache(ni).download(ni, dest, on_bytes or self.on_bytes)
             with self._lock:
                 self._files[p] = dest
 
@@ -861,9 +862,13 @@ class RemoteFS:
     dir (store paths never change), so a rebuild reads no NAR; a NAR that does not verify fails the
     build when its layer is written, so a listing never outlives a bad NAR in a finished image."""
 
-    def __init__(self, store: RemoteStore, full: Iterable[str], cache_dir: Path | None, store_dir: str) -> None:
+    def __init__(
+        self, store: RemoteStore, full: Iterable[str], cache_dir: Path | None, store_dir: str,
+        roots: Iterable[str] = (),
+    ) -> None:
         self.store = store
         self.full = set(full)
+        self.roots = set(roots)
         self.cache_dir = cache_dir
         self.store_dir = store_dir.rstrip("/")
         self._listings: dict[str, tuple[bool, dict[str, list[str]], dict[str, list[str]]]] = {}
@@ -871,7 +876,50 @@ class RemoteFS:
 
     # -- listings --------------------------------------------------------------------------------
 
+    def _from_ls(self, path: str) -> dict[str, list[str]] | None:
+        """The listing from the cache's ``<hash>.ls`` (``nix copy --to '…?write-nar-listing=true'``;
+        cache.nixos.org has them), when there is one: no NAR is read then."""
+        ni = self.store.narinfos[path]
+        cache = self.store._cache(ni)
+        try:
+            data = cache.get(path.rsplit("/", 1)[-1].split("-", 1)[0] + ".ls", limit=64 << 20)
+            if data is None:
+                return None
+            root = json.loads(data)["root"]
+        except (BinaryCacheError, ValueError, KeyError, TypeError):
+            return None
+        entries: dict[str, list[str]] = {}
+        kinds = {"regular": "f", "symlink": "l", "directory": "d"}
+        stack: list[tuple[str, Any]] = [("", root)]
+        while stack:
+            rel, node = stack.pop()
+            if not isinstance(node, dict) or node.get("type") not in kinds:
+                return None
+            kind = kinds[node["type"]]
+            if kind == "f" and node.get("executable"):
+                kind = "x"
+            target = node.get("target", "") if kind == "l" else ""
+            if not isinstance(target, str):
+                return None
+            entries[rel] = [kind, target]
+            if kind == "d":
+                children = node.get("entries", {})
+                if not isinstance(children, dict):
+                    return None
+                parts = rel.split("/") if rel else []
+                for name, child in children.items():
+                    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                        return None
+                    depth = len(parts) + 1
+                    if depth <= 2 or (parts and parts[0] == "etc" and depth <= 5):
+                        stack.append((f"{rel}/{name}" if rel else name, child))
+        return entries
+
     def _read(self, path: str, full: bool) -> tuple[bool, dict[str, list[str]]]:
+        if path not in self.roots:  # roots need the first bytes of bin/ files: those only a NAR has
+            listed = self._from_ls(path)
+            if listed is not None:
+                return True, listed
         entries: dict[str, list[str]] = {}
         root = path.strip("/").encode()
         complete = True
@@ -900,6 +948,10 @@ class RemoteFS:
         if self.cache_dir is None:
             return None
         return self.cache_dir / (path.rsplit("/", 1)[-1].split("-", 1)[0] + ".json")
+
+    def has_listing(self, path: str) -> bool:
+        f = self._file(path)
+        return path in self._listings or (f is not None and f.exists())
 
     def listing(self, path: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """(entries by relative path, child names by relative directory) of a remote path."""
@@ -933,6 +985,18 @@ class RemoteFS:
         with self._lock:
             self._listings[path] = (complete, entries, children)
         return entries, children
+
+    def prefetch(self, paths: Iterable[str], jobs: int) -> None:
+        """Read the listings of ``paths`` (remote ones), ``jobs`` at a time: the decompressors run in
+        parallel, and a search through the closure (CA certificates, /bin/sh) then finds them ready."""
+        todo = [p for p in dict.fromkeys(paths) if self.store.covers(p)]
+        if len(todo) <= 1 or jobs <= 1:
+            for p in todo:
+                self.listing(p)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for fut in [pool.submit(self.listing, p) for p in todo]:
+                fut.result()
 
     # -- path resolution -------------------------------------------------------------------------
 

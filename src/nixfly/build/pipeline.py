@@ -202,7 +202,15 @@ def _build(
         from nixfly.build.bincache import RemoteFS
 
         full = [*closure.roots, *(p for p in spec.contents.paths if p in closure.paths)]
-        fs = store.fs = RemoteFS(store, full, cache.root / "listings", closure.store_dir)
+        fs = store.fs = RemoteFS(store, full, cache.root / "listings", closure.store_dir, closure.roots)
+        store.on_bytes = on_fetch_bytes
+        searched = spec.ca_certificates or spec.bin_sh or spec.usr_bin_env
+        listed = [*full, *(sorted(closure.paths) if searched else [])]
+        if on_fetch_plan is not None:
+            from nixfly.build.bincache import download_size
+
+            on_fetch_plan(download_size(store, [p for p in listed if not fs.has_listing(p)]))
+        fs.prefetch(listed, workers or os.cpu_count() or 1)
     if platform_check:
         arch, os_name = platform_of(spec, closure)
         check_platform(closure, arch, os_name, store)

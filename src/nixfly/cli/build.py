@@ -244,7 +244,14 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     fetch_task: list[Any] = []
 
     def on_fetch_plan(total_bytes: int) -> None:
-        if progress is not None and total_bytes:
+        if progress is None or not total_bytes:
+            return
+        if not progress.live.is_started:
+            progress.start()
+        if fetch_task:
+            task = progress.tasks[progress.task_ids.index(fetch_task[0])]
+            progress.update(fetch_task[0], total=(task.total or 0) + total_bytes)
+        else:
             fetch_task.append(progress.add_task("  downloading NARs", total=total_bytes))
 
     def on_fetch_bytes(n: int) -> None:

@@ -1,12 +1,11 @@
 # A small closure unique to one test run (the marker is in every path), so tests may delete it from the
 # shared store and build it back from a binary cache. Nothing in it refers to the busybox import that
 # builds it: app -> data, app -> sh (a copy of the static busybox).
-{ bbdir, marker }:
+{ bbdir, marker, system ? builtins.currentSystem }:
 let
   bb = builtins.path { path = bbdir; name = "busybox-static"; };
   mk = name: script: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
+    inherit name system;
     builder = "${bb}/bin/sh";
     args = [ "-c" script ];
     PATH = "${bb}/bin";
