@@ -95,6 +95,21 @@ def test_http_cache_same_digest_and_cached_rebuild_downloads_nothing(cached: Cac
         assert srv.requests[before:] == []  # layers cached, narinfos remembered: nothing fetched at all
 
 
+def test_http_faults_on_the_first_request_are_retried(cached: CachedClosure, tmp_path: Path) -> None:
+    cache = cached.caches["zstd"]
+    faults = {"/nix-cache-info": "503"}
+    for name in ("app", "data", "sh"):
+        ni = narinfo_of(cache, cached.paths[name])
+        faults[f"/{ni.name}"] = "503"
+        faults["/" + field(ni, "URL")] = "cut"
+    with StaticServer(cache, faults) as srv:
+        d = build_digest(cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
+                         "--from-cache", srv.url, "--trusted-public-key", cached.public_key)  # fmt: skip
+        assert d == cached.local_digest
+        for path in faults:
+            assert srv.requests.count(path) == 2, (path, srv.requests)
+
+
 def test_image_from_cache_runs_under_runc(cached: CachedClosure, tmp_path: Path) -> None:
     layout = tmp_path / "img"
     build_digest(cached.paths["app"], "-o", f"oci:{layout}:t", "--cache-dir", fresh(tmp_path),
@@ -209,6 +224,20 @@ def test_corrupted_nar_is_a_hash_error_and_writes_nothing(cached: CachedClosure,
     line = one_line_error(r)
     assert cached.paths["data"] in line and ("corrupt" in line or "FileHash" in line), line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_truncated_nar_is_refused(cached: CachedClosure, compression: str, tmp_path: Path) -> None:
+    cache = copy_cache(cached, compression, tmp_path / "c")
+    nar = cache / field(narinfo_of(cache, cached.paths["sh"]), "URL")
+    data = nar.read_bytes()
+    os.chmod(nar, 0o644)
+    nar.write_bytes(data[: len(data) * 2 // 3])
+    r = nixfly("build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
+               "--from-cache", f"file://{cache}", "--trusted-public-key", cached.public_key)  # fmt: skip
+    line = one_line_error(r)
+    assert cached.paths["sh"] in line and ("truncated" in line or "FileSize" in line), line
+    assert not (tmp_path / "img").exists()
 
 
 def test_nar_that_differs_from_its_nar_hash_is_refused(cached: CachedClosure, tmp_path: Path) -> None:

@@ -64,18 +64,42 @@ def new_marker() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
+class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
-        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+        pass
+
+    def do_GET(self) -> None:
+        srv = self.server
+        srv.requests.append(self.path)  # type: ignore[attr-defined]
+        mode = srv.faults.get(self.path)  # type: ignore[attr-defined]
+        if mode and self.path not in srv.faulted:  # type: ignore[attr-defined]
+            srv.faulted.add(self.path)  # type: ignore[attr-defined]
+            if mode == "503":
+                self.send_error(503)
+                return
+            if mode == "cut":  # full Content-Length, half the body, then the connection drops
+                data = Path(self.translate_path(self.path)).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+        super().do_GET()
 
 
 class StaticServer:
     """A static file server over a directory on 127.0.0.1 (an ephemeral port), recording request paths."""
 
-    def __init__(self, root: Path) -> None:
-        handler = functools.partial(_Quiet, directory=str(root))
+    def __init__(self, root: Path, faults: dict[str, str] | None = None) -> None:
+        """``faults``: request path → "503" (the first GET answers 503) or "cut" (the first GET's body
+        stops halfway)."""
+        handler = functools.partial(_Handler, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.requests = []  # type: ignore[attr-defined]
+        self.httpd.faults = dict(faults or {})  # type: ignore[attr-defined]
+        self.httpd.faulted = set()  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
