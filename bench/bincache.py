@@ -40,16 +40,19 @@ def nix_env() -> dict[str, str]:
     return base_env()
 
 
-def make_cache(root: str, compression: str) -> tuple[Path, float | None]:
+def make_cache(root: str, compression: str, level: int | None) -> tuple[Path, float | None]:
     """A file:// cache of root's closure (made once; its narinfos name the closure)."""
-    dest = CACHE_ROOT / f"{root.rsplit('/', 1)[-1][:32]}-{compression}"
+    tag = f"-l{level}" if level is not None else ""
+    dest = CACHE_ROOT / f"{root.rsplit('/', 1)[-1][:32]}-{compression}{tag}"
     done = dest / ".complete"
     if done.exists():
         return dest, None
     shutil.rmtree(dest, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run(["nix", "copy", "--to", f"file://{dest}?compression={compression}&parallel-compression=true",
-                    root], check=True, env=nix_env(), capture_output=True)  # fmt: skip
+    url = f"file://{dest}?compression={compression}&parallel-compression=true"
+    if level is not None:
+        url += f"&compression-level={level}"
+    subprocess.run(["nix", "copy", "--to", url, root], check=True, env=nix_env(), capture_output=True)
     done.write_text("")
     return dest, time.perf_counter() - t0
 
@@ -101,6 +104,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a small closure, one run (a smoke test)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--xz-level", type=int, help="xz preset for the cache (default: Nix's, 6); decompression "
+                    "speed hardly depends on it, making the cache does")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.scale, args.runs = 0.03, 1
@@ -112,10 +117,11 @@ def main() -> int:
         closure = subprocess.run(["nix-store", "-qR", info.root], capture_output=True, text=True, check=True,
                                  env=nix_env()).stdout.split()  # fmt: skip
         facts.update({"root": info.root, "paths": str(info.paths), "nar_bytes": str(info.nar_bytes),
-                      "scale": str(args.scale), "runs": str(args.runs), "jobs": str(JOBS)})  # fmt: skip
+                      "scale": str(args.scale), "runs": str(args.runs), "jobs": str(JOBS),
+                      "xz_level": str(args.xz_level or "nix default (6)")})  # fmt: skip
         caches: dict[str, Path] = {}
         for comp in ("xz", "zstd"):
-            caches[comp], took = make_cache(info.root, comp)
+            caches[comp], took = make_cache(info.root, comp, args.xz_level if comp == "xz" else None)
             files = nar_files(caches[comp], closure)
             facts[f"{comp}_cache_bytes"] = str(sum(f.stat().st_size for f in files))
             if took is not None:
