@@ -288,6 +288,14 @@ def test_signatures_wrong_key_tampered_and_missing_are_refused_no_verify_accepts
     # --no-verify accepts the untampered cache with an unknown signer (hashes are still checked).
     d = build_digest(*base, "--cache-dir", fresh(tmp_path), "--from-cache", url, "--no-verify")
     assert d == cached.local_digest
+    # A cache whose copy is unsigned comes first: the path is taken from the next cache that has it signed.
+    unsigned = copy_cache(cached, "zstd", tmp_path / "unsigned")
+    for f in unsigned.glob("*.narinfo"):
+        os.chmod(f, 0o644)
+        f.write_text("".join(ln + "\n" for ln in f.read_text().splitlines() if not ln.startswith("Sig:")))
+    d = build_digest(*base, "--cache-dir", fresh(tmp_path), "--from-cache", f"file://{unsigned},{url}",
+                     "--trusted-public-key", cached.public_key)  # fmt: skip
+    assert d == cached.local_digest
     # No --trusted-public-key and nothing in nix.conf: refused too.
     r = nixfly("build", *base, "--cache-dir", fresh(tmp_path), "--from-cache", url)
     assert "keys tried: none" in one_line_error(r)

@@ -639,6 +639,12 @@ class NarinfoCache:
                 return ni
         return None
 
+    def forget(self, cache: BinaryCache, path: str) -> None:
+        f = self._file(cache, path.rsplit("/", 1)[-1].split("-", 1)[0])
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.unlink()
+
     def save(self, cache: BinaryCache, ni: NarInfo, text: str) -> None:
         f = self._file(cache, ni.store_path.rsplit("/", 1)[-1].split("-", 1)[0])
         if f is None:
@@ -695,16 +701,33 @@ def resolve_from_caches(
             store_roots.append(_root_path(r, store_dir))
     store_roots = list(dict.fromkeys(store_roots))
 
+    def trusted(ni: NarInfo) -> bool:
+        if options.verify:
+            verify_signature(ni, options.trusted_keys)
+        return True
+
     def lookup(path: str) -> NarInfo:
         for c in caches:
             ni = disk.load(c, path)
             if ni is not None:
-                return ni
+                with contextlib.suppress(SignatureError):
+                    if trusted(ni):
+                        return ni
+                disk.forget(c, path)
+        refused: SignatureError | None = None
         for c in caches:
             ni = c.narinfo(path)
-            if ni is not None:
-                disk.save(c, ni, _narinfo_text(ni))
-                return ni
+            if ni is None:
+                continue
+            try:
+                trusted(ni)
+            except SignatureError as e:  # another cache may have it signed by a trusted key
+                refused = refused or e
+                continue
+            disk.save(c, ni, _narinfo_text(ni))  # only narinfos that passed are remembered
+            return ni
+        if refused is not None:
+            raise refused
         tried = ", ".join(c.url for c in caches)
         raise BinaryCacheError(
             f"{path} is in no binary cache (tried: {tried}) and not in the local store; "
@@ -729,8 +752,6 @@ def resolve_from_caches(
             found = list(pool.map(lookup, todo))
             nxt: list[str] = []
             for ni in found:
-                if options.verify:
-                    verify_signature(ni, options.trusted_keys)
                 narinfos[ni.store_path] = ni
                 nxt.extend(r for r in ni.references if r not in seen)
             level = nxt
