@@ -142,6 +142,10 @@ class ImageSpec:
     bin_sh: bool = False
     usr_bin_env: bool = False
     format: Literal["oci", "v2s2"] = "oci"
+    # Binary caches to take missing store paths from (file://, http://, https://), and the keys
+    # (NAME:BASE64) their signatures must verify against; empty keys mean nix.conf's trusted-public-keys.
+    substituters: list[str] = field(default_factory=list)
+    trusted_public_keys: list[str] = field(default_factory=list)
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
