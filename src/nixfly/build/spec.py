@@ -444,8 +444,9 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 
 def _item_line(text: str, key: str) -> int | None:
-    """The line of ``key`` inside the N-th ``[[image.TABLE]]`` element (``processes.1.user``): the key's own
-    line, else the line of the nearest enclosing key or sub-table, else the element's header."""
+    """The line of ``key`` inside the N-th ``[[image.TABLE]]`` element (``processes.1.readiness.port``):
+    descending through sub-tables (``[image.processes.readiness]``) and keys, the deepest line found (a key
+    inside an inline table is on its parent's line); the element's header at least."""
     parts = key.split(".")
     if parts and parts[0] == "image":
         parts = parts[1:]
@@ -453,20 +454,28 @@ def _item_line(text: str, key: str) -> int | None:
         return None
     table, index, rest = parts[0], int(parts[1]), [p for p in parts[2:] if not p.isdigit()]
     headers = (f"[[image.{table}]]", f"[[{table}]]")
-    lines = text.splitlines()
-    starts = [i for i, ln in enumerate(lines) if ln.strip().replace(" ", "") in headers]
+    lines = [ln.strip() for ln in text.splitlines()]
+    starts = [i for i, ln in enumerate(lines) if ln.replace(" ", "") in headers]
     if index >= len(starts):
         return None
-    start = starts[index]
-    end = next((i for i, ln in enumerate(lines) if i > start and ln.strip().startswith("[[")), len(lines))
-    for want in reversed(rest):
-        for i in range(start + 1, end):
-            s = lines[i].strip()
-            if s.startswith("[") and s.strip("[]").strip().endswith("." + want):
-                return i + 1
-            if s.split("=", 1)[0].strip().strip('"') == want and "=" in s:
-                return i + 1
-    return start + 1
+    line = starts[index]
+    lo = line + 1
+    hi = next((i for i in range(lo, len(lines)) if lines[i].startswith("[[")), len(lines))
+    for part in rest:
+        sub = next(
+            (i for i in range(lo, hi) if lines[i].startswith("[") and lines[i].strip("[] ").endswith("." + part)), None
+        )
+        if sub is not None:
+            line, lo = sub, sub + 1
+            hi = next((i for i in range(lo, hi) if lines[i].startswith("[")), hi)
+            continue
+        top = next((i for i in range(lo, hi) if lines[i].startswith("[")), hi)
+        keys = {i: lines[i].split("=", 1)[0].strip().strip('"') for i in range(lo, top) if "=" in lines[i]}
+        hit = next((i for i, k in keys.items() if k == part), None)
+        if hit is not None:
+            line = hit
+        break
+    return line + 1
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -482,7 +491,7 @@ def _line_of(text: str, key: str) -> int | None:
         if s.startswith("["):
             name = s.strip("[]").strip()
             in_table = name in (table, f"image.{table}") or (table == "" and name == "image")
-            if s in (f"[{key}]", f"[[{key}]]"):
+            if s in (f"[{key}]", f"[[{key}]]", f"[image.{key}]", f"[[image.{key}]]"):
                 return i
             continue
         if in_table and s.split("=", 1)[0].strip() == last:

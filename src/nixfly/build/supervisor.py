@@ -343,6 +343,7 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
         body.append("done")
     body += [
         f'echo 0 > {RUN}/stopping; : > {RUN}/exit; echo "$$" > {RUN}/init.pid',
+        *(f"echo 0 > {RUN}/{p.name}.restarts" for p in services if p.max_restarts and p.restart_policy != "never"),
         "stopping=0",
         "stop() {",
         '  [ "$stopping" = 1 ] && return',
@@ -421,7 +422,7 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
                 fin.append(f'[ "$code" = 0 ] && {{ echo "nixfly: {p.name} finished" >&2; exec {sv} d .; }}')
             if p.max_restarts:
                 fin += [
-                    f"n=0; read n < {RUN}/{p.name}.restarts; n=$((n + 1)); echo $n > {RUN}/{p.name}.restarts",
+                    f"n=0; read n < {RUN}/{p.name}.restarts 2>/dev/null; n=$((n + 1)); echo $n > {RUN}/{p.name}.restarts",
                     f'if [ "$n" -gt {p.max_restarts} ]; then',
                     f'  echo "nixfly: {p.name} exited (exit $code) {p.max_restarts} times; not restarted" >&2',
                     f"  exec {sv} d .",
