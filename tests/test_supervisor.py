@@ -457,3 +457,26 @@ def test_spec_round_trips_through_cli_merge(tmp_path: Path) -> None:
     again = validate_spec(to_dict(spec))
     assert again == spec
     assert isinstance(again, ImageSpec) and again.source == str(tmp_path / "nixfly.toml")
+
+
+def test_inspect_lists_boot_steps_of_a_real_build(tiny_closure: TinyClosure, tmp_path: Path) -> None:
+    """Boot directories without processes, built from a real Nix closure: the boot stage wraps the
+    entrypoint, and ``nixfly inspect`` lists the boot steps and users from the image's label."""
+    toml = (
+        f'[image]\nroots = ["{tiny_closure.app}"]\nentrypoint = ["/bin/hello"]\n'
+        '[[image.users]]\nname = "app"\nuid = 1000\n'
+        '[[image.boot_dirs]]\npath = "/data"\nuid = 1000\ngid = 1000\nmode = "0700"\n'
+    )
+    p = write(tmp_path, toml)
+    out = tmp_path / "img"
+    r = run_nixfly("build", "--config", str(p), "-o", f"oci:{out}", "--cache-dir", str(tmp_path / "c"), "-q")
+    assert r.code == 0, r.err
+    r = run_nixfly("inspect", "--no-scan", "--json", f"oci:{out}")
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["entrypoint"] == [f"{tiny_closure.bb}/bin/sh", "/etc/nixfly/boot", "/bin/hello"]
+    assert rep["processes"]["boot"] == [{"step": "dir", "path": "/data", "uid": 1000, "gid": 1000, "mode": "0700"}]
+    assert rep["processes"]["users"] == [{"name": "app", "uid": 1000, "gid": 1000}]
+    r = run_nixfly("inspect", "--no-scan", f"oci:{out}")
+    assert "processes (supervisor: none, boot stage only):" in r.out
+    assert "  dir /data  owner 1000:1000, mode 0700" in r.out and "users: app (1000:1000)" in r.out

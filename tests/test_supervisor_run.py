@@ -145,7 +145,8 @@ mode = "0750"
 name = "seed"
 oneshot = true
 user = "app"
-command = ["/bin/sh", "-c", "mkdir -p /var/lib/app/www && echo hello-{port} > /var/lib/app/www/index.html && echo \\"boot $(id -u):$(id -g)\\" >> /var/lib/app/events"]
+command = ["/bin/sh", "-c", '''mkdir -p /var/lib/app/www && echo hello-{port} > /var/lib/app/www/index.html
+  echo "boot $(id -u):$(id -g)" >> /var/lib/app/events''']
 
 [[image.processes]]
 name = "web"
@@ -157,7 +158,8 @@ stop_timeout = 3
 [[image.processes]]
 name = "heartbeat"
 user = "app"
-command = ["/bin/sh", "-c", ": hb-{port}; echo \\"heartbeat $(id -u):$(id -g)\\" >> /var/lib/app/events; while true; do date +%s%N > /var/lib/app/heartbeat; sleep 0.3; done"]
+command = ["/bin/sh", "-c", ''': hb-{port}; echo "heartbeat $(id -u):$(id -g)" >> /var/lib/app/events
+  while true; do date +%s%N > /var/lib/app/heartbeat; sleep 0.3; done''']
 depends_on = {{ web = "healthy" }}
 backoff = 1
 stop_timeout = 4
@@ -169,6 +171,11 @@ def test_runit_runs_boot_step_then_processes_as_their_users(runit_closure: tuple
     bb, runit = runit_closure
     port = free_port()
     layout = build(tmp_path, APP.format(bb=bb, runit=runit, port=port))
+    r = run_nixfly("inspect", "--no-scan", f"oci:{layout}:latest")
+    assert r.code == 0, r.err
+    assert "processes (supervisor: runit):" in r.out
+    assert "  heartbeat  as app (1000:1000), restart always; after web healthy: /bin/sh -c" in r.out
+    assert "  dir /var/lib/app  owner 1000:1000, mode 0750\n  oneshot seed" in r.out
     vol = tmp_path / "vol"
     vol.mkdir()  # a volume owned by root: the boot stage makes it app's at every start
     proc = start(tmp_path, layout, vol, "runc")
@@ -189,7 +196,7 @@ def test_runit_runs_boot_step_then_processes_as_their_users(runit_closure: tuple
 
         # A process that dies is restarted (after its backoff) and says so in the log.
         os.kill(hb, signal.SIGKILL)
-        new = wait_for("the restarted heartbeat", lambda: [p for p in pids_matching(f"hb-{port}", "/bin/sh") if p != hb])
+        new = wait_for("the restart", lambda: [p for p in pids_matching(f"hb-{port}", "/bin/sh") if p != hb])
         assert isinstance(new, list) and len(new) == 1
         wait_for("its start", lambda: (vol / "events").read_text().count("heartbeat 1000:1000") == 2)
 

@@ -422,7 +422,8 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
                 fin.append(f'[ "$code" = 0 ] && {{ echo "nixfly: {p.name} finished" >&2; exec {sv} d .; }}')
             if p.max_restarts:
                 fin += [
-                    f"n=0; read n < {RUN}/{p.name}.restarts 2>/dev/null; n=$((n + 1)); echo $n > {RUN}/{p.name}.restarts",
+                    f"n=0; read n < {RUN}/{p.name}.restarts 2>/dev/null; n=$((n + 1))",
+                    f"echo $n > {RUN}/{p.name}.restarts",
                     f'if [ "$n" -gt {p.max_restarts} ]; then',
                     f'  echo "nixfly: {p.name} exited (exit $code) {p.max_restarts} times; not restarted" >&2',
                     f"  exec {sv} d .",
