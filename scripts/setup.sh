@@ -8,7 +8,7 @@ cd "$here"
 
 APT_PACKAGES=(docker-registry apache2-utils curl openssl skopeo umoci busybox-static runc bubblewrap
   podman uidmap slirp4netns fuse-overlayfs catatonit nix-bin oci-image-tool jq zstd isal tar coreutils time
-  runit patchelf)
+  runit s6 patchelf)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -32,11 +32,12 @@ UPDATE = os.environ.get("NIXFLY_UPDATE_GOLDEN") == "1"
 BUSYBOX = "0000000000000000000000000000000a-busybox-1.36"
 RUNIT = "0000000000000000000000000000000b-runit-2.1.2"
 PC = "0000000000000000000000000000000c-process-compose-1.64"
+S6 = "0000000000000000000000000000000d-s6-2.11"
 BUSYBOX_TOOLS = ("sh", "mkdir", "chown", "chmod", "sleep", "timeout", "wget", "nc", "httpd", "setpriv", "id", "cat")
 
 
 def fake_store(
-    tmp: Path, *, runit: bool = True, pc: bool = True, busybox_tools: tuple[str, ...] = BUSYBOX_TOOLS
+    tmp: Path, *, runit: bool = True, pc: bool = True, s6: bool = True, busybox_tools: tuple[str, ...] = BUSYBOX_TOOLS
 ) -> Closure:
     """A closure of made-up store paths whose bin/ entries are links to the host's busybox (executable)."""
     store = tmp / "nix" / "store"
@@ -45,6 +46,8 @@ def fake_store(
         layout[RUNIT] = ("runsvdir", "runsv", "chpst", "sv")
     if pc:
         layout[PC] = ("process-compose",)
+    if s6:
+        layout[S6] = ("s6-svscan", "s6-supervise", "s6-svc", "s6-svwait", "s6-svscanctl", "s6-applyuidgid")
     paths = {}
     for base, tools in layout.items():
         b = store / base / "bin"
@@ -178,7 +181,7 @@ def full_supervision(tmp_path: Path, backend: str) -> tuple[Supervision, Closure
 # -- golden files ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["runit", "process-compose"])
+@pytest.mark.parametrize("backend", ["runit", "s6", "process-compose"])
 def test_generated_configuration_matches_golden_files(tmp_path: Path, backend: str) -> None:
     sup, closure = full_supervision(tmp_path, backend)
     check_golden(f"{backend}.golden", generated(sup, closure.store_dir))
@@ -211,6 +214,20 @@ def test_runit_layout_and_privileges(tmp_path: Path) -> None:
     assert re.findall(r"force-stop /etc/nixfly/runit/(\S+)", init) == ["sidecar", "web", "db"]
     assert "-w 5 force-stop" in init and "-w 4 force-stop" in init
     assert "kill -INT" in files["/etc/nixfly/runit/db/control/d"].data.decode()
+
+
+def test_s6_service_directories(tmp_path: Path) -> None:
+    sup, closure = full_supervision(tmp_path, "s6")
+    files = {e.path: e.data.decode() for e in sup.entries if e.kind == "file"}
+    assert files["/etc/nixfly/s6/db/down-signal"] == "SIGINT\n" and files["/etc/nixfly/s6/db/timeout-kill"] == "5000\n"
+    apply = f"{closure.store_dir}/{S6}/bin/s6-applyuidgid"
+    assert f"exec {apply} -u 1001 -g 1000 -G 1000 httpd -f" in files["/etc/nixfly/s6/web/run"]
+    assert f"exec {apply} -u 1000 -g 1000 -G 1002 /bin/sh" in files["/etc/nixfly/s6/db/run"]
+    init = files["/etc/nixfly/init"]
+    assert re.findall(r"s6-svc -wD -T (\d+) -d /etc/nixfly/s6/(\S+)", init) == [
+        ("11000", "sidecar"), ("5000", "web"), ("6000", "db")
+    ]  # fmt: skip
+    assert files["/etc/nixfly/s6/sidecar/finish"].rstrip().endswith("exit 125")  # never: a permanent failure
 
 
 def test_description_lists_processes_users_and_boot_steps(tmp_path: Path) -> None:
@@ -302,12 +319,15 @@ def test_schema_check_can_fail(tmp_path: Path) -> None:
 def test_default_backend_is_whichever_the_closure_holds(tmp_path: Path) -> None:
     text = FULL.format(supervisor="")
     spec = load_spec(write(tmp_path, text), warn=lambda _m: None)
-    only_runit = fake_store(tmp_path / "a", pc=False)
+    only_runit = fake_store(tmp_path / "a", pc=False, s6=False)
     sup = supervise(spec, only_runit, all_entries(spec, only_runit))
     assert sup is not None and sup.backend == "runit"
-    only_pc = fake_store(tmp_path / "b", runit=False)
+    only_pc = fake_store(tmp_path / "b", runit=False, s6=False)
     sup = supervise(spec, only_pc, all_entries(spec, only_pc))
     assert sup is not None and sup.backend == "process-compose"
+    only_s6 = fake_store(tmp_path / "c", runit=False, pc=False)
+    sup = supervise(spec, only_s6, all_entries(spec, only_s6))
+    assert sup is not None and sup.backend == "s6"
 
 
 def test_boot_dirs_alone_wrap_the_image_entrypoint(tmp_path: Path) -> None:
@@ -410,13 +430,13 @@ def test_stop_timeouts_beyond_fly_kill_timeout_warn(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "closure_kw", "line", "needle"),
     [
-        (BASE, {"runit": False, "pc": False}, 8,
+        (BASE, {"runit": False, "pc": False, "s6": False}, 8,
          "no supervisor in the closure to run the processes: add pkgs.process-compose"),
         (BASE.replace("roots = []", 'roots = []\nsupervisor = "runit"'), {"runit": False}, 3,
          "supervisor 'runit': no runsvdir in the closure: add pkgs.runit to roots"),
         (BASE.replace("/bin/sh", "/bin/missing"), {}, 10, "'/bin/missing' is not an executable file in the image"),
         (BASE.replace('"/bin/sh"', '"frobnicate"'), {}, 10, "'frobnicate' is not an executable file on PATH"),
-        (BASE + 'user = "app"\n', {"runit": False, "busybox_tools": ("sh", "mkdir", "chown", "chmod")}, 11,
+        (BASE + 'user = "app"\n', {"runit": False, "s6": False, "busybox_tools": ("sh", "mkdir", "chown", "chmod")}, 11,
          "process-compose cannot switch users: add a helper"),
         (BASE + 'readiness = { kind = "exec", command = ["/bin/nothere"] }\n', {}, 11,
          "'/bin/nothere' is not an executable file"),

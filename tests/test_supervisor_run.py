@@ -1,4 +1,4 @@
-"""A real supervisor under a real runtime: Debian's runit patched into an offline Nix closure (as
+"""Real supervisors under real runtimes: Debian's runit and s6 patched into offline Nix closures (as
 /work/shared/docs/TEST-INFRA.md shows), busybox as the userland, the image built by ``nixfly build`` from a
 nixfly.toml and started by ``nixfly run`` with a volume over the boot directory, as on Fly."""
 
@@ -24,24 +24,29 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the runtimes are exercised as root (as in CI)"),
 ]
 
-RUNIT_NIX = Path(__file__).resolve().parent / "data" / "nix" / "runit.nix"
+NIX = Path(__file__).resolve().parent / "data" / "nix"
+# supervisor → (nix file, attribute, a Debian binary it needs)
+SUPERVISORS = {"runit": ("runit.nix", "runit", "/usr/bin/runsvdir"), "s6": ("s6.nix", "s6", "/usr/bin/s6-svscan")}
 
 
 @pytest.fixture(scope="module")
-def runit_closure(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(busybox store path, runit store path)."""
-    for tool in ("/usr/bin/runsvdir", "/usr/bin/patchelf", "/bin/busybox"):
-        if not Path(tool).exists():
-            pytest.fail(f"{tool} is missing: run scripts/setup.sh (it installs runit, patchelf, busybox-static)")
-    bb = make_busybox_dir(tmp_path_factory.mktemp("runit-nix"))
+def closures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """supervisor → (busybox store path, supervisor store path), Debian's binaries patched into the store."""
+    bb = make_busybox_dir(tmp_path_factory.mktemp("supervisor-nix"))
     args = ["--arg", "bbdir", str(bb), "--arg", "bindir", "/usr/bin", "--arg", "libdir", "/lib/x86_64-linux-gnu"]
     env = nix_env()
-    built = subprocess.run(["nix-build", str(RUNIT_NIX), "--no-out-link", *args, "-A", "runit"],
-                           capture_output=True, text=True, env=env, check=False)  # fmt: skip
-    assert built.returncode == 0, built.stderr[-2000:]
-    ev = subprocess.run(["nix-instantiate", "--eval", str(RUNIT_NIX), *args, "-A", "busybox"],
-                        capture_output=True, text=True, env=env, check=True)  # fmt: skip
-    return ev.stdout.strip().strip('"'), built.stdout.strip()
+    out = {}
+    for name, (nix, attr, needs) in SUPERVISORS.items():
+        for tool in (needs, "/usr/bin/patchelf", "/bin/busybox"):
+            if not Path(tool).exists():
+                pytest.fail(f"{tool} is missing: run scripts/setup.sh (it installs runit, s6, patchelf)")
+        built = subprocess.run(["nix-build", str(NIX / nix), "--no-out-link", *args, "-A", attr],
+                               capture_output=True, text=True, env=env, check=False)  # fmt: skip
+        assert built.returncode == 0, built.stderr[-2000:]
+        ev = subprocess.run(["nix-instantiate", "--eval", str(NIX / nix), *args, "-A", "busybox"],
+                            capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        out[name] = (ev.stdout.strip().strip('"'), built.stdout.strip())
+    return out
 
 
 def free_port() -> int:
@@ -109,8 +114,8 @@ def start(tmp: Path, layout: Path, volume: Path, runtime: str) -> subprocess.Pop
 
 HEAD = """\
 [image]
-roots = ["{bb}", "{runit}"]
-supervisor = "runit"
+roots = ["{bb}", "{sup}"]
+supervisor = "{supervisor}"
 
 [[image.users]]
 name = "app"
@@ -167,13 +172,16 @@ stop_timeout = 4
 )
 
 
-def test_runit_runs_boot_step_then_processes_as_their_users(runit_closure: tuple[str, str], tmp_path: Path) -> None:
-    bb, runit = runit_closure
+@pytest.mark.parametrize("supervisor", list(SUPERVISORS))
+def test_boot_step_then_processes_as_their_users(
+    closures: dict[str, tuple[str, str]], tmp_path: Path, supervisor: str
+) -> None:
+    bb, sup = closures[supervisor]
     port = free_port()
-    layout = build(tmp_path, APP.format(bb=bb, runit=runit, port=port))
+    layout = build(tmp_path, APP.format(bb=bb, sup=sup, supervisor=supervisor, port=port))
     r = run_nixfly("inspect", "--no-scan", f"oci:{layout}:latest")
     assert r.code == 0, r.err
-    assert "processes (supervisor: runit):" in r.out
+    assert f"processes (supervisor: {supervisor}):" in r.out
     assert "  heartbeat  as app (1000:1000), restart always; after web healthy: /bin/sh -c" in r.out
     assert "  dir /var/lib/app  owner 1000:1000, mode 0750\n  oneshot seed" in r.out
     vol = tmp_path / "vol"
@@ -233,12 +241,13 @@ command = ["/bin/sh", "-c", "echo critical-start >> /var/lib/app/log; sleep 1; e
 )
 
 
+@pytest.mark.parametrize("supervisor", list(SUPERVISORS))
 def test_a_failing_never_restart_process_stops_the_machine_nonzero(
-    runit_closure: tuple[str, str], tmp_path: Path
+    closures: dict[str, tuple[str, str]], tmp_path: Path, supervisor: str
 ) -> None:
-    bb, runit = runit_closure
+    bb, sup = closures[supervisor]
     port = free_port()
-    layout = build(tmp_path, CRITICAL.format(bb=bb, runit=runit, port=port))
+    layout = build(tmp_path, CRITICAL.format(bb=bb, sup=sup, supervisor=supervisor, port=port))
     vol = tmp_path / "vol"
     vol.mkdir()
     proc = start(tmp_path, layout, vol, "bwrap")

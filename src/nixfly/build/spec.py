@@ -229,7 +229,7 @@ class ImageSpec:
     format: Literal["oci", "v2s2"] = "oci"
     processes: list[ProcessSpec] = field(default_factory=list)
     boot_dirs: list[DirSpec] = field(default_factory=list)  # like dirs with at_boot = true
-    supervisor: Literal["process-compose", "runit"] | None = None  # None: whichever the closure holds
+    supervisor: Literal["process-compose", "runit", "s6"] | None = None  # None: whichever the closure holds
     source: str | None = None  # the nixfly.toml this definition came from (set by load_spec; for error lines)
 
 

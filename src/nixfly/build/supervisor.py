@@ -44,7 +44,7 @@ ETC = "/etc/nixfly"
 RUN = "/run/nixfly"
 BOOT_NAME = "nixfly-boot"
 IMAGE_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
-BACKENDS = ("process-compose", "runit")
+BACKENDS = ("process-compose", "runit", "s6")
 # Linux signal numbers (process-compose's shutdown.signal is a number).
 SIGNAL_NUMBERS = {
     "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10, "SIGUSR2": 12, "SIGTERM": 15,
@@ -172,8 +172,8 @@ class _Tools:
 
 
 def _pick_backend(spec: ImageSpec, tools: _Tools) -> str:
-    markers = {"process-compose": "process-compose", "runit": "runsvdir"}
-    hints = {"process-compose": "pkgs.process-compose", "runit": "pkgs.runit"}
+    markers = {"process-compose": "process-compose", "runit": "runsvdir", "s6": "s6-svscan"}
+    hints = {"process-compose": "pkgs.process-compose", "runit": "pkgs.runit", "s6": "pkgs.s6"}
     if spec.supervisor is not None:
         if tools.find(markers[spec.supervisor]) is None:
             raise _Fail(
@@ -245,7 +245,7 @@ def _description(spec: ImageSpec, backend: str | None, entrypoint: Sequence[str]
     boot: list[dict[str, Any]] = [
         {"step": "dir", "path": d.path, "uid": d.uid, "gid": d.gid, "mode": f"{d.mode:04o}"} for d in _boot_dirs(spec)
     ]
-    if backend == "runit":
+    if backend in ("runit", "s6"):
         boot += [{"step": "oneshot", "name": p.name} for p in process_order(spec.processes) if p.oneshot]
     return {
         "supervisor": backend,
@@ -256,13 +256,7 @@ def _description(spec: ImageSpec, backend: str | None, entrypoint: Sequence[str]
     }
 
 
-# -- runit ----------------------------------------------------------------------------------------------
-
-
-def _chpst_prefix(chpst: str, uid: int, gid: int, extra: tuple[int, ...]) -> list[str]:
-    if (uid, gid, extra) == (0, 0, ()):
-        return []
-    return [chpst, "-u", ":" + ":".join(str(x) for x in (uid, gid, *extra))]
+# -- runit and s6 ----------------------------------------------------------------------------------------------
 
 
 def _env_lines(env: dict[str, str]) -> list[str]:
@@ -289,29 +283,80 @@ def _probe_argv(p: ProcessSpec, tools: _Tools, key: str) -> list[str]:
     return [timeout, str(r.timeout), *argv] if timeout is not None else argv
 
 
-def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
-    sh = tools.need("sh", "processes", "the generated boot stage", "pkgs.busybox (or pkgs.bash)")
-    t = _shell_tools(tools, "processes", ("mkdir", "chown", "chmod", "sleep"))
-    runit_bin = posixpath.dirname(tools.need("runsvdir", "supervisor", "runit", "pkgs.runit"))
+@dataclass(frozen=True)
+class _Flavour:
+    """What differs between runit and s6 in the service-directory backend."""
+
+    name: str
+    scan: tuple[str, ...]  # the scanner's command line, started in the background
+    drop: Any  # (uid, gid, extra gids) → the privilege-dropping prefix
+    stop: Any  # (process, service dir) → the command bringing one service down within its stop_timeout
+    halt: str  # after every service is down: make the scanner exit
+    down_here: str  # in finish: keep this service down
+    signalled: str  # the finish script's first argument when a signal ended the process
+    started: Any  # (service dir) → a shell condition true once the service runs
+
+
+def _runit_flavour(tools: _Tools) -> _Flavour:
     sv = tools.need("sv", "supervisor", "runit", "pkgs.runit")
     chpst = tools.need("chpst", "supervisor", "runit", "pkgs.runit")
-    tools.need("runsv", "supervisor", "runit", "pkgs.runit")
+    runsvdir = tools.need("runsvdir", "supervisor", "runit", "pkgs.runit")
+    tools.need("runsv", "supervisor", "runit", "pkgs.runit")  # runsvdir starts it from PATH
+    return _Flavour(
+        name="runit",
+        scan=(runsvdir, "-P", f"{ETC}/runit"),
+        drop=lambda uid, gid, extra: [] if (uid, gid, extra) == (0, 0, ()) else [
+            chpst, "-u", ":" + ":".join(str(x) for x in (uid, gid, *extra))],
+        stop=lambda p, d: f"{sv} -w {p.stop_timeout} force-stop {d}",
+        halt='kill -HUP "$svpid" 2>/dev/null',
+        down_here=f"exec {sv} d .",
+        signalled="-1",
+        started=lambda d: f'read s < {d}/supervise/stat 2>/dev/null && [ "$s" = run ]',
+    )  # fmt: skip
+
+
+def _s6_flavour(tools: _Tools) -> _Flavour:
+    svc = tools.need("s6-svc", "supervisor", "s6", "pkgs.s6")
+    svwait = tools.need("s6-svwait", "supervisor", "s6", "pkgs.s6")
+    svscanctl = tools.need("s6-svscanctl", "supervisor", "s6", "pkgs.s6")
+    apply = tools.need("s6-applyuidgid", "supervisor", "s6", "pkgs.s6")
+    svscan = tools.need("s6-svscan", "supervisor", "s6", "pkgs.s6")
+    tools.need("s6-supervise", "supervisor", "s6", "pkgs.s6")
+    return _Flavour(
+        name="s6",
+        scan=(svscan, f"{ETC}/s6"),
+        drop=lambda uid, gid, extra: [] if (uid, gid, extra) == (0, 0, ()) else [
+            apply, "-u", str(uid), "-g", str(gid), "-G", ",".join(str(g) for g in extra) or str(gid)],
+        # down-signal and timeout-kill in the service directory make s6-supervise signal and then kill it
+        stop=lambda p, d: f"{svc} -wD -T {(p.stop_timeout + 1) * 1000} -d {d}",
+        halt=f"{svscanctl} -t {ETC}/s6",
+        down_here="exit 125",  # s6-supervise: a permanent failure, not restarted
+        signalled="256",
+        started=lambda d: f"{svwait} -u -t 1000 {d} 2>/dev/null",
+    )  # fmt: skip
+
+
+def _svdir(spec: ImageSpec, tools: _Tools, backend: str) -> Supervision:
+    """runit or s6: a boot script running the boot stage and then the scanner over one service directory
+    per long-running process; it stops them (dependents first) on TERM/INT/HUP."""
+    sh = tools.need("sh", "processes", "the generated boot stage", "pkgs.busybox (or pkgs.bash)")
+    t = _shell_tools(tools, "processes", ("mkdir", "chown", "chmod", "sleep"))
+    fl = _runit_flavour(tools) if backend == "runit" else _s6_flavour(tools)
+    base = f"{ETC}/{fl.name}"
     index = {p.name: i for i, p in enumerate(spec.processes)}
     ordered = process_order(spec.processes)
     services = [p for p in ordered if not p.oneshot]
     for p in ordered:
         for dep in p.depends_on:
-            target = spec.processes[index[dep]]
-            if p.oneshot and not target.oneshot:
+            if p.oneshot and not spec.processes[index[dep]].oneshot:
                 raise _Fail(
                     f"processes.{index[p.name]}.depends_on.{dep}",
-                    f"under runit, oneshot {p.name!r} runs at boot, before the long-running {dep!r} starts",
+                    f"under {fl.name}, oneshot {p.name!r} runs at boot, before the long-running {dep!r} starts",
                 )
-    entries: list[Entry] = [Entry("dir", ETC, 0o755), Entry("dir", f"{ETC}/runit", 0o755)]
-    # /etc/nixfly/init: the boot stage, then runsvdir and a graceful stop on TERM/INT/HUP.
+    entries: list[Entry] = [Entry("dir", ETC, 0o755), Entry("dir", base, 0o755)]
     body = [
-        "# The boot stage: directories, then the oneshot boot steps; then runit's runsvdir over the services.",
-        f"PATH={runit_bin}:$PATH",
+        f"# The boot stage: directories, then the oneshot boot steps; then {fl.name} over the services.",
+        f"PATH={posixpath.dirname(fl.scan[0])}:$PATH",
         "export PATH",
         "trap 'exit 143' TERM",
         "trap 'exit 130' INT",
@@ -325,13 +370,10 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
         uid, gid, extra = process_ids(spec, p)
         inner = "; ".join(
             [*(["cd " + _q(p.working_dir)] if p.working_dir else []), *_env_lines(p.env),
-             "exec " + _words([*_chpst_prefix(chpst, uid, gid, extra), *p.command])]
+             "exec " + _words([*fl.drop(uid, gid, extra), *p.command])]
         )  # fmt: skip
-        body.append(f'echo "nixfly: boot step {p.name}" >&2')
-        body.append("attempt=0")
-        body.append(f"until ( {inner} ); do")
-        body.append("  code=$?")
         give_up = f'echo "nixfly: boot step {p.name} failed (exit $code)" >&2; exit $code'
+        body += [f'echo "nixfly: boot step {p.name}" >&2', "attempt=0", f"until ( {inner} ); do", "  code=$?"]
         if p.restart_policy == "never":
             body.append(f"  {give_up}")
         else:
@@ -349,32 +391,28 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
         '  [ "$stopping" = 1 ] && return',
         f"  stopping=1; echo 1 > {RUN}/stopping",
         '  echo "nixfly: stopping the processes" >&2',
-    ]
-    for p in reversed(services):
-        body.append(f"  {sv} -w {p.stop_timeout} force-stop {ETC}/runit/{p.name} >/dev/null 2>&1")
-    body += [
-        '  kill -HUP "$svpid" 2>/dev/null',
+        *(f"  {fl.stop(p, f'{base}/{p.name}')} >/dev/null 2>&1" for p in reversed(services)),
+        f"  {fl.halt}",
         "}",
         "trap stop TERM INT HUP",
-        f"runsvdir -P {ETC}/runit &",
+        f"{_words(fl.scan)} &",
         "svpid=$!",
         'while kill -0 "$svpid" 2>/dev/null; do wait "$svpid"; done',
         f"code=; read code < {RUN}/exit",
         'exit "${code:-0}"',
     ]
-    entries.append(Entry("file", f"{ETC}/init", 0o755, _script(sh, "runit boot stage and stop", body)))
+    entries.append(Entry("file", f"{ETC}/init", 0o755, _script(sh, f"{fl.name} boot stage and stop", body)))
 
     for p in services:
-        i = index[p.name]
-        key = f"processes.{i}"
-        d = f"{ETC}/runit/{p.name}"
+        key = f"processes.{index[p.name]}"
+        d = f"{base}/{p.name}"
         uid, gid, extra = process_ids(spec, p)
         run: list[str] = []
         for dep, cond in p.depends_on.items():
             target = spec.processes[index[dep]]
             if target.oneshot:
-                continue  # boot steps are done before runsvdir starts
-            dd = f"{ETC}/runit/{dep}"
+                continue  # boot steps are done before the scanner starts
+            dd = f"{base}/{dep}"
             if cond == "healthy":
                 r = target.readiness
                 assert r is not None
@@ -389,63 +427,63 @@ def _runit(spec: ImageSpec, tools: _Tools) -> Supervision:
                     "done",
                 ]
             else:
-                run += [
-                    f'until read s < {dd}/supervise/stat 2>/dev/null && [ "$s" = run ]; do {t["sleep"]} 1; done',
-                ]
+                run.append(f"until {fl.started(dd)}; do {t['sleep']} 1; done")
         if p.working_dir:
             run.append(f"cd {_q(p.working_dir)} || exit 1")
         run += _env_lines(p.env)
-        run.append("exec " + _words([*_chpst_prefix(chpst, uid, gid, extra), *p.command]))
-        entries += [
-            Entry("dir", d, 0o755),
-            Entry("file", f"{d}/run", 0o755, _script(sh, f"runit service {p.name}", run)),
-        ]
+        run.append("exec " + _words([*fl.drop(uid, gid, extra), *p.command]))
+        entries += [Entry("dir", d, 0o755), Entry("file", f"{d}/run", 0o755, _script(sh, f"service {p.name}", run))]
         fin = [
-            "# $1: the exit code (-1 when a signal ended it), $2: the signal",
+            f"# $1: the exit code ({fl.signalled} when a signal ended it), $2: the signal",
             f"stopping=; read stopping < {RUN}/stopping",
             '[ "$stopping" = 1 ] && exit 0',
-            'code=$1; [ "$code" = -1 ] && code=$((128 + $2))',
+            f'code=$1; [ "$code" = {fl.signalled} ] && code=$((128 + $2))',
         ]
         policy = p.restart_policy
         if policy == "never":
             fin += [
-                f"{sv} d .",
                 'if [ "$code" != 0 ]; then',
                 f'  echo "nixfly: {p.name} failed (exit $code); restart = never: stopping the machine" >&2',
                 f'  echo "$code" > {RUN}/exit; read pid < {RUN}/init.pid && kill -TERM "$pid"',
                 "else",
                 f'  echo "nixfly: {p.name} finished" >&2',
                 "fi",
+                fl.down_here,
             ]
         else:
             if policy == "on-failure":
-                fin.append(f'[ "$code" = 0 ] && {{ echo "nixfly: {p.name} finished" >&2; exec {sv} d .; }}')
+                fin.append(f'[ "$code" = 0 ] && {{ echo "nixfly: {p.name} finished" >&2; {fl.down_here}; }}')
             if p.max_restarts:
                 fin += [
                     f"n=0; read n < {RUN}/{p.name}.restarts 2>/dev/null; n=$((n + 1))",
                     f"echo $n > {RUN}/{p.name}.restarts",
                     f'if [ "$n" -gt {p.max_restarts} ]; then',
                     f'  echo "nixfly: {p.name} exited (exit $code) {p.max_restarts} times; not restarted" >&2',
-                    f"  exec {sv} d .",
+                    f"  {fl.down_here}",
                     "fi",
                 ]
             fin.append(f'echo "nixfly: {p.name} exited (exit $code); restarting in {p.backoff}s" >&2')
             if p.backoff:
                 fin.append(f"exec {t['sleep']} {p.backoff}")
-        entries.append(Entry("file", f"{d}/finish", 0o755, _script(sh, f"runit finish of {p.name}", fin)))
+        entries.append(Entry("file", f"{d}/finish", 0o755, _script(sh, f"finish of {p.name}", fin)))
         if p.readiness is not None:
             probe = _probe_argv(p, tools, key)
             check = [f"exec {_words(probe)} </dev/null >/dev/null 2>&1"]
             entries.append(Entry("file", f"{d}/check", 0o755, _script(sh, f"readiness of {p.name}", check)))
-        if p.stop_signal != "SIGTERM":
-            sig = p.stop_signal.removeprefix("SIG")
-            ctl = [f'read pid < supervise/pid && kill -{sig} "$pid"']
+        if fl.name == "s6":
+            entries += [
+                Entry("file", f"{d}/down-signal", 0o644, f"{p.stop_signal}\n".encode()),
+                Entry("file", f"{d}/timeout-kill", 0o644, f"{p.stop_timeout * 1000}\n".encode()),
+                Entry("file", f"{d}/timeout-finish", 0o644, f"{(p.backoff + 5) * 1000}\n".encode()),
+            ]
+        elif p.stop_signal != "SIGTERM":
+            ctl = [f'read pid < supervise/pid && kill -{p.stop_signal.removeprefix("SIG")} "$pid"']
             entries += [
                 Entry("dir", f"{d}/control", 0o755),
                 Entry("file", f"{d}/control/d", 0o755, _script(sh, f"stop {p.name} with {p.stop_signal}", ctl)),
             ]
     entrypoint = (sh, f"{ETC}/init")
-    return Supervision("runit", tuple(entries), entrypoint, _description(spec, "runit", entrypoint))
+    return Supervision(fl.name, tuple(entries), entrypoint, _description(spec, fl.name, entrypoint))
 
 
 # -- process-compose ------------------------------------------------------------------------------------
@@ -622,7 +660,7 @@ def supervise(spec: ImageSpec, closure: Closure, entries: Sequence[Entry]) -> Su
         if not spec.processes:
             return _boot_only(spec, tools)
         backend = _pick_backend(spec, tools)
-        made = _runit(spec, tools) if backend == "runit" else _process_compose(spec, tools)
+        made = _process_compose(spec, tools) if backend == "process-compose" else _svdir(spec, tools, backend)
         check_commands(spec, closure, [*entries, *made.entries])
         return made
     except _Fail as e:
