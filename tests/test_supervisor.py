@@ -500,3 +500,10 @@ def test_inspect_lists_boot_steps_of_a_real_build(tiny_closure: TinyClosure, tmp
     r = run_nixfly("inspect", "--no-scan", f"oci:{out}")
     assert "processes (supervisor: none, boot stage only):" in r.out
     assert "  dir /data  owner 1000:1000, mode 0700" in r.out and "users: app (1000:1000)" in r.out
+
+
+@pytest.mark.parametrize("path", ["data", "/", "/data/../etc"])
+def test_boot_dirs_must_be_absolute_and_plain(tmp_path: Path, path: str) -> None:
+    p = write(tmp_path, f'[image]\nroots = []\n\n[[image.boot_dirs]]\npath = "{path}"\n')
+    with pytest.raises(ConfigError, match=rf"^{p}:5: boot_dirs.0.path: .* must be an absolute path below /"):
+        load_spec(p)

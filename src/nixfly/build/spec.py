@@ -338,8 +338,8 @@ def check_processes(spec: ImageSpec) -> tuple[ImageSpec, list[tuple[str, str]]]:
     with every depends_on condition resolved, and the warnings as (key, message). Raises SpecError."""
     warnings: list[tuple[str, str]] = []
     for i, d in enumerate(spec.boot_dirs):
-        if not d.path.startswith("/") or d.path.rstrip("/") == "":
-            raise SpecError(f"boot_dirs.{i}.path", f"{d.path!r} must be an absolute path below /")
+        if not d.path.startswith("/") or d.path.rstrip("/") == "" or ".." in d.path.split("/"):
+            raise SpecError(f"boot_dirs.{i}.path", f"{d.path!r} must be an absolute path below / without '..'")
     if not spec.processes:
         return spec, warnings
     if spec.entrypoint is not None or spec.cmd is not None:

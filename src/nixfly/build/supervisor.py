@@ -29,7 +29,7 @@ import os
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,12 +289,12 @@ class _Flavour:
 
     name: str
     scan: tuple[str, ...]  # the scanner's command line, started in the background
-    drop: Any  # (uid, gid, extra gids) → the privilege-dropping prefix
-    stop: Any  # (process, service dir) → the command bringing one service down within its stop_timeout
+    drop: Callable[[int, int, tuple[int, ...]], list[str]]  # (uid, gid, extra gids) → privilege-dropping prefix
+    stop: Callable[[ProcessSpec, str], str]  # (process, service dir) → bring it down within its stop_timeout
     halt: str  # after every service is down: make the scanner exit
     down_here: str  # in finish: keep this service down
     signalled: str  # the finish script's first argument when a signal ended the process
-    started: Any  # (service dir) → a shell condition true once the service runs
+    started: Callable[[str], str]  # service dir → a shell condition true once the service runs
 
 
 def _runit_flavour(tools: _Tools) -> _Flavour:
