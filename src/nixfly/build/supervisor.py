@@ -187,7 +187,8 @@ def _pick_backend(spec: ImageSpec, tools: _Tools) -> str:
             return b
     raise _Fail(
         "processes",
-        "no supervisor in the closure to run the processes: add pkgs.process-compose (or pkgs.runit) to roots",
+        "no supervisor in the closure to run the processes: "
+        "add pkgs.process-compose (or pkgs.runit or pkgs.s6) to roots",
     )
 
 
@@ -207,7 +208,7 @@ def _boot_dir_lines(dirs: list[DirSpec], sh_tools: dict[str, str]) -> list[str]:
         p = _q(d.path.rstrip("/"))
         out.append(
             f"{sh_tools['mkdir']} -p {p} && {sh_tools['chown']} {d.uid}:{d.gid} {p} && {sh_tools['chmod']} "
-            f'{d.mode:04o} {p} || {{ echo "nixfly: cannot prepare boot directory {d.path}" >&2; exit 1; }}'
+            f"{d.mode:04o} {p} || {{ echo {_q('nixfly: cannot prepare boot directory ' + d.path)} >&2; exit 1; }}"
         )
     return out
 
