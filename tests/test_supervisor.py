@@ -231,6 +231,9 @@ def test_s6_service_directories(tmp_path: Path) -> None:
 
 
 def test_description_lists_processes_users_and_boot_steps(tmp_path: Path) -> None:
+    from nixfly.inspect import PROCESSES_LABEL
+
+    assert PROCESSES_LABEL == LABEL  # inspect reads the label build/supervisor.py writes
     sup, _ = full_supervision(tmp_path, "runit")
     d = json.loads(sup.label)
     assert d["supervisor"] == "runit"

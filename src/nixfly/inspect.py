@@ -22,12 +22,12 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from nixfly.build.compress import decompressing_reader
-from nixfly.build.supervisor import LABEL as PROCESSES_LABEL
 from nixfly.errors import ImageError
 from nixfly.image import Image
+from nixfly.image.compression import decompressing_reader
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+PROCESSES_LABEL = "io.nixfly.processes"  # written by build/supervisor.py (LABEL); inspect does not import build/
 _HASH = rb"[0-9a-df-np-sv-z]{32}"
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[^/]+$")
 _CHUNK = 1 << 20
@@ -378,7 +378,7 @@ def inspect_image(
     for i, (lyr, (comment, created_by)) in enumerate(zip(image.layers, history, strict=True)):
         report = LayerReport(i, lyr.digest, lyr.diff_id, lyr.size, lyr.compression, comment, created_by)
         if state is not None:
-            report = _scan_layer(report, lyr.open(), state, on_bytes)
+            report = _scan_layer(report, lyr.compressed(), state, on_bytes)
         layers.append(report)
 
     largest: tuple[StorePathReport, ...] = ()
@@ -455,6 +455,8 @@ def _scan_layer(
                 files, present = state.layer(report.index, tf)
             plain.drain()  # the tar end-of-archive padding counts towards the diff_id
             raw.drain()
+        except ImageError as e:  # the blob's own digest check failed
+            raise ImageError(f"{where}: {e}") from None
         except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
             raise ImageError(f"{where}: not a readable {report.compression} tar stream ({e})") from None
     finally:

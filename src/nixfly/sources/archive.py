@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nixfly.build.compress import sniff_compression
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
-from nixfly.image.mediatypes import Compression
+from nixfly.image.compression import sniff_compression
+from nixfly.image.mediatypes import layer_type
+from nixfly.image.model import LayerBase
 from nixfly.transports import ArchiveLocation
 
 
@@ -45,7 +46,7 @@ class _Window:
 
 
 @dataclass(frozen=True)
-class ArchiveLayer:
+class ArchiveLayer(LayerBase):
     """A layer stored as a member of a docker-archive; compressed or plain as found."""
 
     archive: Path
@@ -53,9 +54,10 @@ class ArchiveLayer:
     size: int
     digest: str
     diff_id: str
-    compression: Compression
+    media_type: str
+    uncompressed_size: int | None = None
 
-    def open(self) -> BinaryIO:
+    def _open_raw(self) -> BinaryIO:
         return _Window(self.archive, self.offset, self.size)  # type: ignore[return-value]
 
 
@@ -118,6 +120,7 @@ def read_archive(loc: ArchiveLocation) -> Image:
             comp = sniff_compression(head)
             if comp == "none" and digest != diff_id:
                 raise ImageError(f"{where}: layer {name} does not match its diff_id {diff_id}")
-            layers.append(ArchiveLayer(path, m.offset_data, m.size, digest, diff_id, comp))
+            usize = m.size if comp == "none" else None
+            layers.append(ArchiveLayer(path, m.offset_data, m.size, digest, diff_id, layer_type("oci", comp), usize))
     # Keep the config bytes exactly; the manifest is generated (archives carry no registry manifest).
     return Image(config_bytes, tuple(layers), "oci")
