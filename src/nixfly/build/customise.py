@@ -16,6 +16,7 @@ from typing import Protocol
 from nixfly.build.closure import Closure, to_store_path
 from nixfly.build.layers import Entry
 from nixfly.build.spec import ImageSpec, UserSpec
+from nixfly.build.supervisor import LABEL, supervise
 from nixfly.errors import NixflyError, UsageError
 
 CA_CANDIDATES = ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt")
@@ -53,6 +54,8 @@ class Customisation:
     root_entries: dict[str, list[Entry]] = field(default_factory=dict)  # goes into each root's layer
     entries: list[Entry] = field(default_factory=list)  # the customisation layer
     env: dict[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] | None = None  # set by a generated supervisor / boot stage
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _contents_links(
@@ -174,6 +177,8 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
         if not d.path.startswith("/"):
             raise UsageError(f"dirs: {d.path!r} must be an absolute path")
         add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "dirs")
+    for d in spec.boot_dirs:  # also in the image, for runs without a volume over them
+        add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "boot_dirs")
 
     if spec.ca_certificates:
         bundle = None
@@ -203,6 +208,12 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
         if not os.path.lexists(f.src):
             raise UsageError(f"files: {f.src} does not exist")
         add(Entry("tree", f.dest.rstrip("/") or "/", src=f.src), f"file {f.src}")
+    sup = supervise(spec, closure, [*out.entries, *(e for es in out.root_entries.values() for e in es)])
+    if sup is not None:
+        for e in sup.entries:
+            add(e, "the generated supervisor configuration")
+        out.entrypoint = sup.entrypoint
+        out.labels[LABEL] = sup.label
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
     return out

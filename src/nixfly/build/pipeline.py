@@ -78,12 +78,21 @@ def _describe(paths: tuple[str, ...], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def image_config(spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], env_extra: dict[str, str]) -> bytes:
+def image_config(
+    spec: ImageSpec,
+    closure: Closure,
+    layers: list[BuiltLayer],
+    env_extra: dict[str, str],
+    entrypoint: tuple[str, ...] | None = None,
+    labels: dict[str, str] | None = None,
+) -> bytes:
     created = datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arch, os_name = platform_of(spec, closure)
     env = {"PATH": DEFAULT_PATH, **env_extra, **spec.env}
     cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
-    if spec.entrypoint is not None:
+    if entrypoint is not None:  # a generated supervisor or boot stage
+        cfg["Entrypoint"] = list(entrypoint)
+    elif spec.entrypoint is not None:
         cfg["Entrypoint"] = spec.entrypoint
     if spec.cmd is not None:
         cfg["Cmd"] = spec.cmd
@@ -95,8 +104,8 @@ def image_config(spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], en
         cfg["ExposedPorts"] = {p: {} for p in spec.ports}
     if spec.volumes:
         cfg["Volumes"] = {v: {} for v in spec.volumes}
-    if spec.labels:
-        cfg["Labels"] = dict(spec.labels)
+    if spec.labels or labels:
+        cfg["Labels"] = {**(labels or {}), **spec.labels}
     if spec.stop_signal:
         cfg["StopSignal"] = spec.stop_signal
     history = []
@@ -254,7 +263,7 @@ def _build(
         specs, settings, cache, weights=weights,
         on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes,
     )  # fmt: skip
-    config = image_config(spec, closure, built, cust.env)
+    config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels)
     annotations = {}
     if spec.annotations:
         annotations.update(spec.annotations)
