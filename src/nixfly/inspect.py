@@ -96,6 +96,18 @@ class StorePathReport:
 
 
 @dataclass(frozen=True)
+class ReferrerReport:
+    """An artifact (an SBOM, a signature) attached to the image as an OCI referrer."""
+
+    artifact_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact_type": self.artifact_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
 class InspectReport:
     """Everything ``nixfly inspect`` shows. ``scanned`` is False when layer contents were not read."""
 
@@ -115,6 +127,7 @@ class InspectReport:
     store_path_count: int = 0
     top_level: tuple[str, ...] = ()
     largest: tuple[StorePathReport, ...] = ()
+    referrers: tuple[ReferrerReport, ...] | None = None  # None: not looked up (e.g. a docker-archive)
 
     @property
     def size(self) -> int:
@@ -148,6 +161,7 @@ class InspectReport:
             },
             "top_level": list(self.top_level),
             "largest": [p.to_json() for p in self.largest],
+            "referrers": None if self.referrers is None else [r.to_json() for r in self.referrers],
         }
 
 

@@ -140,6 +140,7 @@ class ImageSpec:
     bin_sh: bool = False
     usr_bin_env: bool = False
     format: Literal["oci", "v2s2"] = "oci"
+    sbom: Literal["spdx", "cyclonedx", "none"] = "spdx"  # attached to the image as an OCI referrer
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}

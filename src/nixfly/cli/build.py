@@ -35,7 +35,7 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         upd["roots"] = list(roots)
     if o["closure_file"]:
         upd["closure_file"] = o["closure_file"]
-    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format"):
+    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format", "sbom"):
         if o.get(key) is not None:
             upd[key] = o[key]
     if o["entrypoint"] is not None:
@@ -132,6 +132,60 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
     }
 
 
+class _SbomMaker:
+    """The build's SBOM, rendered once per subject digest and attached wherever the image went."""
+
+    def __init__(self, result: BuildResult, spec: ImageSpec) -> None:
+        self.result, self.spec = result, spec
+        self.fmt: Any = spec.sbom
+        self.attached: list[dict[str, Any]] = []
+        self._rendered: dict[str, Any] = {}
+
+    def artifact(self, image_format: Any) -> Any:
+        from nixfly.image import Descriptor
+        from nixfly.sbom import MEDIA_TYPES, from_build, render, subject_of
+        from nixfly.sinks.referrers import CREATED, Artifact
+
+        image = self.result.image
+        subject = subject_of(image, image_format, self.spec.name)
+        if subject.digest not in self._rendered:
+            sbom = from_build(self.result, subject)
+            blob = render(sbom, self.fmt)
+            self._rendered[subject.digest] = Artifact(
+                MEDIA_TYPES[self.fmt], blob, Descriptor(subject.media_type, subject.digest, subject.size),
+                {CREATED: sbom.created},
+            )  # fmt: skip
+        return self._rendered[subject.digest]
+
+    def attach_layout(self, root: Path) -> None:
+        from nixfly.sinks.referrers import attach_to_layout
+
+        art = self.artifact(None)
+        self.attached.append({"to": str(root), **attach_to_layout(root, art).to_json()})
+
+    def attach_registry(self, refs: list[str], image_format: Any, pinned: str, options: Any) -> None:
+        from nixfly.errors import NixflyError
+        from nixfly.sinks.referrers import attach_to_references
+
+        art = self.artifact(image_format)
+        try:
+            for repo, res in attach_to_references(refs, art, options):
+                self.attached.append({"to": repo, **res.to_json()})
+        except NixflyError as e:
+            raise NixflyError(f"pushed {pinned}, but attaching its SBOM failed: {e}") from None
+
+    def summary(self) -> dict[str, Any]:
+        arts = list(self._rendered.values())
+        first = arts[0]
+        return {
+            "format": self.fmt,
+            "mediaType": first.artifact_type,
+            "digest": first.blob_descriptor.digest,
+            "size": first.blob_descriptor.size,
+            "attached": self.attached,
+        }
+
+
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -164,6 +218,8 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
+              help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
@@ -171,7 +227,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     """Build ROOTS (store paths, ./result links, flake installables like .#app) into a layered image."""
     cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
     base = load_spec(cfg) if cfg else ImageSpec()
-    spec = _merge_spec(base, roots, {**o, "format": o["format"]})
+    spec = _merge_spec(base, roots, {**o, "format": o["format"], "sbom": o.get("sbom")})
     if not spec.roots:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
     push_refs: tuple[str, ...] = o["push_refs"]
@@ -231,18 +287,31 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     image = result.image
     digest = image.manifest_digest()
     tag = spec.tag or "latest"
+    sboms = _SbomMaker(result, spec) if spec.sbom != "none" else None
+    sbom_notes: list[str] = []
     if isinstance(dest, LayoutLocation):
         write_layout(image, dest)
+        if sboms is not None:
+            sboms.attach_layout(dest.path)
     elif isinstance(dest, ArchiveLocation):
         name = dest.name or (f"{spec.name}:{tag}" if spec.name else None)
         write_archive(image, ArchiveLocation(dest.path, name))
+        if sboms is not None:
+            sbom_notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
     summary = _summary(result, str(dest) if dest else None, digest)
     if push_refs:
         from nixfly.cli.registry import _options
         from nixfly.sinks.registry import push_image
 
-        pushed = push_image(image, list(push_refs), options=_options(o))
+        opts = _options(o)
+        pushed = push_image(image, list(push_refs), options=opts)
         summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
+        if sboms is not None:
+            sboms.attach_registry(list(push_refs), pushed.format, pushed.reference, opts)
+    summary["sbom"] = sboms.summary() if sboms is not None and sboms.attached else None
+    if not quiet and not json_out:
+        for note in sbom_notes:
+            click.echo(f"note: {note}", err=True)
     if json_out:
         emit_json(summary)
         return
@@ -256,6 +325,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         )
         if "pushed" in summary:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
+        if summary["sbom"]:
+            for a in summary["sbom"]["attached"]:
+                how = f"tag {a['tag']}" if a["tag"] else a["method"]
+                click.echo(f"attached {summary['sbom']['format']} SBOM {a['digest']} to {a['to']} ({how})", err=True)
     if not (isinstance(dest, ArchiveLocation) and dest.path is None):
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:

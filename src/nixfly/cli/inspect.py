@@ -3,6 +3,7 @@ each with the chain of references that pulls it in."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from rich.table import Table
 from nixfly.cli.app import cli
 from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console
 from nixfly.errors import UsageError
-from nixfly.inspect import InspectReport, inspect_image, store_name
+from nixfly.inspect import InspectReport, ReferrerReport, inspect_image, store_name
 from nixfly.sources import open_image
-from nixfly.transports import Location, RegistryLocation, parse_location
+from nixfly.transports import LayoutLocation, Location, RegistryLocation, parse_location
 
 _SHOWN_PATHS = 3  # store paths listed per layer row; the rest are counted
 
@@ -35,6 +36,24 @@ def _registry_options(creds: str | None, tls_verify: bool, cert_dir: Path | None
 
     credentials = parse_creds(creds, "--creds") if creds else None
     return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify, cert_dir=cert_dir)}
+
+
+def _referrers(loc: Location, digest: str, opts: dict[str, Any]) -> tuple[ReferrerReport, ...] | None:
+    """The image's OCI referrers (SBOMs, signatures); None where the location has no place for them."""
+    from nixfly.sinks import referrers
+
+    if isinstance(loc, LayoutLocation):
+        found = referrers.list_layout_referrers(loc.path, digest)
+    elif isinstance(loc, RegistryLocation):
+        from nixfly.registry.client import RegistryClient
+        from nixfly.registry.reference import parse_reference
+
+        r = parse_reference(loc.reference)
+        with RegistryClient(r.registry, opts.get("options")) as client:
+            found = referrers.list_registry_referrers(client, r.repository, digest)
+    else:
+        return None
+    return tuple(ReferrerReport(x.artifact_type, x.digest, x.size) for x in sorted(found, key=lambda x: x.digest))
 
 
 def _names(paths: tuple[str, ...], limit: int) -> str:
@@ -94,6 +113,12 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
         table.add_row(*row)
     con.print()
     con.print(table)
+    if r.referrers:
+        con.print()
+        con.print(f"referrers ({len(r.referrers)}):", highlight=False)
+        for ref in r.referrers:
+            con.print(f"  {ref.artifact_type or '—'}  {ref.digest}  {human_size(ref.size)}", markup=False,
+                      highlight=False)  # fmt: skip
     if not r.scanned:
         return
     con.print()
@@ -164,6 +189,7 @@ def inspect(
     finally:
         if progress is not None:
             progress.stop()
+    report = dataclasses.replace(report, referrers=_referrers(loc, report.digest, opts))
     if json_out:
         emit_json({"location": str(loc), **report.to_json()})
         return
