@@ -19,6 +19,7 @@ from nixfly.sbom.spdx import validate_spdx
 from tests.support.cli import NIXFLY, run_nixfly
 from tests.support.nixstore import TinyClosure, path_info
 from tests.support.registry import RunningRegistry
+from tests.support.registry_proxy import FaultProxy
 
 SECRET = "s3cret-added-file-content-9f1c"
 SPDX = "application/spdx+json"
@@ -280,3 +281,40 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     cfg.write_text('[image]\nroots = ["/nix/store/x"]\nsbom = "swid"\n')
     r = run_nixfly("build", "--config", str(cfg), "-o", f"oci:{tmp_path / 'o'}")
     assert r.code == 2 and r.err.count("\n") == 1 and f"{cfg}:3: image.sbom: must be one of" in r.err, r.err
+
+
+@pytest.mark.slow
+def test_attach_survives_a_500_and_a_lost_reply_at_the_unfriendly_points(
+    tiny_closure: TinyClosure, fault_proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The reply to the artifact manifest PUT is lost (the registry stored it), the first PUT of the
+    # referrers index answers 500: both are retried, and the index lists the SBOM exactly once.
+    fault_proxy.add_fault("forward_then_reset", method="PUT", path_contains="/manifests/sha256:", skip=0)
+    fault_proxy.add_fault("status", status=500, method="PUT", path_contains="/manifests/sha256-")
+    s = build(capsys, tiny_closure.app, "--push", f"{fault_proxy.host}/f/app:v1", "--cache-dir", str(tmp_path / "c"))
+    faults = [e.fault for e in fault_proxy.snapshot() if e.fault]
+    assert "forward_then_reset" in faults and "status" in faults
+    (attached,) = s["sbom"]["attached"]
+    tag = f"sha256-{s['digest'].split(':')[1]}"
+    assert attached["tag"] == tag
+    index = json.loads(_skopeo_raw(fault_proxy.upstream, f"f/app:{tag}"))
+    assert [m["digest"] for m in index["manifests"]] == [attached["digest"]]
+
+
+@pytest.mark.slow
+def test_a_foreign_manifest_under_the_fallback_tag_is_not_overwritten(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = ["--cache-dir", str(tmp_path / "c")]
+    s = build(capsys, tiny_closure.app, "--push", f"{registry.host}/app:v0", "--sbom", "none", *cache)
+    tag = f"sha256-{s['digest'].split(':')[1]}"
+    # Someone tagged an image (not an index) with the fallback tag's name.
+    build(capsys, tiny_closure.app, "--push", f"{registry.host}/app:{tag}", "--sbom", "none", *cache)
+    before = _skopeo_raw(registry, f"app:{tag}")
+    code = main(["build", tiny_closure.app, "--push", f"{registry.host}/app:v1", *cache])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1, err
+    assert f"pushed {registry.host}/app@{s['digest']}, but attaching its SBOM failed" in err
+    assert "not an OCI index of referrers" in err
+    assert _skopeo_raw(registry, f"app:{tag}") == before
+    assert json.loads(_skopeo_raw(registry, "app:v1"))["config"]["digest"]  # the image itself went up

@@ -161,12 +161,20 @@ def _referrers_api(client: RegistryClient, repo: str, subject_digest: str) -> li
         return None
 
 
-def _fallback_index(client: RegistryClient, repo: str, tag: str) -> tuple[dict[str, Any] | None, list[Referrer]]:
+def _fallback_index(
+    client: RegistryClient, repo: str, tag: str, *, strict: bool = True
+) -> tuple[dict[str, Any] | None, list[Referrer]]:
+    """The tag schema's index and its referrers. A foreign manifest under the tag is an error when
+    ``strict`` (we are about to write there), else it simply lists no referrers."""
     if client.manifest_digest(repo, tag) is None:
         return None, []
-    m = client.get_manifest(repo, tag, accept=OCI_INDEX)
+    m = client.get_manifest(repo, tag)  # every type: whatever is there must be seen to be refused
     obj = m.json()
-    if obj.get("mediaType", OCI_INDEX) != OCI_INDEX or not isinstance(obj.get("manifests"), list):
+    if m.media_type != OCI_INDEX or obj.get("mediaType", OCI_INDEX) != OCI_INDEX or not isinstance(
+        obj.get("manifests"), list
+    ):
+        if not strict:
+            return None, []
         raise client.fail(f"{repo}:{tag} exists but is not an OCI index of referrers; not overwriting it")
     return obj, _referrers_from_index(m.data, f"{repo}:{tag}")
 
@@ -176,7 +184,7 @@ def list_registry_referrers(client: RegistryClient, repo: str, subject_digest: s
     found = _referrers_api(client, repo, subject_digest)
     if found is not None:
         return found
-    return _fallback_index(client, repo, fallback_tag(subject_digest))[1]
+    return _fallback_index(client, repo, fallback_tag(subject_digest), strict=False)[1]
 
 
 def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) -> AttachResult:
