@@ -227,7 +227,7 @@ def test_push_attaches_through_the_tag_schema_and_sbom_fetches_it_back(
     assert sorted(m["artifactType"] for m in index2["manifests"]) == [SPDX, CDX]
     assert _skopeo_raw(registry, "app:v1") == _skopeo_raw(registry, "app:plain")
     out = tmp_path / "bom.json"
-    assert main(["sbom", f"{registry.host}/app:v1", "--format", "cyclonedx", "-o", str(out)]) == 0
+    assert main(["sbom", f"{registry.host}/app:v1", "--format", "cyclonedx", "-o", str(out), "--validate"]) == 0
     assert validate_cyclonedx(out.read_bytes()) == []
     assert json.loads(out.read_bytes())["metadata"]["component"]["bom-ref"] == digest
     # `nixfly inspect` lists both referrers.
@@ -318,3 +318,22 @@ def test_a_foreign_manifest_under_the_fallback_tag_is_not_overwritten(
     assert "not an OCI index of referrers" in err
     assert _skopeo_raw(registry, f"app:{tag}") == before
     assert json.loads(_skopeo_raw(registry, "app:v1"))["config"]["digest"]  # the image itself went up
+
+
+def test_rendered_sboms_are_cached_and_a_tampered_cache_entry_is_not_trusted(tmp_path: Path) -> None:
+    from nixfly.build.closure import StorePath
+    from nixfly.sbom import Subject, render, render_cached
+    from nixfly.sbom.model import from_closure
+
+    a = "/nix/store/" + "a" * 32 + "-liba-1.0"
+    b = "/nix/store/" + "b" * 32 + "-app-2"
+    paths = {a: StorePath(a, 10, (), None, "sha256:" + "0" * 52), b: StorePath(b, 20, (a,), None, None)}
+    subject = Subject("sha256:" + "c" * 64, "application/vnd.oci.image.manifest.v1+json", 9)
+    sbom = from_closure(subject, "1970-01-01T00:00:01Z", paths, [b])
+    assert any("no NarHash" in n for n in sbom.notes)
+    want = render(sbom, "spdx")
+    assert validate_spdx(want) == []
+    assert render_cached(sbom, "spdx", tmp_path) == want
+    (entry,) = (tmp_path / "sboms").iterdir()
+    entry.write_bytes(want.replace(b"liba", b"evil"))
+    assert render_cached(sbom, "spdx", tmp_path) == want

