@@ -132,60 +132,6 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
     }
 
 
-class _SbomMaker:
-    """The build's SBOM, rendered once per subject digest and attached wherever the image went."""
-
-    def __init__(self, result: BuildResult, spec: ImageSpec, cache_root: Path) -> None:
-        self.result, self.spec, self.cache_root = result, spec, cache_root
-        self.fmt: Any = spec.sbom
-        self.attached: list[dict[str, Any]] = []
-        self._rendered: dict[str, Any] = {}
-
-    def artifact(self, image_format: Any) -> Any:
-        from nixfly.image import Descriptor
-        from nixfly.sbom import MEDIA_TYPES, from_build, render_cached, subject_of
-        from nixfly.sinks.referrers import CREATED, Artifact
-
-        image = self.result.image
-        subject = subject_of(image, image_format, self.spec.name)
-        if subject.digest not in self._rendered:
-            sbom = from_build(self.result, subject)
-            blob = render_cached(sbom, self.fmt, self.cache_root)
-            self._rendered[subject.digest] = Artifact(
-                MEDIA_TYPES[self.fmt], blob, Descriptor(subject.media_type, subject.digest, subject.size),
-                {CREATED: sbom.created},
-            )  # fmt: skip
-        return self._rendered[subject.digest]
-
-    def attach_layout(self, root: Path) -> None:
-        from nixfly.sinks.referrers import attach_to_layout
-
-        art = self.artifact(None)
-        self.attached.append({"to": str(root), **attach_to_layout(root, art).to_json()})
-
-    def attach_registry(self, refs: list[str], image_format: Any, pinned: str, options: Any) -> None:
-        from nixfly.errors import NixflyError
-        from nixfly.sinks.referrers import attach_to_references
-
-        art = self.artifact(image_format)
-        try:
-            for repo, res in attach_to_references(refs, art, options):
-                self.attached.append({"to": repo, **res.to_json()})
-        except NixflyError as e:
-            raise NixflyError(f"pushed {pinned}, but attaching its SBOM failed: {e}") from None
-
-    def summary(self) -> dict[str, Any]:
-        arts = list(self._rendered.values())
-        first = arts[0]
-        return {
-            "format": self.fmt,
-            "mediaType": first.artifact_type,
-            "digest": first.blob_descriptor.digest,
-            "size": first.blob_descriptor.size,
-            "attached": self.attached,
-        }
-
-
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -290,8 +236,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     sboms = None
     if spec.sbom != "none":
         from nixfly.build.cache import default_cache_dir
+        from nixfly.sbom.attach import SbomAttacher
 
-        sboms = _SbomMaker(result, spec, Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir())
+        cache_root = Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir()
+        sboms = SbomAttacher(result, spec.sbom, cache_root, spec.name)
     sbom_notes: list[str] = []
     if isinstance(dest, LayoutLocation):
         write_layout(image, dest)
@@ -312,7 +260,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
         if sboms is not None:
             sboms.attach_registry(list(push_refs), pushed.format, pushed.reference, opts)
-    summary["sbom"] = sboms.summary() if sboms is not None and sboms.attached else None
+    summary["sbom"] = sboms.summary() if sboms is not None else None
     if not quiet and not json_out:
         for note in sbom_notes:
             click.echo(f"note: {note}", err=True)
