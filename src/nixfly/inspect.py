@@ -98,6 +98,18 @@ class StorePathReport:
 
 
 @dataclass(frozen=True)
+class ReferrerReport:
+    """An artifact (an SBOM, a signature) attached to the image as an OCI referrer."""
+
+    artifact_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact_type": self.artifact_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
 class InspectReport:
     """Everything ``nixfly inspect`` shows. ``scanned`` is False when layer contents were not read."""
 
@@ -118,6 +130,7 @@ class InspectReport:
     top_level: tuple[str, ...] = ()
     largest: tuple[StorePathReport, ...] = ()
     processes: dict[str, Any] | None = None  # the declared processes, users and boot steps (nixfly's label)
+    referrers: tuple[ReferrerReport, ...] | None = None  # None: not looked up (e.g. a docker-archive)
 
     @property
     def size(self) -> int:
@@ -157,6 +170,7 @@ class InspectReport:
             },
             "top_level": list(self.top_level),
             "largest": [p.to_json() for p in self.largest],
+            "referrers": None if self.referrers is None else [r.to_json() for r in self.referrers],
         }
 
 

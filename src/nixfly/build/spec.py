@@ -237,6 +237,7 @@ class ImageSpec:
     boot_dirs: list[DirSpec] = field(default_factory=list)  # like dirs with at_boot = true
     supervisor: Literal["process-compose", "runit", "s6"] | None = None  # None: whichever the closure holds
     source: str | None = None  # the nixfly.toml this definition came from (set by load_spec; for error lines)
+    sbom: Literal["spdx", "cyclonedx", "none"] = "spdx"  # attached to the image as an OCI referrer
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}

@@ -26,7 +26,7 @@ from nixfly.cli.common import (
 from nixfly.errors import UsageError
 from nixfly.image import Image
 from nixfly.registry.reference import parse_reference
-from nixfly.transports import ArchiveLocation, Location, RegistryLocation, parse_location
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
 def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
@@ -35,7 +35,7 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         upd["roots"] = list(roots)
     if o["closure_file"]:
         upd["closure_file"] = o["closure_file"]
-    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format"):
+    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format", "sbom"):
         if o.get(key) is not None:
             upd[key] = o[key]
     if o["entrypoint"] is not None:
@@ -176,6 +176,8 @@ def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, A
 @click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
 @click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
 @click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
+@click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
+              help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
@@ -189,7 +191,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             raise UsageError(f"--platform {o['platform_']!r} must look like linux/amd64")
         o["os"] = o["os"] or os_part
         o["architecture"] = o["architecture"] or arch_part.split("/", 1)[0]
-    spec = _merge_spec(base, roots, {**o, "format": o["format"]})
+    spec = _merge_spec(base, roots, {**o, "format": o["format"], "sbom": o.get("sbom")})
     if not spec.roots:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
     push_refs: tuple[str, ...] = o["push_refs"]
@@ -278,27 +280,46 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         if progress is not None:
             progress.stop()
     tag = spec.tag or "latest"
+    sboms = None
+    if spec.sbom != "none":
+        from nixfly.build.cache import default_cache_dir
+        from nixfly.sbom.attach import SbomAttacher
+
+        cache_root = Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir()
+        sboms = SbomAttacher(result, spec.sbom, cache_root, spec.name)
+    sbom_notes: list[str] = []
     destinations: list[Location] = []
     if isinstance(dest, ArchiveLocation):
         destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
+        if sboms is not None:
+            sbom_notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
     elif dest is not None:
         destinations.append(dest)
     destinations.extend(push_locations)
     from nixfly.cli.common import registry_options
 
+    options = registry_options(o)
     if push_locations:
         from nixfly.cli.registry import publish_with_progress
 
-        image, written = publish_with_progress(result.image, destinations, fmt=o["format"],
-                                               options=registry_options(o), o={**o, "quiet": True})  # fmt: skip
+        image, written = publish_with_progress(result.image, destinations, fmt=o["format"], options=options,
+                                               o={**o, "quiet": True})  # fmt: skip
     else:
         from nixfly.sinks import publish
 
         image, written = publish(result.image, destinations, fmt=o["format"])
     digest = image.manifest_digest()
+    if sboms is not None and isinstance(dest, LayoutLocation):
+        sboms.attach_layout(dest.path, image)
     summary = _summary(result, str(dest) if dest else None, image)
     if push_locations:
         summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+        if sboms is not None:
+            sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
+    summary["sbom"] = sboms.summary() if sboms is not None else None
+    if not quiet and not json_out:
+        for note in sbom_notes:
+            click.echo(f"note: {note}", err=True)
     if json_out:
         emit_json(summary)
         return
@@ -312,6 +333,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         )
         if "pushed" in summary:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
+        if summary["sbom"]:
+            for a in summary["sbom"]["attached"]:
+                how = f"tag {a['tag']}" if a["tag"] else a["method"]
+                click.echo(f"attached {summary['sbom']['format']} SBOM {a['digest']} to {a['to']} ({how})", err=True)
     if not (isinstance(dest, ArchiveLocation) and dest.path is None):
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
