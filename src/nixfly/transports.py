@@ -6,10 +6,15 @@ caller says a bare path is allowed (e.g. ``nixfly run ./layout``).
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from nixfly.errors import UsageError
+
+_STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
+_PATHLIKE = ("/", "./", "../", "~")
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,11 @@ class LayoutLocation:
 class ArchiveLocation:
     path: Path | None  # None means stdout / stdin
     name: str | None = None  # "name:tag" to record in the archive's RepoTags
+    run: bool = False  # ``path`` is a program (a streamLayeredImage script) whose stdout is the archive
 
     def __str__(self) -> str:
+        if self.run:
+            return str(self.path)
         return "docker-archive:" + (str(self.path) if self.path else "-") + (f":{self.name}" if self.name else "")
 
 
@@ -60,7 +68,9 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
         path_s, _, name = rest.partition(":")
         if name and ":" not in name and "@" not in name:
             name = name + ":latest"
-        return ArchiveLocation(None if path_s == "-" else Path(path_s), name or None)
+        if path_s == "-":
+            return ArchiveLocation(None, name or None)
+        return ArchiveLocation(Path(path_s), name or None, run=is_stream_script(Path(path_s)))
     if text.startswith("docker://"):
         ref = text[len("docker://") :]
         if not ref:
@@ -71,8 +81,12 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
         if p.is_dir():
             path, tag = _split_tag(text) if not p.exists() else (text, None)
             return LayoutLocation(Path(path), tag)
-        if p.is_file():
-            return ArchiveLocation(p)
+        if p.is_file() or p.is_fifo() or p.is_char_device():
+            return ArchiveLocation(p, run=is_stream_script(p))
+        if text.startswith(_PATHLIKE):
+            raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
+    if text.startswith(_PATHLIKE):
+        raise UsageError(f"{text!r} is a path, not a registry reference: did you mean {_suggest(text)}?")
     if "/" in text or ":" in text or text.isalnum():
         return RegistryLocation(text)
     raise UsageError(f"{text!r} is not an image location (oci:DIR, docker-archive:FILE or docker://REF)")
@@ -84,3 +98,27 @@ def _split_tag(rest: str) -> tuple[str, str | None]:
     if sep and tail and "/" not in tail:
         return head, tail
     return rest, None
+
+
+def _suggest(text: str) -> str:
+    if text.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst")):
+        return f"docker-archive:{text}"
+    return f"oci:{text} (an OCI layout directory) or docker-archive:{text}.tar"
+
+
+def is_stream_script(path: Path, store_dir: str = _STORE_DIR) -> bool:
+    """Whether ``path`` is a program in the Nix store that writes an image to stdout, as
+    ``dockerTools.streamLayeredImage``'s output does: an executable text file (``#!`` first) that
+    resolves into the store. Judged by what the file is, never by its name."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        if not real.startswith(store_dir.rstrip("/") + "/") or not stat.S_ISREG(st.st_mode):
+            return False
+        if not st.st_mode & 0o111:
+            return False
+        with open(real, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"\0" not in head

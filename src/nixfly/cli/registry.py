@@ -6,8 +6,11 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +175,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
          **o: Any) -> None:  # fmt: skip
     """Push SOURCE (an OCI layout, a docker-archive or a nixfly.toml to build) to DESTINATIONS.
 
+    A docker-archive may be gzip/zstd-compressed (dockerTools.buildLayeredImage), come on stdin (-), or be
+    written by a streamLayeredImage script (nixfly push ./result REF runs it). Its uncompressed layers are
+    compressed as nixfly build would, so the digest matches the same image pushed from a layout.
+
     Only blobs the registry lacks are uploaded; the manifest goes last, under every tag given. Prints the
     digest-pinned reference (name@sha256:…) that nixfly deploy takes.
     """
@@ -187,8 +194,6 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         image = build_image(load_spec(src_path)).image
     else:
         loc = parse_location(source, bare_paths=True)
-        if isinstance(loc, ArchiveLocation) and loc.path is None:
-            raise UsageError("push cannot read an image from stdin; give a file")
         image = _open_source(loc, options)
     result = _push_with_progress(image, refs, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
     _report_push(result, o)
@@ -331,6 +336,22 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, client.options.parallel * 2))) as pool:
         releases = list(pool.map(one, names))
-    # Newest first; equal or unknown times fall back to the tag name, descending, for a stable order.
-    releases.sort(key=lambda r: (r["created"] or "", r["tag"]), reverse=True)
+    # Newest first by the config's created time; equal times by version-aware tag order (v1.10 after
+    # v1.9), highest first; tags without a readable time come last.
+    releases.sort(key=_release_order, reverse=True)
     return releases
+
+
+def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key comparing the digit runs of a tag as numbers: v1.9 < v1.10 < v2."""
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|\D+", tag))
+
+
+def _release_order(r: dict[str, Any]) -> tuple[bool, float, tuple[tuple[int, int | str], ...]]:
+    when: datetime | None = None
+    if r.get("created"):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(str(r["created"]))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+    return (when is not None, when.timestamp() if when else 0.0, version_key(str(r["tag"])))
