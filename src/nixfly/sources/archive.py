@@ -220,6 +220,14 @@ def _scan(plain: IO[bytes], cache: BlobCache, comp: Compressor, where: str) -> _
     return found
 
 
+def _short_name(repo_tag: str) -> str:
+    """``docker.io/library/app:v1`` and ``app:v1`` name the same image (docker and skopeo write the former)."""
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        if repo_tag.startswith(prefix):
+            return repo_tag[len(prefix) :]
+    return repo_tag
+
+
 def _json(data: bytes, what: str, where: str) -> Any:
     try:
         return json.loads(data)
@@ -235,7 +243,8 @@ def _assemble(found: _Members, name_wanted: str | None, cache: BlobCache, comp: 
         raise ImageError(f"{where}: manifest.json lists no image")
     entry = manifest[0]
     if name_wanted is not None:
-        hits = [e for e in manifest if name_wanted in (e.get("RepoTags") or [])]
+        want = _short_name(name_wanted)
+        hits = [e for e in manifest if want in {_short_name(str(t)) for t in e.get("RepoTags") or []}]
         if not hits:
             raise ImageError(f"{where}: no image named {name_wanted}")
         entry = hits[0]
