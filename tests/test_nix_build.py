@@ -102,7 +102,7 @@ def test_failing_build_shows_the_builder_s_last_log_lines(flake: tuple[Path, str
     r = run_nixfly("build", ".#broken", "-o", f"oci:{tmp_path / 'img'}", cwd=d, env=stock_env(tmp_path))
     assert r.code == 1
     lines = r.err.splitlines()
-    assert lines[-1].startswith(f"nixfly: nix build .#broken failed: builder for '/nix/store/")
+    assert lines[-1].startswith("nixfly: nix build .#broken failed: builder for '/nix/store/")
     assert f"broken-{marker}.drv' failed with exit code 7" in lines[-1]
     assert "(full log: nix log /nix/store/" in lines[-1]
     assert lines[0] == f"last 25 log lines of broken-{marker}:"

@@ -237,7 +237,7 @@ def test_a_layer_that_does_not_match_its_diff_id_is_refused(tmp_path: Path) -> N
     arc = tmp_path / "bad.tar"
     # manifest.json last, as streamLayeredImage writes it
     arc.write_bytes(_archive([("l/layer.tar", bad), (cfg_name, cfg_b), ("manifest.json", manifest)]))
-    with pytest.raises(ImageError, match="hashes to sha256:.*but the config says"):
+    with pytest.raises(ImageError, match=r"hashes to sha256:.*but the config says"):
         read_archive(ArchiveLocation(arc), cache_dir=tmp_path / "c")
     # the good layer works; and a member named after a diff_id it does not hold is refused on reuse
     arc.write_bytes(_archive([("l/layer.tar", good), (cfg_name, cfg_b), ("manifest.json", manifest)]))
@@ -245,7 +245,7 @@ def test_a_layer_that_does_not_match_its_diff_id_is_refused(tmp_path: Path) -> N
     liar = f"{diff[7:]}/layer.tar"
     manifest2 = json.dumps([{"Config": cfg_name, "Layers": [liar]}]).encode()
     arc.write_bytes(_archive([(liar, bad), (cfg_name, cfg_b), ("manifest.json", manifest2)]))
-    with pytest.raises(ImageError, match="named after diff_id .* but holds other bytes"):
+    with pytest.raises(ImageError, match=r"named after diff_id .* but holds other bytes"):
         read_archive(ArchiveLocation(arc), cache_dir=tmp_path / "c")
     # a config that does not hash to its name
     arc.write_bytes(_archive([("l/layer.tar", good), (cfg_name, cfg_b + b" "), ("manifest.json", manifest)]))
