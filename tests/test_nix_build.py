@@ -20,6 +20,7 @@ from nixfly.cli import main
 from nixfly.cli.registry import version_key
 from nixfly.sinks.registry import push_image
 from tests.support.cli import NIXFLY, run_nixfly
+from tests.support.dockertools import stock_env
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image
 
@@ -42,19 +43,6 @@ FLAKE = """{
   };
 }
 """
-
-
-def stock_env(tmp: Path) -> dict[str, str]:
-    """Nix as a fresh install has it: no experimental features anywhere (no nix.conf, NIX_CONFIG without)."""
-    conf = tmp / "nix-conf"
-    conf.mkdir(exist_ok=True)
-    (conf / "nix.conf").write_text("")
-    return {
-        "NIX_CONF_DIR": str(conf),
-        "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
-        "XDG_CACHE_HOME": str(tmp / "xdg-cache"),
-        "NIX_CONFIG": "build-users-group =\nsandbox = false\nsubstituters =",
-    }
 
 
 @pytest.fixture()

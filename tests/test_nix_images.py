@@ -4,7 +4,6 @@ digest as the OCI layout they were made from; truncated and inconsistent archive
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -24,12 +23,11 @@ from nixfly.sources import open_image
 from nixfly.sources.archive import image_file_kind, read_archive
 from nixfly.transports import ArchiveLocation, LayoutLocation, parse_location
 from tests.support.cli import NIXFLY, run_nixfly
+from tests.support.dockertools import STREAM_NIX, parts_from_layout
 from tests.support.nixstore import TinyClosure, make_busybox_dir, nix_env
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.slow
-
-STREAM_NIX = Path(__file__).resolve().parent / "data" / "nix" / "stream-image.nix"
 
 
 @dataclass(frozen=True)
@@ -40,25 +38,6 @@ class Made:
     tgz: Path  # gzip of tar (what dockerTools.buildLayeredImage gives)
     tzst: Path  # zstd of tar
     parts: Path  # the archive's members laid out as streamLayeredImage writes them, plus "order"
-
-
-def _parts_from_layout(layout: Path, dest: Path) -> Path:
-    """The docker-archive members streamLayeredImage writes — <diff_id>/layer.tar, <config>.json,
-    manifest.json — from an OCI layout, with "order" listing them layers first, manifest last."""
-    img = open_image(LayoutLocation(layout, "t"))
-    dest.mkdir()
-    order = []
-    for lyr in img.layers:
-        name = f"{lyr.diff_id[7:]}/layer.tar"
-        (dest / name).parent.mkdir(exist_ok=True)
-        with lyr.open() as f:
-            (dest / name).write_bytes(gzip.decompress(f.read()))
-        order.append(name)
-    cfg = f"{img.config_digest[7:]}.json"
-    (dest / cfg).write_bytes(img.config_bytes)
-    (dest / "manifest.json").write_text(json.dumps([{"Config": cfg, "RepoTags": ["testimg:x"], "Layers": order}]))
-    (dest / "order").write_text("\n".join([*order, cfg, "manifest.json"]) + "\n")
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +55,7 @@ def made(tiny_closure: TinyClosure, tmp_path_factory: pytest.TempPathFactory) ->
                    capture_output=True)  # fmt: skip
     subprocess.run(["gzip", "-k", "-n", str(tar)], check=True)
     subprocess.run(["zstd", "-q", "-k", str(tar)], check=True)
-    return Made(layout, digest, tar, d / "img.tar.gz", d / "img.tar.zst", _parts_from_layout(layout, d / "parts"))
+    return Made(layout, digest, tar, d / "img.tar.gz", d / "img.tar.zst", parts_from_layout(layout, d / "parts"))
 
 
 def _stream_script(tiny_closure: TinyClosure, made: Made, fail: bool = False) -> str:

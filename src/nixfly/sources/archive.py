@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import subprocess
@@ -291,7 +292,8 @@ class _Script:
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
             self.proc = subprocess.Popen(
-                [str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                # The resolved store file: a relative "result" must not be looked up on $PATH.
+                [os.path.realpath(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         except OSError as e:
             raise ImageError(f"{path}: cannot run it: {e.strerror}") from None

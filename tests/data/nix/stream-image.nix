@@ -3,20 +3,20 @@
 # (<diff_id>/layer.tar) first, then the config, manifest.json last — here with busybox tar.
 #   bbdir: a directory with bin/busybox and its applet links; parts: the archive's members plus
 #   "order", the member names in the order they are written. fail: "1" makes the script fail half-way.
-{ bbdir, parts, fail ? "" }:
+{ bbdir, parts, fail ? "", system ? builtins.currentSystem }:
 let
   bb = builtins.path { path = bbdir; name = "busybox-static"; };
   members = builtins.path { path = parts; name = "testimg-members"; };
   conf = builtins.derivation {
     name = "testimg-conf.json";
-    system = builtins.currentSystem;
+    inherit system;
     builder = "${bb}/bin/sh";
     PATH = "${bb}/bin";
     args = [ "-c" "cp ${members}/order $out" ];
   };
   streamer = builtins.derivation {
     name = "stream";
-    system = builtins.currentSystem;
+    inherit system;
     builder = "${bb}/bin/sh";
     PATH = "${bb}/bin";
     args = [ "-c" ''
@@ -34,7 +34,7 @@ let
   };
 in builtins.derivation {
   name = "stream-testimg";
-  system = builtins.currentSystem;
+  inherit system;
   builder = "${bb}/bin/sh";
   PATH = "${bb}/bin";
   args = [ "-c" ''
