@@ -248,3 +248,36 @@ def test_a_path_where_a_location_is_expected_gets_a_suggestion(
     assert "did you mean docker-archive:./img.tar?" in capsys.readouterr().err
     assert main(["push", str(tmp_path / "missing.tar.gz"), "127.0.0.1:1/x:y"]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_past_the_memory_budget_members_go_through_the_cache(
+    made: Made, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nixfly.sources import archive
+
+    monkeypatch.setattr(archive, "SPOOL_BUDGET", 0)  # nothing kept in memory: manifest and config read back
+    assert read_archive(ArchiveLocation(made.tgz), cache_dir=tmp_path / "c").manifest_digest() == made.digest
+
+
+def test_push_on_a_terminal_shows_reading_progress(made: Made, registry: RunningRegistry, tmp_path: Path) -> None:
+    import pty
+    import select
+
+    main_fd, sub_fd = pty.openpty()
+    proc = subprocess.Popen([*NIXFLY, "push", str(made.tzst), f"{registry.host}/tty:v1"], stdin=subprocess.DEVNULL,
+                            stdout=sub_fd, stderr=sub_fd,
+                            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "x"), "COLUMNS": "200"})  # fmt: skip
+    os.close(sub_fd)
+    seen = b""
+    while select.select([main_fd], [], [], 60)[0]:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(main_fd)
+    text = seen.decode(errors="replace")
+    assert "reading archive" in text and f"{registry.host}/tty@{made.digest}" in text

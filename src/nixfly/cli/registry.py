@@ -150,6 +150,18 @@ def _open_source(loc: Location, options: RegistryOptions, platform: str | None =
     return open_image(loc)
 
 
+def _read_archive_with_progress(loc: ArchiveLocation) -> Image:
+    """Read a docker-archive (file, stdin, stream script) with a bar of the bytes read so far."""
+    from nixfly.sources.archive import read_archive
+
+    total: int | None = None
+    if loc.path is not None and not loc.run and loc.path.is_file():
+        total = loc.path.stat().st_size
+    with _progress_bar() as bar:
+        task = bar.add_task("reading archive", total=total)
+        return read_archive(loc, on_bytes=lambda n: bar.advance(task, n))
+
+
 def _dest_refs(dests: tuple[str, ...]) -> list[str]:
     refs = []
     for d in dests:
@@ -194,7 +206,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         image = build_image(load_spec(src_path)).image
     else:
         loc = parse_location(source, bare_paths=True)
-        image = _open_source(loc, options)
+        if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+            image = _read_archive_with_progress(loc)
+        else:
+            image = _open_source(loc, options)
     result = _push_with_progress(image, refs, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
     _report_push(result, o)
 

@@ -48,6 +48,7 @@ from nixfly.transports import ArchiveLocation, is_stream_script
 _CHUNK = 1 << 20
 SPOOL_JSON_MAX = 16 << 20  # a member that starts like JSON and is at most this big is kept in memory
 SPOOL_SMALL_MAX = 64 << 10  # any member this small is kept in memory (a tiny layer is cached at the end)
+SPOOL_BUDGET = 128 << 20  # at most this much in memory in all; past it, members stream into the cache
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Names of the first member of the archive formats docker-archive readers meet (docker save old and new,
 # skopeo, dockerTools): used to tell an image tarball from any other tarball.
@@ -175,6 +176,24 @@ class _Members:
         self.layers: dict[str, CachedLayer] = {}
         self.links: dict[str, str] = {}
         self.count = 0
+        self.spooled = 0
+
+    def data(self, name: str) -> bytes | None:
+        """A small member's bytes: kept in memory, or (past the memory budget) read back from the cache."""
+        if name in self.small:
+            return self.small[name]
+        cached = self.layers.get(name)
+        if cached is None or cached.uncompressed_size > SPOOL_JSON_MAX:
+            return None
+        with open(cached.path, "rb") as f:
+            return decompressing_reader(cached.compression, cast(BinaryIO, f)).read()
+
+    def keep(self, size: int) -> bool:
+        """Whether a member of ``size`` bytes still fits in the in-memory budget (then it is counted)."""
+        if self.spooled + size > SPOOL_BUDGET:
+            return False
+        self.spooled += size
+        return True
 
     def resolve(self, name: str) -> str:
         seen = 0
@@ -202,11 +221,11 @@ def _scan(plain: IO[bytes], cache: BlobCache, comp: Compressor, where: str) -> _
                 f = tf.extractfile(m)
                 if f is None:
                     continue
-                if m.size <= SPOOL_SMALL_MAX:
+                if m.size <= SPOOL_SMALL_MAX and found.keep(m.size):
                     found.small[name] = _read_full(f, m.size)
                     continue
                 head = f.read(1)
-                if head in (b"{", b"[") and m.size <= SPOOL_JSON_MAX:
+                if head in (b"{", b"[") and m.size <= SPOOL_JSON_MAX and found.keep(m.size):
                     found.small[name] = head + _read_full(f, m.size - 1)
                     continue
                 found.layers[name] = _ingest(cast(IO[bytes], _Prefixed(head, f)), name, cache, comp, where)
@@ -237,9 +256,10 @@ def _json(data: bytes, what: str, where: str) -> Any:
 
 
 def _assemble(found: _Members, name_wanted: str | None, cache: BlobCache, comp: Compressor, where: str) -> Image:
-    if "manifest.json" not in found.small:
+    manifest_bytes = found.data("manifest.json")
+    if manifest_bytes is None:
         raise ImageError(f"{where}: no manifest.json in the archive (is it truncated, or not a docker-archive?)")
-    manifest = _json(found.small["manifest.json"], "manifest.json", where)
+    manifest = _json(manifest_bytes, "manifest.json", where)
     if not isinstance(manifest, list) or not manifest or not all(isinstance(e, dict) for e in manifest):
         raise ImageError(f"{where}: manifest.json lists no image")
     entry = manifest[0]
@@ -252,9 +272,10 @@ def _assemble(found: _Members, name_wanted: str | None, cache: BlobCache, comp: 
     elif len(manifest) > 1:
         raise ImageError(f"{where}: holds {len(manifest)} images; name one as docker-archive:FILE:NAME:TAG")
     cfg_name = found.resolve(_norm(str(entry.get("Config", ""))))
-    if cfg_name not in found.small:
+    config = found.data(cfg_name)
+    if config is None:
         raise ImageError(f"{where}: the config {entry.get('Config')!r} named by manifest.json is missing")
-    config_bytes = found.small[cfg_name]
+    config_bytes = config
     want = cfg_name.removesuffix(".json").removeprefix("blobs/sha256/")
     if _HEX64.match(want) and hashlib.sha256(config_bytes).hexdigest() != want:
         raise ImageError(f"{where}: config {cfg_name} does not hash to the digest its name says")
