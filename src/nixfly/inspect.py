@@ -724,7 +724,7 @@ def why(
         hit = scan.store_base(p.lstrip("/"))
         if hit is not None:
             bases.setdefault(hit[0], {})[p] = e
-    want = store_path.rstrip("/").removeprefix(prefix)
+    want = store_path.rstrip("/").removeprefix(prefix).split("/", 1)[0]
     matches = sorted(b for b in bases if want in (b, store_name(b)))
     if not matches:
         matches = sorted(b for b in bases if store_name(b).startswith(want + "-"))
