@@ -112,8 +112,15 @@ def _diff_id_from_name(name: str) -> str | None:
 
 
 def _write(out: IO[bytes] | HashingSink, data: bytes, cache: BlobCache) -> None:
-    try:
+    with _cache_errors(cache):
         out.write(data)
+
+
+@contextlib.contextmanager
+def _cache_errors(cache: BlobCache) -> Iterator[None]:
+    """A failing write to the cache (a full disk) is reported as that, not as a broken archive."""
+    try:
+        yield
     except OSError as e:
         raise NixflyError(f"cannot write to the layer cache {cache.root}: {e.strerror}") from None
 
@@ -137,11 +144,13 @@ def _ingest(f: IO[bytes], name: str, cache: BlobCache, comp: Compressor, where: 
             _write(sink, first, cache)
             while chunk := f.read(_CHUNK):
                 _write(sink, chunk, cache)
-            diff_id, digest = sink.finish()
-            out.flush()
-            path = cache.commit(holder[0], digest)
+            with _cache_errors(cache):
+                diff_id, digest = sink.finish()
+                out.flush()
+                path = cache.commit(holder[0], digest)
         layer = CachedLayer(digest, diff_id, sink.compressed_size, sink.uncompressed_size, comp.kind, path)
-        cache.remember(cache.diff_id_key(diff_id, comp.identity), layer)
+        with _cache_errors(cache):
+            cache.remember(cache.diff_id_key(diff_id, comp.identity), layer)
         return layer
     # Already compressed by whoever wrote the archive: keep the blob exactly, learn its diff_id.
     with cache.new_blob() as (out, holder):
@@ -152,7 +161,8 @@ def _ingest(f: IO[bytes], name: str, cache: BlobCache, comp: Compressor, where: 
             h.update(chunk)
             size += len(chunk)
             _write(out, chunk, cache)
-        out.flush()
+        with _cache_errors(cache):
+            out.flush()
         digest = "sha256:" + h.hexdigest()
         plain = hashlib.sha256()
         plain_size = 0
@@ -164,7 +174,8 @@ def _ingest(f: IO[bytes], name: str, cache: BlobCache, comp: Compressor, where: 
                     plain_size += len(chunk)
         except _READ_ERRORS as e:
             raise ImageError(f"{where}: layer {name} is not a valid {kind} stream ({e})") from None
-        path = cache.commit(holder[0], digest)
+        with _cache_errors(cache):
+            path = cache.commit(holder[0], digest)
     return CachedLayer(digest, "sha256:" + plain.hexdigest(), size, plain_size, kind, path)
 
 
