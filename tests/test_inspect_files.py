@@ -124,7 +124,8 @@ def test_merged_view_applies_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
     for i, (blob, diff_id) in enumerate((lower, upper)):
         p = tmp_path / f"l{i}"
         p.write_bytes(blob)
-        layers.append(BlobLayer(p, "sha256:" + hashlib.sha256(blob).hexdigest(), diff_id, len(blob), "gzip"))
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        layers.append(BlobLayer(path=p, digest=digest, diff_id=diff_id, size=len(blob), compression="gzip"))
     cfg = canonical_json({"architecture": "amd64", "os": "linux",
                           "rootfs": {"type": "layers", "diff_ids": [d for _, d in (lower, upper)]}})  # fmt: skip
     img = Image(cfg, tuple(layers))

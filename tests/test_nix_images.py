@@ -156,6 +156,13 @@ def test_stream_script_is_run_and_pushed_with_the_layout_digest(
     out = _push(capsys, str(result), f"{registry.host}/stream:v1")
     assert out["digest"] == made.digest
     assert _skopeo_digest(f"{registry.host}/stream:v1") == made.digest
+    # copy runs it too: the layout written has the digest of the one the parts came from
+    assert main(["copy", str(result), f"oci:{tmp_path / 'copied'}:t"]) == 0
+    capsys.readouterr()
+    assert open_image(LayoutLocation(tmp_path / "copied", "t")).manifest_digest() == made.digest
+    v = subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=t", str(tmp_path / "copied")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert v.returncode == 0, v.stdout + v.stderr
     # build refuses to pack the script (or the tarball) as if it were a closure, and says what to run.
     r = run_nixfly("build", str(result), "-o", f"oci:{tmp_path / 'x'}", env=nix_env())
     assert r.code == 2

@@ -309,8 +309,8 @@ def _assemble(found: _Members, name_wanted: str | None, cache: BlobCache, comp: 
         if cached.diff_id != diff_id:
             raise ImageError(f"{where}: layer {raw_name} hashes to {cached.diff_id}, but the config says {diff_id}")
         layers.append(
-            BlobLayer(cached.path, cached.digest, cached.diff_id, cached.size, cached.compression,
-                      cached.uncompressed_size)
+            BlobLayer(path=cached.path, digest=cached.digest, diff_id=cached.diff_id, size=cached.size,
+                      compression=cached.compression, uncompressed_size=cached.uncompressed_size)
         )  # fmt: skip
     # Keep the config bytes exactly; the manifest is generated (archives carry no registry manifest).
     return Image(config_bytes, tuple(layers), "oci")
