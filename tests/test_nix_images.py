@@ -288,3 +288,32 @@ def test_push_on_a_terminal_shows_reading_progress(made: Made, registry: Running
     os.close(main_fd)
     text = seen.decode(errors="replace")
     assert "reading archive" in text and f"{registry.host}/tty@{made.digest}" in text
+
+
+def test_layers_reached_through_symlinks_and_hard_links(tmp_path: Path) -> None:
+    """docker save points <id>/layer.tar at a shared tar with a symlink; other tools use hard links."""
+    one, two = _layer_tar(b"one" * 40000), _layer_tar(b"two" * 10)
+    diffs = ["sha256:" + hashlib.sha256(x).hexdigest() for x in (one, two)]
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": diffs}, "architecture": "amd64", "os": "linux"})
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["a/layer.tar", "b/layer.tar"]}]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("blobs/one.tar", one), ("blobs/two.tar", two)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        sym = tarfile.TarInfo("a/layer.tar")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "../blobs/one.tar"
+        hard = tarfile.TarInfo("b/layer.tar")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "blobs/two.tar"
+        tf.addfile(sym)
+        tf.addfile(hard)
+        for name, data in (("c.json", cfg.encode()), ("manifest.json", manifest)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    arc = tmp_path / "links.tar"
+    arc.write_bytes(buf.getvalue())
+    img = read_archive(ArchiveLocation(arc), cache_dir=tmp_path / "c")
+    assert [lyr.diff_id for lyr in img.layers] == diffs
+    assert all(lyr.compression == "gzip" for lyr in img.layers)
