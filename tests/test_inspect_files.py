@@ -59,7 +59,7 @@ def tar_members(layout: Path) -> list[dict[str, tarfile.TarInfo]]:
     img = open_image(LayoutLocation(layout, "t"))
     out = []
     for lyr in img.layers:
-        with lyr.open() as f, tarfile.open(fileobj=io.BytesIO(gzip.decompress(f.read()))) as tf:
+        with lyr.compressed() as f, tarfile.open(fileobj=io.BytesIO(gzip.decompress(f.read()))) as tf:
             out.append({"/" + m.name.strip("/"): m for m in tf.getmembers()})
     return out
 

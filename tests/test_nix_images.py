@@ -20,8 +20,8 @@ import pytest
 from nixfly.cli import main
 from nixfly.errors import ImageError
 from nixfly.sources import open_image
-from nixfly.sources.archive import image_file_kind, read_archive
-from nixfly.transports import ArchiveLocation, LayoutLocation, parse_location
+from nixfly.sources.archive import read_archive
+from nixfly.transports import ArchiveLocation, LayoutLocation, image_file_kind, parse_location
 from tests.support.cli import NIXFLY, run_nixfly
 from tests.support.dockertools import STREAM_NIX, parts_from_layout
 from tests.support.nixstore import TinyClosure, make_busybox_dir, nix_env

@@ -22,9 +22,9 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
+from nixfly.image.compression import decompressing_reader
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 _HASH = rb"[0-9a-df-np-sv-z]{32}"
@@ -371,7 +371,7 @@ def inspect_image(
     for i, (lyr, (comment, created_by)) in enumerate(zip(image.layers, history, strict=True)):
         report = LayerReport(i, lyr.digest, lyr.diff_id, lyr.size, lyr.compression, comment, created_by)
         if state is not None:
-            report = _scan_layer(report, lyr.open(), state, on_bytes)
+            report = _scan_layer(report, lyr.compressed(), state, on_bytes)
         layers.append(report)
 
     largest: tuple[StorePathReport, ...] = ()
@@ -435,6 +435,8 @@ def _scan_layer(
                 files, present = state.layer(report.index, tf)
             plain.drain()  # the tar end-of-archive padding counts towards the diff_id
             raw.drain()
+        except ImageError as e:  # the blob's own digest check failed
+            raise ImageError(f"{where}: {e}") from None
         except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
             raise ImageError(f"{where}: not a readable {report.compression} tar stream ({e})") from None
     finally:
@@ -589,7 +591,7 @@ def _walk_layer(
     """Stream one layer blob through ``visit`` (each member, with the tar to read its bytes), checking the
     blob's digest and diff_id on the way."""
     where = f"layer {index + 1} ({layer.digest})"
-    blob = layer.open()
+    blob = layer.compressed()
     try:
         raw = _HashingReader(blob, on_bytes)
         plain = _HashingReader(decompressing_reader(layer.compression, cast(BinaryIO, raw)))
@@ -599,6 +601,8 @@ def _walk_layer(
                     visit(m, tf)
             plain.drain()
             raw.drain()
+        except ImageError as e:  # the blob's own digest check failed
+            raise ImageError(f"{where}: {e}") from None
         except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
             raise ImageError(f"{where}: not a readable {layer.compression} tar stream ({e})") from None
     finally:

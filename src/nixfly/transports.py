@@ -7,14 +7,22 @@ caller says a bare path is allowed (e.g. ``nixfly run ./layout``).
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from nixfly.errors import UsageError
 
 _STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _PATHLIKE = ("/", "./", "../", "~")
+# Names of the first member of the archive formats docker-archive readers meet (docker save old and new,
+# skopeo, dockerTools): what tells an image tarball from any other tarball.
+_ARCHIVE_FIRST = re.compile(
+    r"^(?:[0-9a-f]{64}(?:\.json|\.tar|/.*)?|manifest\.json|repositories|index\.json|oci-layout|blobs(?:/.*)?)$"
+)
 
 
 @dataclass(frozen=True)
@@ -122,3 +130,42 @@ def is_stream_script(path: Path, store_dir: str = _STORE_DIR) -> bool:
     except OSError:
         return False
     return head.startswith(b"#!") and b"\0" not in head
+
+
+def image_file_kind(path: str) -> str | None:
+    """``"archive"`` if ``path`` is an image tarball (docker-archive, plain or compressed), ``"script"`` if
+    it is a streamLayeredImage-style script in the store, else None. Cheap: reads the first bytes only."""
+    import zstandard
+    from isal import isal_zlib
+
+    from nixfly.image.compression import sniff_compression
+
+    codec_errors: tuple[type[BaseException], ...] = (zstandard.ZstdError, cast(type[BaseException], isal_zlib.error))
+    p = Path(path)
+    if is_stream_script(p):
+        try:
+            text = p.resolve().read_bytes()[:65536]
+        except OSError:
+            return None
+        if re.search(rb"/[0-9a-df-np-sv-z]{32}-[^\s\"'/]*(?:conf\.json|stream)", text):
+            return "script"
+        return None
+    try:
+        if not p.is_file():
+            return None
+        with p.open("rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return None
+    kind = sniff_compression(head[:8])
+    try:
+        if kind == "gzip":
+            head = isal_zlib.decompressobj(31).decompress(head, 1024)
+        elif kind == "zstd":
+            head = zstandard.ZstdDecompressor().decompressobj().decompress(head)[:1024]
+    except codec_errors:
+        return None
+    if len(head) < 512 or head[257:262] != b"ustar":
+        return None
+    first = posixpath.normpath("/" + head[:100].split(b"\0", 1)[0].decode(errors="replace")).lstrip("/")
+    return "archive" if _ARCHIVE_FIRST.match(first) else None

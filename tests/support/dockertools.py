@@ -4,7 +4,6 @@ environment of a stock Nix install (no experimental features enabled anywhere)."
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -23,8 +22,8 @@ def parts_from_layout(layout: Path, dest: Path, tag: str = "t") -> Path:
     for lyr in img.layers:
         name = f"{lyr.diff_id[7:]}/layer.tar"
         (dest / name).parent.mkdir(exist_ok=True)
-        with lyr.open() as f:
-            (dest / name).write_bytes(gzip.decompress(f.read()))
+        with lyr.uncompressed() as f:
+            (dest / name).write_bytes(f.read())
         order.append(name)
     cfg = f"{img.config_digest[7:]}.json"
     (dest / cfg).write_bytes(img.config_bytes)

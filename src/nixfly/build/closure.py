@@ -439,7 +439,7 @@ def resolve_closure(
 
 def _refuse_image(root: str) -> None:
     """An image Nix already built is not a closure to pack: say what to run instead."""
-    from nixfly.sources.archive import image_file_kind
+    from nixfly.transports import image_file_kind
 
     kind = image_file_kind(root)
     if kind == "archive":

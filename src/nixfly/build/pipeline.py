@@ -25,8 +25,8 @@ from nixfly.build.spec import ImageSpec
 from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 from nixfly.errors import UsageError
 from nixfly.image import Image, canonical_json
+from nixfly.image.platform import nix_system_platform
 
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm", "riscv64": "riscv64"}
 DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
 
 
@@ -55,10 +55,8 @@ def source_date_epoch() -> int:
 def platform_of(spec: ImageSpec, closure: Closure) -> tuple[str, str]:
     """(architecture, os) from the closure's Nix system, else the host; the spec overrides both."""
     system = closure.system or f"{platform.machine()}-{platform.system().lower()}"
-    arch_s, _, os_s = system.partition("-")
-    arch = spec.architecture or _ARCH.get(arch_s, arch_s)
-    os_name = spec.os or os_s
-    return arch, os_name
+    arch, os_name = nix_system_platform(system)
+    return spec.architecture or arch, spec.os or os_name
 
 
 def perm_rules(spec: ImageSpec) -> tuple[PermRule, ...]:

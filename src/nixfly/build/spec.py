@@ -7,6 +7,7 @@ at start-up, which is most of a no-change rebuild). Every error names the file, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -185,7 +186,9 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for k in data:
         if k not in fields:
-            raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key")
+            close = difflib.get_close_matches(str(k), [f.replace("_", "-") if "-" in str(k) else f for f in fields], 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key" + hint)
     kw: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -26,9 +26,9 @@ from nixfly.cli.common import (
     transport_options,
 )
 from nixfly.errors import UsageError
-from nixfly.sinks.archive import write_archive
-from nixfly.sinks.layout import write_layout
-from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
+from nixfly.image import Image
+from nixfly.registry.reference import parse_reference
+from nixfly.transports import ArchiveLocation, Location, RegistryLocation, parse_location
 
 
 def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
@@ -101,8 +101,8 @@ def _label(spec: LayerSpec) -> str:
     return first + (f" +{len(spec.store_paths) - 1}" if len(spec.store_paths) > 1 else "")
 
 
-def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, Any]:
-    img = result.image
+def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, Any]:
+    """The build's JSON summary; ``img`` is the image as written (its format may differ from the build's)."""
     layers = []
     for b in result.layers:
         layers.append(
@@ -117,7 +117,7 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
             }
         )
     return {
-        "digest": digest,
+        "digest": img.manifest_digest(),
         "config_digest": img.config_digest,
         "format": img.format,
         "output": output,
@@ -221,6 +221,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     dest = parse_location(output) if output else None
     if isinstance(dest, RegistryLocation):
         raise UsageError(f"-o {output}: use --push to send the image to a registry")
+    push_locations = [_push_location(r) for r in push_refs]  # every destination is checked before building
     if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
     json_out: bool = o["json_out"]
@@ -230,7 +231,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     total: list[Any] = []
@@ -279,21 +280,28 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             nix_reporter.reset(token)
         if progress is not None:
             progress.stop()
-    image = result.image
-    digest = image.manifest_digest()
     tag = spec.tag or "latest"
-    if isinstance(dest, LayoutLocation):
-        write_layout(image, dest)
-    elif isinstance(dest, ArchiveLocation):
-        name = dest.name or (f"{spec.name}:{tag}" if spec.name else None)
-        write_archive(image, ArchiveLocation(dest.path, name))
-    summary = _summary(result, str(dest) if dest else None, digest)
-    if push_refs:
-        from nixfly.cli.registry import _options
-        from nixfly.sinks.registry import push_image
+    destinations: list[Location] = []
+    if isinstance(dest, ArchiveLocation):
+        destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
+    elif dest is not None:
+        destinations.append(dest)
+    destinations.extend(push_locations)
+    from nixfly.cli.common import registry_options
 
-        pushed = push_image(image, list(push_refs), options=_options(o))
-        summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
+    if push_locations:
+        from nixfly.cli.registry import publish_with_progress
+
+        image, written = publish_with_progress(result.image, destinations, fmt=o["format"],
+                                               options=registry_options(o), o={**o, "quiet": True})  # fmt: skip
+    else:
+        from nixfly.sinks import publish
+
+        image, written = publish(result.image, destinations, fmt=o["format"])
+    digest = image.manifest_digest()
+    summary = _summary(result, str(dest) if dest else None, image)
+    if push_locations:
+        summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
     if json_out:
         emit_json(summary)
         return
@@ -311,3 +319,11 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
         sys.stderr.write(digest + "\n")
+
+
+def _push_location(text: str) -> RegistryLocation:
+    loc = parse_location(text)
+    if not isinstance(loc, RegistryLocation):
+        raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
+    parse_reference(loc.reference)
+    return loc

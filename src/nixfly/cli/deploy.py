@@ -57,21 +57,24 @@ def _build_and_push(build_path: Path, repository: str, dry_run: bool) -> str:
     With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
     from nixfly.build.pipeline import build_image
     from nixfly.build.spec import load_spec
+    from nixfly.image.convert import with_format
     from nixfly.registry.reference import parse_reference
-    from nixfly.sinks.registry import default_format, push_image
+    from nixfly.sinks import format_for, publish
+    from nixfly.transports import RegistryLocation
 
     ref = parse_reference(repository)
     if ref.tag is not None or ref.digest is not None:
         raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
     _progress(f"building {build_path}")
-    image = build_image(load_spec(build_path)).image
-    fmt = default_format([ref], image)
-    digest = image.manifest_digest(fmt)
+    built = build_image(load_spec(build_path)).image
+    fmt = format_for([RegistryLocation(ref.name)], built)
+    digest = with_format(built, fmt).manifest_digest()
     if dry_run:
         return ref.pinned(digest)
     tag = f"{ref.name}:deployment-{digest.split(':', 1)[1][:12]}"
     _progress(f"pushing {tag}")
-    return push_image(image, [tag], fmt=fmt).reference
+    _, written = publish(built, [RegistryLocation(tag)], fmt=fmt)
+    return written[0].reference
 
 
 @cli.command()

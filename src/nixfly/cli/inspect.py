@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console
+from nixfly.cli.common import emit_json, human_size, registry_options, show_progress, stderr_console, transport_options
 from nixfly.errors import UsageError
 from nixfly.image import Image
 from nixfly.inspect import FileEntry, InspectReport, WhyReport, inspect_image, list_files, store_name, suggest, why
@@ -28,14 +28,6 @@ def _location(text: str) -> Location:
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
         raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
     return parse_location(text, bare_paths=True)
-
-
-def _registry_options(creds: str | None, tls_verify: bool, cert_dir: Path | None) -> dict[str, Any]:
-    from nixfly.registry.auth import parse_creds
-    from nixfly.registry.client import RegistryOptions
-
-    credentials = parse_creds(creds, "--creds") if creds else None
-    return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify, cert_dir=cert_dir)}
 
 
 def _names(paths: tuple[str, ...], limit: int) -> str:
@@ -183,22 +175,10 @@ def _files_or_why(
     help="How many of the largest store paths to list.",
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
-@click.option("--creds", metavar="USER:PASS", default=None, help="Registry credentials (never printed).")
-@click.option(
-    "--tls-verify/--no-tls-verify",
-    default=True,
-    show_default=True,
-    help="Verify the registry's TLS certificate (--no-tls-verify also allows plain HTTP).",
-)
-@click.option(
-    "--cert-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Directory with the registry's CA certificate(s) (*.crt).",
-)
+@transport_options()
 def inspect(
     location: str, path: str | None, files: bool, layer: int | None, why_path: str | None,
-    json_out: bool, top: int, no_scan: bool, creds: str | None, tls_verify: bool, cert_dir: Path | None,
+    json_out: bool, top: int, no_scan: bool, **o: Any,
 ) -> None:  # fmt: skip
     """Show what the image at LOCATION is made of: oci:DIR[:TAG], docker-archive:FILE, docker://REF,
     or a bare layout directory / archive file.
@@ -213,15 +193,14 @@ def inspect(
     if files and why_path is not None:
         raise UsageError("--files and --why are separate views; give one")
     loc = _location(location)
-    opts = _registry_options(creds, tls_verify, cert_dir) if isinstance(loc, RegistryLocation) else {}
-    image = open_image(loc, **opts)
+    image = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
     if files or why_path is not None:
         _files_or_why(loc, image, files, layer, path, why_path, json_out)
         return
     progress = None
     if not no_scan and show_progress(json_out, False):
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     on_bytes = None

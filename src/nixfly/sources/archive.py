@@ -39,22 +39,18 @@ import zstandard
 from isal import isal_zlib
 
 from nixfly.build.cache import BlobCache, CachedLayer
-from nixfly.build.compress import Compressor, decompressing_reader, make_compressor, sniff_compression
+from nixfly.build.compress import Compressor, make_compressor
 from nixfly.build.tarwriter import HashingSink
 from nixfly.errors import ImageError, NixflyError, UsageError
 from nixfly.image import BlobLayer, Image
-from nixfly.transports import ArchiveLocation, is_stream_script
+from nixfly.image.compression import decompressing_reader, sniff_compression
+from nixfly.transports import ArchiveLocation
 
 _CHUNK = 1 << 20
 SPOOL_JSON_MAX = 16 << 20  # a member that starts like JSON and is at most this big is kept in memory
 SPOOL_SMALL_MAX = 64 << 10  # any member this small is kept in memory (a tiny layer is cached at the end)
 SPOOL_BUDGET = 128 << 20  # at most this much in memory in all; past it, members stream into the cache
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# Names of the first member of the archive formats docker-archive readers meet (docker save old and new,
-# skopeo, dockerTools): used to tell an image tarball from any other tarball.
-_ARCHIVE_FIRST = re.compile(
-    r"^(?:[0-9a-f]{64}(?:\.json|\.tar|/.*)?|manifest\.json|repositories|index\.json|oci-layout|blobs(?:/.*)?)$"
-)
 _CODEC_ERRORS: tuple[type[BaseException], ...] = (zstandard.ZstdError, cast(type[BaseException], isal_zlib.error))
 _READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError, *_CODEC_ERRORS)
 
@@ -414,36 +410,3 @@ class _Counting:
         if data:
             self._on_bytes(len(data))
         return data
-
-
-def image_file_kind(path: str) -> str | None:
-    """``"archive"`` if ``path`` is an image tarball (docker-archive, plain or compressed), ``"script"`` if
-    it is a streamLayeredImage-style script in the store, else None. Cheap: reads the first bytes only."""
-    p = Path(path)
-    if is_stream_script(p):
-        try:
-            text = p.resolve().read_bytes()[:65536]
-        except OSError:
-            return None
-        if re.search(rb"/[0-9a-df-np-sv-z]{32}-[^\s\"'/]*(?:conf\.json|stream)", text):
-            return "script"
-        return None
-    try:
-        if not p.is_file():
-            return None
-        with p.open("rb") as f:
-            head = f.read(65536)
-    except OSError:
-        return None
-    kind = sniff_compression(head[:8])
-    try:
-        if kind == "gzip":
-            head = isal_zlib.decompressobj(31).decompress(head, 1024)
-        elif kind == "zstd":
-            head = zstandard.ZstdDecompressor().decompressobj().decompress(head)[:1024]
-    except _CODEC_ERRORS:
-        return None
-    if len(head) < 512 or head[257:262] != b"ustar":
-        return None
-    first = _norm(head[:100].split(b"\0", 1)[0].decode(errors="replace"))
-    return "archive" if _ARCHIVE_FIRST.match(first) else None
