@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nixfly.cli import main
+from nixfly.errors import ImageError
 from nixfly.image import BlobLayer, Image, canonical_json
 from nixfly.inspect import inspect_image, list_files, suggest
 from nixfly.sinks.layout import write_layout
@@ -137,7 +138,7 @@ def test_merged_view_applies_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
         "whiteout"]  # fmt: skip
     # a blob that does not match its digest is refused, not listed
     layers[0].path.write_bytes(upper[0])
-    with pytest.raises(Exception, match="hashing to"):
+    with pytest.raises(ImageError, match=r"^layer 1 \(sha256:.*(longer|hash)"):
         list_files(img)
     write_layout(Image(cfg, tuple(layers[1:])), LayoutLocation(tmp_path / "x"))  # sinks accept it
 

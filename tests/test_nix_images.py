@@ -95,11 +95,11 @@ def test_archives_push_with_the_layout_digest_and_a_repush_uploads_nothing(
     # The gzip'd archive (dockerTools.buildLayeredImage's shape), as a bare path: same digest, same bytes up.
     first = _push(capsys, str(made.tgz), f"{host}/tgz:v1")
     assert first["digest"] == made.digest
-    assert first["uploadedBytes"] == from_layout["uploadedBytes"]
+    assert first["uploaded_bytes"] == from_layout["uploaded_bytes"]
     assert _skopeo_digest(f"{host}/tgz:v1") == made.digest
     again = _push(capsys, str(made.tgz), f"{host}/tgz:v1")
     assert again["digest"] == made.digest
-    assert (again["uploadedBlobs"], again["uploadedBytes"]) == (0, 0)
+    assert (again["uploaded_blobs"], again["uploaded_bytes"]) == (0, 0)
     # zstd-compressed and plain archives, written docker-archive:FILE.
     assert _push(capsys, f"docker-archive:{made.tzst}", f"{host}/zst:v1")["digest"] == made.digest
     assert _push(capsys, f"docker-archive:{made.tar}:testimg:x", f"{host}/tar:v1")["digest"] == made.digest
