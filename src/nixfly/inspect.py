@@ -12,6 +12,7 @@ hashing both sides on the way so the digest and diff_id are checked as a by-prod
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 import tarfile
@@ -27,6 +28,7 @@ from nixfly.image import Image
 from nixfly.image.compression import decompressing_reader
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+PROCESSES_LABEL = "io.nixfly.processes"  # written by build/supervisor.py (LABEL); inspect does not import build/
 _HASH = rb"[0-9a-df-np-sv-z]{32}"
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[^/]+$")
 _CHUNK = 1 << 20
@@ -117,6 +119,7 @@ class InspectReport:
     store_path_count: int = 0
     top_level: tuple[str, ...] = ()
     largest: tuple[StorePathReport, ...] = ()
+    processes: dict[str, Any] | None = None  # the declared processes, users and boot steps (nixfly's label)
 
     @property
     def size(self) -> int:
@@ -128,6 +131,12 @@ class InspectReport:
         return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
     def to_json(self) -> dict[str, Any]:
+        out = self._to_json()
+        if self.processes is not None:  # only images with generated supervision carry the key
+            out["processes"] = self.processes
+        return out
+
+    def _to_json(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
             "media_type": self.media_type,
@@ -404,6 +413,7 @@ def inspect_image(
 
     ports = inner.get("ExposedPorts")
     return InspectReport(
+        processes=_processes(inner),
         digest=image.manifest_digest(),
         media_type=image.manifest_media_type(),
         config_digest=image.config_digest,
@@ -421,6 +431,19 @@ def inspect_image(
         top_level=tops,
         largest=largest,
     )
+
+
+def _processes(inner: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The supervisor description nixfly recorded in the config's labels; None if absent or unreadable."""
+    labels = inner.get("Labels")
+    raw = labels.get(PROCESSES_LABEL) if isinstance(labels, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("processes"), list) else None
 
 
 def _scan_layer(

@@ -203,6 +203,18 @@ class _NixSpinner:
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option(
+    "--from-cache", "from_cache", is_flag=False, flag_value="", default=None, metavar="URL[,URL…]",
+    help="Take store paths missing locally from these binary caches (file://, http://, https://); "
+    "alone: nix.conf's substituters.",
+)  # fmt: skip
+@click.option("--trusted-public-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
+              help="A key binary-cache signatures must verify against (repeatable; default: nix.conf's).")  # fmt: skip
+@click.option("--ignore-local-store", is_flag=True,
+              help="With --from-cache: take every path from the caches, even those in the local store.")  # fmt: skip
+@click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
+@click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
+@click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
@@ -212,6 +224,12 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     otherwise SOURCE_DATE_EPOCH, else 1970-01-01T00:00:01Z."""
     cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
     base = load_spec(cfg) if cfg else ImageSpec()
+    if o["platform_"]:
+        os_part, sep, arch_part = str(o["platform_"]).partition("/")
+        if not sep or not os_part or not arch_part:
+            raise UsageError(f"--platform {o['platform_']!r} must look like linux/amd64")
+        o["os"] = o["os"] or os_part
+        o["architecture"] = o["architecture"] or arch_part.split("/", 1)[0]
     spec = _merge_spec(base, roots, {**o, "format": o["format"]})
     if not spec.roots:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
@@ -226,6 +244,17 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
+    caches = None
+    if o["from_cache"] is not None:
+        from nixfly.build.bincache import cache_options
+
+        urls = [u.strip() for u in str(o["from_cache"]).split(",") if u.strip()] or list(spec.substituters)
+        keys = list(o["trusted_keys"]) or list(spec.trusted_public_keys)
+        caches = cache_options(urls, keys, verify=not o["no_verify"], use_local=not o["ignore_local_store"])
+    elif o["ignore_local_store"]:
+        raise UsageError("--ignore-local-store needs --from-cache")
+    elif o["trusted_keys"]:
+        spec = dataclasses.replace(spec, trusted_public_keys=list(o["trusted_keys"]))
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -256,6 +285,23 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         if progress is not None and i in per_layer:
             progress.advance(per_layer[i], n)
 
+    fetch_task: list[Any] = []
+
+    def on_fetch_plan(total_bytes: int) -> None:
+        if progress is None or not total_bytes:
+            return
+        if not progress.live.is_started:
+            progress.start()
+        if fetch_task:
+            task = progress.tasks[progress.task_ids.index(fetch_task[0])]
+            progress.update(fetch_task[0], total=(task.total or 0) + total_bytes)
+        else:
+            fetch_task.append(progress.add_task("  downloading NARs", total=total_bytes))
+
+    def on_fetch_bytes(n: int) -> None:
+        if progress is not None and fetch_task:
+            progress.advance(fetch_task[0], n)
+
     def on_layer(i: int, b: BuiltLayer) -> None:
         if progress is not None and total:
             if i in per_layer:
@@ -272,6 +318,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             on_plan=on_plan, on_layer=on_layer,
             on_layer_start=on_start if progress is not None else None,
             on_layer_bytes=on_bytes if progress is not None else None,
+            caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
+            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
         )  # fmt: skip
     finally:
         if spinner is not None:

@@ -3,6 +3,7 @@ each with the chain of references that pulls it in."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
     for k, v in facts:
         con.print(f"{k:<{width}}  {v}", markup=False, highlight=False)
 
+    if r.processes is not None:
+        _print_processes(r.processes, con)
     table = Table(title=None, show_edge=False, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("size", justify="right")
@@ -156,6 +159,38 @@ def _files_or_why(
         emit_json({"location": str(loc), "layer": layer, "path": path, "files": [e.to_json() for e in entries]})
     else:
         _print_files(entries, out)
+
+
+def _print_processes(d: dict[str, Any], con: Console) -> None:
+    """The declared processes, users and boot steps the supervisor label records."""
+
+    def say(text: str) -> None:
+        con.print(text, markup=False, highlight=False)
+
+    say("")
+    say(f"processes (supervisor: {d.get('supervisor') or 'none, boot stage only'}):")
+    for p in d.get("processes", []):
+        if not isinstance(p, dict):
+            continue
+        kind = "oneshot" if p.get("oneshot") else f"restart {p.get('restart')}"
+        deps = ", ".join(f"{k} {v}" for k, v in (p.get("depends_on") or {}).items())
+        ready = p.get("readiness")
+        extra = f"; after {deps}" if deps else ""
+        if isinstance(ready, dict):
+            extra += f"; ready: {ready.get('kind')}" + (f" :{ready['port']}" if ready.get("port") else "")
+        cmd = shlex.join(str(w) for w in p.get("command", []))
+        say(f"  {p.get('name')}  as {p.get('user')} ({p.get('uid')}:{p.get('gid')}), {kind}{extra}: {cmd}")
+    users = [u for u in d.get("users", []) if isinstance(u, dict)]
+    if users:
+        say("users: " + ", ".join(f"{u.get('name')} ({u.get('uid')}:{u.get('gid')})" for u in users))
+    steps = [b for b in d.get("boot", []) if isinstance(b, dict)]
+    if steps:
+        say("boot steps, in order:")
+    for b in steps:
+        if b.get("step") == "dir":
+            say(f"  dir {b.get('path')}  owner {b.get('uid')}:{b.get('gid')}, mode {b.get('mode')}")
+        else:
+            say(f"  oneshot {b.get('name')}")
 
 
 @cli.command()
