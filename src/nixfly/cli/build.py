@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
 from nixfly.build.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
@@ -132,6 +134,43 @@ def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, A
     }
 
 
+class _NixSpinner:
+    """While ``nix build`` runs for an installable: a spinner naming the derivation being built and its
+    latest log line (on a terminal only). A failure's log lines are printed when nix gives up."""
+
+    def __init__(self) -> None:
+        from rich.status import Status
+
+        self._status = Status("", console=stderr_console(), spinner="dots")
+        self._running = False
+        self._done = False
+
+    def start(self, installable: str) -> None:
+        self._status.update(f"nix build {installable}: evaluating")
+        self._status.start()
+        self._running = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._status.stop()
+            self._running = False
+        self._done = True
+
+    def building(self, drv_name: str) -> None:
+        if not self._done:
+            self._status.update(f"nix: building {drv_name}")
+
+    def log(self, drv_name: str, line: str) -> None:
+        if not self._done:
+            self._status.update(f"nix: building {drv_name}: {line[:100]}")
+
+    def failed(self, details: Sequence[str]) -> None:
+        self.stop()
+        con = stderr_console()
+        for line in details:
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -182,7 +221,9 @@ def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, A
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
 def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
-    """Build ROOTS (store paths, ./result links, flake installables like .#app) into a layered image."""
+    """Build ROOTS (store paths, ./result links, flake installables like .#app; . means .#default) into a
+    layered image. From an installable, the image's created time is the flake's lastModified (commit time);
+    otherwise SOURCE_DATE_EPOCH, else 1970-01-01T00:00:01Z."""
     cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
     base = load_spec(cfg) if cfg else ImageSpec()
     if o["platform_"]:
@@ -232,6 +273,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     def on_plan(specs: list[LayerSpec], w: list[int]) -> None:
         weights.extend(w)
         names.extend(_label(s) for s in specs)
+        if spinner is not None:
+            spinner.stop()  # nix is done; the layer bars take the terminal
         if progress is not None:
             progress.start()
             total.append(progress.add_task(f"[bold]{len(specs)} layers", total=sum(w)))
@@ -267,7 +310,11 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
                 progress.remove_task(per_layer.pop(i))
             progress.advance(total[0], weights[i])
 
+    spinner = _NixSpinner() if progress is not None else None
+    token = nix_reporter.set(spinner) if spinner is not None else None
     try:
+        if spinner is not None and any(is_installable(r) for r in spec.roots):
+            spinner.start(next(r for r in spec.roots if is_installable(r)))
         result = build_image(
             spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
             on_plan=on_plan, on_layer=on_layer,
@@ -277,6 +324,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
         )  # fmt: skip
     finally:
+        if spinner is not None:
+            spinner.stop()
+        if token is not None:
+            nix_reporter.reset(token)
         if progress is not None:
             progress.stop()
     tag = spec.tag or "latest"

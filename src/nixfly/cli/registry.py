@@ -6,9 +6,12 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +141,18 @@ def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") ->
     click.echo(result.reference)
 
 
+def _read_archive_with_progress(loc: ArchiveLocation) -> Image:
+    """Read a docker-archive (file, stdin, stream script) with a bar of the bytes read so far."""
+    from nixfly.sources.archive import read_archive
+
+    total: int | None = None
+    if loc.path is not None and not loc.run and loc.path.is_file():
+        total = loc.path.stat().st_size
+    with _progress_bar() as bar:
+        task = bar.add_task("reading archive", total=total)
+        return read_archive(loc, on_bytes=lambda n: bar.advance(task, n))
+
+
 def _dest_locations(dests: tuple[str, ...]) -> list[Location]:
     locs: list[Location] = []
     for d in dests:
@@ -163,6 +178,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
          **o: Any) -> None:  # fmt: skip
     """Push SOURCE (an OCI layout, a docker-archive or a nixfly.toml to build) to DESTINATIONS.
 
+    A docker-archive may be gzip/zstd-compressed (dockerTools.buildLayeredImage), come on stdin (-), or be
+    written by a streamLayeredImage script (nixfly push ./result REF runs it). Its uncompressed layers are
+    compressed as nixfly build would, so the digest matches the same image pushed from a layout.
+
     Only blobs the registry lacks are uploaded; the manifest goes last, under every tag given. Prints the
     digest-pinned reference (name@sha256:…) that nixfly deploy takes.
     """
@@ -178,9 +197,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         image = build_image(load_spec(src_path)).image
     else:
         loc = parse_location(source, bare_paths=True)
-        if isinstance(loc, ArchiveLocation) and loc.path is None:
-            raise UsageError("push cannot read an image from stdin; give a file")
-        image = open_image(loc, options)
+        if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+            image = _read_archive_with_progress(loc)
+        else:
+            image = open_image(loc, options)
     _, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
     assert written[-1].push is not None
     _report_push(written[-1].push, o)
@@ -315,6 +335,22 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         releases = list(pool.map(one, names))
-    # Newest first; equal or unknown times fall back to the tag name, descending, for a stable order.
-    releases.sort(key=lambda r: (r["created"] or "", r["tag"]), reverse=True)
+    # Newest first by the config's created time; equal times by version-aware tag order (v1.10 after
+    # v1.9), highest first; tags without a readable time come last.
+    releases.sort(key=_release_order, reverse=True)
     return releases
+
+
+def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key comparing the digit runs of a tag as numbers: v1.9 < v1.10 < v2."""
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|\D+", tag))
+
+
+def _release_order(r: dict[str, Any]) -> tuple[bool, float, tuple[tuple[int, int | str], ...]]:
+    when: datetime | None = None
+    if r.get("created"):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(str(r["created"]))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+    return (when is not None, when.timestamp() if when else 0.0, version_key(str(r["tag"])))
