@@ -9,7 +9,12 @@ by the first matching requests:
 - ``reset``: read ``after_bytes`` of the body (default: all of it), then reset the TCP connection;
 - ``forward_then_reset``: forward the request (the registry acts on it) but reset instead of answering;
 - ``status``: swallow the request and answer ``status`` (500, 429 with ``retry_after``, 503 ...);
-- ``stall``: read the request and then say nothing for ``stall_seconds`` before closing.
+- ``stall``: read the request and then say nothing for ``stall_seconds`` before closing;
+- ``redirect``: answer ``status`` (pass 307, say) with ``Location: location`` instead of forwarding;
+- ``rewrite``: forward, then change the answer's headers (``set_headers``; a None value removes one).
+
+Besides the queue, a ``planner`` (a function of method, path and declared body length) may pick a fault for
+any request no queued fault matched: that is how a test spreads many random faults over a whole run.
 
 Fixture: ``fault_proxy`` (in front of the ``registry`` fixture).
 """
@@ -21,7 +26,7 @@ import http.client
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -30,7 +35,7 @@ import pytest
 
 from tests.support.registry import RunningRegistry
 
-FaultAction = Literal["reset", "forward_then_reset", "status", "stall"]
+FaultAction = Literal["reset", "forward_then_reset", "status", "stall", "redirect", "rewrite"]
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Fault:
     stall_seconds: float = 30.0
     min_body: int = 0  # only requests whose declared body is at least this long
     skip: int = 0  # let this many matching requests through first
+    location: str = ""  # "redirect": where to
+    set_headers: dict[str, str | None] = field(default_factory=dict)  # "rewrite"
 
     def matches(self, method: str, path: str, body_len: int) -> bool:
         return (
@@ -62,6 +69,7 @@ class Exchange:
     request_bytes: int  # body bytes received from the client
     status: int | None  # None when the connection was reset or stalled
     fault: FaultAction | None
+    upstream_status: int | None = None  # what the registry answered, when the request reached it
 
 
 @dataclass
@@ -73,6 +81,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
+    planner: Callable[[str, str, int], Fault | None] | None = None
 
     def add_fault(self, action: FaultAction, **kw: Any) -> Fault:
         fault = Fault(action, **kw)
@@ -89,6 +98,8 @@ class FaultProxy:
                         continue
                     f.times -= 1
                     return f
+            if self.planner is not None:
+                return self.planner(method, path, body_len)
         return None
 
     def record(self, ex: Exchange) -> None:
@@ -180,6 +191,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(payload)
                 return
+            if fault is not None and fault.action == "redirect":
+                proxy.record(Exchange(method, path, len(body), fault.status, "redirect"))
+                self.send_response(fault.status)
+                self.send_header("Location", fault.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if fault is not None and fault.action == "stall":
                 proxy.record(Exchange(method, path, len(body), None, "stall"))
                 proxy.release.wait(fault.stall_seconds)
@@ -204,11 +222,15 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             finally:
                 conn.close()
             if fault is not None and fault.action == "forward_then_reset":
-                proxy.record(Exchange(method, path, len(body), None, "forward_then_reset"))
+                proxy.record(Exchange(method, path, len(body), None, "forward_then_reset", status))
                 self.close_connection = True
                 _reset(self.connection)
                 return
-            proxy.record(Exchange(method, path, len(body), status, None))
+            if fault is not None and fault.action == "rewrite":
+                changed = {k.lower(): v for k, v in fault.set_headers.items()}
+                resp_headers = [(k, v) for k, v in resp_headers if k.lower() not in changed]
+                resp_headers += [(k, v) for k, v in fault.set_headers.items() if v is not None]
+            proxy.record(Exchange(method, path, len(body), status, fault.action if fault else None, status))
             self.send_response_only(status, resp.reason)
             for k, v in resp_headers:
                 if k.lower() != "content-length":
