@@ -485,7 +485,7 @@ class RegistryClient:
         try:
             return self.policy.run(
                 attempt,
-                progress=lambda: state.confirmed,
+                progress=lambda: state.confirmed,  # grows with every byte the registry confirms
                 give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
             )
         finally:
@@ -503,9 +503,16 @@ class RegistryClient:
                 state.location = resp.headers.get("location") or state.location
                 state.confirm(held)
                 return False
-        if state.offset > 0 and note is not None:
-            note(state.digest, f"the registry lost the upload session at byte {state.offset}; restarting from 0")
-        state.offset, state.location = 0, None
+        # The session is gone (distribution, for one, refuses a Location whose signed state is older than the
+        # session, which is what a lost PATCH answer leaves us with): start again from byte 0.
+        if state.offset > 0 or state.session_confirmed > 0:
+            state.restarts += 1
+            if state.restarts > max(3, self.policy.retries):
+                raise self.fail(f"upload of {state.digest} to {repo}: the registry lost the upload session "
+                                f"{state.restarts} times")  # fmt: skip
+            if note is not None:
+                note(state.digest, f"the registry lost the upload session at byte {state.offset}; restarting from 0")
+        state.offset, state.location, state.session_confirmed = 0, None, 0
         return False
 
     def _put_whole(self, repo: str, state: _UploadState) -> None:
@@ -727,7 +734,9 @@ class _UploadState:
         self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
         self.offset = 0  # where the next body starts (the server's count when we have one)
         self.sent = 0
-        self.confirmed = 0  # the most bytes the registry ever confirmed holding: the retry loop's progress
+        self.confirmed = 0  # bytes the registry confirmed, summed over sessions: the retry loop's progress
+        self.session_confirmed = 0  # what the current session confirmed holding
+        self.restarts = 0  # sessions the registry lost
         self.failed = False  # an attempt failed: re-read the registry's state before going on
         self.location: str | None = None
         self._hash = hashlib.sha256()
@@ -741,7 +750,9 @@ class _UploadState:
             self._src = None
 
     def confirm(self, held: int) -> None:
-        self.confirmed = max(self.confirmed, held)
+        if held > self.session_confirmed:
+            self.confirmed += held - self.session_confirmed
+            self.session_confirmed = held
 
     def _seek(self, pos: int) -> BinaryIO:
         src = self._src
