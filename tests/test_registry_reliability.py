@@ -233,7 +233,7 @@ def test_blob_redirect_to_a_dead_host_is_one_line(
     target: str, fault_proxy: FaultProxy, registry: RunningRegistry, tmp_path: Path
 ) -> None:
     """Item 14: a 307 for a blob to a closed port or a name that does not resolve gave a raw httpx
-    ConnectError traceback in pull, copy, inspect and tags."""
+    ConnectError traceback in pull, copy, inspect, tags and run."""
     image = make_image(tmp_path / "img", busybox=False)
     push_image(image, [f"{registry.host}/redir/app:v1"])
     if target == "closed-port":
@@ -253,6 +253,7 @@ def test_blob_redirect_to_a_dead_host_is_one_line(
         "copy": _cli("copy", f"docker://{ref}", f"oci:{tmp_path / 'copy'}:v1", "--retries", "1"),
         "inspect": _cli("inspect", ref),
         "tags": _cli("tags", f"{fault_proxy.host}/redir/app"),
+        "run": _cli("run", "--cache-dir", str(tmp_path / "cache"), ref),
     }
     for cmd, r in runs.items():
         assert r.returncode != 0, cmd
