@@ -5,6 +5,7 @@ Real registry (distribution 2.8) behind the fault proxy; the validators are skop
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from nixfly.errors import RegistryError
 from nixfly.registry.client import RegistryOptions, parse_range
+from nixfly.retry import RetryPolicy
 from nixfly.sinks.layout import write_layout
 from nixfly.sinks.registry import PushProgress, push_image
 from nixfly.sources.registry import open_remote_image
@@ -261,3 +263,29 @@ def test_blob_redirect_to_a_dead_host_is_one_line(
         assert r.stderr.startswith(f"nixfly: registry {fault_proxy.host}: "), (cmd, r.stderr)
         assert why in r.stderr and "GET" in r.stderr, (cmd, r.stderr)
     assert not (tmp_path / "out").exists() and not (tmp_path / "copy").exists()
+
+
+def test_one_retry_loop_per_blob_read_and_retry_after_honoured(
+    fault_proxy: FaultProxy, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """Issue 9: reading a blob is one retry loop (reconnecting is part of the attempt): r+1 requests in all.
+    The waits come from the injected sleep: Retry-After as seconds and as an HTTP-date is what is waited."""
+    image = make_image(tmp_path / "img", busybox=False)
+    push_image(image, [f"{registry.host}/nest/app:v1"])
+    slept: list[float] = []
+    opts = RegistryOptions(retry=RetryPolicy(retries=2, backoff=0.01, sleep=slept.append))
+    remote = open_remote_image(f"{fault_proxy.host}/nest/app:v1", opts)
+    layer = remote.layers[0]
+    path = f"/blobs/{layer.digest}"
+    fault_proxy.add_fault("status", status=503, method="GET", path_contains=path, times=100)
+    with pytest.raises(RegistryError, match=r"failed after 3 attempts: HTTP 503"):
+        layer.open().read()
+    assert fault_proxy.count("GET", path) == 3 and len(slept) == 2
+    fault_proxy.faults.clear()
+
+    slept.clear()
+    fault_proxy.add_fault("status", status=429, method="GET", path_contains=path, retry_after="7")
+    fault_proxy.add_fault("status", status=429, method="GET", path_contains=path,
+                          retry_after=email.utils.formatdate(time.time() + 30, usegmt=True))  # fmt: skip
+    assert layer.open().read() == image.layers[0].open().read()
+    assert slept[0] == 7.0 and 28.0 <= slept[1] <= 30.0
