@@ -293,6 +293,10 @@ def test_tls_errors_by_type() -> None:
     err.__cause__ = cause
     f = classify_transport(err)
     assert f.kind == "tls-untrusted" and f.permanent and "self-signed certificate" in f.text
+    # A TLS error mid-stream (after the handshake) is a broken connection, worth another try.
+    mid = httpx.ReadError("bad record")
+    mid.__cause__ = ssl.SSLError(1, "DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+    assert classify_transport(mid).kind == "io" and classify_transport(mid).transient(repeatable=True)
     # Text that merely mentions SSL is not a TLS failure.
     f = classify_transport(httpx.ReadError("SSL is mentioned here but nothing failed in TLS"))
     assert f.kind == "io" and not f.permanent

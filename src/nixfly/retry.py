@@ -229,7 +229,8 @@ def classify_transport(exc: httpx.HTTPError) -> TransportFailure:
                 f"TLS certificate not trusted ({detail}); use --cert-dir DIR with the CA, or --tls-verify=false",
                 False,
             )
-        if isinstance(c, ssl.SSLError) and not isinstance(c, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        if connecting and isinstance(c, ssl.SSLError) and not isinstance(c, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            # A handshake that fails will fail again; a TLS error mid-stream is a broken connection ("io").
             if c.reason in _NOT_TLS_REASONS:
                 return TransportFailure("plain-http", "the server answered TLS with plain HTTP", False)
             return TransportFailure("tls", f"TLS handshake failed ({c.reason or type(c).__name__})", False)
