@@ -49,7 +49,6 @@ def test_fifty_faults_in_one_run(fault_proxy: FaultProxy, registry: RunningRegis
     assert len(faults) >= 50
     assert kinds["reset"] >= 3 and kinds["forward_then_reset"] >= 3 and kinds["stall"] >= 1
     assert statuses[500] >= 20 and statuses[429] >= 3
-    assert elapsed < 60
 
     # Every push completed and is what a peer reads back (straight from the registry, no proxy).
     for i, (img, res) in enumerate(zip(images, results, strict=True)):

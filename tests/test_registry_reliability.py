@@ -135,6 +135,10 @@ def test_a_server_that_never_answers_fails_within_twice_the_timeout(silent_serve
             open_remote_image(f"{silent_server}/hung/app:v1", opts)
         assert time.monotonic() - t0 < 2 * timeout
         assert "no answer" in str(push_err.value) and "no answer" in str(pull_err.value)
+    r = _cli("pull", f"{silent_server}/hung/app:v1", f"oci:{tmp_path / 'out'}", "--timeout", "1")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"nixfly: registry {silent_server}: cannot reach https://{silent_server}/v2/: no answer")
+    assert not (tmp_path / "out").exists()
 
 
 def test_refused_on_loopback_is_final(tmp_path: Path) -> None:

@@ -399,7 +399,8 @@ class RegistryClient:
         if resp.status_code == 404:
             return None
         if resp.status_code in _REDIRECTS:
-            return _int_header(resp, "content-length")  # the registry has it, its storage has the headers
+            size = _int_header(resp, "content-length")  # the registry has it; its storage has the headers
+            return -1 if size is None else size
         if resp.status_code != 200:
             raise self.fail(f"HEAD blob {digest} in {repo}: HTTP {resp.status_code}")
         got = resp.headers.get("docker-content-digest")
