@@ -16,6 +16,10 @@ Distribution-spec facts relied on here:
   distribution writes ``0-0`` for an empty session, which is what we read it as (our chunks are never one
   byte long, so the one-byte reading cannot arise). An upload the registry forgot answers 404.
 - Chunks must arrive in order; one out of order gets 416, after which the status GET tells the offset.
+- distribution signs the session's offset into the Location (``_state``) and refuses (404) a Location whose
+  offset is not the session's: after a PATCH whose answer was lost, the old Location is dead, so that
+  blob starts again in a new session (we say so through ``note``). A reset before the registry saw the
+  whole chunk leaves the session as it was, and the status GET resumes it.
 - HEAD of a blob answers 200 with ``Docker-Content-Digest`` and ``Content-Length``; a manifest PUT
   answers 201 with the ``Docker-Content-Digest`` of the bytes it stored.
 """
