@@ -93,6 +93,11 @@ class _RichPushProgress(PushProgress):
             if digest in self.tasks:
                 self.progress.update(self.tasks[digest], completed=completed)
 
+    def blob_note(self, digest: str, text: str) -> None:
+        with self.lock:
+            if digest in self.tasks:
+                self.progress.update(self.tasks[digest], description=f"{digest[7:19]} {text}")
+
     def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
         with self.lock:
             if digest in self.tasks:
