@@ -11,7 +11,6 @@ hashing both sides on the way so the digest and diff_id are checked as a by-prod
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
 from collections import deque
@@ -24,6 +23,7 @@ import zstandard
 from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError
 from nixfly.image import Image
+from nixfly.image.digest import HashingReader
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 _HASH = rb"[0-9a-df-np-sv-z]{32}"
@@ -149,41 +149,6 @@ class InspectReport:
             "top_level": list(self.top_level),
             "largest": [p.to_json() for p in self.largest],
         }
-
-
-class _HashingReader:
-    """Passes reads through, counting and hashing the bytes (and reporting their number)."""
-
-    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
-        self._f = f
-        self._on_bytes = on_bytes
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        if data:
-            self.hash.update(data)
-            self.count += len(data)
-            if self._on_bytes is not None:
-                self._on_bytes(len(data))
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class _Scan:
@@ -425,8 +390,8 @@ def _scan_layer(
 ) -> LayerReport:
     where = f"layer {report.index + 1} ({report.digest})"
     try:
-        raw = _HashingReader(blob, on_bytes)
-        plain = _HashingReader(decompressing_reader(report.compression, cast(BinaryIO, raw)))
+        raw = HashingReader(blob, on_bytes)
+        plain = HashingReader(decompressing_reader(report.compression, cast(BinaryIO, raw)))
         try:
             with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
                 files, present = state.layer(report.index, tf)

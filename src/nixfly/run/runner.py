@@ -22,7 +22,7 @@ from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runtimes import Prepared, Probe, prepare, select_runtime
-from nixfly.run.unpack import cached_rootfs, pid_alive, remove_tree
+from nixfly.run.unpack import UnpackOptions, cached_rootfs, pid_alive, remove_tree
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _PR_SET_PDEATHSIG = 1
@@ -41,6 +41,10 @@ class RunOptions:
     cache_dir: Path | None = None
     tty: bool | None = None  # None: when stdin and stdout are terminals
     host_env: dict[str, str] | None = field(default=None, repr=False)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"nixfly: warning: {message}\n")
 
 
 def _set_pdeathsig() -> None:
@@ -179,8 +183,9 @@ def run_image(image: Image, opts: RunOptions) -> int:
     """Run ``image`` with the best (or the chosen) runtime and return the container's exit code (128+N if
     it died of signal N). Promises: the cached rootfs is never modified by the container; the container and
     the run's temporary state are gone when this returns or raises."""
-    cache_dir = opts.cache_dir or default_cache_dir()
-    rootfs = cached_rootfs(image, cache_dir)
+    # Absolute: runc resolves a relative rootfs against its bundle, not against our working directory.
+    cache_dir = (opts.cache_dir or default_cache_dir()).absolute()
+    rootfs = cached_rootfs(image, cache_dir, UnpackOptions.for_current_user(_warn))
     tty = opts.tty if opts.tty is not None else (sys.stdin.isatty() and sys.stdout.isatty())
     spec = build_process(
         rootfs,
