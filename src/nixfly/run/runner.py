@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from nixfly.build.cache import default_cache_dir
+from nixfly.build.cache import default_cache_dir, owner_gone, pid_alive
 from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runtimes import Prepared, Probe, prepare, select_runtime
-from nixfly.run.unpack import UnpackOptions, cached_rootfs, pid_alive, remove_tree
+from nixfly.run.unpack import UnpackOptions, cached_rootfs, remove_tree
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _PR_SET_PDEATHSIG = 1
@@ -56,8 +56,8 @@ def _sweep_runs(runs: Path, runc: str | None) -> None:
     # Run dirs (and runc containers) named after a nixfly pid that no longer exists are leftovers of kill -9.
     for d in runs.glob("*-*"):
         pid = d.name.split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and owner_gone(int(pid), os.lstat(d).st_mtime):
                 remove_tree(d)
     if runc is not None:
         r = subprocess.run([runc, "list", "-q"], capture_output=True, text=True, check=False)

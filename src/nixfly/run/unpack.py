@@ -19,11 +19,11 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nixfly.build.cache import default_cache_dir
+from nixfly.build.cache import default_cache_dir, owner_gone
 from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError, NixflyError
 from nixfly.image import Image, Layer
@@ -318,25 +318,15 @@ def cache_key(image: Image) -> str:
     return f"{UNPACK_VERSION}-{digest_hex(image.manifest_digest())}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (ours or another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_partials(base: Path) -> None:
     # ".tmp-<key>-<pid>-<rand>" dirs whose unpacking process is gone are leftovers of a kill -9.
     for p in base.glob(".tmp-*"):
         try:
             pid = int(p.name.split("-")[-2])
-        except (ValueError, IndexError):
+            mtime = os.lstat(p).st_mtime
+        except (ValueError, IndexError, OSError):
             continue
-        if not pid_alive(pid):
+        if owner_gone(pid, mtime):
             with contextlib.suppress(OSError):
                 remove_tree(p)
 
@@ -377,10 +367,3 @@ def cached_rootfs(image: Image, cache_dir: Path | None = None, opts: UnpackOptio
     if tmp.exists():
         remove_tree(tmp)
     return final
-
-
-def iter_cached(cache_dir: Path | None = None) -> Iterator[Path]:
-    """Complete cached rootfs trees (for pruning tools); partial ones are skipped."""
-    base = (cache_dir or default_cache_dir()) / "rootfs"
-    if base.is_dir():
-        yield from (p for p in base.iterdir() if not p.name.startswith("."))
