@@ -12,7 +12,7 @@ import click
 
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import FileSpec, ImageSpec, load_spec, to_dict, validate_spec
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -61,15 +61,16 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
             files.append(FileSpec(src=str(Path(src).resolve()), dest=dest))
         upd["files"] = files
     if o["perm"]:
-        perms = list(base.perms)
+        perms: list[Any] = list(base.perms)
         for p in o["perm"]:
             # PATH=UID:GID[:MODE]
             path, sep, rest = p.partition("=")
             bits = rest.split(":")
             if not sep or len(bits) not in (2, 3) or not all(b.isdigit() for b in bits[:2]):
                 raise UsageError(f"--perm {p!r} must look like /path=UID:GID[:MODE]")
-            mode = int(bits[2], 8) if len(bits) == 3 else None
-            perms.append(PermSpec(path=path, uid=int(bits[0]), gid=int(bits[1]), mode=mode))
+            # The mode stays text so the spec's validator checks it ("9999" is no octal mode) like the file's.
+            mode = bits[2] if len(bits) == 3 else None
+            perms.append({"path": path, "uid": int(bits[0]), "gid": int(bits[1]), "mode": mode})
         upd["perms"] = perms
     for flag in ("bin_sh", "usr_bin_env"):
         if o[flag]:
@@ -132,6 +133,22 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
     }
 
 
+def _check_destinations(dest: object, push_refs: tuple[str, ...]) -> None:
+    """Everything that can be wrong with where the image goes, found before anything is built or written."""
+    from nixfly.registry.reference import parse_reference
+
+    for ref in push_refs:
+        parse_reference(ref)  # exactly as the push will parse it
+    if isinstance(dest, LayoutLocation) and dest.path.exists() and not dest.path.is_dir():
+        raise UsageError(f"-o oci:{dest.path}: {dest.path} exists and is not a directory")
+    if isinstance(dest, ArchiveLocation) and dest.path is not None:
+        if dest.path.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: {dest.path} is a directory")
+        parent = dest.path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: directory {parent} does not exist")
+
+
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -163,7 +180,7 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
-@click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel layer builds (default: number of cores).")
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
@@ -182,6 +199,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         raise UsageError(f"-o {output}: use --push to send the image to a registry")
     if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
+    _check_destinations(dest, push_refs)
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
     progress = None
