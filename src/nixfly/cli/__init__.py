@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import sysconfig
 import tempfile
 import traceback
 from collections.abc import Sequence
@@ -52,14 +53,24 @@ def _secrets(argv: Sequence[str]) -> list[str]:
 
 
 def _origin(exc: BaseException) -> str:
-    """``file:line (function)`` of the innermost frame in nixfly's own code, else the innermost frame."""
+    """``file:line (function)`` of the innermost frame outside libraries (click, httpx, the standard
+    library): where the bug is, short enough for one line."""
     frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if f"{os.sep}nixfly{os.sep}" in f.filename]
     if not frames:
         return "unknown place"
+    stdlib = sysconfig.get_paths()["stdlib"]
+    lib = ("site-packages", "dist-packages")
+    ours = [
+        f for f in frames
+        if f"{os.sep}nixfly{os.sep}" in f.filename
+        or not (any(d in f.filename for d in lib) or f.filename.startswith(stdlib))
+    ]  # fmt: skip
     f = (ours or frames)[-1]
     parts = Path(f.filename).parts
-    short = "/".join(parts[parts.index("nixfly") :]) if "nixfly" in parts else Path(f.filename).name
+    if "nixfly" in parts:
+        short = "/".join(parts[len(parts) - 1 - parts[::-1].index("nixfly") :])
+    else:
+        short = "/".join(parts[-2:])
     return f"{short}:{f.lineno} ({f.name})"
 
 
