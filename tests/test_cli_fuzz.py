@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nixfly.cli.app import COMMANDS, cli
+from tests.support.nixstore import TinyClosure
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"),
 ]
 
-EXAMPLES = int(os.environ.get("NIXFLY_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("NIXFLY_FUZZ_EXAMPLES", "60"))
 REQUEST_TIMEOUT = 90.0
 OK_CODES = {0, 1, 2, 125, 126, 127, 130, 141}
 LEAD_AREAS = ("nixfly/sources/", "nixfly/sinks/")  # issue 10 items 11, 15, 17, 18
@@ -98,6 +100,13 @@ def worker() -> Iterator[Worker]:
     w = Worker()
     yield w
     w.close()
+    if TOLERATED:
+        seen = sorted({line for _, line in TOLERATED})
+        warnings.warn(
+            f"{len(TOLERATED)} internal error(s) in sources/sinks tolerated (issue 10 items 11, 15, 17, 18): "
+            + "; ".join(re.sub(r" \(details in .*", "", x) for x in seen),
+            stacklevel=1,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,6 +164,48 @@ def _toml_text(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SPEC_VALUES = {
+    "entrypoint": ['["hello"]', '["/bin/hello", "-x"]', '["/bin/webech"]', "[]", '["./rel"]', '["/bin"]', '["/"]'],
+    "cmd": ['["world"]', '["sh", "-c", "true"]', "[]", '["/nix/store/x"]'],
+    "user": ['"root"', '"ghost"', '"1234:5678"', '"nobody:nogroup"', '"root:ghosts"', '":"', '""', '"0"'],
+    "workdir": ['"/srv"', '"rel"', '""'],
+    "architecture": ['"amd64"', '"arm64"', '"x/y"', "1"],
+    "os": ['"linux"', '"plan10"'],
+    "env": ["{ A = \"1\" }", "{ PATH = \"\" }", "{ PATH = \"rel:/bin\" }", "{}"],
+    "ports": ['["8080"]', '["0"]', '["8080/sctp"]', '["x"]'],
+    "format": ['"oci"', '"v2s2"', '"docker"'],
+    "bin_sh": ["true", "false"],
+    "usr_bin_env": ["true", "false"],
+    "tmp": ["true", "false"],
+    "ca_certificates": ["true", "false"],
+}
+_SPEC_TABLES = {
+    "users": ['name = "app"\nuid = 1000', 'name = "root"\nuid = 0', 'name = "x"\nuid = 0', 'name = ""\nuid = -1',
+              'name = "a:b"\nuid = 5\ngroups = ["nope"]', 'name = "app"\nuid = 1000\nhome = "rel"'],
+    "groups": ['name = "app"\ngid = 1000', 'name = "root"\ngid = 7', 'name = "g"\ngid = 1\nmembers = ["ghost"]'],
+    "perms": ['path = "/bin"\nmode = "9999"', 'regex = "("\nuid = 1', 'path = "/etc"\nuid = 1\ngid = 2\nmode = "0755"',
+              'uname = "x"', "path = 1"],
+    "dirs": ['path = "/data"', 'path = "rel"', 'path = "/nix/store/x"', 'path = "/d"\nmode = "7777"'],
+    "files": ['src = "@MISSING@"\ndest = "/x"', 'src = "@BIN@"\ndest = "rel"', 'src = "@BIN@"\ndest = "/etc/passwd"',
+              'src = "@DIR@"\ndest = "/"'],
+}  # fmt: skip
+
+
+@st.composite
+def _spec_toml(draw: st.DrawFn) -> str:
+    """A nixfly.toml that mostly validates, over a real store path (``@STORE@``), with odd values."""
+    lines = ["[image]", 'roots = ["@STORE@"]' if draw(st.integers(0, 9)) else 'roots = ["@BIN@"]']
+    for key in draw(st.lists(st.sampled_from(sorted(_SPEC_VALUES)), max_size=5, unique=True)):
+        lines.append(f"{key} = {draw(st.sampled_from(_SPEC_VALUES[key]))}")
+    if draw(st.booleans()):
+        lines += ["[image.layers]", f"max_layers = {draw(st.sampled_from([1, 2, 100, 127, 128, 0]))}"]
+        lines.append(f'compression = "{draw(st.sampled_from(["gzip", "zstd", "xz"]))}"')
+        lines.append(f"level = {draw(st.sampled_from([0, 1, 3, 4, 19, 22, -1]))}")
+    for table in draw(st.lists(st.sampled_from(sorted(_SPEC_TABLES)), max_size=3)):
+        lines += [f"[[image.{table}]]", draw(st.sampled_from(_SPEC_TABLES[table]))]
+    return "\n".join(lines) + "\n"
+
+
 def _tar_bytes(members: dict[str, bytes], truncate: int | None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -173,7 +224,8 @@ def random_files(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "bytes": draw(st.binary(max_size=300)),
         "json": json.dumps(draw(st.one_of(_json_values, _oci_json()))),
-        "toml": draw(_toml_text()),
+        "toml": draw(st.one_of(_toml_text(), _spec_toml())),
+        "toml_in_cwd": draw(st.integers(0, 3)) == 0,
         "archive": _tar_bytes(
             {
                 "manifest.json": draw(st.sampled_from([b"[]", b"{}", b"not json", json.dumps(
@@ -189,11 +241,16 @@ def random_files(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def materialise(files: dict[str, Any], d: Path) -> dict[str, str]:
+def materialise(files: dict[str, Any], d: Path, store_path: str) -> dict[str, str]:
     """Write the files; returns token name → path, for use in argument vectors."""
     (d / "f.bin").write_bytes(files["bytes"])
     (d / "f.json").write_text(files["json"])
-    (d / "nixfly.toml").write_text(files["toml"])
+    toml = files["toml"].replace("@STORE@", store_path).replace("@BIN@", str(d / "f.bin"))
+    toml = toml.replace("@MISSING@", str(d / "missing")).replace("@DIR@", str(d))
+    (d / "cfg").mkdir()
+    (d / "cfg" / "nixfly.toml").write_text(toml)
+    if files["toml_in_cwd"]:
+        (d / "nixfly.toml").write_text(toml)
     (d / "fly.toml").write_text(files["toml"])
     (d / "a.tar").write_bytes(files["archive"])
     lay = d / "layout"
@@ -204,7 +261,8 @@ def materialise(files: dict[str, Any], d: Path) -> dict[str, str]:
     return {
         "bin": str(d / "f.bin"),
         "json": str(d / "f.json"),
-        "toml": str(d / "nixfly.toml"),
+        "toml": str(d / "cfg" / "nixfly.toml"),
+        "store": store_path,
         "flytoml": str(d / "fly.toml"),
         "archive": str(d / "a.tar"),
         "layout": str(lay),
@@ -227,7 +285,7 @@ def _commands() -> dict[str, click.Command]:
     return out
 
 
-_TOKENS = ["bin", "json", "toml", "flytoml", "archive", "layout", "dir", "missing"]
+_TOKENS = ["bin", "json", "toml", "flytoml", "archive", "layout", "dir", "missing", "store", "store", "store"]
 _FREE_VALUES = [
     "", "-", "0", "-1", "1", "65536", "99999999999999999999", "0x10", "1.5", "nan", "x/y", "UPPER/case",
     "a=b", "=", "KEY", "/bin=0:0:9999", "/bin=0:0:0755", "/x=a:b", "ghost", "ghost:ghost", "0:0", "/bin/webech",
@@ -254,28 +312,51 @@ def _value(draw: st.DrawFn, paths: dict[str, str], param: click.Parameter) -> st
         st.integers(-3, 200).map(str),
     ]
     if choices:
-        options.insert(0, st.sampled_from([str(c) for c in choices]))
+        return draw(st.sampled_from([str(c) for c in choices]) if draw(st.integers(0, 3)) else st.one_of(*options))
+    if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType) and draw(st.integers(0, 2)):
+        return str(draw(st.integers(-1, 130)))
     return draw(st.one_of(*options))
+
+
+# Mostly-valid starting points, so that examples get past argument parsing into the command's own code.
+BASES: dict[str, list[list[str]]] = {
+    "build": [["{store}", "-o", "oci:{dir}/out"], ["--config", "{toml}", "-o", "oci:{dir}/out:t"],
+              ["{store}", "-o", "docker-archive:{dir}/out.tar"], ["{store}", "-o", "-"], ["--config", "{toml}"]],
+    "inspect": [["{layout}"], ["oci:{layout}"], ["{archive}"], ["docker-archive:{archive}"], ["{bin}"]],
+    "push": [["oci:{layout}", "127.0.0.1:1/r:t"], ["{archive}", "docker://127.0.0.1:1/r"]],
+    "pull": [["127.0.0.1:1/r:t", "oci:{dir}/out"], ["registry.invalid/r", "docker-archive:{dir}/o.tar"]],
+    "copy": [["oci:{layout}", "oci:{dir}/out"], ["docker-archive:{archive}", "oci:{dir}/o"],
+             ["oci:{layout}", "docker-archive:{dir}/o.tar"], ["oci:{layout}", "oci:{bin}"]],
+    "tags": [["127.0.0.1:1/r"], ["registry.invalid/r"]],
+    "run": [["{layout}"], ["{archive}"], ["oci:{layout}", "--", "sh"]],
+    "init": [["--app", "x", "--image", "oci:{layout}"], ["--app", "x"]],
+    "deploy": [["--config", "{flytoml}", "--image", "127.0.0.1:1/r@" + _DIGEST, "--access-token", "t0k3n"],
+               ["--config", "{flytoml}", "--dry-run", "--api-url", "http://127.0.0.1:1"], ["--build", "{toml}"]],
+    "secrets": [[]],
+}  # fmt: skip
 
 
 @st.composite
 def command_line(draw: st.DrawFn, paths: dict[str, str], name: str, cmd: click.Command) -> list[str]:
     argv = [name]
+    base = draw(st.sampled_from([*BASES.get(name, []), None]))  # hypothesis favours early elements
+    if base is not None:
+        argv += [a.format(**paths) for a in base]
     while isinstance(cmd, click.Group):
         sub = draw(st.sampled_from(sorted(cmd.commands)))
         argv.append(sub)
         cmd = cmd.commands[sub]
     opts = [p for p in cmd.params if isinstance(p, click.Option) and p.name not in ("help",)]
     args = [p for p in cmd.params if isinstance(p, click.Argument)]
-    for p in draw(st.lists(st.sampled_from(opts), max_size=6)) if opts else []:
+    for p in draw(st.lists(st.sampled_from(opts), max_size=4)) if opts else []:
         names = [*p.opts, *p.secondary_opts]
         flag = draw(st.sampled_from(names))
         if p.is_flag or getattr(p, 'count', False) or flag in p.secondary_opts:
             argv.append(flag)
         else:
             argv += [flag, draw(_value(paths, p))]
-    for a in args:
-        n = draw(st.integers(0, 3)) if a.nargs == -1 else (a.nargs if draw(st.integers(0, 9)) else 0)
+    for a in args if base is None else []:
+        n = draw(st.integers(0, 3)) if a.nargs == -1 else (0 if draw(st.integers(0, 9)) == 9 else a.nargs)
         argv += [draw(_value(paths, a)) for _ in range(n)]
     if draw(st.integers(0, 9)) == 0:
         argv.insert(draw(st.integers(1, len(argv))), draw(st.sampled_from(["--", "-x", "--no-such-option"])))
@@ -309,9 +390,11 @@ _COMMANDS = _commands()
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(data=st.data(), files=random_files())
-def test_no_command_line_crashes_nixfly(name: str, worker: Worker, data: st.DataObject, files: dict[str, Any]) -> None:
+def test_no_command_line_crashes_nixfly(
+    name: str, worker: Worker, tiny_closure: TinyClosure, data: st.DataObject, files: dict[str, Any]
+) -> None:
     with tempfile.TemporaryDirectory(prefix="nixfly-fuzz-") as d:
-        paths = materialise(files, Path(d))
+        paths = materialise(files, Path(d), tiny_closure.app)
         argv = data.draw(command_line(paths, name, _COMMANDS[name]), label="argv")
         check(worker, argv, Path(d))
 
@@ -321,3 +404,41 @@ def test_every_command_answers_help(worker: Worker, tmp_path: Path) -> None:
     for name in COMMANDS:
         r = worker.run([name, "--help"], tmp_path)
         assert r["rc"] == 0, r["err"]
+
+
+def _truncated_archive(d: Path) -> list[str]:
+    raw = _tar_bytes({"manifest.json": b"[]", "c.json": b"{}"}, 700)
+    (d / "a.tar").write_bytes(raw)
+    return ["inspect", f"docker-archive:{d / 'a.tar'}"]
+
+
+def _archive_with_non_object_manifest(d: Path) -> list[str]:
+    (d / "a.tar").write_bytes(_tar_bytes({"manifest.json": b"[1]"}, None))
+    return ["inspect", f"docker-archive:{d / 'a.tar'}"]
+
+
+def _archive_whose_config_is_a_list(d: Path) -> list[str]:
+    manifest = json.dumps([{"Config": "c.json", "Layers": []}]).encode()
+    (d / "a.tar").write_bytes(_tar_bytes({"manifest.json": manifest, "c.json": b"[]"}, None))
+    return ["inspect", f"docker-archive:{d / 'a.tar'}"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_truncated_archive, marks=pytest.mark.xfail(reason="issue 10 item 18: tarfile.ReadError")),
+        pytest.param(
+            _archive_with_non_object_manifest,
+            marks=pytest.mark.xfail(reason="issue 10 item 17: manifest.json entries that are not objects"),
+        ),
+        pytest.param(
+            _archive_whose_config_is_a_list,
+            marks=pytest.mark.xfail(reason="issue 10 item 17: a config that is JSON but not an object"),
+        ),
+    ],
+    ids=["truncated-docker-archive", "manifest-entries-not-objects", "config-not-an-object"],
+)
+def test_known_reader_crashes(worker: Worker, tmp_path: Path, make: Any) -> None:
+    """Found by the property test in the image readers (the lead's items): one line, not a bug report."""
+    res = worker.run(make(tmp_path), tmp_path)
+    assert res["rc"] == 1 and "internal error" not in res["err"], res["err"]

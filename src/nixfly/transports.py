@@ -68,10 +68,14 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
         return RegistryLocation(ref)
     if bare_paths:
         p = Path(text)
-        if p.is_dir():
+        try:
+            is_dir, is_file = p.is_dir(), p.is_file()
+        except OSError:  # e.g. ENAMETOOLONG: no local file has this name
+            is_dir = is_file = False
+        if is_dir:
             path, tag = _split_tag(text) if not p.exists() else (text, None)
             return LayoutLocation(Path(path), tag)
-        if p.is_file():
+        if is_file:
             return ArchiveLocation(p)
     if "/" in text or ":" in text or text.isalnum():
         return RegistryLocation(text)
