@@ -374,6 +374,13 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
     fly_api.requests.clear()
     assert main(["secrets", "set", "-a", "demo", "--stage", "TOKEN=other"]) == 0
     assert machine_posts(fly_api, ids) == []
+    # unset rolls them too; with no secrets left the machines carry no secrets tags, and a deploy is a no-op.
+    assert main(["secrets", "unset", "-a", "demo", "TOKEN"]) == 0
+    assert "restarted 2 machine(s)" in capsys.readouterr().out
+    assert all("nixfly_secrets" not in m.config["metadata"] for m in fly_api.machines("demo"))
+    fly_api.requests.clear()
+    assert deploy(toml, images["v1"]) == 0
+    assert fly_api.mutations() == []
 
 
 # -- beyond flyctl: status, releases, rollback ------------------------------------------------------------
