@@ -317,6 +317,14 @@ def test_tags_are_resolved_to_digests_in_the_real_registry(
                          capture_output=True, check=True).stdout  # fmt: skip
     assert images["v1"].endswith(json.loads(raw)["Digest"])
     assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    # A registry that does not answer: one line, and no Machines API request.
+    from tests.support.registry import free_port
+
+    fly_api.requests.clear()
+    assert deploy(toml, f"127.0.0.1:{free_port()}/demo:v1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nixfly: cannot resolve image 127.0.0.1:") and err.count("\n") == 1
+    assert fly_api.requests == []
 
 
 @pytest.mark.parametrize(("flag", "count"), [((), 2), (("--ha=false",), 1), (("--ha", "false"), 1)])
