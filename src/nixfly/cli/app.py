@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("registry", "Push an image to a registry; print the digest-pinned reference."),
     "pull": ("registry", "Pull a registry image into an OCI layout or archive."),
     "copy": ("registry", "Copy an image between registries, layouts and archives."),
+    "sbom": ("sbom", "Print an image's SBOM (the attached one, or derived from its layers)."),
     "tags": ("registry", "List a repository's releases (tags, digests, created)."),
     "run": ("run", "Run an image locally without Docker."),
     "init": ("flyinit", "Write or update a starter fly.toml from an image."),

@@ -47,12 +47,12 @@ class PushResult:
             "digest": self.digest,
             "reference": self.reference,
             "references": list(self.references),
-            "mediaType": self.media_type,
+            "media_type": self.media_type,
             "format": self.format,
-            "uploadedBytes": self.uploaded_bytes,
-            "uploadedBlobs": self.uploaded_blobs,
-            "skippedBlobs": self.skipped_blobs,
-            "mountedBlobs": self.mounted_blobs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "uploaded_blobs": self.uploaded_blobs,
+            "skipped_blobs": self.skipped_blobs,
+            "mounted_blobs": self.mounted_blobs,
         }
 
 
