@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ import httpx
 
 from nixfly.errors import ConfigError, DeployError
 from nixfly.flytoken import find_fly_token
+from nixfly.retry import RetryPolicy, Transient, retry_after_seconds, status_is_transient
 
 DEFAULT_API_URL = "https://api.machines.dev/v1"
 API_URL_ENV = "FLY_API_URL"
@@ -206,10 +206,9 @@ class MachinesAPI:
     ) -> None:
         self._token = token
         self.base_url = base_url.rstrip("/")
-        self._max_attempts = max(1, max_attempts)
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._sleep = sleep
+        # The project's one retry policy; max_attempts counts the first try too.
+        self._policy = RetryPolicy(retries=max(1, max_attempts) - 1, backoff=backoff_base, max_backoff=backoff_cap,
+                                   max_retry_after=backoff_cap, sleep=sleep)  # fmt: skip
         self._client = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -232,17 +231,6 @@ class MachinesAPI:
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def _delay(self, attempt: int, resp: httpx.Response | None) -> float:
-        if resp is not None:
-            ra = resp.headers.get("retry-after", "").strip()
-            try:
-                if ra:
-                    return min(max(float(ra), 0.0), self._backoff_cap)
-            except ValueError:
-                pass  # an HTTP-date Retry-After: fall back to our own backoff
-        # Full jitter spreads retries of parallel workers so they do not hit the limiter together.
-        return random.uniform(0, min(self._backoff_cap, self._backoff_base * (2**attempt)))
-
     def request(
         self,
         method: str,
@@ -263,27 +251,32 @@ class MachinesAPI:
         if nonce is not None:
             headers[LEASE_NONCE_HEADER] = nonce
         what = f"{method} {path}"
-        for attempt in range(self._max_attempts):
-            last = attempt == self._max_attempts - 1
+        last_response: list[httpx.Response] = []
+
+        def attempt() -> httpx.Response:
             try:
                 resp = self._client.request(method, path, json=json, params=params, headers=headers)
             except httpx.HTTPError as e:
-                if idempotent and not last:
-                    self.retries += 1
-                    self._sleep(self._delay(attempt, None))
-                    continue
-                raise FlyAPIError(
-                    self._token.scrub(f"Fly API {what} at {self.base_url}: {type(e).__name__}: {e}")
-                ) from None
+                text = self._token.scrub(f"Fly API {what} at {self.base_url}: {type(e).__name__}: {e}")
+                if idempotent:
+                    raise Transient(text) from None
+                raise FlyAPIError(text) from None
             if resp.status_code in ok:
                 return resp
-            retryable = resp.status_code == 429 or (resp.status_code >= 500 and idempotent)
-            if retryable and not last:
-                self.retries += 1
-                self._sleep(self._delay(attempt, resp))
-                continue
+            if status_is_transient(resp.status_code, repeatable=idempotent):
+                last_response[:] = [resp]
+                raise Transient(f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("retry-after")))
             raise self._error(what, resp)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def count(_failure: Transient, _seconds: float) -> None:
+            self.retries += 1
+
+        def give_up(failure: Transient, _attempts: int) -> Exception:
+            if last_response and failure.what.startswith("HTTP "):
+                return self._error(what, last_response[0])
+            return FlyAPIError(failure.what)
+
+        return self._policy.run(attempt, give_up=give_up, on_retry=count)
 
     def _error(self, what: str, resp: httpx.Response) -> FlyAPIError:
         detail = ""
