@@ -95,6 +95,8 @@ def test_resume_from_the_session_range_and_say_so_when_it_is_lost(fault_proxy: F
     notes = Notes()
     push_image(image, [ref], options=opts, progress=notes)
     assert total < fault_proxy.blob_upload_bytes() <= total + 10_000
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v3").mkdir()
     assert notes.notes == []
 
     # The session is lost: the 4th PATCH and the status GET after it answer 404.
@@ -107,7 +109,20 @@ def test_resume_from_the_session_range_and_say_so_when_it_is_lost(fault_proxy: F
     result = push_image(image2, [ref2], options=opts, progress=notes)
     assert [d for d, _ in notes.notes] == [big.digest]
     assert "restarting from 0" in notes.notes[0][1] and "lost the upload session" in notes.notes[0][1]
-    assert skopeo_validate(ref2, tmp_path) == result.digest
+    assert skopeo_validate(ref2, tmp_path / "v2") == result.digest
+
+    # A real break mid-chunk: the registry gets part of the 3rd PATCH, then a reset. distribution drops
+    # the session (its signed Location no longer matches), so this blob restarts, and says so.
+    fault_proxy.reset_counters()
+    notes.notes.clear()
+    image3 = make_image(tmp_path / "img3", extra_layer_bytes=400_002, busybox=False)
+    big = max(image3.layers, key=lambda lyr: lyr.size)
+    fault_proxy.add_fault("truncate", method="PATCH", after_bytes=20_000, skip=2)
+    ref3 = f"{fault_proxy.host}/rel/broken:v1"
+    result = push_image(image3, [ref3], options=opts, progress=notes)
+    assert [e.fault for e in fault_proxy.snapshot() if e.fault] == ["truncate"]
+    assert notes.notes == [(big.digest, f"the registry lost the upload session at byte {2 * 65536}; restarting from 0")]
+    assert skopeo_validate(ref3, tmp_path / "v3") == result.digest
 
 
 @pytest.fixture
