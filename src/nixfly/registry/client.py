@@ -670,6 +670,19 @@ class RegistryClient:
                 raise self.fail(f"manifest {repo}:{identifier} is not JSON") from None
         return Manifest(data, media_type, digest)
 
+    def manifest_digest(self, repo: str, identifier: str) -> str | None:
+        """The digest a tag (or digest) names, by HEAD; None if the registry has no such manifest."""
+        resp = self.request("HEAD", f"/v2/{repo}/manifests/{identifier}", self.pull_scope(repo),
+                            headers={"Accept": MANIFEST_ACCEPT})  # fmt: skip
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self.fail(f"HEAD manifest {repo}:{identifier}: HTTP {resp.status_code}")
+        got = resp.headers.get("docker-content-digest", "")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", got):
+            raise self.fail(f"HEAD manifest {repo}:{identifier}: no valid Docker-Content-Digest; is this a registry?")
+        return str(got)
+
     def put_manifest(self, repo: str, identifier: str, data: bytes, media_type: str) -> str:
         """Store a manifest under a tag or its digest; returns the digest the registry confirmed."""
         digest = sha256_digest(data)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -21,31 +20,38 @@ from nixfly.errors import ImageError, NixflyError, RegistryError
 from nixfly.image import Image
 from nixfly.image.digest import check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
+from nixfly.image.model import BlobOrigin, uncompressed_reader
+from nixfly.image.platform import host_platform
 from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
-
-_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
-
-
-def host_platform() -> str:
-    """``os/arch`` of this machine in OCI terms (``linux/amd64``)."""
-    return "linux/" + _GOARCH.get(platform.machine().lower(), platform.machine().lower())
 
 
 @dataclass(frozen=True)
 class RemoteLayer:
-    """A layer blob in a registry repository. ``open()`` streams and verifies it."""
+    """A layer blob in a registry repository. ``compressed()`` streams and verifies it; a push to the same
+    registry can mount it from ``origin``."""
 
     client: RegistryClient = field(repr=False, compare=False)
     repository: str
     digest: str
     diff_id: str
     size: int
-    compression: Compression
-    media_type: str = ""
+    media_type: str
+    uncompressed_size: int | None = None
 
-    def open(self) -> BinaryIO:
+    @property
+    def compression(self) -> Compression:
+        return compression_of(self.media_type)
+
+    @property
+    def origin(self) -> BlobOrigin:
+        return BlobOrigin(self.client.registry, self.repository)
+
+    def compressed(self) -> BinaryIO:
         return io.BufferedReader(_VerifyingBlobReader(self), IO_CHUNK)
+
+    def uncompressed(self) -> BinaryIO:
+        return uncompressed_reader(self)
 
 
 class _VerifyingBlobReader(io.RawIOBase):
@@ -173,6 +179,7 @@ def image_from_manifest(client: RegistryClient, ref: Reference, m: Manifest) -> 
     for d, diff_id in zip(layer_descs, diff_ids, strict=True):
         try:
             mt = str(d["mediaType"])
+            compression_of(mt)
             layers.append(
                 RemoteLayer(
                     client,
@@ -180,7 +187,6 @@ def image_from_manifest(client: RegistryClient, ref: Reference, m: Manifest) -> 
                     check_digest(str(d["digest"])),
                     str(diff_id),
                     int(d["size"]),
-                    compression_of(mt),
                     mt,
                 )
             )
