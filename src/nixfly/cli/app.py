@@ -48,5 +48,6 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nixfly")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="On an internal error, print the traceback (else it goes to a crash file).")
+def cli(debug: bool) -> None:
     """Ship Nix closures as layered OCI images to any registry and onto Fly.io — no Docker daemon."""

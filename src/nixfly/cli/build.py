@@ -14,7 +14,7 @@ import click
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import FileSpec, ImageSpec, load_spec, to_dict, validate_spec
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -63,15 +63,16 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
             files.append(FileSpec(src=str(Path(src).resolve()), dest=dest))
         upd["files"] = files
     if o["perm"]:
-        perms = list(base.perms)
+        perms: list[Any] = list(base.perms)
         for p in o["perm"]:
             # PATH=UID:GID[:MODE]
             path, sep, rest = p.partition("=")
             bits = rest.split(":")
             if not sep or len(bits) not in (2, 3) or not all(b.isdigit() for b in bits[:2]):
                 raise UsageError(f"--perm {p!r} must look like /path=UID:GID[:MODE]")
-            mode = int(bits[2], 8) if len(bits) == 3 else None
-            perms.append(PermSpec(path=path, uid=int(bits[0]), gid=int(bits[1]), mode=mode))
+            # The mode stays text so the spec's validator checks it ("9999" is no octal mode) like the file's.
+            mode = bits[2] if len(bits) == 3 else None
+            perms.append({"path": path, "uid": int(bits[0]), "gid": int(bits[1]), "mode": mode})
         upd["perms"] = perms
     for flag in ("bin_sh", "usr_bin_env"):
         if o[flag]:
@@ -171,6 +172,19 @@ class _NixSpinner:
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _check_destinations(dest: object) -> None:
+    """What can be wrong with the local output, found before anything is built or written (push
+    references are checked by ``_push_location``)."""
+    if isinstance(dest, LayoutLocation) and dest.path.exists() and not dest.path.is_dir():
+        raise UsageError(f"-o oci:{dest.path}: {dest.path} exists and is not a directory")
+    if isinstance(dest, ArchiveLocation) and dest.path is not None:
+        if dest.path.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: {dest.path} is a directory")
+        parent = dest.path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: directory {parent} does not exist")
+
+
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -202,7 +216,7 @@ class _NixSpinner:
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
-@click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel layer builds (default: number of cores).")
 @click.option(
     "--from-cache", "from_cache", is_flag=False, flag_value="", default=None, metavar="URL[,URL…]",
     help="Take store paths missing locally from these binary caches (file://, http://, https://); "
@@ -244,6 +258,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     push_locations = [_push_location(r) for r in push_refs]  # every destination is checked before building
     if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
+    _check_destinations(dest)
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
     caches = None
