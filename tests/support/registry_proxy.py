@@ -209,7 +209,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 if fault.retry_after is not None:
                     self.send_header("Retry-After", fault.retry_after)
                 self.end_headers()
-                self.wfile.write(payload)
+                if method != "HEAD":  # an answer to HEAD has no body, whatever its Content-Length says
+                    self.wfile.write(payload)
                 return
             if fault is not None and fault.action == "redirect":
                 proxy.record(Exchange(method, path, len(body), fault.status, "redirect"))
