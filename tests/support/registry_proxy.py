@@ -6,7 +6,10 @@ so the registry's ``Location`` headers point back at the proxy). Every request i
 uploaded blob bytes exactly. Faults are queued with :meth:`FaultProxy.add_fault` and consumed in order
 by the first matching requests:
 
-- ``reset``: read ``after_bytes`` of the body (default: all of it), then reset the TCP connection;
+- ``reset``: read ``after_bytes`` of the body (default: all of it), then reset the TCP connection (the
+  registry never sees the request);
+- ``truncate``: like ``reset``, but the registry gets the request with those ``after_bytes`` of the body and
+  then a reset, as when a real link breaks mid-upload (distribution then forgets the upload session);
 - ``forward_then_reset``: forward the request (the registry acts on it) but reset instead of answering;
 - ``status``: swallow the request and answer ``status`` (500, 429 with ``retry_after``, 503 ...);
 - ``stall``: read the request and then say nothing for ``stall_seconds`` before closing;
@@ -39,7 +42,7 @@ import pytest
 
 from tests.support.registry import RunningRegistry
 
-FaultAction = Literal["reset", "forward_then_reset", "status", "stall", "redirect", "rewrite"]
+FaultAction = Literal["reset", "truncate", "forward_then_reset", "status", "stall", "redirect", "rewrite"]
 
 
 @dataclass
@@ -177,6 +180,19 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             method, path = self.command, self.path
             declared = int(self.headers.get("Content-Length") or 0)
             fault = proxy.take_fault(method, path, declared)
+            if fault is not None and fault.action == "truncate":
+                body = self._read_body(fault.after_bytes)
+                proxy.record(Exchange(method, path, len(body), None, "truncate"))
+                up = socket.create_connection((up_host, int(up_port)), timeout=10)
+                head = f"{method} {path} HTTP/1.1\r\n" + "".join(
+                    f"{k}: {v}\r\n" for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP
+                )
+                up.sendall(head.encode() + b"\r\n" + body)
+                time.sleep(0.2)  # let the registry take in what it got before the break
+                _reset(up)
+                self.close_connection = True
+                _reset(self.connection)
+                return
             if fault is not None and fault.action == "reset":
                 body = self._read_body(fault.after_bytes)
                 proxy.record(Exchange(method, path, len(body), None, "reset"))
@@ -193,7 +209,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 if fault.retry_after is not None:
                     self.send_header("Retry-After", fault.retry_after)
                 self.end_headers()
-                self.wfile.write(payload)
+                if method != "HEAD":  # an answer to HEAD has no body, whatever its Content-Length says
+                    self.wfile.write(payload)
                 return
             if fault is not None and fault.action == "redirect":
                 proxy.record(Exchange(method, path, len(body), fault.status, "redirect"))
@@ -295,8 +312,9 @@ class ChaosPlanner:
 
     - chunked sessions: the first PATCH gets a 500 and so does every second PATCH after it (alternating);
       from the third on, the failing one is, at random, a 500, a reset at a random byte offset, a 429 with
-      Retry-After, a stall (at most ``max_stalls``) or a lost response (forwarded, answer dropped; at most
-      ``max_lost_patches``, as distribution then forgets the session and the blob starts again);
+      Retry-After, a stall (at most ``max_stalls``), or — at most ``max_session_losses`` times in all, as
+      distribution then forgets the session and the blob starts again — a lost response (forwarded, answer
+      dropped) or a break after a random part of the body reached the registry;
     - monolithic uploads: the first PUT of each session fails (500, reset at a random offset, or lost);
     - a closing PUT loses its response now and then (the registry stored the blob; we do not hear it);
     - the first HEAD of each blob is answered 429 with Retry-After (seconds, or an HTTP-date), up to
@@ -310,7 +328,7 @@ class ChaosPlanner:
     stall_seconds: float = 10.0
     max_stalls: int = 4
     max_429: int = 6
-    max_lost_patches: int = 3  # distribution forgets a session whose PATCH answer we lost: keep restarts rare
+    max_session_losses: int = 4  # lost PATCH answers and mid-chunk breaks cost distribution's session: keep rare
     rng: random.Random = field(init=False)
     patches: dict[str, int] = field(default_factory=dict)
     puts: dict[str, int] = field(default_factory=dict)
@@ -318,7 +336,7 @@ class ChaosPlanner:
     manifests: set[str] = field(default_factory=set)
     stalls: int = 0
     throttles: int = 0
-    lost_patches: int = 0
+    session_losses: int = 0
     planned: list[FaultAction] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -335,12 +353,14 @@ class ChaosPlanner:
             kind = "status"
         if kind == "429" and self.throttles >= self.max_429:
             kind = "status"
-        if kind == "lost-patch":
-            if self.lost_patches >= self.max_lost_patches:
+        if kind in ("lost-patch", "truncate"):
+            if self.session_losses >= self.max_session_losses:
                 kind = "status"
             else:
-                self.lost_patches += 1
-                kind = "lost"
+                self.session_losses += 1
+                kind = "lost" if kind == "lost-patch" else kind
+        if kind == "truncate":
+            return Fault("truncate", after_bytes=self.rng.randrange(1, max(body_len, 2)))
         if kind == "stall":
             self.stalls += 1
             return Fault("stall", stall_seconds=self.stall_seconds)
@@ -366,7 +386,7 @@ class ChaosPlanner:
             if n == 1:
                 return Fault("status", status=500)
             if n % 2 == 1:
-                return self._pick(body_len, ("status", "reset", "reset", "lost-patch", "429", "stall"))
+                return self._pick(body_len, ("status", "reset", "reset", "truncate", "lost-patch", "429", "stall"))
             return None
         if method == "PUT" and session:
             n = self.puts[session] = self.puts.get(session, 0) + 1

@@ -384,11 +384,11 @@ class RegistryClient:
 
         return self.policy.run(
             attempt,
-            on_retry=self._retry_notice,
+            on_retry=self.retry_notice,
             give_up=lambda t, n: self.fail(f"{method} {self._path(path_or_url)} failed after {n} attempts: {t.what}"),
         )
 
-    def _retry_notice(self, failure: Transient, seconds: float) -> None:
+    def retry_notice(self, failure: Transient, seconds: float) -> None:
         if self.options.on_retry is not None:
             self.options.on_retry(f"registry {self.registry}: retrying in {seconds:.1f} s: {failure.what}")
 
@@ -498,7 +498,7 @@ class RegistryClient:
             return self.policy.run(
                 attempt,
                 progress=lambda: state.confirmed,  # grows with every byte the registry confirms
-                on_retry=self._retry_notice,
+                on_retry=self.retry_notice,
             give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
             )
         finally:
@@ -591,7 +591,7 @@ class RegistryClient:
         """Start streaming a blob (following redirects to blob storage). The caller closes the response."""
         return self.policy.run(
             lambda: self._open_blob(repo, digest, offset),
-            on_retry=self._retry_notice,
+            on_retry=self.retry_notice,
             give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}"),
         )
 
@@ -650,7 +650,7 @@ class RegistryClient:
             return bytes(data)
 
         data = self.policy.run(
-            attempt, on_retry=self._retry_notice,
+            attempt, on_retry=self.retry_notice,
             give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}")
         )
         if sha256_digest(data) != digest:

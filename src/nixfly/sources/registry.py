@@ -76,6 +76,7 @@ class _VerifyingBlobReader(io.RawIOBase):
         lyr = self._layer
         return lyr.client.policy.run(
             self._attempt,
+            on_retry=lyr.client.retry_notice,
             give_up=lambda t, n: lyr.client.fail(f"reading blob {lyr.digest} failed after {n} attempts: {t.what}"),
         )
 
