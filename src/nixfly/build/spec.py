@@ -453,7 +453,10 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:
     """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
-    line = TomlPositions(text).line_of(dotted_path(key))
+    pos, loc = TomlPositions(text), dotted_path(key)
+    # check_processes names keys inside the image definition ("processes.0.user"); in a file with an
+    # [image] table they are written under it.
+    line = pos.line_of(loc) if loc[:1] == ("image",) else pos.line_of(("image", *loc)) or pos.line_of(loc)
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {msg}"
 
