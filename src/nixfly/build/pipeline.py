@@ -86,7 +86,9 @@ def image_config(
     entrypoint: tuple[str, ...] | None = None,
     labels: dict[str, str] | None = None,
 ) -> bytes:
-    created = datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # created: the flake's commit time when built from an installable, else SOURCE_DATE_EPOCH, else the epoch.
+    epoch = closure.source_epoch if closure.source_epoch is not None else source_date_epoch()
+    created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arch, os_name = platform_of(spec, closure)
     env = {"PATH": DEFAULT_PATH, **env_extra, **spec.env}
     cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
