@@ -470,10 +470,10 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:
     """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
-    pos, loc = TomlPositions(text), dotted_path(key)
-    # check_processes names keys inside the image definition ("processes.0.user"); in a file with an
-    # [image] table they are written under it.
-    line = pos.line_of(loc) if loc[:1] == ("image",) else pos.line_of(("image", *loc)) or pos.line_of(loc)
+    positions = TomlPositions(text)
+    keys = dotted_path(key)
+    line = positions.line_of(keys) if keys[:1] == ("image",) else None
+    line = line or positions.line_of(("image", *keys)) or positions.line_of(keys)
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {msg}"
 
