@@ -453,7 +453,9 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:
     """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
-    line = TomlPositions(text).line_of(dotted_path(key))
+    pos = TomlPositions(text)
+    # Process checks name keys inside the image definition, which may sit under [image].
+    line = pos.line_of(dotted_path(key)) or pos.line_of(("image", *dotted_path(key)))
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {msg}"
 
