@@ -11,7 +11,6 @@ hashing both sides on the way so the digest and diff_id are checked as a by-prod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
@@ -26,6 +25,7 @@ import zstandard
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
 from nixfly.image.compression import decompressing_reader
+from nixfly.image.digest import HashingReader
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 PROCESSES_LABEL = "io.nixfly.processes"  # written by build/supervisor.py (LABEL); inspect does not import build/
@@ -100,6 +100,18 @@ class StorePathReport:
 
 
 @dataclass(frozen=True)
+class ReferrerReport:
+    """An artifact (an SBOM, a signature) attached to the image as an OCI referrer."""
+
+    artifact_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact_type": self.artifact_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
 class InspectReport:
     """Everything ``nixfly inspect`` shows. ``scanned`` is False when layer contents were not read."""
 
@@ -120,6 +132,7 @@ class InspectReport:
     top_level: tuple[str, ...] = ()
     largest: tuple[StorePathReport, ...] = ()
     processes: dict[str, Any] | None = None  # the declared processes, users and boot steps (nixfly's label)
+    referrers: tuple[ReferrerReport, ...] | None = None  # None: not looked up (e.g. a docker-archive)
 
     @property
     def size(self) -> int:
@@ -159,42 +172,8 @@ class InspectReport:
             },
             "top_level": list(self.top_level),
             "largest": [p.to_json() for p in self.largest],
+            "referrers": None if self.referrers is None else [r.to_json() for r in self.referrers],
         }
-
-
-class _HashingReader:
-    """Passes reads through, counting and hashing the bytes (and reporting their number)."""
-
-    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
-        self._f = f
-        self._on_bytes = on_bytes
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        if data:
-            self.hash.update(data)
-            self.count += len(data)
-            if self._on_bytes is not None:
-                self._on_bytes(len(data))
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class _Scan:
@@ -451,8 +430,8 @@ def _scan_layer(
 ) -> LayerReport:
     where = f"layer {report.index + 1} ({report.digest})"
     try:
-        raw = _HashingReader(blob, on_bytes)
-        plain = _HashingReader(decompressing_reader(report.compression, cast(BinaryIO, raw)))
+        raw = HashingReader(blob, on_bytes)
+        plain = HashingReader(decompressing_reader(report.compression, cast(BinaryIO, raw)))
         try:
             with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
                 files, present = state.layer(report.index, tf)
@@ -616,8 +595,8 @@ def _walk_layer(
     where = f"layer {index + 1} ({layer.digest})"
     blob = layer.compressed()
     try:
-        raw = _HashingReader(blob, on_bytes)
-        plain = _HashingReader(decompressing_reader(layer.compression, cast(BinaryIO, raw)))
+        raw = HashingReader(blob, on_bytes)
+        plain = HashingReader(decompressing_reader(layer.compression, cast(BinaryIO, raw)))
         try:
             with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
                 for m in tf:

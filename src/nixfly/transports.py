@@ -86,10 +86,15 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
         return RegistryLocation(ref)
     if bare_paths:
         p = Path(text)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+            is_stream = p.is_file() or p.is_fifo() or p.is_char_device()
+        except OSError:  # e.g. ENAMETOOLONG: no local file has this name
+            is_dir = is_stream = False
+        if is_dir:
             path, tag = _split_tag(text) if not p.exists() else (text, None)
             return LayoutLocation(Path(path), tag)
-        if p.is_file() or p.is_fifo() or p.is_char_device():
+        if is_stream:
             return ArchiveLocation(p, run=is_stream_script(p))
         if text.startswith(_PATHLIKE):
             raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")

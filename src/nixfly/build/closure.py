@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nixfly.errors import ClosureError, UsageError
+from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.fsutil import atomic_write_text
 
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
@@ -36,6 +36,7 @@ class StorePath:
     nar_size: int
     references: tuple[str, ...]  # without the path itself, sorted
     deriver: str | None = None
+    nar_hash: str | None = None  # as Nix printed it (SRI ``sha256-…`` or ``sha256:<base32>``), when known
 
     @property
     def base(self) -> str:
@@ -140,7 +141,8 @@ def parse_path_info(data: Any, where: str = "closure JSON", store_dir: str = STO
         for r in full:
             _check_entry(r, where, store_dir)
         deriver = obj.get("deriver") if isinstance(obj.get("deriver"), str) else None
-        out[path] = StorePath(path, size, tuple(sorted(set(full) - {path})), deriver)
+        nar_hash = obj.get("narHash") if isinstance(obj.get("narHash"), str) else None
+        out[path] = StorePath(path, size, tuple(sorted(set(full) - {path})), deriver, nar_hash)
     return out
 
 
@@ -155,18 +157,21 @@ def parse_registration(text: str, where: str, store_dir: str = STORE_DIR) -> dic
             path = _check_entry(lines[i], where, store_dir)
             i += 1
             size = 0
+            nar_hash = None
             if re.match(r"^(sha256:)?[0-9a-z]{52}$|^[0-9a-f]{64}$", lines[i]):
+                nar_hash = lines[i] if lines[i].startswith("sha256:") else f"sha256:{lines[i]}"
                 i += 1
                 size = int(lines[i])
                 i += 1
-            i += 1  # deriver (may be empty)
+            deriver = lines[i] or None
+            i += 1
             n = int(lines[i])
             i += 1
             refs = [_check_entry(r, where, store_dir) for r in lines[i : i + n]]
             if len(refs) != n:
                 raise IndexError
             i += n
-            out[path] = StorePath(path, size, tuple(sorted(set(refs) - {path})))
+            out[path] = StorePath(path, size, tuple(sorted(set(refs) - {path})), deriver, nar_hash)
     except (IndexError, ValueError):
         raise ClosureError(f"{where}: malformed reference graph near line {i + 1}") from None
     if not out:
@@ -431,7 +436,7 @@ def resolve_closure(
         sp = paths[p]
         if sp.nar_size == 0:
             size = _dir_size(p) if os.path.isdir(p) else os.lstat(p).st_size
-            sp = StorePath(sp.path, size, sp.references, sp.deriver)
+            sp = StorePath(sp.path, size, sp.references, sp.deriver, sp.nar_hash)
         sized[p] = sp
     system = system or _system_of(sized[store_roots[0]])
     return Closure(tuple(store_roots), sized, system, store_dir, source_epoch)
@@ -462,19 +467,17 @@ def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) 
     entry = cache / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, ClosureError):
         paths = parse_path_info(json.loads(entry.read_bytes()), str(entry), store_dir)
-        if all(r in paths for r in roots):
+        if all(r in paths for r in roots) and all(sp.nar_hash for sp in paths.values()):
             return paths
     paths = query_path_info(roots, store_dir)
     data = [
-        {"path": sp.path, "narSize": sp.nar_size, "references": list(sp.references), "deriver": sp.deriver}
+        {"path": sp.path, "narSize": sp.nar_size, "references": list(sp.references), "deriver": sp.deriver,
+         "narHash": sp.nar_hash}
         for sp in paths.values()
-    ]
-    with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run a query
+    ]  # fmt: skip
+    with contextlib.suppress(OSError, NixflyError):  # a cache that cannot be written only costs a query
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".closure.", dir=cache)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, entry)
+        atomic_write_text(entry, json.dumps(data), durable=False)
     return paths
 
 

@@ -42,6 +42,22 @@ def _octal_mode(v: Any, key: str) -> int:
     return v
 
 
+# What OCI image configs name (Go's GOARCH and GOOS values).
+_ARCHES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mipsle", "mips64", "mips64le", "ppc64", "ppc64le",
+           "riscv64", "s390x", "wasm")  # fmt: skip
+_OSES = ("linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "dragonfly", "illumos", "solaris", "aix",
+         "android", "ios", "plan9", "js", "wasip1")  # fmt: skip
+
+
+def _one_of(allowed: tuple[str, ...], what: str) -> Any:
+    def check(v: Any, key: str) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            raise SpecError(key, f"{v!r} is not an OCI {what} (use one of {', '.join(allowed)})")
+        return v
+
+    return check
+
+
 def _port(v: str, key: str) -> str:
     port, _, proto = str(v).partition("/")
     if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("", "tcp", "udp"):
@@ -215,8 +231,8 @@ class ImageSpec:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     stop_signal: str | None = None
-    architecture: str | None = None
-    os: str | None = None
+    architecture: str | None = field(default=None, metadata={"convert": _one_of(_ARCHES, "architecture")})
+    os: str | None = field(default=None, metadata={"convert": _one_of(_OSES, "os")})
     layers: LayersSpec = field(default_factory=LayersSpec)
     contents: ContentsSpec = field(default_factory=ContentsSpec)
     users: list[UserSpec] = field(default_factory=list)
@@ -237,6 +253,7 @@ class ImageSpec:
     boot_dirs: list[DirSpec] = field(default_factory=list)  # like dirs with at_boot = true
     supervisor: Literal["process-compose", "runit", "s6"] | None = None  # None: whichever the closure holds
     source: str | None = None  # the nixfly.toml this definition came from (set by load_spec; for error lines)
+    sbom: Literal["spdx", "cyclonedx", "none"] = "spdx"  # attached to the image as an OCI referrer
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}

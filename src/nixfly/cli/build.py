@@ -7,14 +7,14 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, PermSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import FileSpec, ImageSpec, load_spec, to_dict, validate_spec
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -28,7 +28,10 @@ from nixfly.cli.common import (
 from nixfly.errors import UsageError
 from nixfly.image import Image
 from nixfly.registry.reference import parse_reference
-from nixfly.transports import ArchiveLocation, Location, RegistryLocation, parse_location
+
+if TYPE_CHECKING:
+    from nixfly.sinks.layer_index import RegistryLayerIndex
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
 def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
@@ -37,7 +40,7 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         upd["roots"] = list(roots)
     if o["closure_file"]:
         upd["closure_file"] = o["closure_file"]
-    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format"):
+    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format", "sbom"):
         if o.get(key) is not None:
             upd[key] = o[key]
     if o["entrypoint"] is not None:
@@ -63,15 +66,16 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
             files.append(FileSpec(src=str(Path(src).resolve()), dest=dest))
         upd["files"] = files
     if o["perm"]:
-        perms = list(base.perms)
+        perms: list[Any] = list(base.perms)
         for p in o["perm"]:
             # PATH=UID:GID[:MODE]
             path, sep, rest = p.partition("=")
             bits = rest.split(":")
             if not sep or len(bits) not in (2, 3) or not all(b.isdigit() for b in bits[:2]):
                 raise UsageError(f"--perm {p!r} must look like /path=UID:GID[:MODE]")
-            mode = int(bits[2], 8) if len(bits) == 3 else None
-            perms.append(PermSpec(path=path, uid=int(bits[0]), gid=int(bits[1]), mode=mode))
+            # The mode stays text so the spec's validator checks it ("9999" is no octal mode) like the file's.
+            mode = bits[2] if len(bits) == 3 else None
+            perms.append({"path": path, "uid": int(bits[0]), "gid": int(bits[1]), "mode": mode})
         upd["perms"] = perms
     for flag in ("bin_sh", "usr_bin_env"):
         if o[flag]:
@@ -128,6 +132,7 @@ def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, A
             "uncompressed_size": sum(x["uncompressed_size"] or 0 for x in layers),
             "built": result.built_count,
             "reused": len(layers) - result.built_count,
+            "from_registry": sum(1 for b in result.layers if b.remote),
             "store_paths": len(result.closure.paths),
         },
         "seconds": round(result.seconds, 3),
@@ -171,6 +176,19 @@ class _NixSpinner:
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _check_destinations(dest: object) -> None:
+    """What can be wrong with the local output, found before anything is built or written (push
+    references are checked by ``_push_location``)."""
+    if isinstance(dest, LayoutLocation) and dest.path.exists() and not dest.path.is_dir():
+        raise UsageError(f"-o oci:{dest.path}: {dest.path} exists and is not a directory")
+    if isinstance(dest, ArchiveLocation) and dest.path is not None:
+        if dest.path.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: {dest.path} is a directory")
+        parent = dest.path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"-o docker-archive:{dest.path}: directory {parent} does not exist")
+
+
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -202,7 +220,9 @@ class _NixSpinner:
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
-@click.option("--jobs", type=int, help="Parallel layer builds (default: number of cores).")
+@click.option("--no-layer-index", is_flag=True,
+              help="With --push: neither read nor update the repository's index of nixfly layers.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel layer builds (default: number of cores).")
 @click.option(
     "--from-cache", "from_cache", is_flag=False, flag_value="", default=None, metavar="URL[,URL…]",
     help="Take store paths missing locally from these binary caches (file://, http://, https://); "
@@ -215,6 +235,8 @@ class _NixSpinner:
 @click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
 @click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
 @click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
+@click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
+              help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
@@ -230,7 +252,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             raise UsageError(f"--platform {o['platform_']!r} must look like linux/amd64")
         o["os"] = o["os"] or os_part
         o["architecture"] = o["architecture"] or arch_part.split("/", 1)[0]
-    spec = _merge_spec(base, roots, {**o, "format": o["format"]})
+    spec = _merge_spec(base, roots, {**o, "format": o["format"], "sbom": o.get("sbom")})
     if not spec.roots:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
     push_refs: tuple[str, ...] = o["push_refs"]
@@ -242,6 +264,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     push_locations = [_push_location(r) for r in push_refs]  # every destination is checked before building
     if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
+    _check_destinations(dest)
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
     caches = None
@@ -310,6 +333,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
 
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
+    layer_index = _layer_index(push_locations, o)
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
@@ -320,6 +344,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             on_layer_bytes=on_bytes if progress is not None else None,
             caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+            known=layer_index.lookup if layer_index is not None else None,
         )  # fmt: skip
     finally:
         if spinner is not None:
@@ -329,27 +354,48 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         if progress is not None:
             progress.stop()
     tag = spec.tag or "latest"
+    sboms = None
+    if spec.sbom != "none":
+        from nixfly.build.cache import default_cache_dir
+        from nixfly.sbom.attach import SbomAttacher
+
+        cache_root = Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir()
+        sboms = SbomAttacher(result, spec.sbom, cache_root, spec.name)
+    sbom_notes: list[str] = []
     destinations: list[Location] = []
     if isinstance(dest, ArchiveLocation):
         destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
+        if sboms is not None:
+            sbom_notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
     elif dest is not None:
         destinations.append(dest)
     destinations.extend(push_locations)
     from nixfly.cli.common import registry_options
 
+    options = registry_options(o)
     if push_locations:
         from nixfly.cli.registry import publish_with_progress
 
-        image, written = publish_with_progress(result.image, destinations, fmt=o["format"],
-                                               options=registry_options(o), o={**o, "quiet": True})  # fmt: skip
+        image, written = publish_with_progress(result.image, destinations, fmt=o["format"], options=options,
+                                               o={**o, "quiet": True})  # fmt: skip
     else:
         from nixfly.sinks import publish
 
         image, written = publish(result.image, destinations, fmt=o["format"])
     digest = image.manifest_digest()
+    if sboms is not None and isinstance(dest, LayoutLocation):
+        sboms.attach_layout(dest.path, image)
     summary = _summary(result, str(dest) if dest else None, image)
     if push_locations:
         summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+        if layer_index is not None:
+            _save_layer_index(layer_index, result, push_locations, quiet or json_out)
+        if sboms is not None:
+            sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
+    summary["sbom"] = sboms.summary() if sboms is not None else None
+    if not quiet and not json_out:
+        for note in sbom_notes:
+            click.echo(f"note: {note}", err=True)
     if json_out:
         emit_json(summary)
         return
@@ -363,6 +409,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         )
         if "pushed" in summary:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
+        if summary["sbom"]:
+            for a in summary["sbom"]["attached"]:
+                how = f"tag {a['tag']}" if a["tag"] else a["method"]
+                click.echo(f"attached {summary['sbom']['format']} SBOM {a['digest']} to {a['to']} ({how})", err=True)
     if not (isinstance(dest, ArchiveLocation) and dest.path is None):
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
@@ -375,3 +425,32 @@ def _push_location(text: str) -> RegistryLocation:
         raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
     parse_reference(loc.reference)
     return loc
+
+
+def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any]) -> RegistryLayerIndex | None:
+    """The first push destination's layer index (what it already holds), unless --no-layer-index."""
+    if not push_locations or o.get("no_layer_index"):
+        return None
+    from nixfly.cli.common import registry_options
+    from nixfly.sinks.layer_index import RegistryLayerIndex
+
+    index = RegistryLayerIndex(parse_reference(push_locations[0].reference), registry_options(o)).load()
+    if index.note and not (o.get("quiet") or o.get("json_out")):
+        click.echo(f"note: {index.note}", err=True)
+    return index
+
+
+def _save_layer_index(index: RegistryLayerIndex, result: BuildResult, pushed: list[RegistryLocation],
+                      quiet: bool) -> None:  # fmt: skip
+    """Record this build's layers in every pushed repository's index; the push already succeeded, so a
+    failure here is a note, not an error."""
+    from nixfly.errors import NixflyError
+
+    pairs = [(b.key, b.layer) for b in reversed(result.layers)]  # the app's (top) layers first
+    repos = {(r.registry, r.repository): r for r in (parse_reference(p.reference) for p in pushed)}
+    for ref in repos.values():
+        try:
+            index.save(pairs, ref)
+        except NixflyError as e:
+            if not quiet:
+                click.echo(f"note: the layer index of {ref.name} was not updated: {e}", err=True)

@@ -3,10 +3,11 @@ each with the chain of references that pulls it in."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,9 +18,22 @@ from nixfly.cli.app import cli
 from nixfly.cli.common import emit_json, human_size, registry_options, show_progress, stderr_console, transport_options
 from nixfly.errors import UsageError
 from nixfly.image import Image
-from nixfly.inspect import FileEntry, InspectReport, WhyReport, inspect_image, list_files, store_name, suggest, why
+from nixfly.inspect import (
+    FileEntry,
+    InspectReport,
+    ReferrerReport,
+    WhyReport,
+    inspect_image,
+    list_files,
+    store_name,
+    suggest,
+    why,
+)
 from nixfly.sources import open_image
-from nixfly.transports import Location, RegistryLocation, parse_location
+from nixfly.transports import LayoutLocation, Location, RegistryLocation, parse_location
+
+if TYPE_CHECKING:
+    from nixfly.registry.client import RegistryOptions
 
 _SHOWN_PATHS = 3  # store paths listed per layer row; the rest are counted
 
@@ -29,6 +43,24 @@ def _location(text: str) -> Location:
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
         raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
     return parse_location(text, bare_paths=True)
+
+
+def _referrers(loc: Location, digest: str, options: RegistryOptions | None) -> tuple[ReferrerReport, ...] | None:
+    """The image's OCI referrers (SBOMs, signatures); None where the location has no place for them."""
+    from nixfly.sinks import referrers
+
+    if isinstance(loc, LayoutLocation):
+        found = referrers.list_layout_referrers(loc.path, digest)
+    elif isinstance(loc, RegistryLocation):
+        from nixfly.registry.client import RegistryClient
+        from nixfly.registry.reference import parse_reference
+
+        r = parse_reference(loc.reference)
+        with RegistryClient(r.registry, options) as client:
+            found = referrers.list_registry_referrers(client, r.repository, digest)
+    else:
+        return None
+    return tuple(ReferrerReport(x.artifact_type, x.digest, x.size) for x in sorted(found, key=lambda x: x.digest))
 
 
 def _names(paths: tuple[str, ...], limit: int) -> str:
@@ -90,6 +122,12 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
         table.add_row(*row)
     con.print()
     con.print(table)
+    if r.referrers:
+        con.print()
+        con.print(f"referrers ({len(r.referrers)}):", highlight=False)
+        for ref in r.referrers:
+            con.print(f"  {ref.artifact_type or '—'}  {ref.digest}  {human_size(ref.size)}", markup=False,
+                      highlight=False)  # fmt: skip
     if not r.scanned:
         return
     con.print()
@@ -228,7 +266,8 @@ def inspect(
     if files and why_path is not None:
         raise UsageError("--files and --why are separate views; give one")
     loc = _location(location)
-    image = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
+    options = registry_options(o) if isinstance(loc, RegistryLocation) else None
+    image = open_image(loc, options)
     if files or why_path is not None:
         _files_or_why(loc, image, files, layer, path, why_path, json_out)
         return
@@ -251,6 +290,7 @@ def inspect(
     finally:
         if progress is not None:
             progress.stop()
+    report = dataclasses.replace(report, referrers=_referrers(loc, report.digest, options))
     if json_out:
         emit_json({"location": str(loc), **report.to_json(), "suggestions": list(suggest(report))})
         return
