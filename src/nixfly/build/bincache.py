@@ -39,7 +39,15 @@ import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from nixfly.build.closure import STORE_DIR, Closure, StorePath, is_store_path, query_path_info, to_store_path
+from nixfly.build.closure import (
+    NIX_FLAGS,
+    STORE_DIR,
+    Closure,
+    StorePath,
+    is_store_path,
+    query_path_info,
+    to_store_path,
+)
 from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
 from nixfly.errors import ClosureError, NixflyError, UsageError
@@ -581,7 +589,7 @@ def eval_installable(installable: str) -> tuple[str, str | None]:
     so ``.#packages.x86_64-linux.app`` works on any host."""
     try:
         proc = subprocess.run(
-            ["nix", "eval", "--json", installable, "--apply", "d: [ d.outPath (d.system or null) ]"],
+            ["nix", *NIX_FLAGS, "eval", "--json", installable, "--apply", "d: [ d.outPath (d.system or null) ]"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
     except FileNotFoundError:
