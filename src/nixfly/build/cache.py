@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nixfly.errors import NixflyError
+from nixfly.fsutil import atomic_write_bytes
 from nixfly.image import canonical_json
 from nixfly.image.digest import digest_hex, file_digest
 from nixfly.image.mediatypes import Compression
@@ -162,10 +163,7 @@ class BlobCache:
             "compression": layer.compression,
             "stat": [st.st_ino, st.st_size, st.st_mtime_ns],
         }
-        fd, tmp = tempfile.mkstemp(prefix=f"layer.{os.getpid()}.", dir=self.tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(canonical_json(rec))
-        os.replace(tmp, self.index / f"{key}.json")
+        atomic_write_bytes(self.index / f"{key}.json", canonical_json(rec), durable=False)  # a cache: no fsync
 
     def lookup(self, key: str) -> CachedLayer | None:
         """The cached layer for ``key``, or None if unknown or its blob is missing or corrupt."""
