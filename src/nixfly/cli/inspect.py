@@ -121,6 +121,8 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
 @click.option("--creds", metavar="USER:PASS", default=None, help="Registry credentials (never printed).")
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @click.option(
     "--tls-verify/--no-tls-verify",
     default=True,
@@ -135,7 +137,7 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
 )
 def inspect(
     location: str, json_out: bool, top: int, no_scan: bool, creds: str | None, tls_verify: bool,
-    cert_dir: Path | None,
+    cert_dir: Path | None, platform: str | None = None,
 ) -> None:  # fmt: skip
     """Show what the image at LOCATION is made of: oci:DIR[:TAG], docker-archive:FILE, docker://REF,
     or a bare layout directory / archive file.
@@ -144,7 +146,9 @@ def inspect(
     references (recovered by scanning the files, as Nix does) that pulls each one into the image."""
     loc = _location(location)
     opts = _registry_options(creds, tls_verify, cert_dir) if isinstance(loc, RegistryLocation) else {}
-    image = open_image(loc, **opts)
+    from nixfly.image.platform import normalise_platform
+
+    image = open_image(loc, **opts, platform=normalise_platform(platform, "--platform") if platform else None)
     progress = None
     if not no_scan and show_progress(json_out, False):
         progress = Progress(

@@ -43,6 +43,8 @@ def _registry_options(tls_verify: bool, creds: str | None) -> dict[str, Any]:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="nixfly cache (unpacked rootfs).")
 @click.option("--tls-verify/--no-tls-verify", default=True, help="Verify registry TLS certificates.")
 @click.option("--creds", default=None, metavar="USER:PASS", help="Registry credentials for a registry reference.")
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 def run_cmd(
     image: str,
     command: tuple[str, ...],
@@ -54,6 +56,7 @@ def run_cmd(
     cache_dir: Path | None,
     tls_verify: bool,
     creds: str | None,
+    platform: str | None = None,
 ) -> int:
     """Run IMAGE (an OCI layout dir, a docker-archive file or a registry reference) without Docker.
 
@@ -66,7 +69,9 @@ def run_cmd(
     if creds and not isinstance(loc, RegistryLocation):
         raise UsageError("--creds only applies to registry references")
     reg = _registry_options(tls_verify, creds) if isinstance(loc, RegistryLocation) else {}
-    img = open_image(loc, **reg)
+    from nixfly.image.platform import normalise_platform
+
+    img = open_image(loc, **reg, platform=normalise_platform(platform, "--platform") if platform else None)
     opts = RunOptions(
         runtime=runtime,
         command=command,
