@@ -27,6 +27,7 @@ from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 from nixfly.errors import ClosureError, LayeringError, UsageError
 from nixfly.image import Image, canonical_json
 from nixfly.image.base import BaseImage, stack_on_base
+from nixfly.image.convert import with_format
 from nixfly.image.platform import nix_system_platform, parse_platform, platform_matches
 
 DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
@@ -223,9 +224,12 @@ def build_image(
     annotations = {}
     if spec.annotations:
         annotations.update(spec.annotations)
-    image = Image(config, tuple(b.layer for b in built), spec.format, annotations)
+    # Layers from the cache carry OCI media types: the image is made in OCI and then converted, so that a
+    # v2s2 image names Docker layer types (an Image in format v2s2 with OCI layer types is not valid).
+    image = Image(config, tuple(b.layer for b in built), "oci", annotations)
     if resolved is not None:
         image = stack_on_base(resolved, image)
+    image = with_format(image, spec.format)
     return BuildResult(
         image, tuple(built), closure, time.monotonic() - t0, resolved, tuple(cust.warnings), image_platform
     )

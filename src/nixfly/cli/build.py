@@ -282,8 +282,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     summary = _summary(result, str(dest) if dest else None, image)
     if push_locations:
         summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
-    if result.base is not None:
-        summary["base"] = {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}
+    summary.update(_base_summary(result))
     if json_out:
         emit_json(summary)
         return
@@ -311,6 +310,12 @@ def _push_location(text: str) -> RegistryLocation:
         raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
     parse_reference(loc.reference)
     return loc
+
+
+def _base_summary(result: BuildResult) -> dict[str, Any]:
+    if result.base is None:
+        return {}
+    return {"base": {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}}
 
 
 def n_base(result: BuildResult) -> int:
@@ -408,7 +413,7 @@ def _build_index(
         "format": index.format,
         "output": str(dest) if dest else None,
         "platforms": [
-            {**_summary(r, None, e.image), "platform": e.platform}
+            {**_summary(r, None, e.image), "platform": e.platform, **_base_summary(r)}
             for r, e in zip(res.results, index.entries, strict=True)
         ],
         "seconds": round(res.seconds, 3),
