@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nixfly.build.base import cache_backed_image, read_files
 from nixfly.build.cache import BlobCache
 from nixfly.build.closure import Closure, resolve_closure
+
+if TYPE_CHECKING:
+    from nixfly.build.bincache import CacheOptions, RemoteStore
 from nixfly.build.compress import make_compressor
 from nixfly.build.customise import BASE_ETC_FILES, customise
 from nixfly.build.layering import plan_layers
@@ -85,13 +89,24 @@ def _describe(paths: tuple[str, ...], limit: int = 12) -> str:
 
 
 def image_config(
-    spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], env_extra: dict[str, str], *, default_path: bool = True
+    spec: ImageSpec,
+    closure: Closure,
+    layers: list[BuiltLayer],
+    env_extra: dict[str, str],
+    entrypoint: tuple[str, ...] | None = None,
+    labels: dict[str, str] | None = None,
+    *,
+    default_path: bool = True,
 ) -> bytes:
-    created = datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # created: the flake's commit time when built from an installable, else SOURCE_DATE_EPOCH, else the epoch.
+    epoch = closure.source_epoch if closure.source_epoch is not None else source_date_epoch()
+    created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arch, os_name = platform_of(spec, closure)
     env = {**({"PATH": DEFAULT_PATH} if default_path else {}), **env_extra, **spec.env}
     cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
-    if spec.entrypoint is not None:
+    if entrypoint is not None:  # a generated supervisor or boot stage
+        cfg["Entrypoint"] = list(entrypoint)
+    elif spec.entrypoint is not None:
         cfg["Entrypoint"] = spec.entrypoint
     if spec.cmd is not None:
         cfg["Cmd"] = spec.cmd
@@ -103,8 +118,8 @@ def image_config(
         cfg["ExposedPorts"] = {p: {} for p in spec.ports}
     if spec.volumes:
         cfg["Volumes"] = {v: {} for v in spec.volumes}
-    if spec.labels:
-        cfg["Labels"] = dict(spec.labels)
+    if spec.labels or labels:
+        cfg["Labels"] = {**(labels or {}), **spec.labels}
     if spec.stop_signal:
         cfg["StopSignal"] = spec.stop_signal
     history = []
@@ -134,27 +149,105 @@ def build_image(
     on_layer: Callable[[int, BuiltLayer], None] | None = None,
     on_layer_start: Callable[[int], None] | None = None,
     on_layer_bytes: Callable[[int, int], None] | None = None,
+    caches: CacheOptions | None = None,
+    verify: bool = True,
+    platform_check: bool = True,
+    on_fetch_plan: Callable[[int], None] | None = None,
+    on_fetch_bytes: Callable[[int], None] | None = None,
     base: BaseResolver | None = None,
     platform: str | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests.
+    With ``caches`` (or ``substituters`` in the spec), store paths missing locally come from binary
+    caches; the layers are the same bytes as from a local store holding those paths.
 
-    ``platform`` (``linux/arm64``) is the platform the image is declared for: a closure built for another
+    ``platform`` (``linux/arm64``) is the platform the image is declared for: a closure evaluated for another
     Nix system is an error. With ``spec.base_image``, the base is resolved for the image's platform (by
     ``base``, default :func:`nixfly.sources.base.open_base` without credentials) before any layer is built,
     its layers count against ``max_layers``, its users and groups are merged with ours (unless
     ``base_etc = "replace"``), and our layers go on top of its (:func:`nixfly.image.base.stack_on_base`)."""
     t0 = time.monotonic()
     cache = BlobCache(cache_dir)
-    closure = resolve_closure(
-        spec.roots,
-        closure_file=Path(spec.closure_file) if spec.closure_file else None,
-        metadata_cache=cache.root / "closures",
-    )
+    if caches is None and spec.substituters:
+        from nixfly.build.bincache import cache_options
+
+        caches = cache_options(spec.substituters, spec.trusted_public_keys, verify=verify)
+    if caches is not None:
+        from nixfly.build.bincache import RemoteStore, resolve_from_caches
+
+        remote = resolve_from_caches(spec.roots, caches, narinfo_cache=cache.root / "narinfo")
+        closure = remote.closure
+        store: RemoteStore | None = RemoteStore(remote, Path(tempfile.mkdtemp(prefix="nars.", dir=cache.tmp)))
+    else:
+        closure = resolve_closure(
+            spec.roots,
+            closure_file=Path(spec.closure_file) if spec.closure_file else None,
+            metadata_cache=cache.root / "closures",
+        )
+        store = None
     if platform is not None:
         check_closure_platform(closure, platform, spec.roots)
         p_os, p_arch, _variant = parse_platform(platform)
         spec = replace(spec, architecture=p_arch, os=p_os)
+    try:
+        return _build(
+            spec, closure, cache, store, t0, workers=workers, platform_check=platform_check, base=base,
+            on_plan=on_plan, on_layer=on_layer, on_layer_start=on_layer_start, on_layer_bytes=on_layer_bytes,
+            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+        )  # fmt: skip
+    finally:
+        if store is not None:
+            store.cleanup()
+
+
+def check_platform(closure: Closure, arch: str, os_name: str, store: RemoteStore | None) -> None:
+    """The platform guard over the roots' bin/ and sbin/ (see ``nixfly.build.platform``)."""
+    from nixfly.build.platform import check_executable, check_local_root
+
+    for r in closure.roots:
+        if store is not None and store.covers(r):
+            fs = store.fs
+            assert fs is not None
+            for path, head in fs.bin_heads(r):
+                check_executable(path, head, arch, os_name)
+        else:
+            check_local_root(r, arch, os_name)
+
+
+def _build(
+    spec: ImageSpec,
+    closure: Closure,
+    cache: BlobCache,
+    store: RemoteStore | None,
+    t0: float,
+    *,
+    workers: int | None,
+    platform_check: bool,
+    on_plan: Callable[[list[LayerSpec], list[int]], None] | None,
+    on_layer: Callable[[int, BuiltLayer], None] | None,
+    on_layer_start: Callable[[int], None] | None,
+    on_layer_bytes: Callable[[int, int], None] | None,
+    on_fetch_plan: Callable[[int], None] | None,
+    on_fetch_bytes: Callable[[int], None] | None,
+    base: BaseResolver | None = None,
+) -> BuildResult:
+    fs = None
+    if store is not None:
+        from nixfly.build.bincache import RemoteFS
+
+        full = [*closure.roots, *(p for p in spec.contents.paths if p in closure.paths)]
+        fs = store.fs = RemoteFS(store, full, cache.root / "listings", closure.store_dir, closure.roots)
+        store.on_bytes = on_fetch_bytes
+        searched = spec.ca_certificates or spec.bin_sh or spec.usr_bin_env
+        listed = [*full, *(sorted(closure.paths) if searched else [])]
+        if on_fetch_plan is not None:
+            from nixfly.build.bincache import download_size
+
+            on_fetch_plan(download_size(store, [p for p in listed if not fs.has_listing(p)]))
+        fs.prefetch(listed, workers or os.cpu_count() or 1)
+    if platform_check:
+        arch, os_name = platform_of(spec, closure)
+        check_platform(closure, arch, os_name, store)
     arch, os_name = platform_of(spec, closure)
     image_platform = f"{os_name}/{arch}"
     resolved: BaseImage | None = None
@@ -169,7 +262,7 @@ def build_image(
         if spec.base_etc == "merge":
             base_files = read_files(resolved.image, BASE_ETC_FILES)
     n_base = len(resolved.image.layers) if resolved else 0
-    cust = customise(spec, closure, base_files)
+    cust = customise(spec, closure, fs, base_files)
     has_custom = bool(cust.entries)
     max_layers = spec.layers.max_layers
     if resolved is not None and max_layers - n_base < 1 + (1 if has_custom else 0):
@@ -212,15 +305,23 @@ def build_image(
         rules=perm_rules(spec),
         store_dir=closure.store_dir,
         workers=workers or os.cpu_count() or 1,
+        remote=store,
     )
+    if store is not None:
+        # Only the NARs of layers that are not cached are fetched: a cached rebuild downloads nothing.
+        from nixfly.build.bincache import download_size
+
+        needed = [p for s in specs if cache.lookup(settings.key(s)) is None for p in s.store_paths if store.covers(p)]
+        if on_fetch_plan is not None:
+            on_fetch_plan(download_size(store, needed))
+        store.prefetch(needed, on_bytes=on_fetch_bytes)
     built = build_layers(
         specs, settings, cache, weights=weights,
         on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes,
     )  # fmt: skip
-    base_has_path = resolved is not None and any(
-        str(e).startswith("PATH=") for e in (resolved.image.config.get("config") or {}).get("Env") or []
-    )
-    config = image_config(spec, closure, built, cust.env, default_path=not base_has_path)
+    base_env = (resolved.image.config.get("config") or {}).get("Env") or [] if resolved is not None else []
+    base_has_path = any(str(e).startswith("PATH=") for e in base_env)
+    config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels, default_path=not base_has_path)
     annotations = {}
     if spec.annotations:
         annotations.update(spec.annotations)

@@ -77,6 +77,8 @@ def _select(
             names = sorted({m.get("annotations", {}).get(REF_NAME, "?") for m in manifests})
             raise ImageError(f"{where}: no image tagged {tag!r} (tags: {', '.join(names) or 'none'})")
         return hits[0]
+    # Referrers (an SBOM with a `subject`) sit beside the image in index.json; they are not images.
+    manifests = [m for m in manifests if "subject" not in m] or manifests
     if len(manifests) != 1:
         # An index.json listing one image per platform (and no tags) is an index itself.
         if all(descriptor_platform(m.get("platform")) for m in manifests):
