@@ -268,3 +268,37 @@ def _clash_toml(tmp: Path) -> Path:
     cfg = tmp / "clash.toml"
     cfg.write_text('[image]\n[[image.users]]\nname = "baseuser"\nuid = 1001\n')
     return cfg
+
+
+@pytest.mark.slow
+def test_push_to_another_registry_streams_the_base_and_keeps_credentials_to_their_host(
+    tiny_closure: TinyClosure, basic_registry: RunningRegistry, registry: RunningRegistry, fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    b = basic_registry
+    creds = f"{b.username}:{b.password}"
+    cache = tmp_path / "cache"
+    base = build_json("--config", str(write_base_toml(tmp_path, tiny_closure)), "--push", f"{b.host}/base:v1",
+                      "--creds", creds, cache=cache)  # fmt: skip
+    base_raw = json.loads(skopeo("inspect", "--raw", f"--creds={creds}", "--tls-verify=false",
+                                 f"docker://{b.host}/base:v1"))  # fmt: skip
+
+    # --creds belong to the registry pushed to: they are not offered to the base's registry.
+    args = [tiny_closure.app, "--from", f"docker://{b.host}/base:v1", "--push", f"{fault_proxy.host}/app:v1",
+            "--sbom", "none", "--cache-dir", str(tmp_path / "c2")]  # fmt: skip
+    r = run_nixfly("build", *args, "--creds", creds)
+    assert r.code != 0 and "Traceback" not in r.err and b.password not in r.err
+    assert f"base image docker://{b.host}/base:v1" in r.err
+    assert fault_proxy.manifest_puts() == 0
+
+    r = run_nixfly("build", *args, "--from-creds", creds, "--json")
+    assert r.code == 0, r.err
+    app = json.loads(r.out)
+    assert app["base"]["digest"] == base["digest"] and b.password not in r.out + r.err
+    # Another registry: every base blob was streamed across and uploaded (nothing to mount from).
+    assert mounted(fault_proxy) == []
+    sizes = sum(d["size"] for d in base_raw["layers"]) + sum(x["size"] for x in app["layers"])
+    cfg_size = len(skopeo("inspect", "--config", "--raw", "--tls-verify=false", f"docker://{fault_proxy.host}/app:v1"))
+    assert fault_proxy.blob_upload_bytes() == sizes + cfg_size
+    insp = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{fault_proxy.host}/app:v1"))
+    assert insp["Layers"][: len(base_raw["layers"])] == [d["digest"] for d in base_raw["layers"]]

@@ -154,7 +154,7 @@ def cache_backed_image(image: Image, cache: BlobCache) -> Image:
 
 
 def _norm(name: str) -> str:
-    n = posixpath.normpath("/" + name.lstrip("./").lstrip("/")).lstrip("/")
+    n = posixpath.normpath("/" + name).lstrip("/")  # "./etc/x", "/etc/x", "etc/x" → "etc/x"
     return "" if n == "." else n
 
 
