@@ -216,6 +216,11 @@ roots = ["{arm64_app}"]
     validate(out, "a")
     layers = [d["digest"] for d in json.loads(skopeo("inspect", "--raw", f"oci:{out}:a"))["layers"]]
     assert layers[: len(bases["linux/arm64"]["layers"])] == [x["digest"] for x in bases["linux/arm64"]["layers"]]
+    # A base index without the image's platform: one line, nothing written.
+    r = run_nixfly("build", tiny_closure.app, "--from", f"docker://{registry.host}/base:multi", "--arch", "s390x",
+                   "-o", f"oci:{tmp_path / 'no'}", *cache)  # fmt: skip
+    assert r.code != 0 and not (tmp_path / "no").exists()
+    assert "has no image for linux/s390x (it has: linux/amd64, linux/arm64)" in r.err.strip().splitlines()[-1]
     # One platform of the file: a plain image.
     one = nixfly_json("build", "--config", str(cfg), "--platform", "linux/arm64", "-o", f"oci:{tmp_path / 'one'}",
                       *cache)  # fmt: skip

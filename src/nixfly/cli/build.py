@@ -417,8 +417,6 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         return
     t = summary["totals"]
     if not quiet:
-        if result.base is not None:
-            click.echo(f"base {result.base.pinned} ({n_base(result)} layers)", err=True)
         click.echo(
             f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
             f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
