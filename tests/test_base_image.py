@@ -122,7 +122,7 @@ def test_image_on_a_registry_base_mounts_its_blobs_merges_config_and_users_and_r
     fault_proxy.reset_counters()
     app_cfg = write_app_toml(tmp_path, tiny_closure, f"docker://{reg}/base:v1")
     r = run_nixfly("build", "--config", str(app_cfg), "--push", f"{reg}/app:v1", "--json", "--sbom", "none",
-                   "--cache-dir", str(tmp_path / "cache2"))  # fmt: skip
+                   "--no-layer-index", "--cache-dir", str(tmp_path / "cache2"))  # fmt: skip
     assert r.code == 0, r.err
     app = json.loads(r.out)
     assert app["base"] == {"name": f"{reg}/base:v1", "digest": base["digest"], "layers": len(base_layers)}
@@ -285,7 +285,7 @@ def test_push_to_another_registry_streams_the_base_and_keeps_credentials_to_thei
 
     # --creds belong to the registry pushed to: they are not offered to the base's registry.
     args = [tiny_closure.app, "--from", f"docker://{b.host}/base:v1", "--push", f"{fault_proxy.host}/app:v1",
-            "--sbom", "none", "--cache-dir", str(tmp_path / "c2")]  # fmt: skip
+            "--sbom", "none", "--no-layer-index", "--cache-dir", str(tmp_path / "c2")]  # fmt: skip
     r = run_nixfly("build", *args, "--creds", creds)
     assert r.code != 0 and "Traceback" not in r.err and b.password not in r.err
     assert f"base image docker://{b.host}/base:v1" in r.err
