@@ -9,7 +9,7 @@ only the app's layer; everything else goes into one small customisation layer.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +59,7 @@ class Customisation:
     env: dict[str, str] = field(default_factory=dict)
     entrypoint: tuple[str, ...] | None = None  # set by a generated supervisor / boot stage
     labels: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _contents_links(
@@ -105,17 +106,51 @@ def _passwd(users: list[UserSpec]) -> bytes:
     ).encode()
 
 
-def _user_entries(spec: ImageSpec) -> list[Entry]:
-    """/etc/passwd, group, shadow, nsswitch.conf and home directories; root and nobody by default."""
+def _lines(data: bytes | None) -> dict[str, str]:
+    """name → line of a colon-separated database (/etc/passwd, group, shadow), in file order."""
+    out: dict[str, str] = {}
+    for line in (data or b"").decode(errors="replace").splitlines():
+        if line.strip() and not line.startswith("#") and ":" in line:
+            out.setdefault(line.split(":", 1)[0], line)
+    return out
+
+
+BASE_ETC_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/nsswitch.conf")
+
+
+def _user_entries(
+    spec: ImageSpec, base: Mapping[str, bytes | None] | None = None, warnings: list[str] | None = None
+) -> list[Entry]:
+    """/etc/passwd, group, shadow, nsswitch.conf and home directories; root and nobody by default.
+
+    With ``base`` (the base image's files), its users and groups are kept and ours are added; on a name
+    clash ours win and a warning says so. The defaults (root, nobody) are only added when neither has them,
+    and the base's nsswitch.conf, when it has one, is left alone."""
+    base = base or {}
+    warn = warnings if warnings is not None else []
+    base_users, base_groups = _lines(base.get("/etc/passwd")), _lines(base.get("/etc/group"))
+    base_shadow = _lines(base.get("/etc/shadow"))
     users = list(spec.users)
     names = {u.name for u in users}
-    if "root" not in names:
+    if "root" not in names and "root" not in base_users:
         users.insert(0, UserSpec(name="root", uid=0, gid=0, home="/root", shell="/bin/sh"))
-    if "nobody" not in names:
+    if "nobody" not in names and "nobody" not in base_users:
         users.append(UserSpec(name="nobody", uid=65534, gid=65534, home="/var/empty", shell="/bin/false"))
     groups = {g.name: (g.gid, list(g.members)) for g in spec.groups}
-    groups.setdefault("root", (0, []))
-    groups.setdefault("nogroup", (65534, []))
+    for gname, line in base_groups.items():
+        parts = line.split(":")
+        if gname in groups:
+            if line != f"{gname}:x:{groups[gname][0]}:{','.join(sorted(set(groups[gname][1])))}":
+                warn.append(f"/etc/group: group {gname} of the base image is replaced by ours")
+            continue
+        gid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+        if gid is not None:
+            members = [m for m in (parts[3].split(",") if len(parts) > 3 else []) if m]
+            groups[gname] = (gid, members)
+    if "root" not in base_groups:
+        groups.setdefault("root", (0, []))
+    if "nogroup" not in base_groups:
+        groups.setdefault("nogroup", (65534, []))
     for u in users:
         for gname in u.groups:
             if gname not in groups:
@@ -126,17 +161,24 @@ def _user_entries(spec: ImageSpec) -> list[Entry]:
         if u.uid in seen_uid:
             raise UsageError(f"users {seen_uid[u.uid]} and {u.name} share uid {u.uid}")
         seen_uid[u.uid] = u.name
+    ours = _passwd(users).decode().splitlines()
+    for u, line in zip(users, ours, strict=True):
+        if u.name in base_users and base_users[u.name] != line:
+            warn.append(f"/etc/passwd: user {u.name} of the base image is replaced by ours")
+    passwd = "".join(f"{line}\n" for n, line in base_users.items() if n not in names) + "".join(f"{x}\n" for x in ours)
     by_gid = sorted(groups.items(), key=lambda kv: kv[1][0])
     group_lines = "".join(f"{n}:x:{gid}:{','.join(sorted(set(m)))}\n" for n, (gid, m) in by_gid)
-    shadow = "".join(f"{u.name}:!:1::::::\n" for u in users)
+    shadow = "".join(f"{line}\n" for n, line in base_shadow.items() if n not in names)
+    shadow += "".join(f"{u.name}:!:1::::::\n" for u in users)
     nss = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nservices: files\n"
     out = [
-        Entry("file", "/etc/passwd", 0o644, _passwd(users)),
+        Entry("file", "/etc/passwd", 0o644, passwd.encode()),
         Entry("file", "/etc/group", 0o644, group_lines.encode()),
         Entry("file", "/etc/shadow", 0o600, shadow.encode()),
-        Entry("file", "/etc/nsswitch.conf", 0o644, nss),
         Entry("dir", "/root", 0o700),
     ]
+    if base.get("/etc/nsswitch.conf") is None:
+        out.insert(3, Entry("file", "/etc/nsswitch.conf", 0o644, nss))
     for u in users:
         gid = u.gid if u.gid is not None else u.uid
         if u.home not in ("/", "/var/empty", "/root", ""):
@@ -146,8 +188,15 @@ def _user_entries(spec: ImageSpec) -> list[Entry]:
     return out
 
 
-def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> Customisation:
-    """Work out the customisation entries for ``spec`` over ``closure`` (looked at through ``fs``)."""
+def customise(
+    spec: ImageSpec,
+    closure: Closure,
+    fs: StoreFS | None = None,
+    base_etc: Mapping[str, bytes | None] | None = None,
+) -> Customisation:
+    """Work out the customisation entries for ``spec`` over ``closure`` (looked at through ``fs``);
+    ``base_etc`` holds the base image's ``BASE_ETC_FILES`` (None for one it lacks) when its users and groups
+    are to be merged with ours."""
     fs = fs or LocalFS()
     out = Customisation()
     taken: dict[str, str] = {}
@@ -170,7 +219,7 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
         root = src if src in closure.roots else None
         add(Entry("symlink", image_path, target=target), f"contents of {src}", root)
 
-    for e in _user_entries(spec):
+    for e in _user_entries(spec, base_etc, out.warnings):
         add(e, "users and groups")
 
     if spec.tmp:

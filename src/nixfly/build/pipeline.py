@@ -11,35 +11,45 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nixfly.build.base import cache_backed_image, read_files
 from nixfly.build.cache import BlobCache
 from nixfly.build.closure import Closure, resolve_closure
 
 if TYPE_CHECKING:
     from nixfly.build.bincache import CacheOptions, RemoteStore
 from nixfly.build.compress import make_compressor
-from nixfly.build.customise import customise
+from nixfly.build.customise import BASE_ETC_FILES, customise
 from nixfly.build.layering import plan_layers
 from nixfly.build.layers import BuiltLayer, KnownLayers, LayerSettings, LayerSpec, build_layers
 from nixfly.build.spec import ImageSpec
 from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
-from nixfly.errors import UsageError
+from nixfly.errors import ClosureError, LayeringError, UsageError
 from nixfly.image import Image, canonical_json
-from nixfly.image.platform import nix_system_platform
+from nixfly.image.base import BaseImage, stack_on_base
+from nixfly.image.convert import with_format
+from nixfly.image.platform import nix_system_platform, parse_platform, platform_matches
 
 DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
+
+
+# (base image location, platform) → the resolved base; the CLI passes one with registry options.
+BaseResolver = Callable[[str, str], BaseImage]
 
 
 @dataclass(frozen=True)
 class BuildResult:
     image: Image
-    layers: tuple[BuiltLayer, ...]
+    layers: tuple[BuiltLayer, ...]  # ours (the base's layers are image.layers[:len(image.layers) - len(layers)])
     closure: Closure
     seconds: float
+    base: BaseImage | None = None
+    warnings: tuple[str, ...] = ()
+    platform: str = ""
 
     @property
     def built_count(self) -> int:
@@ -85,12 +95,14 @@ def image_config(
     env_extra: dict[str, str],
     entrypoint: tuple[str, ...] | None = None,
     labels: dict[str, str] | None = None,
+    *,
+    default_path: bool = True,
 ) -> bytes:
     # created: the flake's commit time when built from an installable, else SOURCE_DATE_EPOCH, else the epoch.
     epoch = closure.source_epoch if closure.source_epoch is not None else source_date_epoch()
     created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arch, os_name = platform_of(spec, closure)
-    env = {"PATH": DEFAULT_PATH, **env_extra, **spec.env}
+    env = {**({"PATH": DEFAULT_PATH} if default_path else {}), **env_extra, **spec.env}
     cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
     if entrypoint is not None:  # a generated supervisor or boot stage
         cfg["Entrypoint"] = list(entrypoint)
@@ -142,12 +154,20 @@ def build_image(
     platform_check: bool = True,
     on_fetch_plan: Callable[[int], None] | None = None,
     on_fetch_bytes: Callable[[int], None] | None = None,
+    base: BaseResolver | None = None,
+    platform: str | None = None,
     known: KnownLayers | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests.
     ``known`` (a destination registry's layer index) supplies layers the local cache lacks.
     With ``caches`` (or ``substituters`` in the spec), store paths missing locally come from binary
-    caches; the layers are the same bytes as from a local store holding those paths."""
+    caches; the layers are the same bytes as from a local store holding those paths.
+
+    ``platform`` (``linux/arm64``) is the platform the image is declared for: a closure evaluated for another
+    Nix system is an error. With ``spec.base_image``, the base is resolved for the image's platform (by
+    ``base``, default :func:`nixfly.sources.base.open_base` without credentials) before any layer is built,
+    its layers count against ``max_layers``, its users and groups are merged with ours (unless
+    ``base_etc = "replace"``), and our layers go on top of its (:func:`nixfly.image.base.stack_on_base`)."""
     t0 = time.monotonic()
     cache = BlobCache(cache_dir)
     if caches is None and spec.substituters:
@@ -167,9 +187,13 @@ def build_image(
             metadata_cache=cache.root / "closures",
         )
         store = None
+    if platform is not None:
+        check_closure_platform(closure, platform, spec.roots)
+        p_os, p_arch, _variant = parse_platform(platform)
+        spec = replace(spec, architecture=p_arch, os=p_os)
     try:
         return _build(
-            spec, closure, cache, store, t0, workers=workers, platform_check=platform_check,
+            spec, closure, cache, store, t0, workers=workers, platform_check=platform_check, base=base,
             on_plan=on_plan, on_layer=on_layer, on_layer_start=on_layer_start, on_layer_bytes=on_layer_bytes,
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes, known=known,
         )  # fmt: skip
@@ -207,6 +231,7 @@ def _build(
     on_layer_bytes: Callable[[int, int], None] | None,
     on_fetch_plan: Callable[[int], None] | None,
     on_fetch_bytes: Callable[[int], None] | None,
+    base: BaseResolver | None = None,
     known: KnownLayers | None = None,
 ) -> BuildResult:
     fs = None
@@ -226,16 +251,45 @@ def _build(
     if platform_check:
         arch, os_name = platform_of(spec, closure)
         check_platform(closure, arch, os_name, store)
-    cust = customise(spec, closure, fs)
+    arch, os_name = platform_of(spec, closure)
+    image_platform = f"{os_name}/{arch}"
+    resolved: BaseImage | None = None
+    base_files: dict[str, bytes | None] | None = None
+    if spec.base_image:
+        if base is None:
+            from nixfly.sources.base import open_base
+
+            base = open_base
+        resolved = base(spec.base_image, image_platform)
+        resolved = replace(resolved, image=cache_backed_image(resolved.image, cache))
+        if spec.base_etc == "merge":
+            base_files = read_files(resolved.image, BASE_ETC_FILES)
+    n_base = len(resolved.image.layers) if resolved else 0
+    cust = customise(spec, closure, fs, base_files)
     has_custom = bool(cust.entries)
-    plan = plan_layers(
-        closure,
-        algorithm=spec.layers.algorithm,
-        max_layers=spec.layers.max_layers,
-        reserved=1 if has_custom else 0,
-        explicit=spec.layers.explicit,
-        roots_on_top=spec.layers.roots_on_top,
-    )
+    max_layers = spec.layers.max_layers
+    if resolved is not None and max_layers - n_base < 1 + (1 if has_custom else 0):
+        raise LayeringError(
+            f"base image {resolved.name} has {n_base} layers, which leaves {max(max_layers - n_base, 0)} of "
+            f"--max-layers {max_layers} for this image's own; raise --max-layers (at most 127) or choose a base "
+            "with fewer layers"
+        )
+    try:
+        plan = plan_layers(
+            closure,
+            algorithm=spec.layers.algorithm,
+            max_layers=max_layers - n_base,
+            reserved=1 if has_custom else 0,
+            explicit=spec.layers.explicit,
+            roots_on_top=spec.layers.roots_on_top,
+        )
+    except LayeringError as e:
+        if resolved is None:
+            raise
+        raise LayeringError(
+            f"{e} — the base image's {n_base} layers count against --max-layers {max_layers}, leaving "
+            f"{max_layers - n_base}"
+        ) from None
     specs: list[LayerSpec] = []
     placed: set[str] = set()
     for g in plan.groups:
@@ -271,9 +325,30 @@ def _build(
         specs, settings, cache, weights=weights,
         on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
     )  # fmt: skip
-    config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels)
+    base_env = (resolved.image.config.get("config") or {}).get("Env") or [] if resolved is not None else []
+    base_has_path = any(str(e).startswith("PATH=") for e in base_env)
+    config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels, default_path=not base_has_path)
     annotations = {}
     if spec.annotations:
         annotations.update(spec.annotations)
-    image = Image(config, tuple(b.layer for b in built), spec.format, annotations)
-    return BuildResult(image, tuple(built), closure, time.monotonic() - t0)
+    # Layers from the cache carry OCI media types: the image is made in OCI and then converted, so that a
+    # v2s2 image names Docker layer types (an Image in format v2s2 with OCI layer types is not valid).
+    image = Image(config, tuple(b.layer for b in built), "oci", annotations)
+    if resolved is not None:
+        image = stack_on_base(resolved, image)
+    image = with_format(image, spec.format)
+    return BuildResult(
+        image, tuple(built), closure, time.monotonic() - t0, resolved, tuple(cust.warnings), image_platform
+    )
+
+
+def check_closure_platform(closure: Closure, platform: str, roots: list[str]) -> None:
+    """A closure declared for ``platform`` must not have been evaluated for another Nix system."""
+    if closure.system is None:
+        return  # e.g. a closure file, or paths with no deriver: nothing says otherwise
+    arch, os_name = nix_system_platform(closure.system)
+    if not platform_matches(f"{os_name}/{arch}", platform):
+        root = roots[0] if roots else "the roots"
+        raise ClosureError(
+            f"--platform {platform}={root}: it was built for {closure.system} ({os_name}/{arch}), not {platform}"
+        )

@@ -214,6 +214,15 @@ class ContentsSpec:
 
 
 @dataclass(frozen=True)
+class PlatformSpec:
+    """One entry of ``[[image.platforms]]``: a platform and the closure its image is built from."""
+
+    platform: str
+    roots: list[str] = field(default_factory=list)
+    closure_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """The whole image definition."""
 
@@ -254,6 +263,10 @@ class ImageSpec:
     supervisor: Literal["process-compose", "runit", "s6"] | None = None  # None: whichever the closure holds
     source: str | None = None  # the nixfly.toml this definition came from (set by load_spec; for error lines)
     sbom: Literal["spdx", "cyclonedx", "none"] = "spdx"  # attached to the image as an OCI referrer
+    # A base image (any source location); its layers go under ours. TOML key: ``from``.
+    base_image: str | None = field(default=None, metadata={"key": "from"})
+    base_etc: Literal["merge", "replace"] = "merge"  # /etc/passwd and /etc/group: merge with the base's
+    platforms: list[PlatformSpec] = field(default_factory=list)  # one image per platform, under an index
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
@@ -296,20 +309,22 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise SpecError(prefix or "(top level)", "must be a table")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # A field's key is its name unless its metadata names another (``from`` is a Python keyword).
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for k in data:
         if k not in fields:
             close = difflib.get_close_matches(str(k), [f.replace("_", "-") if "-" in str(k) else f for f in fields], 1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key" + hint)
     kw: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in data:
+    for dkey, f in fields.items():
+        name = f.name
+        key = f"{prefix}.{dkey}" if prefix else dkey
+        if dkey not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SpecError(key, "is required")
             continue
-        v = data[name]
+        v = data[dkey]
         if "convert" in f.metadata and v is not None:
             kw[name] = f.metadata["convert"](v, key)
             continue
@@ -328,7 +343,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """The plain-data form of a spec (the inverse of ``from_dict``)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.metadata.get("key", f.name): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list):
         return [to_dict(x) for x in obj]
     if isinstance(obj, dict):
@@ -541,4 +556,20 @@ def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> Image
         closure_file=rel(spec.closure_file) if spec.closure_file else None,
         files=[FileSpec(src=rel(f.src), dest=f.dest) for f in spec.files],
         source=str(path),
+        base_image=_relative_location(spec.base_image, base),
+        platforms=[
+            PlatformSpec(p.platform, [r if r.startswith(".#") else rel(r) for r in p.roots],
+                         rel(p.closure_file) if p.closure_file else None)
+            for p in spec.platforms
+        ],
     )
+
+
+def _relative_location(text: str | None, base: Path) -> str | None:
+    """``oci:DIR`` / ``docker-archive:FILE`` locations in a file are relative to it, like its other paths."""
+    if text is None:
+        return None
+    for scheme in ("oci:", "docker-archive:"):
+        if text.startswith(scheme) and not text[len(scheme) :].startswith("/"):
+            return scheme + str(base / text[len(scheme) :])
+    return text

@@ -14,7 +14,7 @@ import click
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import FileSpec, ImageSpec, PlatformSpec, load_spec, to_dict, validate_spec
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -77,6 +77,19 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
             mode = bits[2] if len(bits) == 3 else None
             perms.append({"path": path, "uid": int(bits[0]), "gid": int(bits[1]), "mode": mode})
         upd["perms"] = perms
+    if o.get("from_ref") is not None:
+        upd["from"] = o["from_ref"]
+    if o.get("base_etc") is not None:
+        upd["base_etc"] = o["base_etc"]
+    decls = [p for p in o.get("platform") or () if "=" in p]
+    if decls:
+        plats = []
+        for d in decls:
+            name, _, root = d.partition("=")
+            if not root:
+                raise UsageError(f"--platform {d!r} must look like OS/ARCH=ROOT (or OS/ARCH to pick one)")
+            plats.append({"platform": name, "roots": [root], "closure_file": None})
+        upd["platforms"] = plats
     for flag in ("bin_sh", "usr_bin_env"):
         if o[flag]:
             upd[flag] = True
@@ -218,6 +231,16 @@ def _check_destinations(dest: object) -> None:
 @click.option("--bin-sh", is_flag=True, help="Link /bin/sh to a shell from the closure.")
 @click.option("--usr-bin-env", is_flag=True, help="Link /usr/bin/env from the closure.")
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
+@click.option("--from", "from_ref", metavar="LOCATION",
+              help="Base image: docker://REF (a tag or @sha256:…), oci:DIR[:TAG] or docker-archive:FILE.")
+@click.option("--base-etc", type=click.Choice(["merge", "replace"]),
+              help="merge (default): keep the base's /etc/passwd and /etc/group entries beside ours; "
+                   "replace: ours only.")
+@click.option("--platform", "platform", multiple=True, metavar="OS/ARCH[=ROOT]",
+              help="OS/ARCH=ROOT: build ROOT for that platform (repeat for an index); OS/ARCH alone picks one "
+                   "of the declared platforms, or the platform of a single image.")
+@click.option("--allow-index", is_flag=True, help="Push a multi-platform index even to registry.fly.io.")
+@transport_options("from")
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--no-layer-index", is_flag=True,
@@ -233,7 +256,6 @@ def _check_destinations(dest: object) -> None:
 @click.option("--ignore-local-store", is_flag=True,
               help="With --from-cache: take every path from the caches, even those in the local store.")  # fmt: skip
 @click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
-@click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
 @click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
 @click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
               help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
@@ -246,14 +268,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     otherwise SOURCE_DATE_EPOCH, else 1970-01-01T00:00:01Z."""
     cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
     base = load_spec(cfg) if cfg else ImageSpec()
-    if o["platform_"]:
-        os_part, sep, arch_part = str(o["platform_"]).partition("/")
-        if not sep or not os_part or not arch_part:
-            raise UsageError(f"--platform {o['platform_']!r} must look like linux/amd64")
-        o["os"] = o["os"] or os_part
-        o["architecture"] = o["architecture"] or arch_part.split("/", 1)[0]
     spec = _merge_spec(base, roots, {**o, "format": o["format"], "sbom": o.get("sbom")})
-    if not spec.roots:
+    spec, single_platform, platforms = _choose_platforms(spec, o["platform"])
+    if not spec.roots and not platforms:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
     push_refs: tuple[str, ...] = o["push_refs"]
     if output is None and not push_refs:
@@ -267,6 +284,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     _check_destinations(dest)
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
+    resolver = _base_resolver(spec, push_locations, o, quiet or json_out)
     caches = None
     if o["from_cache"] is not None:
         from nixfly.build.bincache import cache_options
@@ -278,6 +296,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         raise UsageError("--ignore-local-store needs --from-cache")
     elif o["trusted_keys"]:
         spec = dataclasses.replace(spec, trusted_public_keys=list(o["trusted_keys"]))
+    if platforms:
+        hooks = {"caches": caches, "verify": not o["no_verify"], "platform_check": not o["no_platform_check"]}
+        _build_index(spec, platforms, dest, push_locations, resolver, o, hooks)
+        return
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -344,6 +366,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             on_layer_bytes=on_bytes if progress is not None else None,
             caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+            base=resolver, platform=single_platform,
             known=layer_index.lookup if layer_index is not None else None,
         )  # fmt: skip
     finally:
@@ -353,6 +376,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             nix_reporter.reset(token)
         if progress is not None:
             progress.stop()
+    for w in result.warnings:
+        click.echo(f"nixfly: warning: {w}", err=True)
     tag = spec.tag or "latest"
     sboms = None
     if spec.sbom != "none":
@@ -396,6 +421,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     if not quiet and not json_out:
         for note in sbom_notes:
             click.echo(f"note: {note}", err=True)
+    summary.update(_base_summary(result))
     if json_out:
         emit_json(summary)
         return
@@ -427,6 +453,126 @@ def _push_location(text: str) -> RegistryLocation:
     return loc
 
 
+def _base_summary(result: BuildResult) -> dict[str, Any]:
+    if result.base is None:
+        return {}
+    return {"base": {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}}
+
+
+def n_base(result: BuildResult) -> int:
+    return len(result.image.layers) - len(result.layers)
+
+
+def _choose_platforms(spec: ImageSpec, flags: tuple[str, ...]) -> tuple[ImageSpec, str | None, list[PlatformSpec]]:
+    """(spec, the one platform of a single image or None, the platforms of an index or [])."""
+    from nixfly.build.platforms import check_platforms, platform_spec, select_platforms
+    from nixfly.image.platform import normalise_platform
+
+    picks = [p for p in flags if "=" not in p]
+    declared = check_platforms(spec.platforms, "--platform" if any("=" in p for p in flags) else "platforms")
+    if declared and spec.roots and not any("=" in p for p in flags) and spec.platforms:
+        raise UsageError(
+            "give roots either per platform ([[image.platforms]] / --platform OS/ARCH=ROOT) or once, not both"
+        )
+    if picks:
+        if declared:
+            declared = select_platforms(declared, picks)
+        elif len(picks) > 1:
+            raise UsageError("several platforms need a root each: --platform OS/ARCH=ROOT")
+        else:
+            return spec, normalise_platform(picks[0], "--platform"), []
+    if len(declared) == 1:
+        return platform_spec(spec, declared[0]), declared[0].platform, []
+    return spec, None, declared
+
+
+def _base_resolver(spec: ImageSpec, pushes: list[RegistryLocation], o: dict[str, Any], quiet: bool) -> Any:
+    """Opens the base with --from-creds/--from-tls-verify/--from-cert-dir; the push's --creds are used only
+    when the base lives on the registry pushed to (they are never sent to another host)."""
+    if not spec.base_image:
+        return None
+    from nixfly.cli.common import registry_options
+    from nixfly.image.base import BaseImage
+    from nixfly.sources.base import open_base
+
+    flags = dict(o)
+    loc = parse_location(spec.base_image)
+    if isinstance(loc, RegistryLocation) and not o.get("from_creds"):
+        host = parse_reference(loc.reference).registry
+        if all(parse_reference(p.reference).registry != host for p in pushes):
+            flags["creds"] = None
+    options = registry_options(flags, "from")
+
+    def resolve(text: str, platform: str) -> BaseImage:
+        b = open_base(text, platform, options)
+        if not quiet:
+            click.echo(f"base {text} ({platform}) → {b.pinned}", err=True)
+        return b
+
+    return resolve
+
+
+def _build_index(
+    spec: ImageSpec,
+    platforms: list[PlatformSpec],
+    dest: Location | None,
+    pushes: list[RegistryLocation],
+    resolver: Any,
+    o: dict[str, Any],
+    hooks: dict[str, Any],
+) -> None:
+    from nixfly.build.platforms import build_index
+    from nixfly.cli.common import registry_options
+    from nixfly.sinks import fly_like_destinations, publish_index
+
+    destinations: list[Location] = [*([dest] if dest is not None else []), *pushes]
+    if isinstance(dest, ArchiveLocation):
+        raise UsageError(f"{dest}: a docker-archive holds one image; write the index with -o oci:DIR, "
+                         "or build one platform with --platform OS/ARCH")  # fmt: skip
+    fly = fly_like_destinations(destinations)
+    if fly and not o["allow_index"]:
+        raise UsageError(
+            f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; push one platform "
+            f"with --platform {platforms[0].platform} (or pass --allow-index to push the index anyway)"
+        )
+    quiet = o["quiet"] or o["json_out"]
+
+    def on_platform(p: str) -> None:
+        if not quiet:
+            click.echo(f"building {p}", err=True)
+
+    res = build_index(spec, platforms, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None,
+                      workers=o["jobs"], base=resolver, on_platform=on_platform, **hooks)  # fmt: skip
+    for r in res.results:
+        for w in r.warnings:
+            click.echo(f"nixfly: warning: {r.platform}: {w}", err=True)
+    index, written = publish_index(res.index, destinations, fmt=o["format"], options=registry_options(o),
+                                   allow_index=o["allow_index"])  # fmt: skip
+    digest = index.manifest_digest()
+    summary: dict[str, Any] = {
+        "digest": digest,
+        "media_type": index.media_type,
+        "format": index.format,
+        "output": str(dest) if dest else None,
+        "platforms": [
+            {**_summary(r, None, e.image), "platform": e.platform, **_base_summary(r)}
+            for r, e in zip(res.results, index.entries, strict=True)
+        ],
+        "seconds": round(res.seconds, 3),
+    }
+    if pushes:
+        summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+    if o["json_out"]:
+        emit_json(summary)
+        return
+    if not o["quiet"]:
+        for e in index.entries:
+            click.echo(f"{e.platform}: {e.image.manifest_digest()} ({len(e.image.layers)} layers)", err=True)
+        click.echo(f"index of {len(index.entries)} platforms in {res.seconds:.2f}s" + (f" → {dest}" if dest else ""),
+                   err=True)  # fmt: skip
+        if pushes:
+            click.echo(f"pushed {summary['pushed']['reference']}", err=True)
+    click.echo(summary["pushed"]["reference"] if pushes else digest)
 def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any]) -> RegistryLayerIndex | None:
     """The first push destination's layer index (what it already holds), unless --no-layer-index."""
     if not push_locations or o.get("no_layer_index"):

@@ -248,6 +248,8 @@ def _print_processes(d: dict[str, Any], con: Console) -> None:
     help="How many of the largest store paths to list.",
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @transport_options()
 def inspect(
     location: str, path: str | None, files: bool, layer: int | None, why_path: str | None,
@@ -267,7 +269,10 @@ def inspect(
         raise UsageError("--files and --why are separate views; give one")
     loc = _location(location)
     options = registry_options(o) if isinstance(loc, RegistryLocation) else None
-    image = open_image(loc, options)
+    from nixfly.image.platform import normalise_platform
+
+    platform = o.get("platform")
+    image = open_image(loc, options, platform=normalise_platform(platform, "--platform") if platform else None)
     if files or why_path is not None:
         _files_or_why(loc, image, files, layer, path, why_path, json_out)
         return

@@ -33,6 +33,8 @@ from nixfly.transports import RegistryLocation, parse_location
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
 @click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="User (name or uid) to run as.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="nixfly cache (unpacked rootfs).")
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @transport_options()
 def run_cmd(
     image: str,
@@ -55,7 +57,11 @@ def run_cmd(
     loc = parse_location(image, bare_paths=True)
     if o.get("creds") and not isinstance(loc, RegistryLocation):
         raise UsageError("--creds only applies to registry references")
-    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
+    from nixfly.image.platform import normalise_platform
+
+    platform = o.get("platform")
+    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None,
+                     platform=normalise_platform(platform, "--platform") if platform else None)  # fmt: skip
     opts = RunOptions(
         runtime=runtime,
         command=command,

@@ -40,10 +40,22 @@ class _RetypedMountable(_Retyped):
         return self.inner.origin
 
 
+@dataclass(frozen=True)
+class _RetypedLocalMountable(_RetypedLocal):
+    """A blob both in the local cache and in a registry (a fetched base layer): link it, or mount it."""
+
+    @property
+    def origin(self) -> BlobOrigin:
+        assert isinstance(self.inner, Mountable)
+        return self.inner.origin
+
+
 def retyped(layer: Layer, media_type: str) -> Layer:
     """``layer`` described by ``media_type``, keeping its optional capabilities."""
     if media_type == layer.media_type:
         return layer
+    if isinstance(layer, LocalBlob) and isinstance(layer, Mountable):
+        return _RetypedLocalMountable(layer, media_type)
     if isinstance(layer, LocalBlob):
         return _RetypedLocal(layer, media_type)
     if isinstance(layer, Mountable):

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from nixfly.errors import UsageError
 from nixfly.image.convert import with_format
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
 
 if TYPE_CHECKING:
     from nixfly.image import Image
+    from nixfly.image.index import ImageIndex
     from nixfly.registry.client import RegistryOptions
     from nixfly.sinks.registry import PushProgress, PushResult
 
@@ -98,14 +100,66 @@ def format_for(locations: Sequence[Location], image: Image, requested: ManifestF
     ``$NIXFLY_V2S2_REGISTRIES`` (comma-separated; for mirrors of it), else the image's own."""
     if requested is not None:
         return requested
+    if fly_like_destinations(locations):
+        return "v2s2"
+    return image.format
+
+
+def fly_like_destinations(locations: Sequence[Location]) -> list[str]:
+    """The registry destinations that are registry.fly.io or a host in ``$NIXFLY_V2S2_REGISTRIES``."""
     from nixfly.registry.auth import FLY_REGISTRY
     from nixfly.registry.reference import parse_reference
 
     v2s2_hosts = {FLY_REGISTRY, *(h.strip() for h in os.environ.get("NIXFLY_V2S2_REGISTRIES", "").split(",") if h)}
+    return [
+        loc.reference
+        for loc in locations
+        if isinstance(loc, RegistryLocation) and parse_reference(loc.reference).registry in v2s2_hosts
+    ]
+
+
+def publish_index(
+    index: ImageIndex,
+    locations: Sequence[Location],
+    *,
+    fmt: ManifestFormat | None = None,
+    options: RegistryOptions | None = None,
+    progress: PushProgress | None = None,
+    allow_index: bool = False,
+) -> tuple[ImageIndex, list[Written]]:
+    """Write a multi-platform ``index`` to every location in one format (an OCI index, or a Docker manifest
+    list for v2s2), like :func:`publish`. Everything is checked before anything is written: a docker-archive
+    cannot hold an index, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot look images
+    up through one, so pushing an index there needs ``allow_index``."""
+    from nixfly.image.index import index_with_format
+
     for loc in locations:
-        if isinstance(loc, RegistryLocation) and parse_reference(loc.reference).registry in v2s2_hosts:
-            return "v2s2"
-    return image.format
+        if isinstance(loc, ArchiveLocation):
+            raise UsageError(
+                f"{loc}: a docker-archive holds one image, not a multi-platform index; write oci:DIR, "
+                "or build one platform with --platform OS/ARCH"
+            )
+    fly = fly_like_destinations(locations)
+    if fly and not allow_index:
+        raise UsageError(
+            f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; push one platform "
+            f"with --platform {index.platforms[0]} (or pass --allow-index to push the index anyway)"
+        )
+    out = index_with_format(index, format_for(locations, index.entries[0].image, fmt))
+    written: list[Written] = []
+    for loc in locations:
+        if isinstance(loc, LayoutLocation):
+            from nixfly.sinks.layout import write_index_layout
+
+            digest = write_index_layout(out, loc)
+            written.append(Written(digest, str(loc), f"{loc}@{digest}"))
+    remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
+    if remote:
+        from nixfly.sinks.registry import push_index
+
+        result = push_index(out, list(remote), options=options, progress=progress)
+        written.append(Written(result.digest, ", ".join(result.references), result.reference, result))
+    return out, written
 
 
 def publish(
@@ -128,4 +182,4 @@ def publish(
     return out, written
 
 
-__all__ = ["Sink", "Written", "format_for", "open_sink", "publish"]
+__all__ = ["Sink", "Written", "format_for", "open_sink", "publish", "publish_index"]

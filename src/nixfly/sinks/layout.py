@@ -21,6 +21,7 @@ from nixfly.errors import NixflyError
 from nixfly.fsutil import atomic_write_bytes, copy_stream_to, link_or_copy
 from nixfly.image import Image, canonical_json
 from nixfly.image.digest import sha256_digest
+from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import OCI_INDEX
 from nixfly.image.model import LocalBlob
 from nixfly.sources.layout import REF_NAME, blob_path, read_index
@@ -60,14 +61,13 @@ def _write_blobs(image: Image, work: Path) -> None:
             atomic_write_bytes(p, data)
 
 
-def _update_index(image: Image, root: Path, tag: str | None, fresh: bool) -> None:
+def _update_index(media_type: str, manifest: bytes, root: Path, tag: str | None, fresh: bool) -> None:
     entries = [] if fresh else [e for e in read_index(root)["manifests"] if isinstance(e, dict)]
     if tag:
         entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) != tag]
     else:
         entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME)]
-    manifest = image.manifest_bytes()
-    desc: dict[str, object] = {"mediaType": image.media_type, "digest": sha256_digest(manifest), "size": len(manifest)}
+    desc: dict[str, object] = {"mediaType": media_type, "digest": sha256_digest(manifest), "size": len(manifest)}
     if tag:
         desc["annotations"] = {REF_NAME: tag}
     entries.append(desc)
@@ -77,6 +77,23 @@ def _update_index(image: Image, root: Path, tag: str | None, fresh: bool) -> Non
 
 def write_layout(image: Image, loc: LayoutLocation) -> str:
     """Write ``image`` (exactly its manifest) to the layout; returns the manifest digest."""
+    return _write_layout((image,), image.media_type, image.manifest_bytes(), loc)
+
+
+def write_index_layout(index: ImageIndex, loc: LayoutLocation) -> str:
+    """Write a multi-platform ``index`` to the layout: every image's blobs and manifest, then the index
+    blob, then an ``index.json`` entry (tagged ``loc.tag``) pointing at that index; returns its digest."""
+    return _write_layout(index.images(), index.media_type, index.manifest_bytes(), loc)
+
+
+def _write_layout(images: tuple[Image, ...], media_type: str, top: bytes, loc: LayoutLocation) -> str:
+    def blobs(work: Path) -> None:
+        for image in images:
+            _write_blobs(image, work)
+        p = blob_path(work, sha256_digest(top))
+        if not p.exists():
+            atomic_write_bytes(p, top)
+
     root = loc.path
     if root.exists() and not root.is_dir():
         raise NixflyError(f"{root} exists and is not a directory; oci: needs a directory (new, empty or a layout)")
@@ -88,25 +105,25 @@ def write_layout(image: Image, loc: LayoutLocation) -> str:
         raise NixflyError(f"cannot write {root}: {e.strerror}") from None
     with _locked(root):
         if (root / "oci-layout").exists():
-            _write_blobs(image, root)
-            _update_index(image, root, loc.tag, fresh=False)
-            return image.manifest_digest()
+            blobs(root)
+            _update_index(media_type, top, root, loc.tag, fresh=False)
+            return sha256_digest(top)
         try:
             work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
         except OSError as e:
             raise NixflyError(f"cannot write {root}: {e.strerror}") from None
         try:
             (work / "blobs" / "sha256").mkdir(parents=True)
-            _write_blobs(image, work)
+            blobs(work)
             atomic_write_bytes(work / "oci-layout", _LAYOUT_FILE)
-            _update_index(image, work, loc.tag, fresh=True)
+            _update_index(media_type, top, work, loc.tag, fresh=True)
             work.chmod(0o755)
             work.rename(root)  # replaces an empty directory the user made for us
         except OSError as e:
             raise NixflyError(f"cannot write {root}: {e.strerror}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return image.manifest_digest()
+    return sha256_digest(top)
 
 
-__all__ = ["write_layout"]
+__all__ = ["write_index_layout", "write_layout"]

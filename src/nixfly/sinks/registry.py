@@ -20,6 +20,7 @@ from typing import BinaryIO, Literal
 from nixfly.errors import UsageError
 from nixfly.image import Image, Layer
 from nixfly.image.convert import with_format
+from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.image.model import BlobOrigin, Mountable
 from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
@@ -126,6 +127,59 @@ def push_image(
         references=tuple(pushed),
         media_type=media_type,
         format=image.format,
+        uploaded_bytes=totals["bytes"],
+        uploaded_blobs=totals["uploaded"],
+        skipped_blobs=totals["skipped"],
+        mounted_blobs=totals["mounted"],
+    )
+
+
+def push_index(
+    index: ImageIndex,
+    refs: Sequence[str | Reference],
+    *,
+    options: RegistryOptions | None = None,
+    progress: PushProgress | None = None,
+) -> PushResult:
+    """Push a multi-platform ``index`` (exactly its bytes and its images') to every reference in ``refs``.
+
+    Per repository: every image's blobs first, then every platform manifest (by digest), then the index under
+    each tag — so no manifest is written before what it names is there. Returns the index's digest."""
+    if not refs:
+        raise UsageError("push needs at least one destination reference")
+    parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
+    data = index.manifest_bytes()
+    digest = index.manifest_digest()
+    for r in parsed:
+        if r.digest and r.digest != digest:
+            raise UsageError(f"{r} names digest {r.digest}, but the index's digest is {digest}")
+    opts = options or RegistryOptions()
+    prog = progress or PushProgress()
+    clients: dict[str, RegistryClient] = {}
+    totals = {"uploaded": 0, "bytes": 0, "skipped": 0, "mounted": 0}
+    pushed: list[str] = []
+    try:
+        repos: dict[tuple[str, str], list[Reference]] = {}
+        for r in parsed:
+            repos.setdefault((r.registry, r.repository), []).append(r)
+        for (registry, repo), group in repos.items():
+            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, opts))
+            for image in index.images():
+                _push_blobs(client, repo, image, (), prog, totals)
+            for image in index.images():
+                client.put_manifest(repo, image.manifest_digest(), image.manifest_bytes(), image.media_type)
+            for r in group:
+                client.put_manifest(repo, r.tag or r.digest or digest, data, index.media_type)
+                pushed.append(f"{r.name}:{r.tag}" if r.tag else f"{r.name}@{digest}")
+    finally:
+        for c in clients.values():
+            c.close()
+    return PushResult(
+        digest=digest,
+        reference=parsed[0].pinned(digest),
+        references=tuple(pushed),
+        media_type=index.media_type,
+        format=index.format,
         uploaded_bytes=totals["bytes"],
         uploaded_blobs=totals["uploaded"],
         skipped_blobs=totals["skipped"],

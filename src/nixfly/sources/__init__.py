@@ -12,12 +12,12 @@ if TYPE_CHECKING:
 
 
 def open_image(location: Location, options: RegistryOptions | None = None, *, platform: str | None = None) -> Image:
-    """Open the image at ``location``. ``options`` (credentials, TLS, retries) and ``platform`` (which entry of
-    a multi-platform index) apply to registries."""
+    """Open the image at ``location``. ``options`` (credentials, TLS, retries) apply to registries;
+    ``platform`` (``linux/arm64``; default: this machine's) picks the entry of a multi-platform index."""
     if isinstance(location, LayoutLocation):
         from nixfly.sources.layout import read_layout
 
-        return read_layout(location)
+        return read_layout(location, platform)
     if isinstance(location, ArchiveLocation):
         from nixfly.sources.archive import read_archive
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nixfly.errors import ImageError
 from nixfly.image import Image, parse_manifest
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
 from nixfly.image.model import FileLayer
+from nixfly.image.platform import choose_platform, descriptor_platform, entry_platforms, host_platform
 from nixfly.transports import LayoutLocation
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -67,7 +68,9 @@ def _annotations(desc: dict[str, Any]) -> dict[str, Any]:
     return a if isinstance(a, dict) else {}
 
 
-def _select(root: Path, manifests: list[dict[str, Any]], tag: str | None, where: str) -> dict[str, Any]:
+def _select(
+    root: Path, manifests: list[dict[str, Any]], tag: str | None, where: str, platform: str | None = None
+) -> dict[str, Any]:
     if tag is not None:
         hits = [m for m in manifests if _annotations(m).get(REF_NAME) == tag]
         if not hits:
@@ -77,23 +80,38 @@ def _select(root: Path, manifests: list[dict[str, Any]], tag: str | None, where:
     # Referrers (an SBOM with a `subject`) sit beside the image in index.json; they are not images.
     manifests = [m for m in manifests if "subject" not in m] or manifests
     if len(manifests) != 1:
+        # An index.json listing one image per platform (and no tags) is an index itself.
+        if all(descriptor_platform(m.get("platform")) for m in manifests):
+            return _for_platform(manifests, platform, where)
         raise ImageError(f"{where}: holds {len(manifests)} images; name one as oci:DIR:TAG")
     return manifests[0]
 
 
-def read_layout(loc: LayoutLocation) -> Image:
+def _for_platform(entries: list[dict[str, Any]], platform: str | None, where: str) -> dict[str, Any]:
+    if len(entries) == 1 and descriptor_platform(entries[0].get("platform")) is None:
+        return entries[0]  # an index of one image that names no platform
+    want = platform or host_platform()
+    chosen = choose_platform(cast(list[dict[str, object]], entries), want)
+    if chosen is None:
+        have = ", ".join(entry_platforms(cast(list[dict[str, object]], entries))) or "none"
+        raise ImageError(f"{where}: the index has no image for {want} (it has: {have})")
+    return cast(dict[str, Any], chosen)
+
+
+def read_layout(loc: LayoutLocation, platform: str | None = None) -> Image:
+    """The image ``loc`` names; through an index, the entry for ``platform`` (default: this machine's)."""
     root = loc.path
     where = str(loc)
     idx = read_index(root)
-    desc = _select(root, idx["manifests"], loc.tag, where)
-    # Follow nested indexes to the linux/amd64 (or only) manifest.
+    desc = _select(root, idx["manifests"], loc.tag, where, platform)
+    depth = 0
     while desc.get("mediaType") in INDEX_TYPES:
+        depth += 1
+        if depth > 4:
+            raise ImageError(f"{where}: indexes nested more than 4 deep")
         nested = _json_object(_read_blob(root, desc, where), f"{where}: index {desc.get('digest')}")
         subs = [m for m in nested.get("manifests") or [] if isinstance(m, dict)]
-        plat = [m for m in subs if (m.get("platform") or {}).get("architecture") in ("amd64", None)]
-        if not plat:
-            raise ImageError(f"{where}: index has no linux/amd64 image")
-        desc = plat[0]
+        desc = _for_platform(subs, platform, where)
     if desc.get("mediaType") not in (*MANIFEST_TYPES, None):
         raise ImageError(f"{where}: unsupported manifest type {desc.get('mediaType')}")
     raw = _read_blob(root, desc, where)

@@ -21,7 +21,7 @@ from nixfly.image import Image
 from nixfly.image.digest import check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
 from nixfly.image.model import BlobOrigin, uncompressed_reader
-from nixfly.image.platform import host_platform
+from nixfly.image.platform import choose_platform, entry_platforms, host_platform
 from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
 
@@ -139,17 +139,11 @@ def resolve_manifest(client: RegistryClient, ref: Reference, want_platform: str 
     if m.media_type in INDEX_TYPES:
         want = want_platform or host_platform()
         index = m.json()
-        entries = [e for e in index.get("manifests", []) if isinstance(e, dict)]
-        chosen = None
-        for e in entries:
-            p = e.get("platform") or {}
-            if f"{p.get('os')}/{p.get('architecture')}" == want:
-                chosen = e
-                break
+        entries: list[dict[str, object]] = [e for e in index.get("manifests", []) if isinstance(e, dict)]
+        chosen = choose_platform(entries, want)
         if chosen is None:
-            have = sorted({f"{(e.get('platform') or {}).get('os')}/{(e.get('platform') or {}).get('architecture')}"
-                           for e in entries})  # fmt: skip
-            raise client.fail(f"{ref} has no image for {want} (it has: {', '.join(have) or 'none'})")
+            have = ", ".join(entry_platforms(entries)) or "none"
+            raise client.fail(f"{ref} has no image for {want} (it has: {have})")
         m = client.get_manifest(ref.repository, check_digest(str(chosen.get("digest"))))
     if m.media_type not in MANIFEST_TYPES:
         raise client.fail(f"{ref} is a {m.media_type or 'manifest of unknown type'}, not an image")

@@ -1,11 +1,10 @@
 # A small real closure built by offline Nix from Debian's static busybox: no nixpkgs needed.
 # lib <- tool <- app (+ cacert, + a shared "common" data path). References are real (scanned hashes).
-{ bbdir, appVersion ? "1", greeting ? "hello from nixfly" }:
+{ bbdir, appVersion ? "1", greeting ? "hello from nixfly", system ? builtins.currentSystem }:
 let
   bb = builtins.path { path = bbdir; name = "busybox-static"; };
   mk = name: script: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
+    inherit name system;
     builder = "${bb}/bin/sh";
     args = [ "-c" script ];
     PATH = "${bb}/bin";

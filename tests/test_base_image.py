@@ -1,0 +1,304 @@
+"""Base images (``--from``): a base built by nixfly from a busybox closure and pushed to a real registry,
+our image on top of it, checked with skopeo, umoci + runc, and by counting what the push sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.support.cli import run_nixfly
+from tests.support.nixstore import TinyClosure
+from tests.support.registry import RunningRegistry
+from tests.support.registry_proxy import FaultProxy
+
+
+def mounted(proxy: FaultProxy) -> list[str]:
+    """The digests the registry mounted (POST …?mount=DIGEST&from=… answered 201), sorted."""
+    out = []
+    for e in proxy.snapshot():
+        query = parse_qs(urlsplit(e.path).query)
+        if e.method == "POST" and "mount" in query and e.status == 201:
+            out.append(query["mount"][0])
+    return sorted(out)
+
+
+def skopeo(*args: str) -> str:
+    r = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def write_base_toml(tmp: Path, tiny: TinyClosure) -> Path:
+    """A base image: busybox on /bin, a user and a group of its own, and a file of its own."""
+    (tmp / "base-release").write_text("nixfly test base 1\n")
+    cfg = tmp / "base.toml"
+    cfg.write_text(
+        f"""[image]
+roots = ["{tiny.bb}"]
+cmd = ["/bin/sh"]
+env = {{ BASE_ONLY = "b", SHARED = "from-base", PATH = "/bin:/usr/bin" }}
+workdir = "/srv"
+labels = {{ "org.example.base" = "yes", "org.example.shared" = "base" }}
+
+[[image.users]]
+name = "baseuser"
+uid = 1000
+home = "/home/baseuser"
+
+[[image.groups]]
+name = "basegroup"
+gid = 1500
+members = ["baseuser"]
+
+[[image.files]]
+src = "base-release"
+dest = "/etc/base-release"
+"""
+    )
+    return cfg
+
+
+def write_app_toml(tmp: Path, tiny: TinyClosure, base: str) -> Path:
+    cfg = tmp / "app.toml"
+    cfg.write_text(
+        f"""[image]
+roots = ["{tiny.app}"]
+from = "{base}"
+entrypoint = ["/bin/hello"]
+env = {{ SHARED = "from-app" }}
+labels = {{ "org.example.shared" = "app" }}
+
+[[image.users]]
+name = "appuser"
+uid = 2000
+"""
+    )
+    return cfg
+
+
+def run_bundle(layout: Path, tag: str, tmp: Path, args: list[str] | None = None) -> tuple[str, Path]:
+    """umoci unpack + runc run; returns stdout and the bundle's rootfs."""
+    bundle = tmp / f"bundle-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], check=True, capture_output=True)
+    cfg_path = bundle / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["process"]["terminal"] = False
+    if args is not None:
+        cfg["process"]["args"] = args
+    cfg_path.write_text(json.dumps(cfg))
+    cid = f"nixfly-test-{uuid.uuid4().hex[:10]}"
+    r = subprocess.run(["runc", "run", "-b", str(bundle), cid], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(["runc", "delete", "-f", cid], capture_output=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout, bundle / "rootfs"
+
+
+def build_json(*args: str, cache: Path) -> dict[str, Any]:
+    r = run_nixfly("build", *args, "--json", "--cache-dir", str(cache))
+    assert r.code == 0, r.err
+    out: dict[str, Any] = json.loads(r.out)
+    return out
+
+
+@pytest.mark.slow
+def test_image_on_a_registry_base_mounts_its_blobs_merges_config_and_users_and_runs(
+    tiny_closure: TinyClosure, registry: RunningRegistry, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    reg = fault_proxy.host
+    cache = tmp_path / "cache"
+    base = build_json("--config", str(write_base_toml(tmp_path, tiny_closure)), "--push", f"{reg}/base:v1",
+                      cache=cache)  # fmt: skip
+    base_raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/base:v1"))
+    base_layers = [d["digest"] for d in base_raw["layers"]]
+    assert base["pushed"]["digest"] == base["digest"]
+
+    fault_proxy.reset_counters()
+    app_cfg = write_app_toml(tmp_path, tiny_closure, f"docker://{reg}/base:v1")
+    r = run_nixfly("build", "--config", str(app_cfg), "--push", f"{reg}/app:v1", "--json", "--sbom", "none",
+                   "--no-layer-index", "--cache-dir", str(tmp_path / "cache2"))  # fmt: skip
+    assert r.code == 0, r.err
+    app = json.loads(r.out)
+    assert app["base"] == {"name": f"{reg}/base:v1", "digest": base["digest"], "layers": len(base_layers)}
+    assert "/etc/passwd: user" not in r.err  # no clash: nothing to warn about
+
+    # The base's blobs were mounted from base/, not uploaded again: only our layers and config were sent.
+    ours = app["layers"]
+    assert mounted(fault_proxy) == sorted(base_layers)
+    assert fault_proxy.blob_uploads_completed() == len(ours) + 1
+    cfg_size = len(skopeo("inspect", "--config", "--raw", "--tls-verify=false", f"docker://{reg}/app:v1"))
+    assert fault_proxy.blob_upload_bytes() == sum(x["size"] for x in ours) + cfg_size
+
+    # skopeo sees the base's layers, then ours; the annotations and history pin the base.
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/app:v1"))
+    layers = [d["digest"] for d in raw["layers"]]
+    assert layers[: len(base_layers)] == base_layers
+    assert layers[len(base_layers) :] == [x["digest"] for x in ours]
+    assert raw["layers"][0]["mediaType"] == base_raw["layers"][0]["mediaType"]
+    assert raw["annotations"]["org.opencontainers.image.base.name"] == f"{reg}/base:v1"
+    assert raw["annotations"]["org.opencontainers.image.base.digest"] == base["digest"]
+    insp = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{reg}/app:v1"))
+    assert insp["Digest"] == app["digest"] and insp["Layers"] == layers
+    env = insp["Env"]
+    assert "BASE_ONLY=b" in env and "SHARED=from-app" in env and "PATH=/bin:/usr/bin" in env
+    assert insp["Labels"] == {"org.example.base": "yes", "org.example.shared": "app"}
+    config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", f"docker://{reg}/app:v1"))
+    c = config["config"]
+    assert c["Entrypoint"] == ["/bin/hello"] and "Cmd" not in c  # our Entrypoint drops the base's Cmd
+    assert c["WorkingDir"] == "/srv"  # inherited
+    froms = [h for h in config["history"] if h.get("empty_layer")]
+    assert froms and f"FROM {reg}/base:v1@{base['digest']}" in froms[0]["created_by"]
+    assert len([h for h in config["history"] if not h.get("empty_layer")]) == len(layers)
+
+    # Pulled into a layout by skopeo (an independent reader): it validates, runs our app under runc, and the
+    # base's file and both sets of users are there.
+    layout = tmp_path / "pulled"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{reg}/app:v1", f"oci:{layout}:app")
+    subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=app", str(layout)],
+                   check=True, capture_output=True)  # fmt: skip
+    out, rootfs = run_bundle(layout, "app", tmp_path, ["/bin/sh", "-c", "/bin/hello; cat /etc/base-release"])
+    assert "app version 1" in out and "nixfly test base 1" in out
+    passwd = (rootfs / "etc/passwd").read_text().splitlines()
+    assert any(p.startswith("baseuser:x:1000:") for p in passwd)
+    assert any(p.startswith("appuser:x:2000:") for p in passwd)
+    assert sum(1 for p in passwd if p.startswith("root:")) == 1
+    group = (rootfs / "etc/group").read_text()
+    assert "basegroup:x:1500:baseuser" in group and group.count("root:x:0:") == 1
+
+
+@pytest.mark.slow
+def test_layout_output_holds_the_base_blobs_fetched_once_and_pinned_digest_is_honoured(
+    tiny_closure: TinyClosure, registry: RunningRegistry, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    reg = fault_proxy.host
+    cache = tmp_path / "cache"
+    base = build_json("--config", str(write_base_toml(tmp_path, tiny_closure)), "--push", f"{reg}/base:v1",
+                      cache=cache)  # fmt: skip
+    # A new tag moves on; the pinned digest must still give the first base.
+    (tmp_path / "base-release").write_text("nixfly test base 2\n")
+    moved = build_json("--config", str(tmp_path / "base.toml"), "--push", f"{reg}/base:v1", cache=cache)
+    assert moved["digest"] != base["digest"]
+
+    fault_proxy.reset_counters()
+    cache2 = tmp_path / "cache2"
+    pinned = f"docker://{reg}/base@{base['digest']}"
+    out = tmp_path / "out"
+    app = build_json(tiny_closure.app, "--from", pinned, "-o", f"oci:{out}:app", "--entrypoint", "/bin/hello",
+                     cache=cache2)  # fmt: skip
+    assert app["base"]["digest"] == base["digest"]
+    n_base = app["base"]["layers"]
+    base_raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/base@{base['digest']}"))
+    # Every base blob was downloaded exactly once (reading /etc from the top layer included) and is in the layout.
+    for d in base_raw["layers"]:
+        assert fault_proxy.count("GET", f"/blobs/{d['digest']}") == 1
+        assert (out / "blobs" / "sha256" / d["digest"].split(":")[1]).is_file()
+        assert (cache2 / "blobs" / "sha256" / d["digest"].split(":")[1]).is_file()
+    subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=app", str(out)],
+                   check=True, capture_output=True)  # fmt: skip
+    stdout, _ = run_bundle(out, "app", tmp_path, ["/bin/sh", "-c", "cat /etc/base-release"])
+    assert stdout == "nixfly test base 1\n"
+
+    # A second build reads the base from the cache: no blob is fetched again, the digest is the same.
+    fault_proxy.reset_counters()
+    again = build_json(tiny_closure.app, "--from", pinned, "-o", f"oci:{tmp_path / 'out2'}:app", "--entrypoint",
+                       "/bin/hello", cache=cache2)  # fmt: skip
+    assert again["digest"] == app["digest"]
+    assert fault_proxy.count("GET", "/blobs/sha256:") == 1  # the base's config only
+    assert len(base_raw["layers"]) == n_base
+
+    # base_etc = "replace": only our users.
+    rep = build_json(tiny_closure.app, "--from", pinned, "--base-etc", "replace", "-o",
+                     f"oci:{tmp_path / 'out3'}:app", cache=cache2)  # fmt: skip
+    _, rootfs = run_bundle(tmp_path / "out3", "app", tmp_path, ["/bin/true"])
+    assert "baseuser" not in (rootfs / "etc/passwd").read_text()
+    assert rep["digest"] != app["digest"]
+
+
+@pytest.mark.slow
+def test_base_from_a_layout_and_an_archive_and_the_bad_inputs(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    base_layout = tmp_path / "base"
+    base = build_json("--config", str(write_base_toml(tmp_path, tiny_closure)), "-o", f"oci:{base_layout}:b",
+                      cache=cache)  # fmt: skip
+    archive = tmp_path / "base.tar"
+    build_json("--config", str(tmp_path / "base.toml"), "-o", f"docker-archive:{archive}", cache=cache)
+    for src in (f"oci:{base_layout}:b", f"docker-archive:{archive}"):
+        out = tmp_path / f"out-{uuid.uuid4().hex[:6]}"
+        app = build_json(tiny_closure.app, "--from", src, "-o", f"oci:{out}:app", cache=cache)
+        assert app["base"]["name"] == src
+        stdout, rootfs = run_bundle(out, "app", tmp_path, ["/bin/sh", "-c", "cat /etc/base-release; /bin/hello"])
+        assert "nixfly test base 1" in stdout and "app version 1" in stdout
+        assert "baseuser:x:1000:" in (rootfs / "etc/passwd").read_text()
+    assert build_json(tiny_closure.app, "--from", f"oci:{base_layout}:b", "-o", f"oci:{tmp_path / 'x'}",
+                      cache=cache)["base"]["digest"] == base["digest"]  # fmt: skip
+
+    # A user of ours with the base's name wins, with a warning.
+    r = run_nixfly("build", tiny_closure.app, "--from", f"oci:{base_layout}:b", "-o", f"oci:{tmp_path / 'y'}",
+                   "--config", str(_clash_toml(tmp_path)), "--cache-dir", str(cache))  # fmt: skip
+    assert r.code == 0, r.err
+    assert "nixfly: warning: /etc/passwd: user baseuser of the base image is replaced by ours" in r.err
+
+    def fails(*args: str) -> str:
+        dest = tmp_path / f"bad-{uuid.uuid4().hex[:6]}"
+        res = run_nixfly("build", *args, "-o", f"oci:{dest}", "--cache-dir", str(cache))
+        assert res.code != 0 and "Traceback" not in res.err, res.err
+        assert not dest.exists() and not list(tmp_path.glob(f".{dest.name}*"))
+        lines = [ln for ln in res.err.strip().splitlines() if not ln.startswith("base ")]  # the resolved base
+        assert len(lines) == 1 and lines[0].startswith("nixfly: "), res.err
+        return lines[0]
+
+    assert "not found" in fails(tiny_closure.app, "--from", f"docker://{registry.host}/nope:v1")
+    assert "no image tagged" in fails(tiny_closure.app, "--from", f"oci:{base_layout}:nope")
+    msg = fails(tiny_closure.app, "--from", f"oci:{base_layout}:b", "--arch", "arm64")
+    assert "is for linux/amd64, not linux/arm64" in msg
+    msg = fails(tiny_closure.app, "--from", f"oci:{base_layout}:b", "--max-layers", "3")
+    assert f"has {len(json.loads(skopeo('inspect', '--raw', f'oci:{base_layout}:b'))['layers'])} layers" in msg
+    assert "--max-layers 3" in msg
+
+
+def _clash_toml(tmp: Path) -> Path:
+    cfg = tmp / "clash.toml"
+    cfg.write_text('[image]\n[[image.users]]\nname = "baseuser"\nuid = 1001\n')
+    return cfg
+
+
+@pytest.mark.slow
+def test_push_to_another_registry_streams_the_base_and_keeps_credentials_to_their_host(
+    tiny_closure: TinyClosure, basic_registry: RunningRegistry, registry: RunningRegistry, fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    b = basic_registry
+    creds = f"{b.username}:{b.password}"
+    cache = tmp_path / "cache"
+    base = build_json("--config", str(write_base_toml(tmp_path, tiny_closure)), "--push", f"{b.host}/base:v1",
+                      "--creds", creds, cache=cache)  # fmt: skip
+    base_raw = json.loads(skopeo("inspect", "--raw", f"--creds={creds}", "--tls-verify=false",
+                                 f"docker://{b.host}/base:v1"))  # fmt: skip
+
+    # --creds belong to the registry pushed to: they are not offered to the base's registry.
+    args = [tiny_closure.app, "--from", f"docker://{b.host}/base:v1", "--push", f"{fault_proxy.host}/app:v1",
+            "--sbom", "none", "--no-layer-index", "--cache-dir", str(tmp_path / "c2")]  # fmt: skip
+    r = run_nixfly("build", *args, "--creds", creds)
+    assert r.code != 0 and "Traceback" not in r.err and b.password not in r.err
+    assert f"base image docker://{b.host}/base:v1" in r.err
+    assert fault_proxy.manifest_puts() == 0
+
+    r = run_nixfly("build", *args, "--from-creds", creds, "--json")
+    assert r.code == 0, r.err
+    app = json.loads(r.out)
+    assert app["base"]["digest"] == base["digest"] and b.password not in r.out + r.err
+    # Another registry: every base blob was streamed across and uploaded (nothing to mount from).
+    assert mounted(fault_proxy) == []
+    sizes = sum(d["size"] for d in base_raw["layers"]) + sum(x["size"] for x in app["layers"])
+    cfg_size = len(skopeo("inspect", "--config", "--raw", "--tls-verify=false", f"docker://{fault_proxy.host}/app:v1"))
+    assert fault_proxy.blob_upload_bytes() == sizes + cfg_size
+    insp = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{fault_proxy.host}/app:v1"))
+    assert insp["Layers"][: len(base_raw["layers"])] == [d["digest"] for d in base_raw["layers"]]
