@@ -837,12 +837,23 @@ class RemoteStore:
         return open(self._files[ni.store_path], "rb")
 
     def entries(self, path: str, name: bytes) -> Generator[TreeEntry, None, None]:
+        """The entries of ``path`` from its NAR; verified when exhausted. While a layer streams a path
+        that is not listed yet, its listing is noted on the way and kept once the NAR has verified, so
+        the customisation that follows reads no NAR twice."""
         ni = self.narinfos[path]
         where = f"{path} from {ni.cache}"
+        fs = self.fs
+        noting = fs is not None and path not in fs.roots and not fs.has_complete_listing(path)
+        noted: dict[str, list[str]] = {}
         with self._open(ni) as fp:
             counted = _Counting(fp, ni)
             reader = NarReader(_Decompressor(counted, ni.compression, where), where, ni.nar_size)
-            yield from reader.entries(name)
+            for e in reader.entries(name):
+                if noting:
+                    item = _listing_item(e, name)
+                    if item is not None:
+                        noted[item[0]] = item[1]
+                yield e
             counted.finish()
             digest = reader.digest()
         if reader.size != ni.nar_size:
@@ -851,6 +862,8 @@ class RemoteStore:
             raise BinaryCacheError(
                 f"{where}: NAR hash mismatch (narinfo says {nix_hash(ni.nar_hash)}, the NAR is {nix_hash(digest)})"
             )
+        if noting and fs is not None:
+            fs.keep_listing(path, noted)
 
     def read_head(self, entry: TreeEntry, n: int) -> bytes:
         got = bytearray()
@@ -873,6 +886,19 @@ class RemoteStore:
 
 _HEAD = 64
 _KINDS = {b"0": "f", b"2": "l", b"5": "d"}
+
+
+def _listing_item(e: TreeEntry, root: bytes) -> tuple[str, list[str]] | None:
+    """(relative path, [kind, symlink target]) for entries a listing keeps: two levels deep, and
+    ``etc/`` five (the CA bundle paths); None for the others."""
+    rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
+    parts = rel.split("/") if rel else []
+    if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
+        return None
+    kind = _KINDS[e.type]
+    if e.type == b"0" and e.mode & 0o111:
+        kind = "x"
+    return rel, [kind, os.fsdecode(e.target) if e.type == b"2" else ""]
 
 
 class RemoteFS:
@@ -947,23 +973,29 @@ class RemoteFS:
         gen = self.store.entries(path, root)
         try:
             for e in gen:
-                rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
-                parts = rel.split("/") if rel else []
-                if not full and parts and parts[0].encode() > b"etc":
+                if not full and e.name != root and e.name[len(root) + 1 :].split(b"/", 1)[0] > b"etc":
                     complete = False
                     break
-                if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
+                item = _listing_item(e, root)
+                if item is None:
                     continue
-                kind = _KINDS[e.type]
-                if e.type == b"0" and e.mode & 0o111:
-                    kind = "x"
-                extra = os.fsdecode(e.target) if e.type == b"2" else ""
+                rel, (kind, extra) = item
+                parts = rel.split("/")
                 if e.type == b"0" and len(parts) == 2 and parts[0] in ("bin", "sbin"):
                     extra = base64.b64encode(self.store.read_head(e, _HEAD)).decode()
                 entries[rel] = [kind, extra]
         finally:
             gen.close()
         return complete, entries
+
+    def has_complete_listing(self, path: str) -> bool:
+        with self._lock:
+            got = self._listings.get(path)
+        return got is not None and got[0]
+
+    def keep_listing(self, path: str, entries: dict[str, list[str]]) -> None:
+        """A complete listing noted while the path's layer was written (and its NAR verified)."""
+        self._store(path, True, entries)
 
     def _file(self, path: str) -> Path | None:
         if self.cache_dir is None:
@@ -991,13 +1023,20 @@ class RemoteFS:
                 loaded = complete or not full
         if not loaded:
             complete, entries = self._read(path, full)
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(prefix=".listing.", dir=f.parent)
-                    with os.fdopen(fd, "w") as out:
-                        json.dump({"complete": complete, "entries": entries}, out)
-                    os.replace(tmp, f)
+            return self._store(path, complete, entries)
+        return self._store(path, complete, entries, write=False)
+
+    def _store(
+        self, path: str, complete: bool, entries: dict[str, list[str]], write: bool = True
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        f = self._file(path)
+        if write and f is not None:
+            with contextlib.suppress(OSError):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".listing.", dir=f.parent)
+                with os.fdopen(fd, "w") as out:
+                    json.dump({"complete": complete, "entries": entries}, out)
+                os.replace(tmp, f)
         children: dict[str, list[str]] = {}
         for rel in entries:
             if rel:
