@@ -762,14 +762,9 @@ def resolve_from_caches(
     paths: dict[str, StorePath] = {p: ni.to_store_path() for p, ni in narinfos.items()}
     if local:
         info = (local_closure or (lambda rs: query_path_info(rs, store_dir)))(sorted(local))
-        for p, sp in info.items():
-            if p in narinfos:
-                continue  # present locally after all (a reference of a local path): read it from disk
-            paths[p] = sp
-        for p in list(narinfos):
-            if p in info:
-                del narinfos[p]
-                paths[p] = info[p]
+        paths.update(info)  # a path found in a cache first but local after all is read from disk
+        for p in info:
+            narinfos.pop(p, None)
     for r in store_roots:
         if r not in paths:
             raise ClosureError(f"{r} is not in the closure metadata")
@@ -878,6 +873,10 @@ class RemoteStore:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for c in self.caches.values():
+            if c._client is not None:
+                c._client.close()
+                c._client = None
 
 
 # ---------------------------------------------------------------------------------------------------
