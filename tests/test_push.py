@@ -135,7 +135,7 @@ def test_cli_push_from_layout_prints_pinned_reference(registry: RunningRegistry,
     data = json.loads(out)
     assert data["digest"] == image.manifest_digest()
     assert data["reference"] == f"{ref}@{image.manifest_digest()}"
-    assert data["uploadedBlobs"] == 3
+    assert data["uploaded_blobs"] == 3
     assert skopeo_inspect(f"{ref}:stable", "--tls-verify=false")["Digest"] == data["digest"]
     code = main(["push", f"oci:{tmp_path / 'layout'}:v1", f"{ref}:v1", "-q"])
     assert code == 0

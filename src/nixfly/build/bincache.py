@@ -26,9 +26,7 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +42,12 @@ from nixfly.build.closure import STORE_DIR, Closure, StorePath, is_store_path, q
 from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
 from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.fsutil import atomic_write_text
+from nixfly.retry import RetryPolicy, Transient, classify_transport, retry_after_seconds, status_is_transient
 
 FETCH_JOBS = 8
-RETRIES = 3  # attempts per request for connection errors, timeouts, 429 and 5xx
+# The project's retry policy, with a short budget: a cache that does not answer is one line within seconds.
+RETRY = RetryPolicy(retries=2, backoff=0.2, max_backoff=2.0)
 TIMEOUT = 30.0
 MAX_NARINFO = 1 << 20
 _NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -335,23 +336,35 @@ class BinaryCache:
             return self._client
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` with a small bounded retry for transient failures (connection errors, timeouts,
-        429 and 5xx answers)."""
-        delay = 0.2
-        for attempt in range(1, RETRIES + 1):
+        """Run ``fn`` under the project's retry policy (``nixfly.retry``): 429 and 5xx answers and broken
+        or refused connections are tried again (every request here is a GET); a name that does not
+        resolve, a TLS failure, other 4xx answers and anything that does not verify end it at once."""
+        last_transport = False
+
+        def attempt() -> Any:
+            nonlocal last_transport
             try:
                 return fn()
             except httpx.HTTPStatusError as e:
                 code = e.response.status_code
-                if (code != 429 and code < 500) or attempt == RETRIES:
-                    raise BinaryCacheError(f"{self.url}: {what} failed: HTTP {code}") from None
+                if status_is_transient(code, repeatable=True):
+                    last_transport = False
+                    wait = retry_after_seconds(e.response.headers.get("Retry-After"))
+                    raise Transient(f"HTTP {code}", wait) from None
+                raise BinaryCacheError(f"{self.url}: {what} failed: HTTP {code}") from None
             except httpx.TransportError as e:
-                if attempt == RETRIES:
-                    reason = str(e).split("\n")[0] or type(e).__name__
-                    raise BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {reason})") from None
-            time.sleep(delay)
-            delay *= 2.5
-        raise AssertionError("unreachable")
+                failure = classify_transport(e)
+                if failure.transient(repeatable=True):
+                    last_transport = True
+                    raise Transient(failure.text) from None
+                raise BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {failure.text})") from None
+
+        def give_up(t: Transient, attempts: int) -> Exception:
+            if last_transport:
+                return BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {t.what}; {attempts} tries)")
+            return BinaryCacheError(f"{self.url}: {what} failed: {t.what} ({attempts} tries)")
+
+        return RETRY.run(attempt, give_up=give_up)
 
     def get(self, rel: str, limit: int = MAX_NARINFO) -> bytes | None:
         """A small file of the cache, or None if it has none."""
@@ -649,12 +662,9 @@ class NarinfoCache:
         f = self._file(cache, ni.store_path.rsplit("/", 1)[-1].split("-", 1)[0])
         if f is None:
             return
-        with contextlib.suppress(OSError):  # a cache that cannot be written costs the next run a request
+        with contextlib.suppress(OSError, NixflyError):  # a cache that cannot be written costs a request
             f.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".narinfo.", dir=f.parent)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-            os.replace(tmp, f)
+            atomic_write_text(f, text, durable=False)
 
 
 def _narinfo_text(ni: NarInfo) -> str:
@@ -1030,12 +1040,9 @@ class RemoteFS:
     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         f = self._file(path)
         if write and f is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, NixflyError):
                 f.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".listing.", dir=f.parent)
-                with os.fdopen(fd, "w") as out:
-                    json.dump({"complete": complete, "entries": entries}, out)
-                os.replace(tmp, f)
+                atomic_write_text(f, json.dumps({"complete": complete, "entries": entries}), durable=False)
         children: dict[str, list[str]] = {}
         for rel in entries:
             if rel:

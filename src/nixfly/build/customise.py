@@ -9,17 +9,21 @@ only the app's layer; everything else goes into one small customisation layer.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from nixfly.build.closure import Closure, to_store_path
 from nixfly.build.layers import Entry
 from nixfly.build.spec import ImageSpec, UserSpec
+from nixfly.build.supervisor import LABEL, supervise
 from nixfly.errors import NixflyError, UsageError
 
 CA_CANDIDATES = ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt")
 CA_LINKS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-bundle.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+# The image's PATH when the spec sets none (the pipeline writes the same default into the config).
+IMAGE_DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
+_MAX_HOPS = 40
 
 
 class StoreFS(Protocol):
@@ -53,6 +57,8 @@ class Customisation:
     root_entries: dict[str, list[Entry]] = field(default_factory=dict)  # goes into each root's layer
     entries: list[Entry] = field(default_factory=list)  # the customisation layer
     env: dict[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] | None = None  # set by a generated supervisor / boot stage
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _contents_links(
@@ -174,6 +180,8 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
         if not d.path.startswith("/"):
             raise UsageError(f"dirs: {d.path!r} must be an absolute path")
         add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "dirs")
+    for d in spec.boot_dirs:  # also in the image, for runs without a volume over them
+        add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "boot_dirs")
 
     if spec.ca_certificates:
         bundle = None
@@ -203,6 +211,81 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
         if not os.path.lexists(f.src):
             raise UsageError(f"files: {f.src} does not exist")
         add(Entry("tree", f.dest.rstrip("/") or "/", src=f.src), f"file {f.src}")
+    sup = supervise(spec, closure, [*out.entries, *(e for es in out.root_entries.values() for e in es)])
+    if sup is not None:
+        for e in sup.entries:
+            add(e, "the generated supervisor configuration")
+        out.entrypoint = sup.entrypoint
+        out.labels[LABEL] = sup.label
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
+    _check_user(spec)
+    _check_command(spec, closure, out)
     return out
+
+
+def _check_user(spec: ImageSpec) -> None:
+    """``user = "name[:group]"``: names must be declared (the image's /etc/passwd holds exactly the declared
+    users plus root and nobody); numeric ids need no entry."""
+    if not spec.user:
+        return
+    user, _, group = spec.user.partition(":")
+    users = {u.name for u in spec.users} | {"root", "nobody"}
+    groups = {g.name for g in spec.groups} | {"root", "nogroup"}
+    if not user or (not user.isdigit() and user not in users):
+        raise UsageError(
+            f"user {spec.user!r}: {user!r} is not declared in users (declared: {', '.join(sorted(users))}); "
+            "declare it or give a numeric uid"
+        )
+    if group and not group.isdigit() and group not in groups:
+        raise UsageError(f"user {spec.user!r}: group {group!r} is not declared in groups; declare it or give a gid")
+
+
+def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
+    """Whether an absolute path names an existing non-directory in the image (store paths, the
+    customisation's files, links and copied trees, following links as the container would)."""
+    entries = {e.path: e for e in [*out.entries, *(e for es in out.root_entries.values() for e in es)]}
+    store = closure.store_dir + "/"
+
+    def exists(path: str, hops: int = 0) -> bool:
+        path = os.path.normpath("/" + path.lstrip("/"))
+        if hops > _MAX_HOPS:
+            return False
+        if path.startswith(store):
+            return os.path.exists(path) and not os.path.isdir(path)
+        cur, rest = path, ""
+        while True:
+            e = entries.get(cur)
+            if e is not None:
+                if e.kind == "symlink":
+                    t = e.target if e.target.startswith("/") else os.path.join(os.path.dirname(cur), e.target)
+                    return exists(os.path.join(t, rest) if rest else t, hops + 1)
+                if e.kind == "tree":
+                    full = os.path.join(e.src, rest) if rest else e.src
+                    return os.path.exists(full) and not os.path.isdir(full)
+                return e.kind == "file" and not rest
+            if cur == "/":
+                return False
+            cur, base = os.path.split(cur)
+            rest = os.path.join(base, rest) if rest else base
+
+    return exists
+
+
+def _check_command(spec: ImageSpec, closure: Closure, out: Customisation) -> None:
+    """The first word of the entrypoint (else of cmd) must name a file in the image: absolute, relative to
+    the working directory, or found on the image's PATH, as a container runtime would look it up."""
+    words = spec.entrypoint or spec.cmd
+    if not words:
+        return
+    first, what = words[0], "entrypoint" if spec.entrypoint else "cmd"
+    exists = _in_image(closure, out)
+    path = spec.env.get("PATH") or out.env.get("PATH") or IMAGE_DEFAULT_PATH
+    if "/" in first:
+        where = first if first.startswith("/") else os.path.join(spec.workdir or "/", first)
+        if exists(where):
+            return
+        raise UsageError(f"{what} {first!r} is not in the image (no file {os.path.normpath(where)})")
+    if any(exists(f"{d}/{first}") for d in path.split(":") if d.startswith("/")):
+        return
+    raise UsageError(f"{what} {first!r} is not in the image (searched PATH={path})")

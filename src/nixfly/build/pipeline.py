@@ -79,12 +79,23 @@ def _describe(paths: tuple[str, ...], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def image_config(spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], env_extra: dict[str, str]) -> bytes:
-    created = datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def image_config(
+    spec: ImageSpec,
+    closure: Closure,
+    layers: list[BuiltLayer],
+    env_extra: dict[str, str],
+    entrypoint: tuple[str, ...] | None = None,
+    labels: dict[str, str] | None = None,
+) -> bytes:
+    # created: the flake's commit time when built from an installable, else SOURCE_DATE_EPOCH, else the epoch.
+    epoch = closure.source_epoch if closure.source_epoch is not None else source_date_epoch()
+    created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     arch, os_name = platform_of(spec, closure)
     env = {"PATH": DEFAULT_PATH, **env_extra, **spec.env}
     cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in env.items()]}
-    if spec.entrypoint is not None:
+    if entrypoint is not None:  # a generated supervisor or boot stage
+        cfg["Entrypoint"] = list(entrypoint)
+    elif spec.entrypoint is not None:
         cfg["Entrypoint"] = spec.entrypoint
     if spec.cmd is not None:
         cfg["Cmd"] = spec.cmd
@@ -96,8 +107,8 @@ def image_config(spec: ImageSpec, closure: Closure, layers: list[BuiltLayer], en
         cfg["ExposedPorts"] = {p: {} for p in spec.ports}
     if spec.volumes:
         cfg["Volumes"] = {v: {} for v in spec.volumes}
-    if spec.labels:
-        cfg["Labels"] = dict(spec.labels)
+    if spec.labels or labels:
+        cfg["Labels"] = {**(labels or {}), **spec.labels}
     if spec.stop_signal:
         cfg["StopSignal"] = spec.stop_signal
     history = []
@@ -274,7 +285,7 @@ def _build(
             on_start=None if on_layer_start is None else (lambda i: on_layer_start(i + last)),
             on_bytes=None if on_layer_bytes is None else (lambda i, n: on_layer_bytes(i + last, n)),
         )  # fmt: skip
-    config = image_config(spec, closure, built, cust.env)
+    config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels)
     annotations = {}
     if spec.annotations:
         annotations.update(spec.annotations)

@@ -6,8 +6,12 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from nixfly.cli.common import (
     stderr_console,
     transport_options,
 )
-from nixfly.errors import ImageError, UsageError
+from nixfly.errors import NixflyError, UsageError
 from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import RegistryClient, RegistryOptions
@@ -43,22 +47,32 @@ from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
-def _common_options(f: Any) -> Any:
-    for o in reversed(
-        [
+def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
+    """--retries/--timeout (and, for commands that move blobs, --parallel), --json, -q."""
+    opts = [
+        click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
+                     help="Retries per request on connection errors, 429 and 5xx."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Seconds a connection may make no progress before it is retried."),
+        click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
+    ]  # fmt: skip
+    if transfers:
+        opts += [
             click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True,
                          help="Blob transfers at once."),
-            click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
-                         help="Retries per request on connection errors, 429 and 5xx."),
-            click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
-                         help="Seconds a connection may make no progress before it is retried."),
             click.option("--chunk-size", type=click.IntRange(min=1024), default=None, hidden=True),
-            click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
-            click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
-        ]
-    ):  # fmt: skip
-        f = o(f)
-    return f
+        ]  # fmt: skip
+
+    def deco(f: Any) -> Any:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return deco
+
+
+_common_options = _network_options()
 
 
 class _RichPushProgress(PushProgress):
@@ -79,6 +93,11 @@ class _RichPushProgress(PushProgress):
             if digest in self.tasks:
                 self.progress.update(self.tasks[digest], completed=completed)
 
+    def blob_note(self, digest: str, text: str) -> None:
+        with self.lock:
+            if digest in self.tasks:
+                self.progress.update(self.tasks[digest], description=f"{digest[7:19]} {text}")
+
     def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
         with self.lock:
             if digest in self.tasks:
@@ -89,7 +108,7 @@ class _RichPushProgress(PushProgress):
 
 def _progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
         TimeRemainingColumn(), console=stderr_console(), transient=True,
     )  # fmt: skip
 
@@ -127,6 +146,18 @@ def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") ->
     click.echo(result.reference)
 
 
+def _read_archive_with_progress(loc: ArchiveLocation) -> Image:
+    """Read a docker-archive (file, stdin, stream script) with a bar of the bytes read so far."""
+    from nixfly.sources.archive import read_archive
+
+    total: int | None = None
+    if loc.path is not None and not loc.run and loc.path.is_file():
+        total = loc.path.stat().st_size
+    with _progress_bar() as bar:
+        task = bar.add_task("reading archive", total=total)
+        return read_archive(loc, on_bytes=lambda n: bar.advance(task, n))
+
+
 def _dest_locations(dests: tuple[str, ...]) -> list[Location]:
     locs: list[Location] = []
     for d in dests:
@@ -152,6 +183,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
          **o: Any) -> None:  # fmt: skip
     """Push SOURCE (an OCI layout, a docker-archive or a nixfly.toml to build) to DESTINATIONS.
 
+    A docker-archive may be gzip/zstd-compressed (dockerTools.buildLayeredImage), come on stdin (-), or be
+    written by a streamLayeredImage script (nixfly push ./result REF runs it). Its uncompressed layers are
+    compressed as nixfly build would, so the digest matches the same image pushed from a layout.
+
     Only blobs the registry lacks are uploaded; the manifest goes last, under every tag given. Prints the
     digest-pinned reference (name@sha256:…) that nixfly deploy takes.
     """
@@ -167,9 +202,10 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         image = build_image(load_spec(src_path)).image
     else:
         loc = parse_location(source, bare_paths=True)
-        if isinstance(loc, ArchiveLocation) and loc.path is None:
-            raise UsageError("push cannot read an image from stdin; give a file")
-        image = open_image(loc, options)
+        if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+            image = _read_archive_with_progress(loc)
+        else:
+            image = open_image(loc, options)
     _, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
     assert written[-1].push is not None
     _report_push(written[-1].push, o)
@@ -267,9 +303,10 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
 @cli.command()
 @click.argument("repository")
 @transport_options()
-@_common_options
+@_network_options(transfers=False)
 def tags(repository: str, **o: Any) -> None:
-    """List the releases in REPOSITORY: each tag with its digest and created time, newest first."""
+    """List the releases in REPOSITORY: each tag with its digest and created time, newest first
+    (with -q, only the tag names)."""
     loc = parse_location(repository)
     if not isinstance(loc, RegistryLocation):
         raise UsageError(f"{repository}: tags lists a registry repository, as in registry.fly.io/app")
@@ -281,12 +318,16 @@ def tags(repository: str, **o: Any) -> None:
         emit_json({"repository": ref.name, "tags": releases})
         return
     for r in releases:
-        click.echo(f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
+        click.echo(r["tag"] if o.get("quiet") else f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
+
+
+_REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
 def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
-    """Every tag of ``repo`` with its manifest digest and image creation time, newest first."""
-    names = client.list_tags(repo.repository)
+    """Every tag of ``repo`` with its manifest digest and image creation time, newest first. The OCI
+    referrers fallback tags (``sha256-<hex>``, where SBOMs hang) are not releases and are left out."""
+    names = [t for t in client.list_tags(repo.repository) if not _REFERRERS_TAG.fullmatch(t)]
 
     def one(tag: str) -> dict[str, Any]:
         r = repo.with_tag(tag)
@@ -296,13 +337,29 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
             m = resolve_manifest(client, r) if top.media_type in INDEX_TYPES else top
             cfg = image_from_manifest(client, r, m).config
             created = str(cfg["created"]) if cfg.get("created") else None
-        except (ImageError, UsageError):
+        except NixflyError:
             created = None  # an index without our platform, or a foreign artefact: still list the tag
-        return {"tag": tag, "digest": top.digest, "mediaType": top.media_type, "created": created,
+        return {"tag": tag, "digest": top.digest, "media_type": top.media_type, "created": created,
                 "reference": r.pinned(top.digest)}  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, client.options.parallel * 2))) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         releases = list(pool.map(one, names))
-    # Newest first; equal or unknown times fall back to the tag name, descending, for a stable order.
-    releases.sort(key=lambda r: (r["created"] or "", r["tag"]), reverse=True)
+    # Newest first by the config's created time; equal times by version-aware tag order (v1.10 after
+    # v1.9), highest first; tags without a readable time come last.
+    releases.sort(key=_release_order, reverse=True)
     return releases
+
+
+def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key comparing the digit runs of a tag as numbers: v1.9 < v1.10 < v2."""
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|\D+", tag))
+
+
+def _release_order(r: dict[str, Any]) -> tuple[bool, float, tuple[tuple[int, int | str], ...]]:
+    when: datetime | None = None
+    if r.get("created"):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(str(r["created"]))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+    return (when is not None, when.timestamp() if when else 0.0, version_key(str(r["tag"])))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from nixfly.errors import ImageError
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_BLOCK = 1 << 20
 
 
 def sha256_digest(data: bytes) -> str:
@@ -131,3 +133,41 @@ class VerifyingReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class HashingReader:
+    """A file-like reader that passes reads through while hashing (sha256) and counting the bytes, so a
+    stream can be checked against its digest as it is consumed, with no second pass. ``on_bytes`` hears
+    the size of every non-empty chunk (for progress)."""
+
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
+        self._raw = raw
+        self._on_bytes = on_bytes
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self.hash.update(data)
+            self.count += len(data)
+            if self._on_bytes is not None:
+                self._on_bytes(len(data))
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read (and hash) whatever is left."""
+        while self.read(_BLOCK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()

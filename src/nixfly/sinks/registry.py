@@ -47,12 +47,12 @@ class PushResult:
             "digest": self.digest,
             "reference": self.reference,
             "references": list(self.references),
-            "mediaType": self.media_type,
+            "media_type": self.media_type,
             "format": self.format,
-            "uploadedBytes": self.uploaded_bytes,
-            "uploadedBlobs": self.uploaded_blobs,
-            "skippedBlobs": self.skipped_blobs,
-            "mountedBlobs": self.mounted_blobs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "uploaded_blobs": self.uploaded_blobs,
+            "skipped_blobs": self.skipped_blobs,
+            "mounted_blobs": self.mounted_blobs,
         }
 
 
@@ -67,6 +67,9 @@ class PushProgress:
 
     def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
         pass
+
+    def blob_note(self, digest: str, text: str) -> None:
+        """Something worth a line about a transfer (e.g. the registry lost the session: restarting)."""
 
 
 def push_image(
@@ -144,7 +147,7 @@ def _push_blobs(
         digest: str, size: int, opener: Callable[[], BinaryIO], origin: BlobOrigin | None = None
     ) -> tuple[BlobOutcome, int]:
         prog.blob_started(digest, size)
-        if client.blob_size(repo, digest, push=True) is not None:
+        if client.has_blob(repo, digest, size, push=True):
             prog.blob_finished(digest, "skipped")
             return "skipped", 0
         location = None
@@ -160,7 +163,7 @@ def _push_blobs(
                 return "mounted", 0
             break  # the registry started an ordinary upload session instead: use it
         advanced: ProgressFn = prog.blob_advanced
-        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced)
+        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced, note=prog.blob_note)
         prog.blob_finished(digest, "uploaded")
         return "uploaded", sent
 

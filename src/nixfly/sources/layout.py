@@ -74,6 +74,8 @@ def _select(root: Path, manifests: list[dict[str, Any]], tag: str | None, where:
             names = sorted({m.get("annotations", {}).get(REF_NAME, "?") for m in manifests})
             raise ImageError(f"{where}: no image tagged {tag!r} (tags: {', '.join(names) or 'none'})")
         return hits[0]
+    # Referrers (an SBOM with a `subject`) sit beside the image in index.json; they are not images.
+    manifests = [m for m in manifests if "subject" not in m] or manifests
     if len(manifests) != 1:
         raise ImageError(f"{where}: holds {len(manifests)} images; name one as oci:DIR:TAG")
     return manifests[0]

@@ -2,7 +2,7 @@
 
 Only the manifest and the config are fetched up front. Each layer's ``open()`` streams its blob from the
 registry, hashing as it reads: reaching the end with the wrong digest or size raises instead of returning
-bad bytes, and a dropped connection is resumed with a ``Range`` request.
+bad bytes, and a dropped connection is resumed with a ``Range`` request (under :mod:`nixfly.retry`, like every request).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -67,30 +66,29 @@ class _VerifyingBlobReader(io.RawIOBase):
         self._chunks: Iterator[bytes] | None = None
         self._buf = b""
         self._done = False
-        self._failures = 0
 
     def readable(self) -> bool:
         return True
 
-    def _connect(self) -> None:
-        lyr = self._layer
-        self._resp = lyr.client.open_blob(lyr.repository, lyr.digest, self._pos)
-        self._chunks = self._resp.iter_raw(IO_CHUNK)
-
     def _next_chunk(self) -> bytes:
+        """The next piece of the body, under the client's retry policy (one loop: reconnecting from the
+        current offset is part of the attempt)."""
         lyr = self._layer
-        while True:
-            if self._chunks is None:
-                self._connect()
-            assert self._chunks is not None
-            try:
-                return next(self._chunks, b"")
-            except httpx.TransportError as e:
-                self._failures += 1
-                self._drop()
-                if self._failures > lyr.client.options.retries:
-                    raise lyr.client.fail(f"reading blob {lyr.digest}: {type(e).__name__}") from None
-                time.sleep(lyr.client.options.sleep_for(self._failures))
+        return lyr.client.policy.run(
+            self._attempt,
+            give_up=lambda t, n: lyr.client.fail(f"reading blob {lyr.digest} failed after {n} attempts: {t.what}"),
+        )
+
+    def _attempt(self) -> bytes:
+        lyr = self._layer
+        if self._chunks is None:
+            self._resp = lyr.client.open_blob(lyr.repository, lyr.digest, self._pos)
+            self._chunks = self._resp.iter_raw(IO_CHUNK)
+        try:
+            return next(self._chunks, b"")
+        except httpx.HTTPError as e:
+            self._drop()
+            raise lyr.client.read_failure(e, lyr.digest) from None
 
     def _drop(self) -> None:
         if self._resp is not None:
