@@ -1110,6 +1110,18 @@ class RemoteFS:
         remote, p, e = self._resolve(path, False)
         return e is not None if remote else os.path.lexists(p)
 
+    def isfile(self, path: str) -> bool:
+        remote, p, e = self._resolve(path, True)
+        if not remote:
+            return os.path.exists(p) and not os.path.isdir(p)
+        if e is not None:
+            return e[0] != "d"
+        # Deeper than a listing goes (two levels, etc/ five): not known without the NAR; say yes, the
+        # layer is written from the NAR whatever this answers.
+        sp = self._split(p)
+        comps = sp[1] if sp is not None else []
+        return len(comps) > 2 and not (comps[0] == "etc" and len(comps) <= 5)
+
     def listdir(self, path: str) -> list[str]:
         remote, p, e = self._resolve(path, True)
         if not remote:

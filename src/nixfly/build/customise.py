@@ -37,6 +37,10 @@ class StoreFS(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
+    def isfile(self, path: str) -> bool:
+        """Exists (following symlinks) and is not a directory."""
+        ...
+
 
 class LocalFS:
     def isdir(self, path: str) -> bool:
@@ -50,6 +54,9 @@ class LocalFS:
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
+
+    def isfile(self, path: str) -> bool:
+        return os.path.exists(path) and not os.path.isdir(path)
 
 
 @dataclass
@@ -220,7 +227,7 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
     _check_user(spec)
-    _check_command(spec, closure, out)
+    _check_command(spec, closure, out, fs)
     return out
 
 
@@ -241,7 +248,7 @@ def _check_user(spec: ImageSpec) -> None:
         raise UsageError(f"user {spec.user!r}: group {group!r} is not declared in groups; declare it or give a gid")
 
 
-def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
+def _in_image(closure: Closure, out: Customisation, fs: StoreFS) -> Callable[[str], bool]:
     """Whether an absolute path names an existing non-directory in the image (store paths, the
     customisation's files, links and copied trees, following links as the container would)."""
     entries = {e.path: e for e in [*out.entries, *(e for es in out.root_entries.values() for e in es)]}
@@ -252,7 +259,7 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
         if hops > _MAX_HOPS:
             return False
         if path.startswith(store):
-            return os.path.exists(path) and not os.path.isdir(path)
+            return fs.isfile(path)
         cur, rest = path, ""
         while True:
             e = entries.get(cur)
@@ -272,14 +279,14 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
     return exists
 
 
-def _check_command(spec: ImageSpec, closure: Closure, out: Customisation) -> None:
+def _check_command(spec: ImageSpec, closure: Closure, out: Customisation, fs: StoreFS) -> None:
     """The first word of the entrypoint (else of cmd) must name a file in the image: absolute, relative to
     the working directory, or found on the image's PATH, as a container runtime would look it up."""
     words = spec.entrypoint or spec.cmd
     if not words:
         return
     first, what = words[0], "entrypoint" if spec.entrypoint else "cmd"
-    exists = _in_image(closure, out)
+    exists = _in_image(closure, out, fs)
     path = spec.env.get("PATH") or out.env.get("PATH") or IMAGE_DEFAULT_PATH
     if "/" in first:
         where = first if first.startswith("/") else os.path.join(spec.workdir or "/", first)
