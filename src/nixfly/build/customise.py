@@ -269,7 +269,7 @@ def _in_image(closure: Closure, out: Customisation, fs: StoreFS) -> Callable[[st
                     return exists(os.path.join(t, rest) if rest else t, hops + 1)
                 if e.kind == "tree":
                     full = os.path.join(e.src, rest) if rest else e.src
-                    return os.path.exists(full) and not os.path.isdir(full)
+                    return fs.lexists(full) and not fs.isdir(full)
                 return e.kind == "file" and not rest
             if cur == "/":
                 return False
