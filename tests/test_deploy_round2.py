@@ -317,6 +317,14 @@ def test_tags_are_resolved_to_digests_in_the_real_registry(
                          capture_output=True, check=True).stdout  # fmt: skip
     assert images["v1"].endswith(json.loads(raw)["Digest"])
     assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    # A registry that does not answer: one line, and no Machines API request.
+    from tests.support.registry import free_port
+
+    fly_api.requests.clear()
+    assert deploy(toml, f"127.0.0.1:{free_port()}/demo:v1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nixfly: cannot resolve image 127.0.0.1:") and err.count("\n") == 1
+    assert fly_api.requests == []
 
 
 @pytest.mark.parametrize(("flag", "count"), [((), 2), (("--ha=false",), 1), (("--ha", "false"), 1)])
@@ -374,6 +382,13 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
     fly_api.requests.clear()
     assert main(["secrets", "set", "-a", "demo", "--stage", "TOKEN=other"]) == 0
     assert machine_posts(fly_api, ids) == []
+    # unset rolls them too; with no secrets left the machines carry no secrets tags, and a deploy is a no-op.
+    assert main(["secrets", "unset", "-a", "demo", "TOKEN"]) == 0
+    assert "restarted 2 machine(s)" in capsys.readouterr().out
+    assert all("nixfly_secrets" not in m.config["metadata"] for m in fly_api.machines("demo"))
+    fly_api.requests.clear()
+    assert deploy(toml, images["v1"]) == 0
+    assert fly_api.mutations() == []
 
 
 # -- beyond flyctl: status, releases, rollback ------------------------------------------------------------

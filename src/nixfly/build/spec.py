@@ -470,7 +470,9 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:
     """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
-    line = TomlPositions(text).line_of(dotted_path(key))
+    positions, loc = TomlPositions(text), dotted_path(key)
+    # Keys are named relative to the image definition, which may sit in an [image] table.
+    line = positions.line_of(loc) or positions.line_of(("image", *loc))
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {msg}"
 

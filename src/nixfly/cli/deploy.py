@@ -221,17 +221,24 @@ def secrets_set(
 @click.argument("names", nargs=-1, required=True)
 @_app_option
 @_config_option
+@click.option("--stage", is_flag=True, help="Only remove them; the next deploy rolls the machines.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_unset(
-    names: tuple[str, ...], app_name: str | None, config_path: Path, api_url: str | None, access_token: str | None
-) -> None:
-    """Remove the named secrets."""
+    names: tuple[str, ...], app_name: str | None, config_path: Path, stage: bool, wait_timeout: float,
+    api_url: str | None, access_token: str | None,
+) -> None:  # fmt: skip
+    """Remove the named secrets, then restart the machines without them unless --stage."""
+    from nixfly.fly.service import roll_secrets
     from nixfly.fly.state import default_state_dir
 
     app = app_from(app_name, config_path)
     with Connection(api_url, access_token).open() as api:
         version = unset_secrets(api, app, names, default_state_dir())
-    click.echo(f"unset {', '.join(names)} on {app} (secrets version {version})")
+        result = None if stage else roll_secrets(api, app, version, wait_timeout=wait_timeout, progress=progress)
+    rolled = f"; restarted {len(result.updated)} machine(s)" if result else ""
+    click.echo(f"unset {', '.join(names)} on {app} (secrets version {version}){rolled}")
 
 
 @secrets.command("list")

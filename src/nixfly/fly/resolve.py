@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from nixfly.errors import RegistryError
 from nixfly.registry.reference import parse_reference
 
@@ -21,9 +23,11 @@ def resolve_tag(image: str) -> str:
     if ref.digest is not None:
         return ref.pinned(ref.digest)
     tag = ref.tag or "latest"
-    with RegistryClient(ref.registry) as client:
-        try:
+    try:
+        with RegistryClient(ref.registry) as client:
             manifest = client.get_manifest(ref.repository, tag)
-        except RegistryError as e:
-            raise RegistryError(f"cannot resolve image {image} to a digest: {e}") from None
+    except RegistryError as e:
+        raise RegistryError(f"cannot resolve image {image} to a digest: {e}") from None
+    except httpx.HTTPError as e:  # whatever the client does not map itself is still one line
+        raise RegistryError(f"cannot resolve image {image} to a digest: {type(e).__name__}: {e}") from None
     return ref.pinned(manifest.digest)

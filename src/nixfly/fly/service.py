@@ -372,16 +372,22 @@ def roll_secrets(
     progress: Progress = _quiet,
     state_dir: Path | None = None,
 ) -> DeployResult | None:
-    """Restart every machine of the app onto secrets ``version``: a rolling update, a lease per machine,
-    that changes only the secrets tags in each machine's own config. None when the app has no machines."""
+    """Restart every machine of the app onto secrets ``version`` (after a set or an unset): a rolling
+    update, a lease per machine, that changes only the secrets tags in each machine's own config. None
+    when the app has no machines."""
     machines = [m for m in api.list_machines(app) if m.process_group != RELEASE_GROUP]
     if not machines:
         return None
-    digest = secrets_digest(api.list_secrets(app))
+    secrets = api.list_secrets(app)
     actions = []
     for m in sorted(machines, key=lambda m: m.id):
         new = request_form(copy.deepcopy(m.config))
-        new.setdefault("metadata", {}).update({SECRETS_VERSION_KEY: str(version), SECRETS_DIGEST_KEY: digest})
+        meta = new.setdefault("metadata", {})
+        if secrets:  # tagged as a deploy would tag it (see secrets_state), so the next deploy has nothing to do
+            meta.update({SECRETS_VERSION_KEY: str(version), SECRETS_DIGEST_KEY: secrets_digest(secrets)})
+        else:
+            meta.pop(SECRETS_VERSION_KEY, None)
+            meta.pop(SECRETS_DIGEST_KEY, None)
         actions.append(Action("update", m.process_group, m.id, m.region, new=new, old=m.config))
     strategy: Strategy = "rolling"
     settings = DeploySettings(app=app, strategy=strategy, max_unavailable=1, wait_timeout=wait_timeout,
