@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a small closure, one run (a smoke test)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--double", action="store_true", help="also the peak RSS of a build of the 2x closure (zstd)")
     ap.add_argument("--xz-level", type=int, help="xz preset for the cache (default: Nix's, 6); decompression "
                     "speed hardly depends on it, making the cache does")  # fmt: skip
     args = ap.parse_args()
@@ -137,7 +138,16 @@ def main() -> int:
                 results.setdefault(f"floor: {comp} -dc → sha256sum", []).append(
                     floor(nar_files(caches[comp], closure), comp, work)
                 )
-        digests = {s.extra["digest"] for k, v in results.items() if not k.startswith("floor") for s in v}
+        if args.double:
+            # Peak RSS as the closure doubles: one build from a zstd cache of the 2x closure.
+            info2 = gen_closure(args.scale * 2, 1)
+            c2, _took = make_cache(info2.root, "zstd", None)
+            s2 = build(info2.root, work, env, "--from-cache", f"file://{c2}", "--ignore-local-store", "--no-verify")
+            facts["double_paths"] = str(info2.paths)
+            facts["double_nar_bytes"] = str(info2.nar_bytes)
+            results["from file:// cache (zstd), closure 2x"] = [s2]
+        digests = {s.extra["digest"] for k, v in results.items() if not k.startswith("floor") and "2x" not in k
+                   for s in v}  # fmt: skip
         facts["identical_manifest_digests"] = "yes" if len(digests) == 1 else f"no: {sorted(digests)}"
         table = {k: summary(v) for k, v in results.items()}
         rows = []
@@ -148,6 +158,9 @@ def main() -> int:
                     f = table[f"floor: {comp} -dc → sha256sum"]["median_s"]
                     loc = table["local store"]["median_s"]
                     ratio = f"{v['median_s'] / f:.2f}× floor, {v['median_s'] / loc:.2f}× local"
+            if k.endswith("closure 2x"):
+                one = table["from file:// cache (zstd)"]["peak_rss_mb"]
+                ratio = f"RSS {v['peak_rss_mb'] / one:.2f}× the 1x build"
             rows.append(
                 f"| {k} | {v['median_s']:.2f} s ({v['min_s']:.2f}–{v['max_s']:.2f}) | {v['cpu_s']:.1f} s "
                 f"| {v['peak_rss_mb']:.0f} MB | {ratio} |"

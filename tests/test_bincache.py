@@ -61,9 +61,11 @@ def cached(tmp_path_factory: pytest.TempPathFactory, nix_available: None) -> Ite
     caches = {c: copy_to_cache(work / f"cache-{c}", c, paths["app"]) for c in COMPRESSIONS}
     layout = work / "local"
     digest = build_digest(paths["app"], "-o", f"oci:{layout}:t", "--cache-dir", str(work / "lc"))
+    with_sh = build_digest(paths["app"], "-o", f"oci:{work / 'local-sh'}:t", "--cache-dir", str(work / "lc"),
+                           "--bin-sh")  # fmt: skip
     delete_paths(*paths.values())
     assert not any(os.path.lexists(p) for p in paths.values())
-    yield CachedClosure(paths, pk, caches, digest, layout, work)
+    yield CachedClosure(paths, pk, caches, digest, layout, work, with_sh)
 
 
 def fresh(tmp: Path) -> str:
@@ -81,6 +83,14 @@ def test_build_from_file_cache_is_byte_identical_to_local(
     assert d == cached.local_digest
     # Same blobs, byte for byte (layers, config, manifest).
     assert sorted(os.listdir(out / "blobs" / "sha256")) == sorted(os.listdir(cached.local_layout / "blobs" / "sha256"))
+
+
+def test_links_found_by_searching_remote_dependencies_are_the_same(cached: CachedClosure, tmp_path: Path) -> None:
+    # /bin/sh → sh's bin/sh and the CA bundle links → data's, both found in dependencies only a cache has.
+    d = build_digest(cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
+                     "--from-cache", f"file://{cached.caches['zstd']}", "--trusted-public-key", cached.public_key,
+                     "--bin-sh")  # fmt: skip
+    assert d == cached.local_digest_bin_sh != cached.local_digest
 
 
 def test_http_cache_same_digest_and_cached_rebuild_downloads_nothing(cached: CachedClosure, tmp_path: Path) -> None:
@@ -152,11 +162,11 @@ def test_installable_is_evaluated_for_its_system_not_built(cached: CachedClosure
 
 
 def test_nar_listings_are_used_when_the_cache_has_them(cached: CachedClosure, tmp_path: Path) -> None:
-    # nix copy ...?write-nar-listing=true writes <hash>.ls (cache.nixos.org has them): the listings that
-    # customisation needs then come from there, not from a pass over the NARs.
+    # nix copy ...?write-nar-listing=true writes <hash>.ls (cache.nixos.org has them). A first build lists
+    # the NARs as their layers stream; a build whose layers are cached but whose listings are not (here:
+    # removed) takes the dependencies' listings from the .ls files and fetches no NAR.
     cache = tmp_path / "ls-cache"
     shutil.copytree(cached.caches["xz"], cache)
-
     bc = BinaryCache(f"file://{cache}")
     for name in ("data", "sh"):
         ni = bc.narinfo(cached.paths[name])
@@ -164,13 +174,22 @@ def test_nar_listings_are_used_when_the_cache_has_them(cached: CachedClosure, tm
         # A listing in Nix's .ls shape, derived here from the NAR the cache holds.
         listing = _ls_of(cached.paths[name], cache / ni.url)
         (cache / (cached.paths[name].rsplit("/", 1)[-1].split("-", 1)[0] + ".ls")).write_text(json.dumps(listing))
+    layer_cache = fresh(tmp_path)
     with StaticServer(cache) as srv:
-        d = build_digest(cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", fresh(tmp_path),
-                         "--from-cache", srv.url, "--trusted-public-key", cached.public_key)  # fmt: skip
-        ls = sorted(r for r in srv.requests if r.endswith(".ls"))
-    assert d == cached.local_digest
-    hashes = sorted("/" + cached.paths[n].rsplit("/", 1)[-1].split("-", 1)[0] + ".ls" for n in ("data", "sh"))
-    assert ls == hashes  # asked for the dependencies' listings, not the root's (its bin/ heads need the NAR)
+        args = [cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", layer_cache,
+                "--from-cache", srv.url, "--trusted-public-key", cached.public_key]  # fmt: skip
+        assert build_digest(*args) == cached.local_digest
+        assert not any(r.endswith(".ls") for r in srv.requests)  # listed while the layers streamed
+        shutil.rmtree(Path(layer_cache) / "listings")
+        before = len(srv.requests)
+        assert build_digest(*args) == cached.local_digest
+        again = srv.requests[before:]
+    ls = {n: "/" + cached.paths[n].rsplit("/", 1)[-1].split("-", 1)[0] + ".ls" for n in ("data", "sh")}
+    asked = [r for r in again if r.endswith(".ls")]
+    # The CA search stops at data (it has the bundle); never the root's: its bin/ heads need the NAR.
+    assert ls["data"] in asked and set(asked) <= set(ls.values())
+    app_nar = "/" + field(narinfo_of(cache, cached.paths["app"]), "URL")
+    assert [r for r in again if r.startswith("/nar/")] == [app_nar]
 
 
 def _ls_of(path: str, nar_file: Path) -> dict[str, object]:

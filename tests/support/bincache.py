@@ -58,6 +58,7 @@ class CachedClosure:
     local_digest: str  # manifest digest of the build from the local store, before deletion
     local_layout: Path
     work: Path
+    local_digest_bin_sh: str = ""  # the same with --bin-sh (a link into a dependency found by search)
 
 
 def new_marker() -> str:

@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +51,11 @@ from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
 from nixfly.errors import ClosureError, NixflyError, UsageError
 from nixfly.fsutil import atomic_write_text
+from nixfly.retry import RetryPolicy, Transient, classify_transport, retry_after_seconds, status_is_transient
 
 FETCH_JOBS = 8
-RETRIES = 3  # attempts per request for connection errors, timeouts, 429 and 5xx
+# The project's retry policy, with a short budget: a cache that does not answer is one line within seconds.
+RETRY = RetryPolicy(retries=2, backoff=0.2, max_backoff=2.0)
 TIMEOUT = 30.0
 MAX_NARINFO = 1 << 20
 _NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -343,23 +344,35 @@ class BinaryCache:
             return self._client
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` with a small bounded retry for transient failures (connection errors, timeouts,
-        429 and 5xx answers)."""
-        delay = 0.2
-        for attempt in range(1, RETRIES + 1):
+        """Run ``fn`` under the project's retry policy (``nixfly.retry``): 429 and 5xx answers and broken
+        or refused connections are tried again (every request here is a GET); a name that does not
+        resolve, a TLS failure, other 4xx answers and anything that does not verify end it at once."""
+        last_transport = False
+
+        def attempt() -> Any:
+            nonlocal last_transport
             try:
                 return fn()
             except httpx.HTTPStatusError as e:
                 code = e.response.status_code
-                if (code != 429 and code < 500) or attempt == RETRIES:
-                    raise BinaryCacheError(f"{self.url}: {what} failed: HTTP {code}") from None
+                if status_is_transient(code, repeatable=True):
+                    last_transport = False
+                    wait = retry_after_seconds(e.response.headers.get("Retry-After"))
+                    raise Transient(f"HTTP {code}", wait) from None
+                raise BinaryCacheError(f"{self.url}: {what} failed: HTTP {code}") from None
             except httpx.TransportError as e:
-                if attempt == RETRIES:
-                    reason = str(e).split("\n")[0] or type(e).__name__
-                    raise BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {reason})") from None
-            time.sleep(delay)
-            delay *= 2.5
-        raise AssertionError("unreachable")
+                failure = classify_transport(e)
+                if failure.transient(repeatable=True):
+                    last_transport = True
+                    raise Transient(failure.text) from None
+                raise BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {failure.text})") from None
+
+        def give_up(t: Transient, attempts: int) -> Exception:
+            if last_transport:
+                return BinaryCacheError(f"binary cache {self.url} is unreachable ({what}: {t.what}; {attempts} tries)")
+            return BinaryCacheError(f"{self.url}: {what} failed: {t.what} ({attempts} tries)")
+
+        return RETRY.run(attempt, give_up=give_up)
 
     def get(self, rel: str, limit: int = MAX_NARINFO) -> bytes | None:
         """A small file of the cache, or None if it has none."""
@@ -767,14 +780,9 @@ def resolve_from_caches(
     paths: dict[str, StorePath] = {p: ni.to_store_path() for p, ni in narinfos.items()}
     if local:
         info = (local_closure or (lambda rs: query_path_info(rs, store_dir)))(sorted(local))
-        for p, sp in info.items():
-            if p in narinfos:
-                continue  # present locally after all (a reference of a local path): read it from disk
-            paths[p] = sp
-        for p in list(narinfos):
-            if p in info:
-                del narinfos[p]
-                paths[p] = info[p]
+        paths.update(info)  # a path found in a cache first but local after all is read from disk
+        for p in info:
+            narinfos.pop(p, None)
     for r in store_roots:
         if r not in paths:
             raise ClosureError(f"{r} is not in the closure metadata")
@@ -842,12 +850,23 @@ class RemoteStore:
         return open(self._files[ni.store_path], "rb")
 
     def entries(self, path: str, name: bytes) -> Generator[TreeEntry, None, None]:
+        """The entries of ``path`` from its NAR; verified when exhausted. While a layer streams a path
+        that is not listed yet, its listing is noted on the way and kept once the NAR has verified, so
+        the customisation that follows reads no NAR twice."""
         ni = self.narinfos[path]
         where = f"{path} from {ni.cache}"
+        fs = self.fs
+        noting = fs is not None and path not in fs.roots and not fs.has_complete_listing(path)
+        noted: dict[str, list[str]] = {}
         with self._open(ni) as fp:
             counted = _Counting(fp, ni)
             reader = NarReader(_Decompressor(counted, ni.compression, where), where, ni.nar_size)
-            yield from reader.entries(name)
+            for e in reader.entries(name):
+                if noting:
+                    item = _listing_item(e, name)
+                    if item is not None:
+                        noted[item[0]] = item[1]
+                yield e
             counted.finish()
             digest = reader.digest()
         if reader.size != ni.nar_size:
@@ -856,6 +875,8 @@ class RemoteStore:
             raise BinaryCacheError(
                 f"{where}: NAR hash mismatch (narinfo says {nix_hash(ni.nar_hash)}, the NAR is {nix_hash(digest)})"
             )
+        if noting and fs is not None:
+            fs.keep_listing(path, noted)
 
     def read_head(self, entry: TreeEntry, n: int) -> bytes:
         got = bytearray()
@@ -870,6 +891,10 @@ class RemoteStore:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for c in self.caches.values():
+            if c._client is not None:
+                c._client.close()
+                c._client = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -878,6 +903,19 @@ class RemoteStore:
 
 _HEAD = 64
 _KINDS = {b"0": "f", b"2": "l", b"5": "d"}
+
+
+def _listing_item(e: TreeEntry, root: bytes) -> tuple[str, list[str]] | None:
+    """(relative path, [kind, symlink target]) for entries a listing keeps: two levels deep, and
+    ``etc/`` five (the CA bundle paths); None for the others."""
+    rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
+    parts = rel.split("/") if rel else []
+    if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
+        return None
+    kind = _KINDS[e.type]
+    if e.type == b"0" and e.mode & 0o111:
+        kind = "x"
+    return rel, [kind, os.fsdecode(e.target) if e.type == b"2" else ""]
 
 
 class RemoteFS:
@@ -952,23 +990,29 @@ class RemoteFS:
         gen = self.store.entries(path, root)
         try:
             for e in gen:
-                rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
-                parts = rel.split("/") if rel else []
-                if not full and parts and parts[0].encode() > b"etc":
+                if not full and e.name != root and e.name[len(root) + 1 :].split(b"/", 1)[0] > b"etc":
                     complete = False
                     break
-                if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
+                item = _listing_item(e, root)
+                if item is None:
                     continue
-                kind = _KINDS[e.type]
-                if e.type == b"0" and e.mode & 0o111:
-                    kind = "x"
-                extra = os.fsdecode(e.target) if e.type == b"2" else ""
+                rel, (kind, extra) = item
+                parts = rel.split("/")
                 if e.type == b"0" and len(parts) == 2 and parts[0] in ("bin", "sbin"):
                     extra = base64.b64encode(self.store.read_head(e, _HEAD)).decode()
                 entries[rel] = [kind, extra]
         finally:
             gen.close()
         return complete, entries
+
+    def has_complete_listing(self, path: str) -> bool:
+        with self._lock:
+            got = self._listings.get(path)
+        return got is not None and got[0]
+
+    def keep_listing(self, path: str, entries: dict[str, list[str]]) -> None:
+        """A complete listing noted while the path's layer was written (and its NAR verified)."""
+        self._store(path, True, entries)
 
     def _file(self, path: str) -> Path | None:
         if self.cache_dir is None:
@@ -996,10 +1040,17 @@ class RemoteFS:
                 loaded = complete or not full
         if not loaded:
             complete, entries = self._read(path, full)
-            if f is not None:
-                with contextlib.suppress(OSError, NixflyError):
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_text(f, json.dumps({"complete": complete, "entries": entries}), durable=False)
+            return self._store(path, complete, entries)
+        return self._store(path, complete, entries, write=False)
+
+    def _store(
+        self, path: str, complete: bool, entries: dict[str, list[str]], write: bool = True
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        f = self._file(path)
+        if write and f is not None:
+            with contextlib.suppress(OSError, NixflyError):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(f, json.dumps({"complete": complete, "entries": entries}), durable=False)
         children: dict[str, list[str]] = {}
         for rel in entries:
             if rel:
@@ -1066,6 +1117,18 @@ class RemoteFS:
     def lexists(self, path: str) -> bool:
         remote, p, e = self._resolve(path, False)
         return e is not None if remote else os.path.lexists(p)
+
+    def isfile(self, path: str) -> bool:
+        remote, p, e = self._resolve(path, True)
+        if not remote:
+            return os.path.exists(p) and not os.path.isdir(p)
+        if e is not None:
+            return e[0] != "d"
+        # Deeper than a listing goes (two levels, etc/ five): not known without the NAR; say yes, the
+        # layer is written from the NAR whatever this answers.
+        sp = self._split(p)
+        comps = sp[1] if sp is not None else []
+        return len(comps) > 2 and not (comps[0] == "etc" and len(comps) <= 5)
 
     def listdir(self, path: str) -> list[str]:
         remote, p, e = self._resolve(path, True)

@@ -37,6 +37,10 @@ class StoreFS(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
+    def isfile(self, path: str) -> bool:
+        """Exists (following symlinks) and is not a directory."""
+        ...
+
 
 class LocalFS:
     def isdir(self, path: str) -> bool:
@@ -50,6 +54,9 @@ class LocalFS:
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
+
+    def isfile(self, path: str) -> bool:
+        return os.path.exists(path) and not os.path.isdir(path)
 
 
 @dataclass
@@ -301,7 +308,7 @@ def _in_image(closure: Closure, out: Customisation, fs: StoreFS) -> Callable[[st
         if hops > _MAX_HOPS:
             return False
         if path.startswith(store):
-            return fs.lexists(path) and not fs.isdir(path)  # through a binary cache's listing, too
+            return fs.isfile(path)
         cur, rest = path, ""
         while True:
             e = entries.get(cur)

@@ -6,6 +6,7 @@ its result without knowing how it was made.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import tempfile
@@ -28,7 +29,7 @@ from nixfly.build.layering import plan_layers
 from nixfly.build.layers import BuiltLayer, KnownLayers, LayerSettings, LayerSpec, build_layers
 from nixfly.build.spec import ImageSpec
 from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
-from nixfly.errors import ClosureError, LayeringError, UsageError
+from nixfly.errors import ClosureError, LayeringError, NixflyError, UsageError
 from nixfly.image import Image, canonical_json
 from nixfly.image.base import BaseImage, stack_on_base
 from nixfly.image.convert import with_format
@@ -235,19 +236,19 @@ def _build(
     known: KnownLayers | None = None,
 ) -> BuildResult:
     fs = None
+    # From a binary cache, the search through the closure (CA certificates, /bin/sh, /usr/bin/env) waits
+    # until the store layers are written: their NARs are listed on the way, so none is read twice.
+    searched = False
     if store is not None:
-        from nixfly.build.bincache import RemoteFS
+        from nixfly.build.bincache import RemoteFS, download_size
 
         full = [*closure.roots, *(p for p in spec.contents.paths if p in closure.paths)]
         fs = store.fs = RemoteFS(store, full, cache.root / "listings", closure.store_dir, closure.roots)
         store.on_bytes = on_fetch_bytes
-        searched = spec.ca_certificates or spec.bin_sh or spec.usr_bin_env
-        listed = [*full, *(sorted(closure.paths) if searched else [])]
         if on_fetch_plan is not None:
-            from nixfly.build.bincache import download_size
-
-            on_fetch_plan(download_size(store, [p for p in listed if not fs.has_listing(p)]))
-        fs.prefetch(listed, workers or os.cpu_count() or 1)
+            on_fetch_plan(download_size(store, [p for p in full if not fs.has_listing(p)]))
+        fs.prefetch(full, workers or os.cpu_count() or 1)
+        searched = spec.ca_certificates or spec.bin_sh or spec.usr_bin_env
     if platform_check:
         arch, os_name = platform_of(spec, closure)
         check_platform(closure, arch, os_name, store)
@@ -265,8 +266,9 @@ def _build(
         if spec.base_etc == "merge":
             base_files = read_files(resolved.image, BASE_ETC_FILES)
     n_base = len(resolved.image.layers) if resolved else 0
-    cust = customise(spec, closure, fs, base_files)
-    has_custom = bool(cust.entries)
+    first = dataclasses.replace(spec, ca_certificates=False, bin_sh=False, usr_bin_env=False) if searched else spec
+    cust = customise(first, closure, fs, base_files)
+    has_custom = bool(cust.entries) or searched
     max_layers = spec.layers.max_layers
     if resolved is not None and max_layers - n_base < 1 + (1 if has_custom else 0):
         raise LayeringError(
@@ -321,10 +323,28 @@ def _build(
         if on_fetch_plan is not None:
             on_fetch_plan(download_size(store, needed))
         store.prefetch(needed, on_bytes=on_fetch_bytes)
-    built = build_layers(
-        specs, settings, cache, weights=weights,
-        on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
-    )  # fmt: skip
+    if not searched:
+        built = build_layers(
+            specs, settings, cache, weights=weights,
+            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
+        )  # fmt: skip
+    else:
+        last = len(specs) - 1  # the customisation layer
+        built = build_layers(
+            specs[:last], settings, cache, weights=weights[:last],
+            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
+        )  # fmt: skip
+        whole = customise(spec, closure, fs, base_files)
+        if whole.root_entries != cust.root_entries:  # the roots' links never depend on the search
+            raise NixflyError("internal error: the roots' contents links changed during the build")
+        cust = whole
+        specs[last] = LayerSpec((), tuple(cust.entries + leftover), "customisation")
+        built += build_layers(
+            specs[last:], settings, cache,
+            on_done=None if on_layer is None else (lambda i, b: on_layer(i + last, b)),
+            on_start=None if on_layer_start is None else (lambda i: on_layer_start(i + last)),
+            on_bytes=None if on_layer_bytes is None else (lambda i, n: on_layer_bytes(i + last, n)), known=known,
+        )  # fmt: skip
     base_env = (resolved.image.config.get("config") or {}).get("Env") or [] if resolved is not None else []
     base_has_path = any(str(e).startswith("PATH=") for e in base_env)
     config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels, default_path=not base_has_path)
