@@ -205,6 +205,10 @@ def test_push_attaches_through_the_tag_schema_and_sbom_fetches_it_back(
     tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(), f"docker://{registry.host}/app"],
                                      capture_output=True, check=True).stdout)["Tags"]  # fmt: skip
     assert sorted(tags) == sorted(["plain", "v1", f"sha256-{hexd}"])
+    # `nixfly tags` lists releases: the referrers tag is not one (and does not break the listing).
+    capsys.readouterr()
+    assert main(["tags", f"{registry.host}/app", "--json"]) == 0
+    assert sorted(t["tag"] for t in json.loads(capsys.readouterr().out)["tags"]) == ["plain", "v1"]
     reg_attach = next(a for a in s["sbom"]["attached"] if a["method"] != "layout")
     assert reg_attach["method"] == "tag-schema" and reg_attach["tag"] == f"sha256-{hexd}"
     # skopeo sees the referrers index under the fallback tag.
@@ -337,3 +341,23 @@ def test_rendered_sboms_are_cached_and_a_tampered_cache_entry_is_not_trusted(tmp
     (entry,) = (tmp_path / "sboms").iterdir()
     entry.write_bytes(want.replace(b"liba", b"evil"))
     assert render_cached(sbom, "spdx", tmp_path) == want
+
+
+@pytest.mark.slow
+def test_credentials_and_env_never_reach_the_sbom(
+    tiny_closure: TinyClosure, basic_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    reg = basic_registry
+    assert reg.username and reg.password
+    creds = f"{reg.username}:{reg.password}"
+    r = run_nixfly("build", tiny_closure.app, "--push", f"{reg.host}/sec:v1", "--creds", creds, "--json",
+                   "-e", "API_TOKEN=tok-3c9e1d", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert r.code == 0, r.err
+    digest = json.loads(r.out)["digest"]
+    got = run_nixfly("sbom", f"docker://{reg.host}/sec@{digest}", "--creds", creds)
+    assert got.code == 0, got.err
+    assert validate_spdx(got.out.encode()) == []
+    for secret in (reg.password, "tok-3c9e1d", "root:!:"):
+        assert secret not in got.out and secret not in r.out + r.err + got.err
+    denied = run_nixfly("sbom", f"docker://{reg.host}/sec@{digest}")
+    assert denied.code != 0 and denied.err.count("\n") == 1 and "authentication required" in denied.err

@@ -314,7 +314,9 @@ def tags(repository: str, **o: Any) -> None:
 
 def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
     """Every tag of ``repo`` with its manifest digest and image creation time, newest first."""
-    names = client.list_tags(repo.repository)
+    from nixfly.sinks.referrers import is_fallback_tag
+
+    names = [t for t in client.list_tags(repo.repository) if not is_fallback_tag(t)]  # referrers, not releases
 
     def one(tag: str) -> dict[str, Any]:
         r = repo.with_tag(tag)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,14 @@ class AttachResult:
 def fallback_tag(subject_digest: str) -> str:
     """The tag schema's tag for a subject: ``sha256:<hex>`` → ``sha256-<hex>``."""
     return subject_digest.replace(":", "-", 1)
+
+
+_FALLBACK_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
+
+
+def is_fallback_tag(tag: str) -> bool:
+    """Whether ``tag`` is a tag-schema referrers tag (``sha256-<hex>``): a list of artifacts, not a release."""
+    return bool(_FALLBACK_TAG.match(tag))
 
 
 def _referrers_from_index(data: bytes, where: str) -> list[Referrer]:
@@ -344,6 +353,7 @@ __all__ = [
     "fallback_tag",
     "fetch_layout_artifact",
     "fetch_registry_artifact",
+    "is_fallback_tag",
     "list_layout_referrers",
     "list_registry_referrers",
     "pick",
