@@ -361,3 +361,26 @@ def test_credentials_and_env_never_reach_the_sbom(
         assert secret not in got.out and secret not in r.out + r.err + got.err
     denied = run_nixfly("sbom", f"docker://{reg.host}/sec@{digest}")
     assert denied.code != 0 and denied.err.count("\n") == 1 and "authentication required" in denied.err
+
+
+@pytest.mark.slow
+def test_push_from_a_layout_takes_its_sbom_along_unless_the_manifest_changes(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lay = tmp_path / "lay"
+    s = build(capsys, tiny_closure.app, "-o", f"oci:{lay}:v1", "--cache-dir", str(tmp_path / "c"))
+    _, local = layout_sbom(lay)
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/carry:v1")
+    assert r.code == 0, r.err
+    assert f"sha256-{s['digest'].split(':')[1]}" in r.err
+    got = run_nixfly("sbom", f"docker://{registry.host}/carry:v1")
+    assert got.code == 0 and got.out.encode() == local, got.err
+    # As v2s2 the manifest (and digest) differ from what the SBOM describes: not attached, and said so.
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/docker:v1", "--format", "v2s2", "--json")
+    assert r.code == 0, r.err
+    pushed = json.loads(r.out)["digest"]
+    tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(),
+                                      f"docker://{registry.host}/docker"], capture_output=True, check=True).stdout)
+    assert tags["Tags"] == ["v1"] and pushed != s["digest"]
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/docker:v2", "--format", "v2s2")
+    assert r.code == 0 and "so it is not attached" in r.err, r.err

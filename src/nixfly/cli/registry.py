@@ -191,6 +191,12 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
             raise UsageError("push cannot read an image from stdin; give a file")
         image = _open_source(loc, options)
     result = _push_with_progress(image, refs, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
+    if not source.endswith(".toml") and isinstance(loc, LayoutLocation):  # its SBOM goes along
+        from nixfly.sbom.attach import carry_layout_referrers
+
+        for note in carry_layout_referrers(loc.path, image.manifest_digest(), result.digest, refs, options):
+            if not o.get("quiet") and not o.get("json_out"):
+                click.echo(f"note: {note}", err=True)
     _report_push(result, o)
 
 

@@ -334,6 +334,27 @@ def fetch_layout_artifact(root: Path, ref: Referrer, subject_digest: str) -> byt
     return _artifact_blob(manifest, subject_digest, where, read)
 
 
+def layout_artifacts(root: Path, subject_digest: str) -> list[Artifact]:
+    """The referrers of ``subject_digest`` in a layout that have the shape :class:`Artifact` writes (empty
+    config, one layer, ``subject``), each read back and checked against its digests."""
+    out = []
+    for ref in list_layout_referrers(root, subject_digest):
+        blob = fetch_layout_artifact(root, ref, subject_digest)
+        manifest = json.loads(_layout_blob(root, ref.digest).read_bytes())  # checked by fetch_layout_artifact
+        subj, ann = manifest.get("subject") or {}, manifest.get("annotations")
+        try:
+            art = Artifact(
+                str(manifest.get("artifactType") or ""), blob,
+                Descriptor(str(subj.get("mediaType")), str(subj.get("digest")), int(subj.get("size", -1))),
+                {str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else None,
+            )  # fmt: skip
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if art.artifact_type and art.digest == ref.digest:
+            out.append(art)
+    return out
+
+
 def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
     """The referrer of ``artifact_type`` to use: the newest by ``created``, then the highest digest."""
     hits = [r for r in refs if r.artifact_type == artifact_type]
@@ -354,6 +375,7 @@ __all__ = [
     "fetch_layout_artifact",
     "fetch_registry_artifact",
     "is_fallback_tag",
+    "layout_artifacts",
     "list_layout_referrers",
     "list_registry_referrers",
     "pick",
