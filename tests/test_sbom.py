@@ -384,3 +384,23 @@ def test_push_from_a_layout_takes_its_sbom_along_unless_the_manifest_changes(
     assert tags["Tags"] == ["v1"] and pushed != s["digest"]
     r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/docker:v2", "--format", "v2s2")
     assert r.code == 0 and "so it is not attached" in r.err, r.err
+
+
+@pytest.mark.slow
+def test_push_a_nixfly_toml_attaches_the_sbom_it_made(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "nixfly.toml"
+    cfg.write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nsbom = "cyclonedx"\n')
+    env = {"XDG_CACHE_HOME": str(tmp_path / "x")}
+    r = run_nixfly("push", str(cfg), f"{registry.host}/toml:v1", "--json", env=env)
+    assert r.code == 0, r.err
+    digest = json.loads(r.out)["digest"]
+    got = run_nixfly("sbom", f"docker://{registry.host}/toml@{digest}", "--format", "cyclonedx", env=env)
+    assert got.code == 0, got.err
+    assert "attached" in got.err and json.loads(got.out)["metadata"]["component"]["bom-ref"] == digest
+    cfg.write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nsbom = "none"\n')
+    assert run_nixfly("push", str(cfg), f"{registry.host}/none:v1", env=env).code == 0
+    tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(),
+                                      f"docker://{registry.host}/none"], capture_output=True, check=True).stdout)
+    assert tags["Tags"] == ["v1"]

@@ -184,19 +184,26 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         from nixfly.build.pipeline import build_image
         from nixfly.build.spec import load_spec
 
-        image = build_image(load_spec(src_path)).image
+        spec = load_spec(src_path)
+        built = build_image(spec)
+        image = built.image
     else:
         loc = parse_location(source, bare_paths=True)
         if isinstance(loc, ArchiveLocation) and loc.path is None:
             raise UsageError("push cannot read an image from stdin; give a file")
         image = _open_source(loc, options)
     result = _push_with_progress(image, refs, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
-    if not source.endswith(".toml") and isinstance(loc, LayoutLocation):  # its SBOM goes along
-        from nixfly.sbom.attach import carry_layout_referrers
+    notes: list[str] = []  # the image's SBOM goes along (for a nixfly.toml, the one made now)
+    if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
+        from nixfly.sbom.attach import attach_built
 
-        for note in carry_layout_referrers(loc.path, image.manifest_digest(), result.digest, refs, options):
-            if not o.get("quiet") and not o.get("json_out"):
-                click.echo(f"note: {note}", err=True)
+        notes = attach_built(built, spec.sbom, spec.name, refs, result.format, result.reference, options)
+    elif isinstance(loc, LayoutLocation):
+        from nixfly.sinks.referrers import carry_layout_referrers
+
+        notes = carry_layout_referrers(loc.path, image.manifest_digest(), result.digest, refs, options)
+    for note in notes if not o.get("quiet") and not o.get("json_out") else []:
+        click.echo(f"note: {note}", err=True)
     _report_push(result, o)
 
 

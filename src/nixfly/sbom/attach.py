@@ -66,25 +66,15 @@ class SbomAttacher:
         }
 
 
-def carry_layout_referrers(
-    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions
-) -> list[str]:
-    """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the
-    registry too. A push that changed the manifest (another format) cannot: the SBOM names the layout's
-    digest. Returns notes for the user."""
-    from nixfly.sinks.referrers import attach_to_references, layout_artifacts
-
-    arts = layout_artifacts(root, source_digest)
-    if not arts:
+def attach_built(
+    result: BuildResult, fmt: str, name: str | None, refs: list[str], image_format: ManifestFormat, pinned: str,
+    options: RegistryOptions,
+) -> list[str]:  # fmt: skip
+    """After ``nixfly push nixfly.toml``: attach the build's SBOM (``fmt`` "none": nothing). Returns notes."""
+    if fmt not in ("spdx", "cyclonedx"):
         return []
-    if pushed_digest != source_digest:
-        return [f"the layout's SBOM describes {source_digest}, but the push wrote {pushed_digest} (another "
-                "manifest format), so it is not attached; nixfly build --push attaches one that matches"]  # fmt: skip
-    notes = []
-    for art in arts:
-        try:
-            done = attach_to_references(refs, art, options)
-        except NixflyError as e:
-            raise NixflyError(f"pushed {pushed_digest}, but attaching its {art.artifact_type} failed: {e}") from None
-        notes += [f"attached {art.artifact_type} {r.digest} to {repo} ({r.tag or r.method})" for repo, r in done]
-    return notes
+    from nixfly.build.cache import default_cache_dir
+
+    att = SbomAttacher(result, "cyclonedx" if fmt == "cyclonedx" else "spdx", default_cache_dir(), name)
+    att.attach_registry(refs, image_format, pinned, options)
+    return [f"attached {fmt} SBOM {a['digest']} to {a['to']} ({a['tag'] or a['method']})" for a in att.attached]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nixfly.errors import ImageError
+from nixfly.errors import ImageError, NixflyError
 from nixfly.fsutil import atomic_write_bytes
 from nixfly.image import Descriptor, canonical_json
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
@@ -363,6 +363,28 @@ def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
     return max(hits, key=lambda r: ((r.annotations or {}).get(CREATED, ""), r.digest))
 
 
+def carry_layout_referrers(
+    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions
+) -> list[str]:
+    """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the
+    registry too. A push that changed the manifest (another format) cannot: the SBOM names the layout's
+    digest. Returns notes for the user."""
+    arts = layout_artifacts(root, source_digest)
+    if not arts:
+        return []
+    if pushed_digest != source_digest:
+        return [f"the layout's SBOM describes {source_digest}, but the push wrote {pushed_digest} (another "
+                "manifest format), so it is not attached; nixfly build --push attaches one that matches"]  # fmt: skip
+    notes = []
+    for art in arts:
+        try:
+            done = attach_to_references(refs, art, options)
+        except NixflyError as e:  # the image is pushed: say so
+            raise NixflyError(f"pushed {pushed_digest}, but attaching its {art.artifact_type} failed: {e}") from None
+        notes += [f"attached {art.artifact_type} {r.digest} to {repo} ({r.tag or r.method})" for repo, r in done]
+    return notes
+
+
 __all__ = [
     "EMPTY_DESCRIPTOR",
     "Artifact",
@@ -371,6 +393,7 @@ __all__ = [
     "attach_to_layout",
     "attach_to_references",
     "attach_to_registry",
+    "carry_layout_referrers",
     "fallback_tag",
     "fetch_layout_artifact",
     "fetch_registry_artifact",
