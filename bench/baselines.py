@@ -130,13 +130,16 @@ def write_docker_archive(plan_dir: Path, archive: Path, jobs: int) -> None:
         f'tar {TAR_FLAGS} -cf "$2/$n/layer.tar" -C / -T "$1"'
     )
     procs: list[subprocess.Popen[bytes]] = []
+    failed: list[int] = []
     for lst in lists:
         while len(procs) >= jobs:
-            procs.pop(0).wait()
+            p = procs.pop(0)
+            if p.wait() != 0:  # every layer's exit status counts, not only the last few
+                failed.append(p.returncode)
         procs.append(subprocess.Popen(["bash", "-c", script, "_", str(lst), str(work)]))
-    for p in procs:
-        if p.wait() != 0:
-            raise RuntimeError("docker-archive layer tar failed")
+    failed += [p.returncode for p in procs if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"docker-archive: {len(failed)} layer tar(s) failed (exit {failed[0]})")
     names = [lst.stem for lst in lists]
     diff_ids = [_sha256_file(work / n / "layer.tar") for n in names]
     config = {

@@ -664,15 +664,19 @@ def main(argv: list[str] | None = None) -> int:
             ("push", "push" in only, lambda: scenario_push(ctx)),
             ("peak RSS 2x", "rss" in only, lambda: scenario_rss(ctx)),
         ]
+        failed: list[str] = []
         for name, wanted, step in steps:
             if not wanted:
                 continue
             print(f"scenario: {name}", file=sys.stderr)
             try:
                 step()
-            except Exception as e:  # keep going: one broken scenario must not lose the others' numbers
+            except Exception as e:
+                # Keep going, so one broken scenario does not lose the others' numbers, but the run fails.
+                failed.append(name)
                 report.notes.append(f"scenario {name} failed: {str(e).strip()[-600:]}")
-                print(f"scenario {name} failed: {e}", file=sys.stderr)
+                print(f"scenario {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    report.facts["failed_scenarios"] = failed
     report.facts["bench_wall_s"] = time.perf_counter() - t_start
 
     c2txt = f"; 2x: {c2.paths} paths, {c2.nar_bytes / 2**30:.2f} GiB" if c2 else ""
@@ -691,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_json(), indent=2))
     print(f"wrote {out}")
+    if failed:
+        print(f"bench: {len(failed)} scenario(s) failed: {', '.join(failed)} (errors above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -295,3 +295,19 @@ def test_no_usable_runtime_names_each_one_tried_and_why() -> None:
         "no usable container runtime (runc: runc is broken; bwrap: bwrap is broken; chroot: chroot is broken); "
         "install runc or bubblewrap"
     )
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_relative_cache_dir_works(runtime: str, sh_layout: Path, tmp_path: Path) -> None:
+    # runc resolves a relative rootfs against its bundle ("invalid rootfs"): nixfly makes the path absolute.
+    r = subprocess.run(
+        [sys.executable, "-m", "nixfly", "run", "--runtime", runtime, "--cache-dir", "rel-cache", str(sh_layout),
+         "--", "sh", "-c", "echo ran"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+    assert [p.name for p in (tmp_path / "rel-cache" / "rootfs").iterdir()] != []

@@ -245,10 +245,20 @@ def test_hardlinks_to_outside_or_missing_targets_are_refused(tmp_path: Path, lay
 
 
 @pytest.mark.skipif(not ROOT, reason="owners and set-id bits need root")
-def test_setuid_and_owner_are_kept_as_root(tmp_path: Path) -> None:
-    root = _unpacked(tmp_path, [[Entry("bin/su", data=b"x", mode=0o4755, uid=0, gid=0), Entry("o", uid=7, gid=8)]])
-    assert stat.S_IMODE((root / "bin/su").stat().st_mode) == 0o4755
+def test_owners_are_kept_as_root_but_set_id_bits_are_not(tmp_path: Path) -> None:
+    # As root no runtime has a user namespace: a set-uid root file in the cache would be a real one.
+    layer = [Entry("bin/su", data=b"x", mode=0o4755), Entry("bin/wall", data=b"w", mode=0o2755, gid=5)]
+    layer += [Entry("o", uid=7, gid=8), Entry("shared", "dir", mode=0o3775)]
+    root = _unpacked(tmp_path, [layer])
+    assert stat.S_IMODE((root / "bin/su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "bin/wall").stat().st_mode) == 0o755
     assert ((root / "o").stat().st_uid, (root / "o").stat().st_gid) == (7, 8)
+    assert stat.S_IMODE((root / "shared").stat().st_mode) == 0o3775 & ~stat.S_ISUID  # sticky + set-gid dir
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    unpack(make_image(tmp_path / "b2", [layer]), kept, UnpackOptions(keep_owners=True, keep_setid=True))
+    assert stat.S_IMODE((kept / "bin/su").stat().st_mode) == 0o4755
 
 
 def test_unprivileged_unpack_drops_set_id_bits(tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ for a key derived from what cannot change (sorted store paths, compressor identi
 mtime), which blob that layer is. Every write is temp file + atomic rename, so concurrent builds and
 ``kill -9`` never leave a truncated blob under a final name; on reuse the blob's size is checked, and
 its digest too unless its inode/size/mtime are exactly those recorded right after it was written.
+
+Temp files carry their writer's pid (``blob.<pid>.<random>``); opening the cache removes the ones whose
+writer is gone (a ``kill -9`` leftover, up to a whole layer's size) — or whose pid now belongs to a
+process started after the file was last written, which therefore cannot be its writer.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,67 @@ from nixfly.image.mediatypes import Compression
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nixfly"
+
+
+# A temp name without a pid (written by an older nixfly) is only swept once it is this old.
+_ANONYMOUS_TEMP_AGE = 24 * 3600.0
+_TEMP_PID = re.compile(r"^[A-Za-z]+\.(\d+)\.")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or another user's)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith("btime "))
+        return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def owner_gone(pid: int, mtime: float) -> bool:
+    """Whether the process that last wrote a temp file (``pid`` at ``mtime``) no longer exists: the pid
+    is free, or it belongs to a process that started after the write (the pid was reused)."""
+    if not pid_alive(pid):
+        return True
+    started = process_start_time(pid)
+    return started is not None and started > mtime + 1.0  # /proc's start time has tick granularity
+
+
+def sweep_stale_temps(directory: Path) -> list[Path]:
+    """Remove temp files in ``directory`` whose writer is gone (see ``owner_gone``); returns them."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        try:
+            mtime = e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        m = _TEMP_PID.match(e.name)
+        stale = owner_gone(int(m.group(1)), mtime) if m else now - mtime > _ANONYMOUS_TEMP_AGE
+        if stale and not e.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
 
 
 @dataclass(frozen=True)
@@ -52,6 +119,7 @@ class BlobCache:
             self.tmp.mkdir(exist_ok=True)
         except OSError as e:
             raise NixflyError(f"cannot use cache dir {self.root}: {e.strerror}") from None
+        sweep_stale_temps(self.tmp)
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)
@@ -60,10 +128,16 @@ class BlobCache:
     def key(parts: dict[str, Any]) -> str:
         return hashlib.sha256(canonical_json(parts)).hexdigest()
 
+    @staticmethod
+    def diff_id_key(diff_id: str, compressor_identity: str) -> str:
+        """The index key of a layer known by its uncompressed digest (a layer read from a docker-archive),
+        compressed by the compressor with this identity: same tar bytes + same compressor → same blob."""
+        return BlobCache.key({"kind": "diff_id", "diff_id": diff_id, "compressor": compressor_identity})
+
     @contextlib.contextmanager
     def new_blob(self) -> Iterator[tuple[BinaryIO, list[Path]]]:
         """A temp file for a blob being written; ``commit`` moves it to its digest name."""
-        fd, name = tempfile.mkstemp(prefix="blob.", dir=self.tmp)
+        fd, name = tempfile.mkstemp(prefix=f"blob.{os.getpid()}.", dir=self.tmp)
         holder = [Path(name)]
         try:
             with os.fdopen(fd, "wb") as f:
@@ -88,7 +162,7 @@ class BlobCache:
             "compression": layer.compression,
             "stat": [st.st_ino, st.st_size, st.st_mtime_ns],
         }
-        fd, tmp = tempfile.mkstemp(prefix="layer.", dir=self.tmp)
+        fd, tmp = tempfile.mkstemp(prefix=f"layer.{os.getpid()}.", dir=self.tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(canonical_json(rec))
         os.replace(tmp, self.index / f"{key}.json")

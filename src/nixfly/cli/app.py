@@ -23,8 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tags": ("registry", "List a repository's releases (tags, digests, created)."),
     "run": ("run", "Run an image locally without Docker."),
     "init": ("flyinit", "Write or update a starter fly.toml from an image."),
-    "deploy": ("deploy", "Deploy a digest-pinned image to Fly Machines."),
+    "deploy": ("deploy", "Deploy an image (pinned by digest) to Fly Machines."),
     "secrets": ("deploy", "Manage the app's Fly secrets (values never printed)."),
+    "apps": ("flyapps", "Create Fly apps through the Machines API."),
+    "status": ("flyapps", "Show the app's machines, images, checks and releases."),
+    "releases": ("flyapps", "List every deploy nixfly made to the app, newest first."),
+    "rollback": ("flyapps", "Redeploy the previous (or a named) release."),
 }
 
 
@@ -44,5 +48,6 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nixfly")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="On an internal error, print the traceback (else it goes to a crash file).")
+def cli(debug: bool) -> None:
     """Ship Nix closures as layered OCI images to any registry and onto Fly.io — no Docker daemon."""

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import transport_options
+from nixfly.cli.common import registry_options, transport_options
 from nixfly.errors import UsageError
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
@@ -36,12 +36,11 @@ def _attached(loc: Location, digest: str, media_type: str, o: dict[str, Any]) ->
         ref = referrers.pick(referrers.list_layout_referrers(loc.path, digest), media_type)
         return None if ref is None else referrers.fetch_layout_artifact(loc.path, ref, digest)
     if isinstance(loc, RegistryLocation):
-        from nixfly.cli.registry import _options
         from nixfly.registry.client import RegistryClient
         from nixfly.registry.reference import parse_reference
 
         r = parse_reference(loc.reference)
-        with RegistryClient(r.registry, _options(o)) as client:
+        with RegistryClient(r.registry, registry_options(o)) as client:
             ref = referrers.pick(referrers.list_registry_referrers(client, r.repository, digest), media_type)
             return None if ref is None else referrers.fetch_registry_artifact(client, r.repository, ref, digest)
     return None
@@ -65,12 +64,7 @@ def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, validate:
     from nixfly.sources import open_image
 
     loc = _location(image)
-    opts: dict[str, Any] = {}
-    if isinstance(loc, RegistryLocation):
-        from nixfly.cli.registry import _options
-
-        opts = {"options": _options(o)}
-    img = open_image(loc, **opts)
+    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
     sbom_fmt: SbomFormat = "cyclonedx" if fmt == "cyclonedx" else "spdx"
     subject = subject_of(img)
     data = None if from_layers else _attached(loc, subject.digest, MEDIA_TYPES[sbom_fmt], o)

@@ -31,10 +31,26 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_RELATIME = 0x200000
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SETUP_FAILED = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 class SetupError(Exception):
@@ -56,6 +72,11 @@ def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: s
         data.encode() if data else None,
     )
     _check(rc, f"mount {target}")
+
+
+def _prctl(option: int, arg: int, what: str) -> None:
+    zero = ctypes.c_ulong(0)
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero), what)
 
 
 def _unshare(flags: int) -> None:
@@ -85,21 +106,94 @@ def mount_rootfs(plan: dict[str, Any]) -> None:
     try:
         if any(c in p for p in (lower, upper, work) for c in ",:\\"):
             raise SetupError("paths unsuitable for overlay options")
-        _mount("overlay", merged, "overlay", 0, opts)
+        # nodev: a device node the container makes (root has CAP_MKNOD) opens nothing.
+        _mount("overlay", merged, "overlay", MS_NODEV, opts)
     except SetupError:
         # No overlayfs here: a private copy still keeps the cache unwritten (reflinks where the fs can).
         subprocess.run(["cp", "-a", "--reflink=auto", f"{lower}/.", merged], check=True)
+        _mount(merged, merged, None, MS_BIND)
+        _mount(None, merged, None, MS_BIND | MS_REMOUNT | MS_NODEV | _locked_flags(merged))
 
 
-def _bind(host: str, target: str, read_only: bool) -> None:
+def _locked_flags(path: str) -> int:
+    """The per-mount flags ``path``'s mount already has: a bind remount must repeat them (in a user
+    namespace the kernel refuses to clear flags the outer namespace set)."""
+    f = os.statvfs(path).f_flag
+    flags = 0
+    for st_bit, ms_bit in (
+        (os.ST_RDONLY, MS_RDONLY),
+        (os.ST_NOSUID, MS_NOSUID),
+        (os.ST_NODEV, MS_NODEV),
+        (os.ST_NOEXEC, MS_NOEXEC),
+        (os.ST_NOATIME, MS_NOATIME),
+        (os.ST_NODIRATIME, MS_NODIRATIME),
+        (os.ST_RELATIME, MS_RELATIME),
+    ):
+        if f & st_bit:
+            flags |= ms_bit
+    return flags
+
+
+def _bind(host: str, target: str, read_only: bool, restrict: bool = False) -> None:
+    """Bind ``host`` at ``target``; ``restrict`` adds nosuid and nodev (volumes), ``read_only`` ro."""
     if os.path.isdir(host):
         os.makedirs(target, exist_ok=True)
     elif not os.path.lexists(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         open(target, "a").close()
     _mount(host, target, None, MS_BIND | MS_REC)
-    if read_only:
-        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    extra = (MS_RDONLY if read_only else 0) | (MS_NOSUID | MS_NODEV if restrict else 0)
+    if extra:
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | extra | _locked_flags(target))
+
+
+def _drop_privileges(keep: list[int]) -> None:
+    """Docker's default capabilities and nothing more, for good: every other capability leaves the
+    bounding set (so no exec can regain it), the process keeps only ``keep`` (none inheritable, no
+    ambient ones), and no_new_privs stops set-uid files and file capabilities from granting anything."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _prctl(PR_CAPBSET_DROP, cap, f"dropping capability {cap}")
+    mask = sum(1 << c for c in keep)
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective, data[i].permitted, data[i].inheritable = word, word, 0
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    with contextlib.suppress(SetupError):  # no ambient capabilities before Linux 4.3: nothing to clear
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clearing ambient capabilities")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
+
+
+def _mount_dev(merged: str, tty: bool) -> None:
+    """A /dev of the container's own: a tmpfs (nosuid, nodev: a node made there opens nothing) holding
+    the harmless host devices, a private pseudo-terminal instance, and with a terminal only that one."""
+    dev = f"{merged}/dev"
+    os.makedirs(dev, exist_ok=True)
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        if os.path.exists(f"/dev/{node}"):
+            _bind(f"/dev/{node}", f"{dev}/{node}", False)
+    links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1"}
+    links |= {"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+    for name, target in links.items():
+        os.symlink(target, f"{dev}/{name}")
+    os.makedirs(f"{dev}/pts")
+    term = None
+    if tty:
+        with contextlib.suppress(OSError):
+            term = os.ttyname(0)
+    if term is not None and term.startswith("/dev/pts/"):
+        # The container's own terminal at the same name (so ttyname() works), and no other of the host's.
+        _mount("tmpfs", f"{dev}/pts", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+        _bind(term, f"{dev}/pts/{os.path.basename(term)}", False)
+    else:
+        _mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.makedirs(f"{dev}/shm")
+    _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV)
 
 
 def _default_signals() -> None:
@@ -115,26 +209,13 @@ def _container_child(plan: dict[str, Any]) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the stage, whatever kills it
     os.makedirs(f"{merged}/proc", exist_ok=True)
     _mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    dev = f"{merged}/dev"
-    os.makedirs(dev, exist_ok=True)
-    _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755")
-    for node in ("null", "zero", "full", "random", "urandom", "tty"):
-        if os.path.exists(f"/dev/{node}"):
-            _bind(f"/dev/{node}", f"{dev}/{node}", False)
-    links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1"}
-    links |= {"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
-    for name, target in links.items():
-        os.symlink(target, f"{dev}/{name}")
-    if os.path.isdir("/dev/pts"):
-        # The host's terminals, so a container started from a terminal finds its tty (ttyname, job control).
-        _bind("/dev/pts", f"{dev}/pts", False)
-    os.makedirs(f"{dev}/shm")
-    _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV)
+    _mount_dev(merged, bool(c.get("tty")))
     for host, ctr, ro in c["volumes"]:
-        _bind(host, merged + ctr, ro)
+        _bind(host, merged + ctr, ro, restrict=True)
     os.chroot(merged)
     os.makedirs(c["cwd"], exist_ok=True)  # docker creates a missing working directory too
     os.chdir(c["cwd"])
+    _drop_privileges(c["caps"])
     os.setgroups(c["groups"])
     os.setgid(c["gid"])
     os.setuid(c["uid"])

@@ -11,9 +11,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nixfly.errors import RuntimeErrorNF, UsageError
+from nixfly.run.rootfs import find_in_root
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_MAX_HOPS = 40
 
 
 @dataclass(frozen=True)
@@ -36,40 +36,6 @@ class ProcessSpec:
     gid: int
     additional_gids: tuple[int, ...] = ()
     tty: bool = False
-
-
-def find_in_root(root: Path, path: str) -> Path | None:
-    """The host path that ``path`` (absolute, as seen inside the container) names in ``root``, following
-    symlinks the way the kernel would inside the container (``..`` stops at the root). None if missing."""
-    todo = [p for p in path.split("/") if p]
-    cur: list[str] = []
-    hops = 0
-    while todo:
-        comp = todo.pop(0)
-        if comp == ".":
-            continue
-        if comp == "..":
-            if cur:
-                cur.pop()
-            continue
-        p = root.joinpath(*cur, comp)
-        try:
-            st = os.lstat(p)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > _MAX_HOPS:
-                return None
-            target = os.readlink(p)
-            if target.startswith("/"):
-                cur = []
-            todo = [t for t in target.split("/") if t] + todo
-            continue
-        if todo and not stat.S_ISDIR(st.st_mode):
-            return None
-        cur.append(comp)
-    return root.joinpath(*cur)
 
 
 def _read_db(root: Path, path: str) -> list[list[str]]:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from nixfly.build.cache import default_cache_dir
+from nixfly.build.cache import default_cache_dir, owner_gone, pid_alive
 from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runtimes import Prepared, Probe, prepare, select_runtime
-from nixfly.run.unpack import cached_rootfs, pid_alive, remove_tree
+from nixfly.run.unpack import UnpackOptions, cached_rootfs, remove_tree
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _PR_SET_PDEATHSIG = 1
@@ -43,6 +43,10 @@ class RunOptions:
     host_env: dict[str, str] | None = field(default=None, repr=False)
 
 
+def _warn(message: str) -> None:
+    sys.stderr.write(f"nixfly: warning: {message}\n")
+
+
 def _set_pdeathsig() -> None:
     # If nixfly itself is killed (even with SIGKILL), the runtime gets SIGKILL instead of running on.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -52,8 +56,8 @@ def _sweep_runs(runs: Path, runc: str | None) -> None:
     # Run dirs (and runc containers) named after a nixfly pid that no longer exists are leftovers of kill -9.
     for d in runs.glob("*-*"):
         pid = d.name.split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and owner_gone(int(pid), os.lstat(d).st_mtime):
                 remove_tree(d)
     if runc is not None:
         r = subprocess.run([runc, "list", "-q"], capture_output=True, text=True, check=False)
@@ -179,8 +183,9 @@ def run_image(image: Image, opts: RunOptions) -> int:
     """Run ``image`` with the best (or the chosen) runtime and return the container's exit code (128+N if
     it died of signal N). Promises: the cached rootfs is never modified by the container; the container and
     the run's temporary state are gone when this returns or raises."""
-    cache_dir = opts.cache_dir or default_cache_dir()
-    rootfs = cached_rootfs(image, cache_dir)
+    # Absolute: runc resolves a relative rootfs against its bundle, not against our working directory.
+    cache_dir = (opts.cache_dir or default_cache_dir()).absolute()
+    rootfs = cached_rootfs(image, cache_dir, UnpackOptions.for_current_user(_warn))
     tty = opts.tty if opts.tty is not None else (sys.stdin.isatty() and sys.stdout.isatty())
     spec = build_process(
         rootfs,

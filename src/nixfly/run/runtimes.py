@@ -47,6 +47,25 @@ DEFAULT_CAPS = [
 ]
 
 
+# Their numbers (linux/capability.h), for the chroot runtime, which sets them itself.
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_RAW": 13,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_SETFCAP": 31,
+}
+
+
 @dataclass(frozen=True)
 class Probe:
     """A runtime and whether it works here: ``problem`` is None when usable, else why not (one line)."""
@@ -192,6 +211,11 @@ def bwrap_args(bwrap: str, spec: ProcessSpec, root: str, volumes: Sequence[Volum
     if (spec.uid, spec.gid) != (0, 0):
         # bwrap sets ids only inside its own user namespace (one uid and one gid, no supplementary groups).
         argv += ["--unshare-user", "--uid", str(spec.uid), "--gid", str(spec.gid)]
+    else:
+        # As root bwrap would keep every capability: docker's default set instead, as runc and chroot do.
+        argv += ["--cap-drop", "ALL"]
+        for cap in DEFAULT_CAPS:
+            argv += ["--cap-add", cap]
     for v in volumes:
         argv += ["--ro-bind" if v.read_only else "--bind", str(v.host), v.container]
     argv += ["--dir", spec.cwd, "--chdir", spec.cwd, "--", *spec.args]
@@ -253,6 +277,8 @@ def prepare(
             "gid": spec.gid,
             "groups": list(spec.additional_gids),
             "volumes": [[str(v.host), v.container, v.read_only] for v in volumes],
+            "caps": sorted(CAP_NUMBERS[c] for c in DEFAULT_CAPS),
+            "tty": spec.tty,
         }
         fwd = [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2]
         tty_sigs = [signal.SIGINT, signal.SIGQUIT]

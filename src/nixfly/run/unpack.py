@@ -14,28 +14,27 @@ is why resolving with ``lstat`` on path strings is safe here: nothing can swap a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from nixfly.build.cache import default_cache_dir
-from nixfly.build.compress import decompressing_reader
+from nixfly.build.cache import default_cache_dir, owner_gone
 from nixfly.errors import ImageError, NixflyError
 from nixfly.image import Image, Layer
-from nixfly.image.digest import digest_hex
+from nixfly.image.compression import decompressing_reader
+from nixfly.image.digest import HashingReader, digest_hex
+from nixfly.run.rootfs import strictly_inside, walk
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-MAX_SYMLINK_HOPS = 40
-# Bumped when unpacking changes in a way that makes older cached trees wrong.
-UNPACK_VERSION = "v1"
+# Bumped when unpacking changes in a way that makes older cached trees wrong (v2: no device nodes, no
+# set-id bits in the cache).
+UNPACK_VERSION = "v2"
 _BLOCK = 1 << 20
 
 
@@ -45,30 +44,20 @@ class UnpackError(ImageError):
 
 @dataclass(frozen=True)
 class UnpackOptions:
-    """How ownership is applied. ``keep_owners`` needs root (CAP_CHOWN); without it every file is ours."""
+    """How ownership is applied. ``keep_owners`` needs root (CAP_CHOWN); without it every file is ours.
+
+    ``keep_setid``: keep set-uid/set-gid bits. Off for the cache: when nixfly runs as root its runtimes
+    have no user namespace, so a set-uid root file in the cache would be a real one on the host; without
+    root the files are ours and the bits would hand out our identity. ``warn`` hears what was skipped
+    (device nodes, one line per layer)."""
 
     keep_owners: bool
+    keep_setid: bool = False
+    warn: Callable[[str], None] | None = field(default=None, compare=False)
 
     @staticmethod
-    def for_current_user() -> UnpackOptions:
-        return UnpackOptions(keep_owners=os.geteuid() == 0)
-
-
-class _HashingReader:
-    """Passes reads through while hashing, so the uncompressed bytes can be checked against the diff_id."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_BLOCK):
-            pass
+    def for_current_user(warn: Callable[[str], None] | None = None) -> UnpackOptions:
+        return UnpackOptions(keep_owners=os.geteuid() == 0, keep_setid=False, warn=warn)
 
 
 def entry_parts(name: str, where: str) -> tuple[str, ...]:
@@ -86,40 +75,10 @@ def resolve_in_root(root: Path, parts: tuple[str, ...] | list[str], where: str, 
     would (absolute targets restart at ``root``). Missing directories are created (0755) when ``create``,
     else the answer is None. A symlink that climbs above ``root`` is refused with UnpackError; so is a
     path through something that is not a directory."""
-    todo = list(parts)
-    cur: list[str] = []
-    hops = 0
-    while todo:
-        comp = todo.pop(0)
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not cur:
-                raise UnpackError(f"{where}: a symlink on the way leads outside the image root; refusing it")
-            cur.pop()
-            continue
-        p = root.joinpath(*cur, comp)
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            if not create:
-                return None
-            os.mkdir(p, 0o755)
-            cur.append(comp)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise UnpackError(f"{where}: too many levels of symbolic links")
-            target = os.readlink(p)
-            if target.startswith("/"):
-                cur = []
-            todo = target.split("/") + todo
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnpackError(f"{where}: {'/'.join([*cur, comp])} is not a directory")
-        cur.append(comp)
-    return root.joinpath(*cur)
+    r = walk(root, parts, escape_ok=False, create=create, dirs_only=True)
+    if r.problem is not None:
+        raise UnpackError(f"{where}: {r.problem}; refusing it")
+    return r.path
 
 
 def _remove(path: Path) -> None:
@@ -162,6 +121,7 @@ class _LayerApplier:
         self.whiteouts: list[Path] = []
         self.opaque: list[Path] = []
         self.dir_meta: list[tuple[Path, tarfile.TarInfo]] = []
+        self.skipped_devices: list[str] = []
 
     def parent_of(self, parts: tuple[str, ...], name: str) -> Path:
         parent = resolve_in_root(self.root, parts[:-1], f"{self.where}: {name!r}", create=True)
@@ -182,11 +142,16 @@ class _LayerApplier:
             return
         if base.startswith(WHITEOUT):
             hidden = base[len(WHITEOUT) :]
-            if hidden.startswith(WHITEOUT) or not hidden:
+            if hidden.startswith(WHITEOUT):
                 return  # other AUFS metadata (.wh..wh.plnk, ...) carries no content for us
+            if hidden in ("", ".", "..") or "/" in hidden or "\0" in hidden:
+                raise UnpackError(f"{self.where}: whiteout {ti.name!r} names no entry of a directory; refusing it")
             parent = resolve_in_root(self.root, parts[:-1], f"{self.where}: {ti.name!r}", create=False)
             if parent is not None:
-                self.whiteouts.append(parent / hidden)
+                target = parent / hidden
+                if not strictly_inside(self.root, target):
+                    raise UnpackError(f"{self.where}: whiteout {ti.name!r} leads outside the image root; refusing it")
+                self.whiteouts.append(target)
             return
         dest = self.parent_of(parts, ti.name) / base
         self._clear(dest, keep_dir=ti.isdir())
@@ -200,13 +165,16 @@ class _LayerApplier:
             os.symlink(ti.linkname, dest)
             self._owner(dest, ti)
         elif ti.islnk():
-            self._hardlink(dest, ti)
+            if not self._hardlink(dest, ti):
+                return
         elif ti.isfifo():
             os.mkfifo(dest, 0o600)
             self._finish(dest, ti)
         elif ti.ischr() or ti.isblk():
-            if not self._mknod(dest, ti):
-                return
+            # Never a device node from an image (as rootless unpackers do): as root it would be a real
+            # door into the host's devices. The runtimes give the container its own minimal /dev.
+            self.skipped_devices.append("/".join(parts))
+            return
         else:
             return  # sparse/contiguous/unknown types: tarfile already folded sparse into regular files
         self.written.add(str(dest))
@@ -231,11 +199,14 @@ class _LayerApplier:
                 shutil.copyfileobj(src, out, _BLOCK)
         self._finish(dest, ti)
 
-    def _hardlink(self, dest: Path, ti: tarfile.TarInfo) -> None:
+    def _hardlink(self, dest: Path, ti: tarfile.TarInfo) -> bool:
         what = f"{self.where}: hard link {ti.name!r} -> {ti.linkname!r}"
         tparts = entry_parts(ti.linkname, what)
         if not tparts:
             raise UnpackError(f"{what}: links to the root directory")
+        if "/".join(tparts) in self.skipped_devices:
+            self.skipped_devices.append(ti.name.strip("/"))
+            return False  # a second name for a device node we did not create
         parent = resolve_in_root(self.root, tparts[:-1], what, create=False)
         target = None if parent is None else parent / tparts[-1]
         if target is None or not os.path.lexists(target):
@@ -243,16 +214,6 @@ class _LayerApplier:
         if stat.S_ISDIR(os.lstat(target).st_mode):
             raise UnpackError(f"{what}: hard links to directories are not allowed")
         os.link(target, dest, follow_symlinks=False)
-
-    def _mknod(self, dest: Path, ti: tarfile.TarInfo) -> bool:
-        if not self.opts.keep_owners:
-            return False  # device nodes need CAP_MKNOD; the runtimes provide /dev anyway
-        kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
-        try:
-            os.mknod(dest, 0o600 | kind, os.makedev(ti.devmajor, ti.devminor))
-        except PermissionError:
-            return False  # root inside a container without CAP_MKNOD: same as unprivileged
-        self._finish(dest, ti)
         return True
 
     def _owner(self, dest: Path, ti: tarfile.TarInfo) -> None:
@@ -263,8 +224,9 @@ class _LayerApplier:
         # Order matters: chown clears set-id bits and file capabilities, so owner first, then mode, then xattrs.
         self._owner(dest, ti)
         mode = ti.mode & 0o7777
-        if not self.opts.keep_owners:
-            # The file is owned by whoever unpacks; a set-id bit would hand out *their* identity.
+        if not (self.opts.keep_owners and self.opts.keep_setid):
+            # Without root the file is ours, and a set-id bit would hand out *our* identity; as root (no
+            # user namespace in any runtime) it would be a real set-uid file on the host.
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         os.chmod(dest, mode)
         if self.opts.keep_owners:
@@ -278,6 +240,13 @@ class _LayerApplier:
                     os.setxattr(dest, key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape"))
 
     def finish_layer(self) -> None:
+        if self.skipped_devices and self.opts.warn is not None:
+            names = ", ".join("/" + n for n in self.skipped_devices[:3])
+            more = f" and {len(self.skipped_devices) - 3} more" if len(self.skipped_devices) > 3 else ""
+            self.opts.warn(
+                f"{self.where}: skipped {len(self.skipped_devices)} device node(s) ({names}{more}): "
+                "images cannot create devices; the runtime provides /dev"
+            )
         for path in self.whiteouts:
             if str(path) not in self.written and os.path.lexists(path):
                 _remove(path)
@@ -293,6 +262,8 @@ class _LayerApplier:
             if not self.opts.keep_owners:
                 # Without root a directory we cannot write or enter would block later layers and cleanup.
                 mode = (mode | 0o700) & ~(stat.S_ISUID | stat.S_ISGID)
+            elif not self.opts.keep_setid:
+                mode &= ~stat.S_ISUID  # set-gid on a directory only passes its group on: harmless, kept
             os.chmod(path, mode)
             with contextlib.suppress(OSError):
                 os.utime(path, ns=(int(ti.mtime) * 10**9,) * 2, follow_symlinks=False)
@@ -312,13 +283,17 @@ def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions) -> No
     """Apply one layer to the rootfs at ``root`` and check its bytes against the layer's diff_id."""
     applier = _LayerApplier(root, where, opts)
     try:
-        with layer.open() as raw:
-            hashing = _HashingReader(decompressing_reader(layer.compression, raw))
+        with layer.compressed() as raw:
+            hashing = HashingReader(decompressing_reader(layer.compression, raw))
             with tarfile.open(fileobj=hashing, mode="r|") as tf:  # type: ignore[call-overload]
                 for ti in tf:
                     applier.apply(ti, tf)
             hashing.drain()
         applier.finish_layer()
+    except UnpackError:
+        raise
+    except ImageError as e:  # the blob failed its own digest check
+        raise UnpackError(f"{where}: corrupt layer: {e}") from None
     except NixflyError:
         raise
     except OSError as e:
@@ -327,7 +302,7 @@ def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions) -> No
         # Decompressors and tarfile raise their own assorted types for corrupt input; all mean the same.
         raise UnpackError(f"{where}: corrupt layer: {e}") from None
     diff_id = layer.diff_id
-    if diff_id.startswith("sha256:") and "sha256:" + hashing.hash.hexdigest() != diff_id:
+    if diff_id.startswith("sha256:") and hashing.digest != diff_id:
         raise UnpackError(f"{where}: uncompressed content does not match its diff_id {diff_id}")
 
 
@@ -347,30 +322,20 @@ def cache_key(image: Image) -> str:
     return f"{UNPACK_VERSION}-{digest_hex(image.manifest_digest())}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (ours or another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_partials(base: Path) -> None:
     # ".tmp-<key>-<pid>-<rand>" dirs whose unpacking process is gone are leftovers of a kill -9.
     for p in base.glob(".tmp-*"):
         try:
             pid = int(p.name.split("-")[-2])
-        except (ValueError, IndexError):
+            mtime = os.lstat(p).st_mtime
+        except (ValueError, IndexError, OSError):
             continue
-        if not pid_alive(pid):
+        if owner_gone(pid, mtime):
             with contextlib.suppress(OSError):
                 remove_tree(p)
 
 
-def cached_rootfs(image: Image, cache_dir: Path | None = None) -> Path:
+def cached_rootfs(image: Image, cache_dir: Path | None = None, opts: UnpackOptions | None = None) -> Path:
     """The unpacked rootfs of ``image`` under ``<cache_dir>/rootfs/<key>``, unpacking it on first use.
 
     Promises: the returned tree is complete (it only appears under its final name by an atomic rename once
@@ -393,7 +358,7 @@ def cached_rootfs(image: Image, cache_dir: Path | None = None) -> Path:
         raise NixflyError(f"cannot use cache dir {base}: {e.strerror}") from None
     try:
         os.chmod(tmp, 0o755)  # the rootfs's own "/" as containers expect it
-        unpack(image, tmp)
+        unpack(image, tmp, opts)
         try:
             os.rename(tmp, final)
         except OSError as e:
@@ -406,10 +371,3 @@ def cached_rootfs(image: Image, cache_dir: Path | None = None) -> Path:
     if tmp.exists():
         remove_tree(tmp)
     return final
-
-
-def iter_cached(cache_dir: Path | None = None) -> Iterator[Path]:
-    """Complete cached rootfs trees (for pruning tools); partial ones are skipped."""
-    base = (cache_dir or default_cache_dir()) / "rootfs"
-    if base.is_dir():
-        yield from (p for p in base.iterdir() if not p.name.startswith("."))

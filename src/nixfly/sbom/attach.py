@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixfly.errors import NixflyError
-from nixfly.image import Descriptor
-from nixfly.image.mediatypes import ManifestFormat
+from nixfly.image import Descriptor, Image
 from nixfly.sbom import MEDIA_TYPES, SbomFormat, from_build, render_cached, subject_of
 from nixfly.sinks.referrers import CREATED, Artifact, attach_to_layout
 
@@ -27,8 +26,9 @@ class SbomAttacher:
     attached: list[dict[str, Any]] = field(default_factory=list)
     _artifacts: dict[str, Artifact] = field(default_factory=dict)
 
-    def artifact(self, image_format: ManifestFormat | None = None) -> Artifact:
-        subject = subject_of(self.result.image, image_format, self.name)
+    def artifact(self, image: Image) -> Artifact:
+        """The SBOM artifact whose subject is ``image`` as written (the build's image, perhaps converted)."""
+        subject = subject_of(image, self.name)
         art = self._artifacts.get(subject.digest)
         if art is None:
             sbom = from_build(self.result, subject)
@@ -37,15 +37,13 @@ class SbomAttacher:
             art = self._artifacts[subject.digest] = Artifact(MEDIA_TYPES[self.fmt], blob, desc, {CREATED: sbom.created})
         return art
 
-    def attach_layout(self, root: Path) -> None:
-        self.attached.append({"to": str(root), **attach_to_layout(root, self.artifact()).to_json()})
+    def attach_layout(self, root: Path, image: Image) -> None:
+        self.attached.append({"to": str(root), **attach_to_layout(root, self.artifact(image)).to_json()})
 
-    def attach_registry(
-        self, refs: list[str], image_format: ManifestFormat, pinned: str, options: RegistryOptions
-    ) -> None:
+    def attach_registry(self, refs: list[str], image: Image, pinned: str, options: RegistryOptions) -> None:
         from nixfly.sinks.referrers import attach_to_references
 
-        art = self.artifact(image_format)
+        art = self.artifact(image)
         try:
             for repo, res in attach_to_references(refs, art, options):
                 self.attached.append({"to": repo, **res.to_json()})
@@ -59,7 +57,7 @@ class SbomAttacher:
         first = next(iter(self._artifacts.values()))
         return {
             "format": self.fmt,
-            "mediaType": first.artifact_type,
+            "media_type": first.artifact_type,
             "digest": first.blob_descriptor.digest,
             "size": first.blob_descriptor.size,
             "attached": self.attached,
@@ -67,14 +65,15 @@ class SbomAttacher:
 
 
 def attach_built(
-    result: BuildResult, fmt: str, name: str | None, refs: list[str], image_format: ManifestFormat, pinned: str,
+    result: BuildResult, fmt: str, name: str | None, refs: list[str], image: Image, pinned: str,
     options: RegistryOptions,
 ) -> list[str]:  # fmt: skip
-    """After ``nixfly push nixfly.toml``: attach the build's SBOM (``fmt`` "none": nothing). Returns notes."""
+    """After ``nixfly push nixfly.toml``: attach the build's SBOM to ``image`` as pushed (``fmt`` "none":
+    nothing). Returns notes."""
     if fmt not in ("spdx", "cyclonedx"):
         return []
     from nixfly.build.cache import default_cache_dir
 
     att = SbomAttacher(result, "cyclonedx" if fmt == "cyclonedx" else "spdx", default_cache_dir(), name)
-    att.attach_registry(refs, image_format, pinned, options)
+    att.attach_registry(refs, image, pinned, options)
     return [f"attached {fmt} SBOM {a['digest']} to {a['to']} ({a['tag'] or a['method']})" for a in att.attached]

@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 from nixfly.errors import ClosureError, ImageError
 from nixfly.image import Image
-from nixfly.image.mediatypes import ManifestFormat
 from nixfly.sbom.model import Package, Sbom, Subject, from_closure, image_files, package_of
 
 if TYPE_CHECKING:
     from nixfly.build.pipeline import BuildResult
 
 
-def subject_of(image: Image, fmt: ManifestFormat | None = None, name: str | None = None) -> Subject:
-    """The image manifest (in format ``fmt``) as an SBOM's described root."""
-    return Subject(image.manifest_digest(fmt), image.manifest_media_type(fmt), len(image.manifest_bytes(fmt)), name)
+def subject_of(image: Image, name: str | None = None) -> Subject:
+    """The image's manifest (exactly as written: convert the image first for another format) as an SBOM's
+    described root."""
+    return Subject(image.manifest_digest(), image.media_type, len(image.manifest_bytes()), name)
 
 
 def _created(image: Image) -> str:
