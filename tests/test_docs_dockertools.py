@@ -111,6 +111,7 @@ def test_every_command_on_the_page_runs(
     refs = re.findall(rf"{re.escape(registry.host)}/my-app@(sha256:[0-9a-f]{{64}})", "\n".join(outputs))
     assert len(refs) >= 6 and set(refs) == {digest}  # every nixfly push of the image gives the build's digest
     machines = fly_api.machines("my-app")
-    assert len(machines) == 1 and machines[0].image == f"{registry.host}/my-app@{digest}"
-    assert machines[0].region == "ams" and machines[0].state == "started"
+    # First deploy of an app with an HTTP service: two machines for availability (flyctl's --ha default).
+    assert len(machines) == 2 and {m.image for m in machines} == {f"{registry.host}/my-app@{digest}"}
+    assert {(m.region, m.state) for m in machines} == {("ams", "started")}
     assert main(["tags", f"{registry.host}/my-app", "--json"]) == 0

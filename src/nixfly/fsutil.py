@@ -15,8 +15,9 @@ from nixfly.errors import NixflyError
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a binary file that becomes ``target`` only if the block completes without error."""
+def atomic_writer(target: Path, mode: int = 0o644, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``target`` only if the block completes without error.
+    ``durable=False`` skips the fsyncs, for caches that are rebuilt when lost (the rename stays atomic)."""
     target = Path(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -27,10 +28,12 @@ def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-        fsync_dir(target.parent)
+        if durable:
+            fsync_dir(target.parent)
         ok = True
     except OSError as e:
         raise NixflyError(f"cannot write {target}: {e.strerror}") from None
@@ -54,12 +57,12 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(target: Path, text: str, mode: int = 0o644) -> None:
-    atomic_write_bytes(target, text.encode(), mode)
+def atomic_write_text(target: Path, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
+    atomic_write_bytes(target, text.encode(), mode, durable=durable)
 
 
-def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_writer(target, mode) as f:
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    with atomic_writer(target, mode, durable=durable) as f:
         f.write(data)
 
 

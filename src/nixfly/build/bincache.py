@@ -26,7 +26,6 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from nixfly.build.closure import STORE_DIR, Closure, StorePath, is_store_path, q
 from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
 from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.fsutil import atomic_write_text
 
 FETCH_JOBS = 8
 RETRIES = 3  # attempts per request for connection errors, timeouts, 429 and 5xx
@@ -649,12 +649,9 @@ class NarinfoCache:
         f = self._file(cache, ni.store_path.rsplit("/", 1)[-1].split("-", 1)[0])
         if f is None:
             return
-        with contextlib.suppress(OSError):  # a cache that cannot be written costs the next run a request
+        with contextlib.suppress(OSError, NixflyError):  # a cache that cannot be written costs a request
             f.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".narinfo.", dir=f.parent)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-            os.replace(tmp, f)
+            atomic_write_text(f, text, durable=False)
 
 
 def _narinfo_text(ni: NarInfo) -> str:
@@ -992,12 +989,9 @@ class RemoteFS:
         if not loaded:
             complete, entries = self._read(path, full)
             if f is not None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, NixflyError):
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(prefix=".listing.", dir=f.parent)
-                    with os.fdopen(fd, "w") as out:
-                        json.dump({"complete": complete, "entries": entries}, out)
-                    os.replace(tmp, f)
+                    atomic_write_text(f, json.dumps({"complete": complete, "entries": entries}), durable=False)
         children: dict[str, list[str]] = {}
         for rel in entries:
             if rel:

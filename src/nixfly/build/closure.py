@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nixfly.errors import ClosureError, UsageError
+from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.fsutil import atomic_write_text
 
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
@@ -475,12 +475,9 @@ def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) 
          "narHash": sp.nar_hash}
         for sp in paths.values()
     ]  # fmt: skip
-    with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run a query
+    with contextlib.suppress(OSError, NixflyError):  # a cache that cannot be written only costs a query
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".closure.", dir=cache)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, entry)
+        atomic_write_text(entry, json.dumps(data), durable=False)
     return paths
 
 

@@ -114,6 +114,8 @@ def registry_options(o: Mapping[str, Any], prefix: str = "") -> RegistryOptions:
     kw: dict[str, Any] = {}
     if o.get("chunk_size"):
         kw["chunk_size"] = kw["monolithic_max"] = int(o["chunk_size"])
+    if not o.get("quiet") and not o.get("json_out") and sys.stderr.isatty():
+        kw["on_retry"] = _show_retry
     return RegistryOptions(
         credentials=creds,
         tls_verify=True if tls is None else bool(tls),
@@ -123,3 +125,10 @@ def registry_options(o: Mapping[str, Any], prefix: str = "") -> RegistryOptions:
         parallel=int(o.get("parallel") or 4),
         **kw,
     )
+
+
+def _show_retry(line: str) -> None:
+    """A retry about to wait, on a terminal: people should see why nothing moves."""
+    from rich.markup import escape
+
+    stderr_console().print(f"[yellow]{escape(line)}[/yellow]", highlight=False)

@@ -35,12 +35,13 @@ from nixfly.cli.common import (
     stderr_console,
     transport_options,
 )
-from nixfly.errors import ImageError, UsageError
+from nixfly.errors import NixflyError, UsageError
 from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
 from nixfly.sinks import Written, publish
+from nixfly.sinks.layer_index import INDEX_TAG
 from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
 from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
@@ -336,11 +337,14 @@ def tags(repository: str, **o: Any) -> None:
         click.echo(r["tag"] if o.get("quiet") else f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
 
 
-def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
-    """Every tag of ``repo`` with its manifest digest and image creation time, newest first."""
-    from nixfly.sinks.referrers import is_fallback_tag
+_REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
-    names = [t for t in client.list_tags(repo.repository) if not is_fallback_tag(t)]  # referrers, not releases
+
+def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
+    """Every tag of ``repo`` with its manifest digest and image creation time, newest first. The OCI
+    referrers fallback tags (``sha256-<hex>``, where SBOMs hang) and nixfly's layer index are not releases
+    and are left out."""
+    names = [t for t in client.list_tags(repo.repository) if not _REFERRERS_TAG.fullmatch(t) and t != INDEX_TAG]
 
     def one(tag: str) -> dict[str, Any]:
         r = repo.with_tag(tag)
@@ -350,7 +354,7 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
             m = resolve_manifest(client, r) if top.media_type in INDEX_TYPES else top
             cfg = image_from_manifest(client, r, m).config
             created = str(cfg["created"]) if cfg.get("created") else None
-        except (ImageError, UsageError):
+        except NixflyError:
             created = None  # an index without our platform, or a foreign artefact: still list the tag
         return {"tag": tag, "digest": top.digest, "media_type": top.media_type, "created": created,
                 "reference": r.pinned(top.digest)}  # fmt: skip

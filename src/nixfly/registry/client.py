@@ -84,6 +84,8 @@ class RegistryOptions:
     env: Mapping[str, str] | None = field(default=None, repr=False)
     home: Path | None = None
     retry: RetryPolicy | None = field(default=None, repr=False)  # overrides retries/backoff (tests: fake clock)
+    # Told one line before each retry's wait (the CLI shows it on a terminal); never holds a secret.
+    on_retry: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def retry_policy(self) -> RetryPolicy:
         if self.retry is not None:
@@ -382,8 +384,13 @@ class RegistryClient:
 
         return self.policy.run(
             attempt,
+            on_retry=self._retry_notice,
             give_up=lambda t, n: self.fail(f"{method} {self._path(path_or_url)} failed after {n} attempts: {t.what}"),
         )
+
+    def _retry_notice(self, failure: Transient, seconds: float) -> None:
+        if self.options.on_retry is not None:
+            self.options.on_retry(f"registry {self.registry}: retrying in {seconds:.1f} s: {failure.what}")
 
     @staticmethod
     def pull_scope(repo: str) -> str:
@@ -491,7 +498,8 @@ class RegistryClient:
             return self.policy.run(
                 attempt,
                 progress=lambda: state.confirmed,  # grows with every byte the registry confirms
-                give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
+                on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
             )
         finally:
             state.close()
@@ -583,6 +591,7 @@ class RegistryClient:
         """Start streaming a blob (following redirects to blob storage). The caller closes the response."""
         return self.policy.run(
             lambda: self._open_blob(repo, digest, offset),
+            on_retry=self._retry_notice,
             give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}"),
         )
 
@@ -641,7 +650,8 @@ class RegistryClient:
             return bytes(data)
 
         data = self.policy.run(
-            attempt, give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}")
+            attempt, on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}")
         )
         if sha256_digest(data) != digest:
             raise self.fail(f"blob {digest} from {repo} does not match its digest")
