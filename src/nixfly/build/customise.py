@@ -252,6 +252,9 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
         if hops > _MAX_HOPS:
             return False
         if path.startswith(store):
+            top = store + path[len(store) :].split("/", 1)[0]
+            if top in closure.paths and not os.path.lexists(top):
+                return True  # a path taken from a binary cache is not on disk to look at: cannot tell
             return os.path.exists(path) and not os.path.isdir(path)
         cur, rest = path, ""
         while True:
