@@ -206,6 +206,10 @@ def test_push_attaches_through_the_tag_schema_and_sbom_fetches_it_back(
                                      capture_output=True, check=True).stdout)["Tags"]  # fmt: skip
     # (nixfly-layer-index is the repository's layer index, under its own tag: see test_layer_index.py)
     assert sorted(tags) == sorted(["plain", "v1", f"sha256-{hexd}", "nixfly-layer-index"])
+    # `nixfly tags` lists releases: the referrers tag is not one (and does not break the listing).
+    capsys.readouterr()
+    assert main(["tags", f"{registry.host}/app", "--json"]) == 0
+    assert sorted(t["tag"] for t in json.loads(capsys.readouterr().out)["tags"]) == ["plain", "v1"]
     reg_attach = next(a for a in s["sbom"]["attached"] if a["method"] != "layout")
     assert reg_attach["method"] == "tag-schema" and reg_attach["tag"] == f"sha256-{hexd}"
     # skopeo sees the referrers index under the fallback tag.
@@ -338,3 +342,66 @@ def test_rendered_sboms_are_cached_and_a_tampered_cache_entry_is_not_trusted(tmp
     (entry,) = (tmp_path / "sboms").iterdir()
     entry.write_bytes(want.replace(b"liba", b"evil"))
     assert render_cached(sbom, "spdx", tmp_path) == want
+
+
+@pytest.mark.slow
+def test_credentials_and_env_never_reach_the_sbom(
+    tiny_closure: TinyClosure, basic_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    reg = basic_registry
+    assert reg.username and reg.password
+    creds = f"{reg.username}:{reg.password}"
+    r = run_nixfly("build", tiny_closure.app, "--push", f"{reg.host}/sec:v1", "--creds", creds, "--json",
+                   "-e", "API_TOKEN=tok-3c9e1d", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert r.code == 0, r.err
+    digest = json.loads(r.out)["digest"]
+    got = run_nixfly("sbom", f"docker://{reg.host}/sec@{digest}", "--creds", creds)
+    assert got.code == 0, got.err
+    assert validate_spdx(got.out.encode()) == []
+    for secret in (reg.password, "tok-3c9e1d", "root:!:"):
+        assert secret not in got.out and secret not in r.out + r.err + got.err
+    denied = run_nixfly("sbom", f"docker://{reg.host}/sec@{digest}")
+    assert denied.code != 0 and denied.err.count("\n") == 1 and "authentication required" in denied.err
+
+
+@pytest.mark.slow
+def test_push_from_a_layout_takes_its_sbom_along_unless_the_manifest_changes(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lay = tmp_path / "lay"
+    s = build(capsys, tiny_closure.app, "-o", f"oci:{lay}:v1", "--cache-dir", str(tmp_path / "c"))
+    _, local = layout_sbom(lay)
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/carry:v1")
+    assert r.code == 0, r.err
+    assert f"sha256-{s['digest'].split(':')[1]}" in r.err
+    got = run_nixfly("sbom", f"docker://{registry.host}/carry:v1")
+    assert got.code == 0 and got.out.encode() == local, got.err
+    # As v2s2 the manifest (and digest) differ from what the SBOM describes: not attached, and said so.
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/docker:v1", "--format", "v2s2", "--json")
+    assert r.code == 0, r.err
+    pushed = json.loads(r.out)["digest"]
+    tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(),
+                                      f"docker://{registry.host}/docker"], capture_output=True, check=True).stdout)
+    assert [t for t in tags["Tags"] if t != "nixfly-layer-index"] == ["v1"] and pushed != s["digest"]
+    r = run_nixfly("push", f"oci:{lay}:v1", f"{registry.host}/docker:v2", "--format", "v2s2")
+    assert r.code == 0 and "so it is not attached" in r.err, r.err
+
+
+@pytest.mark.slow
+def test_push_a_nixfly_toml_attaches_the_sbom_it_made(
+    tiny_closure: TinyClosure, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "nixfly.toml"
+    cfg.write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nsbom = "cyclonedx"\n')
+    env = {"XDG_CACHE_HOME": str(tmp_path / "x")}
+    r = run_nixfly("push", str(cfg), f"{registry.host}/toml:v1", "--json", env=env)
+    assert r.code == 0, r.err
+    digest = json.loads(r.out)["digest"]
+    got = run_nixfly("sbom", f"docker://{registry.host}/toml@{digest}", "--format", "cyclonedx", env=env)
+    assert got.code == 0, got.err
+    assert "attached" in got.err and json.loads(got.out)["metadata"]["component"]["bom-ref"] == digest
+    cfg.write_text(f'[image]\nroots = ["{tiny_closure.app}"]\nsbom = "none"\n')
+    assert run_nixfly("push", str(cfg), f"{registry.host}/none:v1", env=env).code == 0
+    tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(),
+                                      f"docker://{registry.host}/none"], capture_output=True, check=True).stdout)
+    assert [t for t in tags["Tags"] if t != "nixfly-layer-index"] == ["v1"]  # no referrers tag

@@ -200,16 +200,31 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         from nixfly.build.pipeline import build_image
         from nixfly.build.spec import load_spec
 
-        image = build_image(load_spec(src_path)).image
+        spec = load_spec(src_path)
+        built = build_image(spec)
+        image = built.image
     else:
         loc = parse_location(source, bare_paths=True)
         if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
             image = _read_archive_with_progress(loc)
         else:
             image = open_image(loc, options)
-    _, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
+    out, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
     assert written[-1].push is not None
-    _report_push(written[-1].push, o)
+    pushed = written[-1].push
+    refs = [d.reference for d in dests if isinstance(d, RegistryLocation)]
+    notes: list[str] = []  # the image's SBOM goes along (for a nixfly.toml, the one made now)
+    if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
+        from nixfly.sbom.attach import attach_built
+
+        notes = attach_built(built, spec.sbom, spec.name, refs, out, pushed.reference, options)
+    elif isinstance(loc, LayoutLocation):
+        from nixfly.sinks.referrers import carry_layout_referrers
+
+        notes = carry_layout_referrers(loc.path, image.manifest_digest(), pushed.digest, refs, options)
+    for note in notes if not o.get("quiet") and not o.get("json_out") else []:
+        click.echo(f"note: {note}", err=True)
+    _report_push(pushed, o)
 
 
 @cli.command()

@@ -62,3 +62,18 @@ class SbomAttacher:
             "size": first.blob_descriptor.size,
             "attached": self.attached,
         }
+
+
+def attach_built(
+    result: BuildResult, fmt: str, name: str | None, refs: list[str], image: Image, pinned: str,
+    options: RegistryOptions,
+) -> list[str]:  # fmt: skip
+    """After ``nixfly push nixfly.toml``: attach the build's SBOM to ``image`` as pushed (``fmt`` "none":
+    nothing). Returns notes."""
+    if fmt not in ("spdx", "cyclonedx"):
+        return []
+    from nixfly.build.cache import default_cache_dir
+
+    att = SbomAttacher(result, "cyclonedx" if fmt == "cyclonedx" else "spdx", default_cache_dir(), name)
+    att.attach_registry(refs, image, pinned, options)
+    return [f"attached {fmt} SBOM {a['digest']} to {a['to']} ({a['tag'] or a['method']})" for a in att.attached]

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nixfly.errors import ImageError
+from nixfly.errors import ImageError, NixflyError
 from nixfly.fsutil import atomic_write_bytes
 from nixfly.image import Descriptor, canonical_json
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
@@ -113,6 +114,14 @@ class AttachResult:
 def fallback_tag(subject_digest: str) -> str:
     """The tag schema's tag for a subject: ``sha256:<hex>`` → ``sha256-<hex>``."""
     return subject_digest.replace(":", "-", 1)
+
+
+_FALLBACK_TAG = re.compile(r"^sha256-[0-9a-f]{64}$")
+
+
+def is_fallback_tag(tag: str) -> bool:
+    """Whether ``tag`` is a tag-schema referrers tag (``sha256-<hex>``): a list of artifacts, not a release."""
+    return bool(_FALLBACK_TAG.match(tag))
 
 
 def _referrers_from_index(data: bytes, where: str) -> list[Referrer]:
@@ -325,12 +334,55 @@ def fetch_layout_artifact(root: Path, ref: Referrer, subject_digest: str) -> byt
     return _artifact_blob(manifest, subject_digest, where, read)
 
 
+def layout_artifacts(root: Path, subject_digest: str) -> list[Artifact]:
+    """The referrers of ``subject_digest`` in a layout that have the shape :class:`Artifact` writes (empty
+    config, one layer, ``subject``), each read back and checked against its digests."""
+    out = []
+    for ref in list_layout_referrers(root, subject_digest):
+        blob = fetch_layout_artifact(root, ref, subject_digest)
+        manifest = json.loads(_layout_blob(root, ref.digest).read_bytes())  # checked by fetch_layout_artifact
+        subj, ann = manifest.get("subject") or {}, manifest.get("annotations")
+        try:
+            art = Artifact(
+                str(manifest.get("artifactType") or ""), blob,
+                Descriptor(str(subj.get("mediaType")), str(subj.get("digest")), int(subj.get("size", -1))),
+                {str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else None,
+            )  # fmt: skip
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if art.artifact_type and art.digest == ref.digest:
+            out.append(art)
+    return out
+
+
 def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
     """The referrer of ``artifact_type`` to use: the newest by ``created``, then the highest digest."""
     hits = [r for r in refs if r.artifact_type == artifact_type]
     if not hits:
         return None
     return max(hits, key=lambda r: ((r.annotations or {}).get(CREATED, ""), r.digest))
+
+
+def carry_layout_referrers(
+    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions
+) -> list[str]:
+    """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the
+    registry too. A push that changed the manifest (another format) cannot: the SBOM names the layout's
+    digest. Returns notes for the user."""
+    arts = layout_artifacts(root, source_digest)
+    if not arts:
+        return []
+    if pushed_digest != source_digest:
+        return [f"the layout's SBOM describes {source_digest}, but the push wrote {pushed_digest} (another "
+                "manifest format), so it is not attached; nixfly build --push attaches one that matches"]  # fmt: skip
+    notes = []
+    for art in arts:
+        try:
+            done = attach_to_references(refs, art, options)
+        except NixflyError as e:  # the image is pushed: say so
+            raise NixflyError(f"pushed {pushed_digest}, but attaching its {art.artifact_type} failed: {e}") from None
+        notes += [f"attached {art.artifact_type} {r.digest} to {repo} ({r.tag or r.method})" for repo, r in done]
+    return notes
 
 
 __all__ = [
@@ -341,9 +393,12 @@ __all__ = [
     "attach_to_layout",
     "attach_to_references",
     "attach_to_registry",
+    "carry_layout_referrers",
     "fallback_tag",
     "fetch_layout_artifact",
     "fetch_registry_artifact",
+    "is_fallback_tag",
+    "layout_artifacts",
     "list_layout_referrers",
     "list_registry_referrers",
     "pick",
