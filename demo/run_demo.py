@@ -103,7 +103,7 @@ def main() -> int:
                 print(f"    {reference}")
                 again = json.loads(sh(*NIXFLY, "push", f"oci:{layout}:demo", f"{reg.host}/webecho:demo", "--json",
                                       env=env))  # fmt: skip
-                uploaded = again.get("uploadedBytes", again.get("uploaded_bytes", "?"))
+                uploaded = again.get("uploaded_bytes", "?")
                 print(f"    second push uploaded {uploaded} blob bytes")
 
             port = free_port()

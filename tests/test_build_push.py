@@ -44,8 +44,8 @@ def test_build_push_with_basic_auth_then_one_layer_for_an_app_change(
     changed = [layer for layer in built["layers"] if layer["store_paths"] == [app2]]
     assert len(changed) == 1
     config_size = len((out / "blobs" / "sha256" / built["config_digest"].split(":")[1]).read_bytes())
-    assert pushed["uploadedBlobs"] == 2
-    assert pushed["uploadedBytes"] == changed[0]["size"] + config_size
+    assert pushed["uploaded_blobs"] == 2
+    assert pushed["uploaded_bytes"] == changed[0]["size"] + config_size
     assert pushed["digest"] == built["digest"]
 
 

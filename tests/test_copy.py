@@ -33,7 +33,7 @@ def test_copy_within_a_registry_mounts_every_blob(
     assert code == 0
     assert out["digest"] == src.digest
     assert out["reference"] == f"{fault_proxy.host}/prod/app@{src.digest}"
-    assert (out["mountedBlobs"], out["uploadedBlobs"], out["uploadedBytes"]) == (3, 0, 0)
+    assert (out["mounted_blobs"], out["uploaded_blobs"], out["uploaded_bytes"]) == (3, 0, 0)
     assert fault_proxy.blob_upload_bytes() == 0
     assert fault_proxy.count("POST", "mount=") == 3
 
@@ -48,7 +48,7 @@ def test_copy_between_registries_streams_to_the_same_digest(
     code = main(["copy", f"{registry.host}/src/app:v1", dst_ref, "--dest-creds", creds, "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["digest"] == src.digest
-    assert out["uploadedBytes"] == sum(lyr.size for lyr in image.layers) + len(image.config_bytes)
+    assert out["uploaded_bytes"] == sum(lyr.size for lyr in image.layers) + len(image.config_bytes)
     info = subprocess.run(["skopeo", "inspect", *basic_registry.skopeo_args(), f"docker://{dst_ref}"],
                           check=True, capture_output=True)  # fmt: skip
     assert json.loads(info.stdout)["Digest"] == src.digest

@@ -86,7 +86,7 @@ def test_first_deploy_creates_machines_and_volume(
         extra='[processes]\napp = "serve"\nworker = "work"\n'
         '[[mounts]]\nsource = "data"\ndestination = "/data"\nprocesses = ["worker"]\ninitial_size = "3gb"\n',
     )
-    assert deploy(toml, images["v1"], "--json") == 0
+    assert deploy(toml, images["v1"], "--json", "--ha=false") == 0
     summary = json.loads(capsys.readouterr().out)
     machines = fly_api.machines("demo")
     assert sorted(m.group for m in machines) == ["app", "worker"]
@@ -229,7 +229,7 @@ def test_secrets_change_sets_min_secrets_version(
     toml = write_toml(env)
     seed(fly_api, toml, images["v1"], 2)
     secret = "hunter2-very-secret-value"
-    assert main(["secrets", "set", "--config", str(toml), f"DB_PASSWORD={secret}", "API_KEY=k-123456"]) == 0
+    assert main(["secrets", "set", "--stage", "--config", str(toml), f"DB_PASSWORD={secret}", "API_KEY=k-123456"]) == 0
     out = capsys.readouterr()
     assert secret not in out.out + out.err and "k-123456" not in out.out + out.err
     # Same image: only the secrets changed, and the machines must still roll onto them.
@@ -261,11 +261,16 @@ def test_dry_run_changes_nothing(
     assert fly_api.mutations() == []
 
 
-def test_tag_only_image_is_refused(env: Path, capsys: pytest.CaptureFixture[str], fly_api: RunningStandin) -> None:
+def test_tag_that_does_not_resolve_is_refused(
+    env: Path, capsys: pytest.CaptureFixture[str], fly_api: RunningStandin, registry: RunningRegistry
+) -> None:
+    # A tag is resolved to its digest once (issue 11); one that the registry does not have stops the deploy
+    # before any Machines API request, with one line. (Before: every tag was refused outright.)
     toml = write_toml(env)
-    assert deploy(toml, "registry.fly.io/demo:latest") == 2
+    assert deploy(toml, f"{registry.host}/demo:nope") == 1
     err = capsys.readouterr().err
-    assert err.startswith("nixfly: ") and "not pinned by digest" in err and err.count("\n") == 1
+    assert err.startswith("nixfly: ") and "cannot resolve image" in err and "not found" in err
+    assert err.count("\n") == 1
     assert fly_api.requests == []
 
 

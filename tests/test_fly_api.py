@@ -168,3 +168,22 @@ def test_wrong_token_is_refused_without_echo(fly_api: RunningStandin) -> None:
     with pytest.raises(FlyAPIError) as info:
         api.list_machines("demo")
     assert info.value.status == 401 and "wrong-token-xyz" not in str(info.value)
+
+
+def test_one_token_lookup_for_the_api_and_the_fly_registry(tmp_path: Path) -> None:
+    from nixfly.flytoken import find_fly_token
+    from nixfly.registry.auth import resolve_credentials
+
+    home = tmp_path / "home"
+    (home / ".fly").mkdir(parents=True)
+    (home / ".fly" / "config.yml").write_text("access_token: fm2_from-config-file\n")
+    for env, want in [({}, "fm2_from-config-file"), ({"FLY_ACCESS_TOKEN": "fm2_older-name"}, "fm2_older-name"),
+                      ({"FLY_API_TOKEN": "fm2_env", "FLY_ACCESS_TOKEN": "x"}, "fm2_env")]:  # fmt: skip
+        found = find_fly_token(env, home)
+        assert found is not None and found.value == want and want not in repr(found)
+        assert resolve_token(None, env=env, home=home).authorization() == f"FlyV1 {want}"
+        creds = resolve_credentials("registry.fly.io", env=env, home=home)
+        assert creds is not None and creds.password == want
+    (home / ".fly" / "config.yml").write_text("access_token: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"config\.yml is not valid YAML"):
+        resolve_token(None, env={}, home=home)

@@ -37,7 +37,9 @@ def _image_config(*ports: str) -> dict[str, Any]:
 
 
 def test_fresh_starter_uses_the_lowest_exposed_tcp_port() -> None:
-    text = starter_fly_toml("my-app", _image_config("9090/tcp", "5353/udp", "3000/tcp"), None, region="ams")
+    text = starter_fly_toml(
+        "my-app", _image_config("9090/tcp", "5353/udp", "3000/tcp"), None, region="ams", check_path="/"
+    )
     cfg = parse_fly_toml(text, warn=lambda m: pytest.fail(m))
     assert cfg.app == "my-app" and cfg.primary_region == "ams"
     assert cfg.deploy.strategy == "rolling"
@@ -68,7 +70,7 @@ def test_registry_reference_is_recorded_as_build_image() -> None:
 
 def test_update_keeps_comments_and_layout() -> None:
     original = (DATA / "commented.toml").read_text()
-    updated = starter_fly_toml("new-name", _image_config("8000/tcp"), original, region="iad")
+    updated = starter_fly_toml("new-name", _image_config("8000/tcp"), original, region="iad", check_path="/")
     expected = (
         original.replace('app = "old-name"   # renamed later', 'app = "new-name"   # renamed later')
         .replace('primary_region = "ams"', 'primary_region = "iad"')
@@ -198,3 +200,42 @@ def test_ports_agree_with_skopeo(tmp_path: Path) -> None:
     cfg = load_fly_toml(out)
     assert cfg.http_service is not None
     assert cfg.http_service.internal_port == min(int(p.split("/")[0]) for p in seen["config"]["ExposedPorts"])
+
+
+# ---- issue 11: the check path is asked for, --force never adds a second check ------------------------
+
+
+def test_no_check_path_means_no_guessed_check() -> None:
+    text = starter_fly_toml("a", _image_config("3000/tcp"), None)
+    cfg = parse_fly_toml(text)
+    assert cfg.http_service is not None and cfg.http_service.checks == [] and cfg.checks == {}
+    (mc,) = machine_configs(cfg, "img").values()
+    assert "checks" not in mc["services"][0]
+    text = starter_fly_toml("a", _image_config("3000/tcp"), None, check_path="/healthz")
+    (check,) = parse_fly_toml(text).http_service.checks  # type: ignore[union-attr]
+    assert check.path == "/healthz"
+    with pytest.raises(UsageError, match="must start with '/'"):
+        starter_fly_toml("a", None, None, check_path="healthz")
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        'app = "a"\n[http_service]\ninternal_port = 8080\n[checks.alive]\ntype = "tcp"\nport = 8080\n',
+        'app = "a"\n[http_service]\ninternal_port = 8080\n[[http_service.checks]]\npath = "/old"\n',
+    ],
+)
+def test_force_does_not_add_a_second_check(tmp_path: Path, existing: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fly.toml"
+    out.write_text(existing)
+    assert main(["init", "--app", "a", "-o", str(out), "--force", "--check-path", "/healthz"]) == 0
+    cfg = load_fly_toml(out)
+    assert cfg.http_service is not None
+    n_checks = len(cfg.http_service.checks) + len(cfg.checks)
+    assert n_checks == 1
+    if cfg.http_service.checks:  # the one check there was now probes the path asked for
+        assert cfg.http_service.checks[0].path == "/healthz"
+    # Running it again changes nothing.
+    before = out.read_text()
+    assert main(["init", "--app", "a", "-o", str(out), "--force", "--check-path", "/healthz"]) == 0
+    assert out.read_text() == before

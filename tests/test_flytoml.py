@@ -27,7 +27,9 @@ DATA = Path(__file__).parent / "data" / "fly"
 def _load(tmp_path: Path, text: str, warnings: list[str] | None = None) -> FlyConfig:
     p = tmp_path / "fly.toml"
     p.write_text(text)
-    return load_fly_toml(p, warn=(warnings.append if warnings is not None else lambda _m: None))
+    if warnings is None:
+        return load_fly_toml(p)
+    return load_fly_toml(p, warn=warnings.append, allow_unknown_keys=True)
 
 
 def _error(tmp_path: Path, text: str) -> str:
@@ -200,7 +202,7 @@ def test_unknown_keys_warn_with_did_you_mean(tmp_path: Path) -> None:
 def test_default_warning_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "fly.toml"
     p.write_text('app = "a"\nfoo = 1\n')
-    load_fly_toml(p)
+    load_fly_toml(p, allow_unknown_keys=True)
     assert capsys.readouterr().err == f"nixfly: warning: {p}:2: foo: unknown key, ignored\n"
 
 
@@ -307,3 +309,25 @@ def test_memory_sizes(value: int | str, mb: int) -> None:
 def test_bad_memory_sizes(value: str) -> None:
     with pytest.raises(ValueError):
         parse_memory_mb(value)
+
+
+def test_shared_toml_positions() -> None:
+    from nixfly.tomlpos import TomlPositions, dotted_path
+
+    text = (
+        'app = "a"\n'
+        "[[services]]\n  internal_port = 1\n  [[services.ports]]\n    port = 80\n  [[services.ports]]\n    port = 443\n"
+        '[[services]]\n  "internal_port" = 2\n'
+        'desc = """\nport = 9\n"""\n'
+        "[http_service.concurrency]\n  hard_limit = 5\n"
+        "a.b.'c.d' = 1\n"
+    )
+    pos = TomlPositions(text)
+    assert pos.line_of(("services", 0, "ports", 1, "port")) == 7
+    assert pos.line_of(("services", 1, "internal_port")) == 9
+    assert pos.exact_line(("services", 1, "port")) is None  # inside a multi-line string: not a key
+    assert pos.line_of(("http_service", "concurrency", "hard_limit")) == 14
+    assert pos.line_of(("http_service", "concurrency", "hard_limit", "deeper")) == 14
+    assert pos.line_of(("http_service", "concurrency", "a", "b", "c.d")) == 15
+    assert pos.line_of(("nowhere",)) is None
+    assert dotted_path("image.users.0.uid") == ("image", "users", 0, "uid")

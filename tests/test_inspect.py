@@ -159,7 +159,8 @@ def test_json_keys_and_no_scan(built: Path, capsys: pytest.CaptureFixture[str]) 
     r = inspect_json(capsys, f"oci:{built / 'layout'}:t")
     assert set(r) == {
         "location", "digest", "media_type", "config_digest", "platform", "created", "entrypoint", "cmd", "env",
-        "working_dir", "user", "exposed_ports", "scanned", "layers", "totals", "top_level", "largest",
+        "working_dir", "user", "exposed_ports", "scanned", "layers", "totals", "top_level", "largest", "suggestions",
+        "referrers",
     }  # fmt: skip
     assert r["location"] == f"oci:{built / 'layout'}:t" and r["scanned"] is True
     assert set(r["layers"][0]) == {

@@ -243,6 +243,7 @@ def test_unknown_keys_never_reach_the_api() -> None:
     cfg = parse_fly_toml(
         'app = "a"\n[http_service]\ninternal_port = 80\nbogus = 1\n[http_service.tls_options]\nalpn = ["h2"]\nzz = 2\n',
         warn=lambda _m: None,
+        allow_unknown_keys=True,
     )
     mc = machine_config(cfg, "app", IMAGE)
     assert_valid_machine_config(mc)

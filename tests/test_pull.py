@@ -52,7 +52,7 @@ def test_pull_round_trips_nixfly_and_skopeo_pushed_images(
     assert out["reference"] == pushed.reference
     _validate(tmp_path / "out", "v1")
     for lyr in image.layers:
-        assert (tmp_path / "out" / "blobs" / "sha256" / digest_hex(lyr.digest)).read_bytes() == lyr.open().read()
+        assert (tmp_path / "out" / "blobs" / "sha256" / digest_hex(lyr.digest)).read_bytes() == lyr.compressed().read()
 
     # An image another tool pushed, in Docker v2s2: the exact manifest bytes (and digest) survive.
     write_layout(image, LayoutLocation(tmp_path / "src", "v1"))

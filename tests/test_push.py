@@ -11,11 +11,12 @@ import pytest
 
 from nixfly.cli import main
 from nixfly.image import Image
+from nixfly.image.convert import with_format
 from nixfly.registry.client import RegistryOptions
-from nixfly.registry.reference import parse_reference
+from nixfly.sinks import format_for
 from nixfly.sinks.layout import write_layout
-from nixfly.sinks.registry import default_format, push_image
-from nixfly.transports import LayoutLocation
+from nixfly.sinks.registry import push_image
+from nixfly.transports import LayoutLocation, RegistryLocation
 from tests.support.registry import RunningRegistry
 from tests.support.registry_images import make_image
 from tests.support.registry_proxy import FaultProxy
@@ -108,18 +109,19 @@ def test_several_tags_and_v2s2_format(registry: RunningRegistry, tmp_path: Path)
     image = make_image(tmp_path / "img")
     refs = [f"{registry.host}/multi:a", f"{registry.host}/multi:b", f"{registry.host}/other:c"]
     result = push_image(image, refs, fmt="v2s2")
-    assert result.digest == image.manifest_digest("v2s2") != image.manifest_digest("oci")
+    v2s2 = with_format(image, "v2s2")
+    assert result.digest == v2s2.manifest_digest() != image.manifest_digest()
     for r in refs:
         raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{r}"],
                              check=True, capture_output=True).stdout  # fmt: skip
-        assert raw == image.manifest_bytes("v2s2")
+        assert raw == v2s2.manifest_bytes()
         assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def test_fly_registry_defaults_to_docker_v2s2(tmp_path: Path) -> None:
     image = make_image(tmp_path / "img", busybox=False)
-    assert default_format([parse_reference("registry.fly.io/my-app:deploy-1")], image) == "v2s2"
-    assert default_format([parse_reference("ghcr.io/o/r:1")], image) == "oci"
+    assert format_for([RegistryLocation("registry.fly.io/my-app:deploy-1")], image) == "v2s2"
+    assert format_for([RegistryLocation("ghcr.io/o/r:1")], image) == "oci"
 
 
 def test_cli_push_from_layout_prints_pinned_reference(registry: RunningRegistry, tmp_path: Path,
@@ -133,7 +135,7 @@ def test_cli_push_from_layout_prints_pinned_reference(registry: RunningRegistry,
     data = json.loads(out)
     assert data["digest"] == image.manifest_digest()
     assert data["reference"] == f"{ref}@{image.manifest_digest()}"
-    assert data["uploadedBlobs"] == 3
+    assert data["uploaded_blobs"] == 3
     assert skopeo_inspect(f"{ref}:stable", "--tls-verify=false")["Digest"] == data["digest"]
     code = main(["push", f"oci:{tmp_path / 'layout'}:v1", f"{ref}:v1", "-q"])
     assert code == 0

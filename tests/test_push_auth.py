@@ -118,7 +118,7 @@ def test_tls_registry_needs_its_ca(tls_registry: RunningRegistry, tmp_path: Path
     # --tls-verify=false talks TLS without checking the certificate.
     insecure = _cli("push", f"oci:{layout}:v1", ref, "--tls-verify=false", "--json")
     assert insecure.returncode == 0, insecure.stderr
-    assert json.loads(insecure.stdout)["uploadedBlobs"] == 0
+    assert json.loads(insecure.stdout)["uploaded_blobs"] == 0
 
 
 def test_bearer_token_push_pull_and_token_reuse(token_registry: RunningRegistry, tmp_path: Path) -> None:

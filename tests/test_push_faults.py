@@ -156,3 +156,13 @@ def test_unknown_registry_host_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith("nixfly: registry no-such-registry.invalid: cannot reach")
     assert r.stderr.count("\n") == 1
+
+
+def test_each_retry_is_announced_before_its_wait(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    image = make_image(tmp_path / "img", busybox=False)
+    fault_proxy.add_fault("status", status=503, method="HEAD", path_contains="/blobs/", times=2)
+    lines: list[str] = []
+    opts = RegistryOptions(backoff=0.05, max_backoff=0.2, timeout=5, on_retry=lines.append)
+    push_image(image, [f"{fault_proxy.host}/faults/notice:v1"], options=opts)
+    assert sum("HTTP 503" in ln for ln in lines) == 2, lines
+    assert all(ln.startswith(f"registry {fault_proxy.host}: retrying in ") for ln in lines), lines

@@ -300,9 +300,9 @@ def test_no_usable_runtime_names_each_one_tried_and_why() -> None:
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_relative_cache_dir_works(runtime: str, sh_layout: Path, tmp_path: Path) -> None:
     # runc resolves a relative rootfs against its bundle ("invalid rootfs"): nixfly makes the path absolute.
-    argv = [sys.executable, "-m", "nixfly", "run", "--runtime", runtime, "--cache-dir", "rel-cache", str(sh_layout)]
     r = subprocess.run(
-        [*argv, "--", "sh", "-c", "echo ran"],
+        [sys.executable, "-m", "nixfly", "run", "--runtime", runtime, "--cache-dir", "rel-cache", str(sh_layout),
+         "--", "sh", "-c", "echo ran"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,5 @@
-"""Atomic file output: write to a temp name beside the target, fsync, rename. Never a half-written file."""
+"""Atomic file output: write to a temp name beside the target, fsync it, rename, fsync the directory.
+Never a half-written file, even after a crash: the one helper every module uses for files it writes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from nixfly.errors import NixflyError
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a binary file that becomes ``target`` only if the block completes without error."""
+def atomic_writer(target: Path, mode: int = 0o644, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``target`` only if the block completes without error.
+    ``durable=False`` skips the fsyncs, for caches that are rebuilt when lost (the rename stays atomic)."""
     target = Path(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -26,8 +28,12 @@ def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
+        if durable:
+            fsync_dir(target.parent)
         ok = True
     except OSError as e:
         raise NixflyError(f"cannot write {target}: {e.strerror}") from None
@@ -37,8 +43,26 @@ def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
                 os.unlink(tmp)
 
 
-def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_writer(target, mode) as f:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(target: Path, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
+    atomic_write_bytes(target, text.encode(), mode, durable=durable)
+
+
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    with atomic_writer(target, mode, durable=durable) as f:
         f.write(data)
 
 

@@ -6,10 +6,23 @@ caller says a bare path is allowed (e.g. ``nixfly run ./layout``).
 
 from __future__ import annotations
 
+import os
+import posixpath
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from nixfly.errors import UsageError
+
+_STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
+_PATHLIKE = ("/", "./", "../", "~")
+# Names of the first member of the archive formats docker-archive readers meet (docker save old and new,
+# skopeo, dockerTools): what tells an image tarball from any other tarball.
+_ARCHIVE_FIRST = re.compile(
+    r"^(?:[0-9a-f]{64}(?:\.json|\.tar|/.*)?|manifest\.json|repositories|index\.json|oci-layout|blobs(?:/.*)?)$"
+)
 
 
 @dataclass(frozen=True)
@@ -25,8 +38,11 @@ class LayoutLocation:
 class ArchiveLocation:
     path: Path | None  # None means stdout / stdin
     name: str | None = None  # "name:tag" to record in the archive's RepoTags
+    run: bool = False  # ``path`` is a program (a streamLayeredImage script) whose stdout is the archive
 
     def __str__(self) -> str:
+        if self.run:
+            return str(self.path)
         return "docker-archive:" + (str(self.path) if self.path else "-") + (f":{self.name}" if self.name else "")
 
 
@@ -60,7 +76,9 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
         path_s, _, name = rest.partition(":")
         if name and ":" not in name and "@" not in name:
             name = name + ":latest"
-        return ArchiveLocation(None if path_s == "-" else Path(path_s), name or None)
+        if path_s == "-":
+            return ArchiveLocation(None, name or None)
+        return ArchiveLocation(Path(path_s), name or None, run=is_stream_script(Path(path_s)))
     if text.startswith("docker://"):
         ref = text[len("docker://") :]
         if not ref:
@@ -69,14 +87,19 @@ def parse_location(text: str, *, bare_paths: bool = False) -> Location:
     if bare_paths:
         p = Path(text)
         try:
-            is_dir, is_file = p.is_dir(), p.is_file()
+            is_dir = p.is_dir()
+            is_stream = p.is_file() or p.is_fifo() or p.is_char_device()
         except OSError:  # e.g. ENAMETOOLONG: no local file has this name
-            is_dir = is_file = False
+            is_dir = is_stream = False
         if is_dir:
             path, tag = _split_tag(text) if not p.exists() else (text, None)
             return LayoutLocation(Path(path), tag)
-        if is_file:
-            return ArchiveLocation(p)
+        if is_stream:
+            return ArchiveLocation(p, run=is_stream_script(p))
+        if text.startswith(_PATHLIKE):
+            raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
+    if text.startswith(_PATHLIKE):
+        raise UsageError(f"{text!r} is a path, not a registry reference: did you mean {_suggest(text)}?")
     if "/" in text or ":" in text or text.isalnum():
         return RegistryLocation(text)
     raise UsageError(f"{text!r} is not an image location (oci:DIR, docker-archive:FILE or docker://REF)")
@@ -88,3 +111,66 @@ def _split_tag(rest: str) -> tuple[str, str | None]:
     if sep and tail and "/" not in tail:
         return head, tail
     return rest, None
+
+
+def _suggest(text: str) -> str:
+    if text.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst")):
+        return f"docker-archive:{text}"
+    return f"oci:{text} (an OCI layout directory) or docker-archive:{text}.tar"
+
+
+def is_stream_script(path: Path, store_dir: str = _STORE_DIR) -> bool:
+    """Whether ``path`` is a program in the Nix store that writes an image to stdout, as
+    ``dockerTools.streamLayeredImage``'s output does: an executable text file (``#!`` first) that
+    resolves into the store. Judged by what the file is, never by its name."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        if not real.startswith(store_dir.rstrip("/") + "/") or not stat.S_ISREG(st.st_mode):
+            return False
+        if not st.st_mode & 0o111:
+            return False
+        with open(real, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"\0" not in head
+
+
+def image_file_kind(path: str) -> str | None:
+    """``"archive"`` if ``path`` is an image tarball (docker-archive, plain or compressed), ``"script"`` if
+    it is a streamLayeredImage-style script in the store, else None. Cheap: reads the first bytes only."""
+    import zstandard
+    from isal import isal_zlib
+
+    from nixfly.image.compression import sniff_compression
+
+    codec_errors: tuple[type[BaseException], ...] = (zstandard.ZstdError, cast(type[BaseException], isal_zlib.error))
+    p = Path(path)
+    if is_stream_script(p):
+        try:
+            text = p.resolve().read_bytes()[:65536]
+        except OSError:
+            return None
+        if re.search(rb"/[0-9a-df-np-sv-z]{32}-[^\s\"'/]*(?:conf\.json|stream)", text):
+            return "script"
+        return None
+    try:
+        if not p.is_file():
+            return None
+        with p.open("rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return None
+    kind = sniff_compression(head[:8])
+    try:
+        if kind == "gzip":
+            head = isal_zlib.decompressobj(31).decompress(head, 1024)
+        elif kind == "zstd":
+            head = zstandard.ZstdDecompressor().decompressobj().decompress(head)[:1024]
+    except codec_errors:
+        return None
+    if len(head) < 512 or head[257:262] != b"ustar":
+        return None
+    first = posixpath.normpath("/" + head[:100].split(b"\0", 1)[0].decode(errors="replace")).lstrip("/")
+    return "archive" if _ARCHIVE_FIRST.match(first) else None

@@ -7,9 +7,22 @@ operation does not list (409 lease conflicts, 429, 408 wait timeouts, 404) are c
 ``ErrorResponse`` schema instead, which is the body the real API sends for them.
 
 It simulates apps, machines (created → started, stop → stopped, destroy), leases (409 for a foreign
-nonce), check status, events, secrets with versions and volumes. Tests script failures with
+nonce), check status, events, metadata, secrets with versions and volumes. Tests script failures with
 ``fail_checks(image_substring)``, ``crash(image_substring)``, ``inject_429(...)``, ``hold_lease(...)`` and
-``release_exit_code``. Given a registry (``RunningRegistry``), machine create/update also checks that the
+``release_exit_code``; ``start_delay`` and ``check_delay`` set the lifecycle's timing.
+
+Where the real API differs from its own spec, the stand-in answers like the real API (TEST-INFRA.md):
+- ``services[].autostop`` comes back as a boolean for "stop"/"off" (the spec's own description says so);
+  responses are validated with that one difference undone, requests strictly;
+- lease answers are wrapped (``{"status": "success", "data": {...}}``) unless ``lease_envelope`` is off;
+- the API fills in what a create left out: a default guest (shared-cpu-1x) and an empty ``init``;
+- a crashing image runs the restart policy (on-failure, 10 retries by default): ``start``, then an
+  ``exit`` event (exit_code 1, restarting) ``crash_after`` seconds later, again and again;
+- right after an update, a ``/wait`` that names no ``version`` (or ``instance_id``) answers for the
+  instance being replaced, which was already started;
+- an update of the secrets that sets and unsets nothing changes nothing and reports the current version.
+
+Given a registry (``RunningRegistry``), machine create/update also checks that the
 image reference is pinned by digest and that the manifest resolves in that real registry.
 
 Only ever listens on 127.0.0.1 on an ephemeral port.
@@ -119,6 +132,11 @@ class FakeMachine:
     cordoned: bool = False
     due_start: float = 0.0
     configs: list[JSON] = field(default_factory=list)  # every config it has run, oldest first
+    started_at: float = 0.0  # when the current instance reached "started" (checks pass check_delay later)
+    crash_at: float = 0.0  # when a crashing instance exits next (0: it does not)
+    restarts: int = 0
+    prev_instance: str = ""  # the instance an update replaced, and the state it was in
+    prev_state: str = ""
 
     @property
     def image(self) -> str:
@@ -146,6 +164,7 @@ class RecordedRequest:
     query: list[tuple[str, str]]
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)  # when the stand-in received it
 
 
 class _Reply(Exception):
@@ -177,12 +196,44 @@ _ROUTES: list[tuple[str, str]] = [
     ("GET", "/apps/{app_name}/machines/{machine_id}/lease"),
     ("POST", "/apps/{app_name}/machines/{machine_id}/lease"),
     ("DELETE", "/apps/{app_name}/machines/{machine_id}/lease"),
+    ("GET", "/apps/{app_name}/machines/{machine_id}/metadata"),
+    ("POST", "/apps/{app_name}/machines/{machine_id}/metadata/{key}"),
+    ("DELETE", "/apps/{app_name}/machines/{machine_id}/metadata/{key}"),
     ("GET", "/apps/{app_name}/volumes"),
     ("POST", "/apps/{app_name}/volumes"),
     ("GET", "/apps/{app_name}/secrets"),
     ("POST", "/apps/{app_name}/secrets"),
     ("DELETE", "/apps/{app_name}/secrets/{secret_name}"),
 ]
+
+
+def _is_version_read(r: RecordedRequest) -> bool:
+    if r.method != "POST" or not r.path.endswith("/secrets"):
+        return False
+    try:
+        return json.loads(r.body or b"{}").get("values") in ({}, None)
+    except ValueError:
+        return False
+
+
+def _api_shape(config: JSON) -> JSON:
+    """A config as the real API returns it: autostop "stop"/"off" as booleans."""
+    out = copy.deepcopy(config)
+    for svc in out.get("services") or []:
+        if isinstance(svc, dict) and svc.get("autostop") in ("stop", "off"):
+            svc["autostop"] = svc["autostop"] == "stop"
+    return out
+
+
+def _spec_shape(body: Any) -> Any:
+    """Undo the one documented difference (autostop booleans) so a response can be checked by the spec."""
+    machines = body if isinstance(body, list) else [body]
+    for m in machines:
+        config = m.get("config") if isinstance(m, dict) else None
+        for svc in (config or {}).get("services") or []:
+            if isinstance(svc, dict) and isinstance(svc.get("autostop"), bool):
+                svc["autostop"] = "stop" if svc["autostop"] else "off"
+    return body
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -207,9 +258,12 @@ class FlyStandin:
         self.registry_url = registry_url
         self.registry_host = registry_host
         self.start_delay = 0.0  # seconds from create/update/start until "started"
+        self.check_delay = 0.0  # seconds from "started" until the checks pass
+        self.crash_after = 0.5  # seconds a crashing image runs before it exits
+        self.restart_delay = 0.2  # seconds the restart policy waits before starting it again
         self.max_wait = 0.3  # the stand-in never blocks a /wait longer than this (tests stay fast)
         self.release_exit_code = 0
-        self.lease_envelope = False  # answer leases in the {"status","data"} shape instead of flat
+        self.lease_envelope = True  # answer leases in the real API's {"status","data"} shape, or flat
         self.require_lease = True  # a mutation of an existing machine without its lease nonce is a violation
         self._failing_checks: list[str] = []
         self._crashing: list[str] = []
@@ -260,8 +314,9 @@ class FlyStandin:
             return [m for m in self.apps[app].machines.values() if m.state != "destroyed"]
 
     def mutations(self) -> list[RecordedRequest]:
-        """Requests that would change state (anything but GET)."""
-        return [r for r in self.requests if r.method != "GET"]
+        """Requests that would change state: anything but GET, and but a secrets update with no values
+        (which only reads the secrets version)."""
+        return [r for r in self.requests if r.method != "GET" and not _is_version_read(r)]
 
     # -- request handling ---------------------------------------------------------------------------
 
@@ -344,6 +399,9 @@ class FlyStandin:
             # status is all there is to check. (openapi-core would demand a body for `content: {}`.)
             return
         check = response
+        if response.mimetype == "application/json":
+            fixed = json.dumps(_spec_shape(json.loads(response.get_data() or b"null")))
+            check = Response(fixed, status=response.status_code, mimetype="application/json")
         try:
             self.openapi.validate_response(WerkzeugOpenAPIRequest(request), WerkzeugOpenAPIResponse(check))
         except Exception as e:
@@ -359,34 +417,58 @@ class FlyStandin:
 
     # -- simulation --------------------------------------------------------------------------------
 
-    def _event(self, m: FakeMachine, type_: str, status: str, request: JSON | None = None) -> None:
+    def _event(self, m: FakeMachine, type_: str, status: str, request: JSON | None = None,
+               at: float | None = None) -> None:  # fmt: skip
         ev: JSON = {"id": _ulid(), "type": type_, "status": status, "source": "flyd",
-                    "timestamp": int(time.time() * 1000)}  # fmt: skip
+                    "timestamp": int((time.time() if at is None else at) * 1000)}  # fmt: skip
         if request is not None:
             ev["request"] = request
         m.events.append(ev)
 
     def _tick(self, m: FakeMachine) -> None:
-        if m.state in ("created", "starting", "replacing") and time.time() >= m.due_start:
-            if m.group == RELEASE_GROUP:
-                self._event(m, "start", "started")
-                m.state = "stopped"
-                self._event(m, "exit", "stopped", {"exit_event": {"exit_code": self.release_exit_code}})
-            elif any(s in m.image for s in self._crashing):
-                self._event(m, "start", "started")
-                m.state = "stopped"
-                self._event(m, "exit", "stopped", {"exit_event": {"exit_code": 1, "oom_killed": False}})
-            else:
+        now = time.time()
+        while True:
+            if m.state in ("created", "starting", "replacing") and now >= m.due_start:
+                at = m.due_start
+                if m.group == RELEASE_GROUP:
+                    self._event(m, "start", "started", at=at)
+                    m.state = "stopped"
+                    self._event(m, "exit", "stopped", {"exit_event": {"exit_code": self.release_exit_code}}, at=at)
+                    continue
                 m.state = "started"
-                self._event(m, "start", "started")
-        if m.lease is not None and m.lease.expires_at < time.time():
+                m.started_at = at
+                m.prev_instance = m.prev_state = ""
+                self._event(m, "start", "started", at=at)
+                if any(s in m.image for s in self._crashing):
+                    m.crash_at = at + self.crash_after
+                continue
+            if m.state == "started" and m.crash_at and now >= m.crash_at:
+                at, m.crash_at = m.crash_at, 0.0
+                m.restarts += 1
+                policy = m.config.get("restart") or {}
+                retries = policy.get("max_retries", 10)
+                restarting = policy.get("policy", "on-failure") in ("on-failure", "always") and m.restarts <= retries
+                exit_event = {"exit_code": 1, "oom_killed": False, "restarting": restarting,
+                              "exited_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))}  # fmt: skip
+                self._event(m, "exit", "stopped", {"exit_event": exit_event}, at=at)
+                if restarting:
+                    m.state = "starting"
+                    m.due_start = at + self.restart_delay
+                else:
+                    m.state = "stopped"
+                continue
+            break
+        if m.lease is not None and m.lease.expires_at < now:
             m.lease = None
 
     def _checks(self, m: FakeMachine) -> list[JSON]:
         names = list((m.config.get("checks") or {}).keys())
         for si, svc in enumerate(m.config.get("services") or []):
             names += [f"servicecheck-{si:02d}-{ci}" for ci, _ in enumerate(svc.get("checks") or [])]
-        failing = any(s in m.image for s in self._failing_checks)
+        failing = any(s in m.image for s in self._failing_checks + self._crashing)
+        if m.state == "started" and time.time() < m.started_at + self.check_delay:
+            return [{"name": n, "status": "critical", "output": "waiting for the app", "updated_at": _now_iso()}
+                    for n in names]  # fmt: skip
         if m.state != "started":
             return [{"name": n, "status": "critical", "output": "machine not started", "updated_at": _now_iso()}
                     for n in names]  # fmt: skip
@@ -405,7 +487,8 @@ class FlyStandin:
             ref = {"registry": reg, "repository": repo, "digest": digest, "tag": ""}
         return {
             "id": m.id, "name": m.name, "state": m.state, "region": m.region, "instance_id": m.instance_id,
-            "private_ip": "fdaa:0:1:a7b:1::2", "config": m.config, "image_ref": ref, "checks": self._checks(m),
+            "private_ip": "fdaa:0:1:a7b:1::2", "config": _api_shape(m.config), "image_ref": ref,
+            "checks": self._checks(m),
             "events": list(reversed(m.events))[:5], "created_at": _now_iso(), "updated_at": _now_iso(),
             "host_status": "ok",
         }  # fmt: skip
@@ -463,8 +546,14 @@ class FlyStandin:
         msv = payload.get("min_secrets_version")
         if msv is not None and msv > app.secrets_version:
             raise _err(400, f"min_secrets_version {msv} is newer than the app's secrets ({app.secrets_version})")
-        m.config = copy.deepcopy(config)
+        stored = copy.deepcopy(config)
+        stored.setdefault("guest", {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+        stored.setdefault("init", {})
+        stored.setdefault("metadata", {})
+        m.config = stored
         m.configs.append(copy.deepcopy(config))
+        m.prev_instance, m.prev_state = m.instance_id, m.state
+        m.restarts, m.crash_at = 0, 0.0
         m.min_secrets_version = msv
         m.skip_service_registration = bool(payload.get("skip_service_registration"))
         m.cordoned = m.skip_service_registration
@@ -508,7 +597,8 @@ class FlyStandin:
                 raise _Reply(200, {"secrets": [self._secret_json(n, v) for n, v in sorted(app.secrets.items())]})
             for name, value in (payload.get("values") or {}).items():
                 app.secrets[name] = (value, app.secrets.get(name, (value, _now_iso()))[1])
-            app.secrets_version += 1
+            if payload.get("values"):
+                app.secrets_version += 1
             listing = [self._secret_json(n, v) for n, v in sorted(app.secrets.items())]
             raise _Reply(200, {"version": app.secrets_version, "Version": app.secrets_version, "secrets": listing})
         if template == "/apps/{app_name}/secrets/{secret_name}":
@@ -518,6 +608,8 @@ class FlyStandin:
             app.secrets_version += 1
             raise _Reply(200, {"version": app.secrets_version, "Version": app.secrets_version})
         m = self._machine(app, args["machine_id"])
+        if "/metadata" in template:
+            self._metadata(m, request, args, payload)
         action = template.rsplit("/", 1)[1] if not template.endswith("}") else "machine"
         if action == "machine":
             action = {"GET": "show", "POST": "update", "DELETE": "delete"}[method]
@@ -560,6 +652,19 @@ class FlyStandin:
             self._lease(m, request, payload)
         raise _err(500, f"stand-in has no handler for {method} {template}")
 
+    def _metadata(self, m: FakeMachine, request: Request, args: dict[str, str], payload: Any) -> None:
+        meta = m.config.setdefault("metadata", {})
+        if request.method == "GET":
+            raise _Reply(200, dict(meta))
+        nonce = request.headers.get("fly-machine-lease-nonce")
+        if m.lease is not None and m.lease.nonce != nonce:
+            raise _err(409, f"machine {m.id} lease currently held by {m.lease.owner}")
+        if request.method == "DELETE":
+            meta.pop(args["key"], None)
+        else:
+            meta[args["key"]] = str((payload or {}).get("value", ""))
+        raise _Reply(204, None)
+
     def _secret_json(self, name: str, v: tuple[str, str]) -> JSON:
         digest = hashlib.sha256(v[0].encode()).hexdigest()[:16]
         return {"name": name, "digest": digest, "created_at": v[1], "updated_at": v[1]}
@@ -570,8 +675,15 @@ class FlyStandin:
             self._violation("/wait with a comma-joined state list; the spec describes repeated parameters")
         timeout = min(float(request.args.get("timeout", "60")), self.max_wait)
         deadline = time.time() + timeout
+        version = request.args.get("version") or request.args.get("instance_id")
+        if version and version not in (m.instance_id, m.prev_instance):
+            raise _err(400, f"machine {m.id} has no version {version}")
         while True:
             self._tick(m)
+            old = (not version or version == m.prev_instance) and m.prev_instance
+            if old and m.prev_state in states and m.state in ("replacing", "starting", "created"):
+                # The real API may answer for the instance that is being replaced.
+                raise _Reply(200, {"ok": True, "state": m.prev_state, "version": m.prev_instance})
             if m.state in states:
                 raise _Reply(200, {"ok": True, "state": m.state, "version": m.instance_id})
             if time.time() >= deadline:

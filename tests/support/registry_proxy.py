@@ -9,7 +9,12 @@ by the first matching requests:
 - ``reset``: read ``after_bytes`` of the body (default: all of it), then reset the TCP connection;
 - ``forward_then_reset``: forward the request (the registry acts on it) but reset instead of answering;
 - ``status``: swallow the request and answer ``status`` (500, 429 with ``retry_after``, 503 ...);
-- ``stall``: read the request and then say nothing for ``stall_seconds`` before closing.
+- ``stall``: read the request and then say nothing for ``stall_seconds`` before closing;
+- ``redirect``: answer ``status`` (pass 307, say) with ``Location: location`` instead of forwarding;
+- ``rewrite``: forward, then change the answer's headers (``set_headers``; a None value removes one).
+
+Besides the queue, a ``planner`` (a function of method, path and declared body length) may pick a fault for
+any request no queued fault matched: that is how a test spreads many random faults over a whole run.
 
 Fixture: ``fault_proxy`` (in front of the ``registry`` fixture).
 """
@@ -17,11 +22,15 @@ Fixture: ``fault_proxy`` (in front of the ``registry`` fixture).
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
+import random
+import re
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -30,7 +39,7 @@ import pytest
 
 from tests.support.registry import RunningRegistry
 
-FaultAction = Literal["reset", "forward_then_reset", "status", "stall"]
+FaultAction = Literal["reset", "forward_then_reset", "status", "stall", "redirect", "rewrite"]
 
 
 @dataclass
@@ -45,6 +54,8 @@ class Fault:
     stall_seconds: float = 30.0
     min_body: int = 0  # only requests whose declared body is at least this long
     skip: int = 0  # let this many matching requests through first
+    location: str = ""  # "redirect": where to
+    set_headers: dict[str, str | None] = field(default_factory=dict)  # "rewrite"
 
     def matches(self, method: str, path: str, body_len: int) -> bool:
         return (
@@ -62,6 +73,7 @@ class Exchange:
     request_bytes: int  # body bytes received from the client
     status: int | None  # None when the connection was reset or stalled
     fault: FaultAction | None
+    upstream_status: int | None = None  # what the registry answered, when the request reached it
 
 
 @dataclass
@@ -73,6 +85,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
+    planner: Callable[[str, str, int], Fault | None] | None = None
 
     def add_fault(self, action: FaultAction, **kw: Any) -> Fault:
         fault = Fault(action, **kw)
@@ -89,6 +102,8 @@ class FaultProxy:
                         continue
                     f.times -= 1
                     return f
+            if self.planner is not None:
+                return self.planner(method, path, body_len)
         return None
 
     def record(self, ex: Exchange) -> None:
@@ -180,6 +195,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(payload)
                 return
+            if fault is not None and fault.action == "redirect":
+                proxy.record(Exchange(method, path, len(body), fault.status, "redirect"))
+                self.send_response(fault.status)
+                self.send_header("Location", fault.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if fault is not None and fault.action == "stall":
                 proxy.record(Exchange(method, path, len(body), None, "stall"))
                 proxy.release.wait(fault.stall_seconds)
@@ -204,11 +226,15 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             finally:
                 conn.close()
             if fault is not None and fault.action == "forward_then_reset":
-                proxy.record(Exchange(method, path, len(body), None, "forward_then_reset"))
+                proxy.record(Exchange(method, path, len(body), None, "forward_then_reset", status))
                 self.close_connection = True
                 _reset(self.connection)
                 return
-            proxy.record(Exchange(method, path, len(body), status, None))
+            if fault is not None and fault.action == "rewrite":
+                changed = {k.lower(): v for k, v in fault.set_headers.items()}
+                resp_headers = [(k, v) for k, v in resp_headers if k.lower() not in changed]
+                resp_headers += [(k, v) for k, v in fault.set_headers.items() if v is not None]
+            proxy.record(Exchange(method, path, len(body), status, fault.action if fault else None, status))
             self.send_response_only(status, resp.reason)
             for k, v in resp_headers:
                 if k.lower() != "content-length":
@@ -252,3 +278,110 @@ def fault_proxy(registry: RunningRegistry) -> Iterator[FaultProxy]:
     """A counting, fault-injecting loopback proxy in front of the ``registry`` fixture."""
     with start_fault_proxy(registry) as p:
         yield p
+
+
+_SESSION_RE = re.compile(r"/blobs/uploads/([0-9a-fA-F-]{16,})")
+
+
+def upload_session(path: str) -> str | None:
+    """The upload session id (distribution's UUID) in a blob upload path, if any."""
+    m = _SESSION_RE.search(path)
+    return m.group(1) if m else None
+
+
+@dataclass
+class ChaosPlanner:
+    """A planner that spreads many faults over a push while leaving the registry room to make progress.
+
+    - chunked sessions: the first PATCH gets a 500 and so does every second PATCH after it (alternating);
+      from the third on, the failing one is, at random, a 500, a reset at a random byte offset, a 429 with
+      Retry-After, a stall (at most ``max_stalls``) or a lost response (forwarded, answer dropped; at most
+      ``max_lost_patches``, as distribution then forgets the session and the blob starts again);
+    - monolithic uploads: the first PUT of each session fails (500, reset at a random offset, or lost);
+    - a closing PUT loses its response now and then (the registry stored the blob; we do not hear it);
+    - the first HEAD of each blob is answered 429 with Retry-After (seconds, or an HTTP-date), up to
+      ``max_429``; the first manifest PUT of each tag gets a 429 with an HTTP-date.
+
+    No request that follows a fault in the same session is faulted, so the client always gets another
+    step forward: the push may only fail if the client fails to resume.
+    """
+
+    seed: int = 0
+    stall_seconds: float = 10.0
+    max_stalls: int = 4
+    max_429: int = 6
+    max_lost_patches: int = 3  # distribution forgets a session whose PATCH answer we lost: keep restarts rare
+    rng: random.Random = field(init=False)
+    patches: dict[str, int] = field(default_factory=dict)
+    puts: dict[str, int] = field(default_factory=dict)
+    heads: set[str] = field(default_factory=set)
+    manifests: set[str] = field(default_factory=set)
+    stalls: int = 0
+    throttles: int = 0
+    lost_patches: int = 0
+    planned: list[FaultAction] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def _retry_after(self) -> str:
+        if self.rng.random() < 0.5:
+            return "1"
+        return email.utils.formatdate(time.time() + 1.5, usegmt=True)
+
+    def _pick(self, body_len: int, allow: tuple[str, ...]) -> Fault:
+        kind = self.rng.choice(allow)
+        if kind == "stall" and self.stalls >= self.max_stalls:
+            kind = "status"
+        if kind == "429" and self.throttles >= self.max_429:
+            kind = "status"
+        if kind == "lost-patch":
+            if self.lost_patches >= self.max_lost_patches:
+                kind = "status"
+            else:
+                self.lost_patches += 1
+                kind = "lost"
+        if kind == "stall":
+            self.stalls += 1
+            return Fault("stall", stall_seconds=self.stall_seconds)
+        if kind == "429":
+            self.throttles += 1
+            return Fault("status", status=429, retry_after=self._retry_after())
+        if kind == "reset":
+            return Fault("reset", after_bytes=self.rng.randrange(max(body_len, 1)))
+        if kind == "lost":
+            return Fault("forward_then_reset")
+        return Fault("status", status=500)
+
+    def __call__(self, method: str, path: str, body_len: int) -> Fault | None:
+        fault = self._plan(method, path, body_len)
+        if fault is not None:
+            self.planned.append(fault.action)
+        return fault
+
+    def _plan(self, method: str, path: str, body_len: int) -> Fault | None:
+        session = upload_session(path)
+        if method == "PATCH" and session:
+            n = self.patches[session] = self.patches.get(session, 0) + 1
+            if n == 1:
+                return Fault("status", status=500)
+            if n % 2 == 1:
+                return self._pick(body_len, ("status", "reset", "reset", "lost-patch", "429", "stall"))
+            return None
+        if method == "PUT" and session:
+            n = self.puts[session] = self.puts.get(session, 0) + 1
+            if n == 1 and body_len > 0:
+                return self._pick(body_len, ("status", "reset", "lost"))
+            if n == 1 and self.rng.random() < 0.4:
+                return Fault("forward_then_reset")
+            return None
+        if method == "HEAD" and "/blobs/sha256:" in path and path not in self.heads:
+            self.heads.add(path)
+            if self.throttles < self.max_429:
+                self.throttles += 1
+                return Fault("status", status=429, retry_after=self._retry_after())
+            return None
+        if method == "PUT" and "/manifests/" in path and path not in self.manifests:
+            self.manifests.add(path)
+            return Fault("status", status=429, retry_after=email.utils.formatdate(time.time() + 1, usegmt=True))
+        return None

@@ -128,6 +128,12 @@ class BlobCache:
     def key(parts: dict[str, Any]) -> str:
         return hashlib.sha256(canonical_json(parts)).hexdigest()
 
+    @staticmethod
+    def diff_id_key(diff_id: str, compressor_identity: str) -> str:
+        """The index key of a layer known by its uncompressed digest (a layer read from a docker-archive),
+        compressed by the compressor with this identity: same tar bytes + same compressor → same blob."""
+        return BlobCache.key({"kind": "diff_id", "diff_id": diff_id, "compressor": compressor_identity})
+
     @contextlib.contextmanager
     def new_blob(self) -> Iterator[tuple[BinaryIO, list[Path]]]:
         """A temp file for a blob being written; ``commit`` moves it to its digest name."""

@@ -14,13 +14,17 @@ import json
 import os
 import re
 import subprocess
-import tempfile
+import sys
+import threading
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from nixfly.errors import ClosureError, UsageError
+from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.fsutil import atomic_write_text
 
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
@@ -32,6 +36,7 @@ class StorePath:
     nar_size: int
     references: tuple[str, ...]  # without the path itself, sorted
     deriver: str | None = None
+    nar_hash: str | None = None  # as Nix printed it (SRI ``sha256-…`` or ``sha256:<base32>``), when known
 
     @property
     def base(self) -> str:
@@ -52,6 +57,7 @@ class Closure:
     paths: Mapping[str, StorePath]
     system: str | None = None
     store_dir: str = field(default=STORE_DIR)
+    source_epoch: int | None = None  # the flake's lastModified when the roots came from an installable
 
     def closure_of(self, roots: Iterable[str]) -> set[str]:
         """Every path reachable from ``roots``; a reference to an unlisted path is a ClosureError."""
@@ -135,7 +141,8 @@ def parse_path_info(data: Any, where: str = "closure JSON", store_dir: str = STO
         for r in full:
             _check_entry(r, where, store_dir)
         deriver = obj.get("deriver") if isinstance(obj.get("deriver"), str) else None
-        out[path] = StorePath(path, size, tuple(sorted(set(full) - {path})), deriver)
+        nar_hash = obj.get("narHash") if isinstance(obj.get("narHash"), str) else None
+        out[path] = StorePath(path, size, tuple(sorted(set(full) - {path})), deriver, nar_hash)
     return out
 
 
@@ -150,18 +157,21 @@ def parse_registration(text: str, where: str, store_dir: str = STORE_DIR) -> dic
             path = _check_entry(lines[i], where, store_dir)
             i += 1
             size = 0
+            nar_hash = None
             if re.match(r"^(sha256:)?[0-9a-z]{52}$|^[0-9a-f]{64}$", lines[i]):
+                nar_hash = lines[i] if lines[i].startswith("sha256:") else f"sha256:{lines[i]}"
                 i += 1
                 size = int(lines[i])
                 i += 1
-            i += 1  # deriver (may be empty)
+            deriver = lines[i] or None
+            i += 1
             n = int(lines[i])
             i += 1
             refs = [_check_entry(r, where, store_dir) for r in lines[i : i + n]]
             if len(refs) != n:
                 raise IndexError
             i += n
-            out[path] = StorePath(path, size, tuple(sorted(set(refs) - {path})))
+            out[path] = StorePath(path, size, tuple(sorted(set(refs) - {path})), deriver, nar_hash)
     except (IndexError, ValueError):
         raise ClosureError(f"{where}: malformed reference graph near line {i + 1}") from None
     if not out:
@@ -189,9 +199,17 @@ def load_closure_file(path: Path, store_dir: str = STORE_DIR) -> dict[str, Store
     return parse_registration(text, str(path), store_dir)
 
 
+NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
+"""Passed to every nix invocation: nixfly needs ``nix path-info``/``nix build`` even where nix.conf
+enables no experimental features (a stock install)."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_DRV_NAME = re.compile(r"/[0-9a-df-np-sv-z]{32}-(.+?)\.drv")
+
+
 def _run_nix(args: Sequence[str], what: str) -> str:
     try:
-        proc = subprocess.run(["nix", *args], capture_output=True, text=True, check=False)
+        proc = subprocess.run(["nix", *NIX_FLAGS, *args], capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise ClosureError(f"{what}: the nix command is not installed (use --closure-file instead)") from None
     if proc.returncode != 0:
@@ -200,14 +218,165 @@ def _run_nix(args: Sequence[str], what: str) -> str:
     return proc.stdout
 
 
+class NixReporter(Protocol):
+    """Hears what ``nix build`` is doing, for a progress display. ``failed`` gets the lines that explain a
+    failure (the failing builder's last log lines, or the whole evaluation error) just before the one-line
+    NixBuildError is raised."""
+
+    def building(self, drv_name: str) -> None: ...
+
+    def log(self, drv_name: str, line: str) -> None: ...
+
+    def failed(self, details: Sequence[str]) -> None: ...
+
+
+class StderrNixReporter:
+    """The default: silent while building; a failure's details go to stderr."""
+
+    def building(self, drv_name: str) -> None:
+        pass
+
+    def log(self, drv_name: str, line: str) -> None:
+        pass
+
+    def failed(self, details: Sequence[str]) -> None:
+        for line in details:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+nix_reporter: ContextVar[NixReporter | None] = ContextVar("nix_reporter", default=None)
+"""Set (e.g. by the CLI) to show ``nix build`` progress; ``StderrNixReporter`` when unset."""
+
+LOG_TAIL = 25  # builder log lines kept per derivation, shown when its build fails
+
+
+class NixBuildError(ClosureError):
+    """``nix build`` failed. ``details`` holds the builder's last log lines or the evaluation error."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.details = tuple(details)
+
+
+@dataclass
+class _BuildLog:
+    """State while reading ``nix build --log-format internal-json`` from stderr."""
+
+    reporter: NixReporter
+    drvs: dict[int, str] = field(default_factory=dict)  # activity id → derivation name
+    logs: dict[int, deque[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    other: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
+
+    def line(self, raw: str) -> None:
+        if not raw.startswith("@nix "):
+            if raw.strip():
+                self.other.append(_ANSI.sub("", raw.rstrip()))
+            return
+        try:
+            ev = json.loads(raw[5:])
+        except ValueError:
+            return
+        if not isinstance(ev, dict):
+            return
+        action = ev.get("action")
+        if action == "start" and ev.get("type") == 105:  # a derivation build
+            fields = ev.get("fields") or []
+            m = _DRV_NAME.search(str(fields[0] if fields else ev.get("text", "")))
+            name = m.group(1) if m else str(ev.get("text", "?"))
+            self.drvs[int(ev.get("id", 0))] = name
+            self.logs[int(ev.get("id", 0))] = deque(maxlen=LOG_TAIL)
+            self.reporter.building(name)
+        elif action == "result" and ev.get("type") == 101:  # a builder log line
+            act = int(ev.get("id", 0))
+            fields = ev.get("fields") or [""]
+            text = _ANSI.sub("", str(fields[0])).rstrip()
+            if act in self.logs:
+                self.logs[act].append(text)
+            self.reporter.log(self.drvs.get(act, "?"), text)
+        elif action == "msg" and isinstance(ev.get("level"), int) and ev["level"] <= 0:
+            self.errors.append(_ANSI.sub("", str(ev.get("msg", ""))).rstrip())
+
+    def failure(self, installable: str, rc: int) -> NixBuildError:
+        text = self.errors or list(self.other)
+        first = next((ln for t in text for ln in t.splitlines() if ln.strip()), f"exit status {rc}")
+        first = first.strip().removeprefix("error:").strip()
+        details: list[str] = []
+        failed = _DRV_NAME.search(first)
+        if failed:
+            name = failed.group(1)
+            act = next((a for a, n in reversed(self.drvs.items()) if n == name), None)
+            lines = list(self.logs.get(act, ())) if act is not None else []
+            if lines:
+                details.append(f"last {len(lines)} log lines of {name}:")
+                details += [f"  > {ln}" for ln in lines]
+            drv = re.search(r"(/\S+?\.drv)", first)
+            hint = f" (full log: nix log {drv.group(1)})" if lines and drv else ""
+            return NixBuildError(f"nix build {installable} failed: {first}{hint}", details)
+        lines = [ln for t in text for ln in t.splitlines()]
+        if len([ln for ln in lines if ln.strip()]) > 1:  # an evaluation error with a trace: show all of it
+            details = lines
+        return NixBuildError(f"nix build {installable} failed: {first}", details)
+
+
 def nix_build_installable(installable: str) -> list[str]:
-    """Build a flake installable (``.#app``) with ``nix build --json --no-link``; its output paths."""
-    out = _run_nix(["build", "--json", "--no-link", installable], f"nix build {installable}")
+    """Build a flake installable (``.#app``) with ``nix build --json --no-link``; its output paths.
+
+    Nix's structured log (``--log-format internal-json``) drives the reporter in ``nix_reporter``: the
+    derivation being built and its log lines; on failure, the builder's last log lines (or the whole
+    evaluation error) go to the reporter and a one-line NixBuildError is raised."""
+    reporter = nix_reporter.get() or StderrNixReporter()
+    argv = ["nix", *NIX_FLAGS, "build", "--json", "--no-link", "--log-format", "internal-json", installable]
     try:
-        results = json.loads(out)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+        )
+    except FileNotFoundError:
+        raise ClosureError(f"nix build {installable}: the nix command is not installed") from None
+    out: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=lambda f: out.append(f.read()), args=(proc.stdout,), daemon=True)
+    reader.start()
+    state = _BuildLog(reporter)
+    try:
+        for raw in proc.stderr:
+            state.line(raw)
+    finally:
+        rc = proc.wait()
+        reader.join()
+    if rc != 0:
+        err = state.failure(installable, rc)
+        if err.details:
+            reporter.failed(err.details)
+        raise err
+    try:
+        results = json.loads("".join(out))
         return sorted({p for r in results for p in r["outputs"].values()})
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ClosureError(f"nix build {installable}: unexpected output") from None
+
+
+def flake_last_modified(installable: str) -> int | None:
+    """The flake's ``lastModified`` (its commit time, for a git flake) from ``nix flake metadata``, or
+    None when nix cannot say (not a flake, offline input, old nix)."""
+    ref = installable.split("#", 1)[0] or "."
+    try:
+        data = json.loads(_run_nix(["flake", "metadata", "--json", ref], f"nix flake metadata {ref}"))
+    except (ClosureError, ValueError):
+        return None
+    value = data.get("lastModified") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def is_installable(root: str, store_dir: str = STORE_DIR) -> bool:
+    """A flake installable rather than a store path: ``.#app``, ``github:o/r#x``, or a directory with a
+    flake.nix that is not itself in the store (``nixfly build .`` means ``.#default``)."""
+    if os.path.lexists(root):
+        real = os.path.realpath(root)
+        in_store = real.startswith(store_dir.rstrip("/") + "/")
+        return not in_store and os.path.isdir(root) and os.path.isfile(os.path.join(root, "flake.nix"))
+    return "#" in root or bool(re.match(r"^[a-z][a-z0-9+]*:", root))
 
 
 def query_path_info(roots: Sequence[str], store_dir: str = STORE_DIR) -> dict[str, StorePath]:
@@ -242,10 +411,14 @@ def resolve_closure(
     if not roots:
         raise UsageError("nothing to build: give at least one store path, ./result link or flake installable")
     store_roots: list[str] = []
+    source_epoch: int | None = None
     for r in roots:
-        if "#" in r and not os.path.lexists(r):
+        if is_installable(r, store_dir):
             store_roots.extend(nix_build_installable(r))
+            if source_epoch is None:
+                source_epoch = flake_last_modified(r)
         else:
+            _refuse_image(r)
             store_roots.append(to_store_path(r, store_dir))
     store_roots = sorted(set(store_roots), key=store_roots.index)
     if closure_file is not None:
@@ -263,9 +436,28 @@ def resolve_closure(
         sp = paths[p]
         if sp.nar_size == 0:
             size = _dir_size(p) if os.path.isdir(p) else os.lstat(p).st_size
-            sp = StorePath(sp.path, size, sp.references, sp.deriver)
+            sp = StorePath(sp.path, size, sp.references, sp.deriver, sp.nar_hash)
         sized[p] = sp
-    return Closure(tuple(store_roots), sized, system or _system_of(sized[store_roots[0]]), store_dir)
+    system = system or _system_of(sized[store_roots[0]])
+    return Closure(tuple(store_roots), sized, system, store_dir, source_epoch)
+
+
+def _refuse_image(root: str) -> None:
+    """An image Nix already built is not a closure to pack: say what to run instead."""
+    from nixfly.transports import image_file_kind
+
+    kind = image_file_kind(root)
+    if kind == "archive":
+        raise UsageError(
+            f"{root} is already an image (a docker-archive, as dockerTools.buildLayeredImage makes): "
+            f"push it with 'nixfly push {root} REF', or convert it with 'nixfly copy {root} oci:DIR'"
+        )
+    if kind == "script":
+        raise UsageError(
+            f"{root} is an image script (dockerTools.streamLayeredImage): nixfly runs it for you with "
+            f"'nixfly push {root} REF' or 'nixfly copy {root} oci:DIR'; or build the closure itself with "
+            f"'nixfly build .#PACKAGE'"
+        )
 
 
 def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) -> dict[str, StorePath]:
@@ -275,19 +467,17 @@ def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) 
     entry = cache / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, ClosureError):
         paths = parse_path_info(json.loads(entry.read_bytes()), str(entry), store_dir)
-        if all(r in paths for r in roots):
+        if all(r in paths for r in roots) and all(sp.nar_hash for sp in paths.values()):
             return paths
     paths = query_path_info(roots, store_dir)
     data = [
-        {"path": sp.path, "narSize": sp.nar_size, "references": list(sp.references), "deriver": sp.deriver}
+        {"path": sp.path, "narSize": sp.nar_size, "references": list(sp.references), "deriver": sp.deriver,
+         "narHash": sp.nar_hash}
         for sp in paths.values()
-    ]
-    with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run a query
+    ]  # fmt: skip
+    with contextlib.suppress(OSError, NixflyError):  # a cache that cannot be written only costs a query
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".closure.", dir=cache)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, entry)
+        atomic_write_text(entry, json.dumps(data), durable=False)
     return paths
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, Protocol
+from typing import Literal, Protocol
 
 import zstandard
 from isal import isal_zlib
@@ -110,24 +110,3 @@ def make_compressor(kind: str, level: int | None = None) -> Compressor:
     if not 0 <= lvl <= MAX_LEVELS[kind]:
         raise UsageError(f"{kind} level must be between 0 and {MAX_LEVELS[kind]}, got {lvl}")
     return Compressor(kind, lvl)  # type: ignore[arg-type]
-
-
-def decompressing_reader(kind: str, raw: BinaryIO) -> BinaryIO:
-    """A reader yielding the uncompressed bytes of a gzip / zstd / plain stream."""
-    if kind == "gzip":
-        from isal import igzip
-
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call,return-value]
-    if kind == "zstd":
-        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader
-    return raw
-
-
-def sniff_compression(head: bytes) -> Literal["gzip", "zstd", "none"]:
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return "none"
-

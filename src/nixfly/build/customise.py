@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nixfly.build.closure import Closure, to_store_path
 from nixfly.build.layers import Entry
 from nixfly.build.spec import ImageSpec, UserSpec
+from nixfly.build.supervisor import LABEL, supervise
 from nixfly.errors import NixflyError, UsageError
 
 CA_CANDIDATES = ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt")
@@ -24,25 +26,55 @@ IMAGE_DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
 _MAX_HOPS = 40
 
 
+class StoreFS(Protocol):
+    """How the store is looked at (``os.path`` for the local store; a binary cache's listing otherwise)."""
+
+    def isdir(self, path: str) -> bool: ...
+
+    def islink(self, path: str) -> bool: ...
+
+    def lexists(self, path: str) -> bool: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+
+class LocalFS:
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def islink(self, path: str) -> bool:
+        return os.path.islink(path)
+
+    def lexists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+
 @dataclass
 class Customisation:
     root_entries: dict[str, list[Entry]] = field(default_factory=dict)  # goes into each root's layer
     entries: list[Entry] = field(default_factory=list)  # the customisation layer
     env: dict[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] | None = None  # set by a generated supervisor / boot stage
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-def _contents_links(closure: Closure, sources: Sequence[str], priority: dict[str, int]) -> dict[str, tuple[str, str]]:
+def _contents_links(
+    closure: Closure, sources: Sequence[str], priority: dict[str, int], fs: StoreFS
+) -> dict[str, tuple[str, str]]:
     """image path → (store path providing it, link target). Conflicts are errors unless priorities differ."""
     links: dict[str, tuple[str, str, int]] = {}
     for src in sources:
         sp = closure.paths[src]
         prio = priority.get(src, priority.get(sp.name, 100))
-        if not os.path.isdir(src):
+        if not fs.isdir(src):
             continue
-        for top in sorted(os.listdir(src)):
+        for top in sorted(fs.listdir(src)):
             full = os.path.join(src, top)
-            if os.path.isdir(full) and not os.path.islink(full):
-                items = [(f"/{top}/{c}", os.path.join(full, c)) for c in sorted(os.listdir(full))]
+            if fs.isdir(full) and not fs.islink(full):
+                items = [(f"/{top}/{c}", os.path.join(full, c)) for c in sorted(fs.listdir(full))]
             else:
                 items = [(f"/{top}", full)]
             for image_path, target in items:
@@ -59,10 +91,10 @@ def _contents_links(closure: Closure, sources: Sequence[str], priority: dict[str
     return {k: (v[0], v[1]) for k, v in links.items()}
 
 
-def _find(closure: Closure, rel: str) -> str | None:
+def _find(closure: Closure, rel: str, fs: StoreFS) -> str | None:
     for p in sorted(closure.paths):
         cand = os.path.join(p, rel)
-        if os.path.lexists(cand):
+        if fs.lexists(cand):
             return cand
     return None
 
@@ -114,8 +146,9 @@ def _user_entries(spec: ImageSpec) -> list[Entry]:
     return out
 
 
-def customise(spec: ImageSpec, closure: Closure) -> Customisation:
-    """Work out the customisation entries for ``spec`` over ``closure``."""
+def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> Customisation:
+    """Work out the customisation entries for ``spec`` over ``closure`` (looked at through ``fs``)."""
+    fs = fs or LocalFS()
     out = Customisation()
     taken: dict[str, str] = {}
 
@@ -133,7 +166,7 @@ def customise(spec: ImageSpec, closure: Closure) -> Customisation:
             raise UsageError(f"contents path {p} is not in the image's closure")
         if sp not in sources:
             sources.append(sp)
-    for image_path, (src, target) in sorted(_contents_links(closure, sources, spec.contents.priority).items()):
+    for image_path, (src, target) in sorted(_contents_links(closure, sources, spec.contents.priority, fs).items()):
         root = src if src in closure.roots else None
         add(Entry("symlink", image_path, target=target), f"contents of {src}", root)
 
@@ -147,11 +180,13 @@ def customise(spec: ImageSpec, closure: Closure) -> Customisation:
         if not d.path.startswith("/"):
             raise UsageError(f"dirs: {d.path!r} must be an absolute path")
         add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "dirs")
+    for d in spec.boot_dirs:  # also in the image, for runs without a volume over them
+        add(Entry("dir", d.path, d.mode, owner=(d.uid, d.gid, "", "")), "boot_dirs")
 
     if spec.ca_certificates:
         bundle = None
         for rel in CA_CANDIDATES:
-            bundle = _find(closure, rel)
+            bundle = _find(closure, rel, fs)
             if bundle:
                 break
         if bundle:
@@ -160,12 +195,12 @@ def customise(spec: ImageSpec, closure: Closure) -> Customisation:
                     add(Entry("symlink", link, target=bundle), "CA certificates")
             out.env["SSL_CERT_FILE"] = CA_LINKS[0]
     if spec.bin_sh and "/bin/sh" not in taken:
-        sh = _find(closure, "bin/sh") or _find(closure, "bin/bash")
+        sh = _find(closure, "bin/sh", fs) or _find(closure, "bin/bash", fs)
         if sh is None:
             raise UsageError("bin_sh: no store path in the closure has bin/sh or bin/bash")
         add(Entry("symlink", "/bin/sh", target=sh), "bin_sh")
     if spec.usr_bin_env and "/usr/bin/env" not in taken:
-        env = _find(closure, "bin/env")
+        env = _find(closure, "bin/env", fs)
         if env is None:
             raise UsageError("usr_bin_env: no store path in the closure has bin/env")
         add(Entry("symlink", "/usr/bin/env", target=env), "usr_bin_env")
@@ -176,6 +211,12 @@ def customise(spec: ImageSpec, closure: Closure) -> Customisation:
         if not os.path.lexists(f.src):
             raise UsageError(f"files: {f.src} does not exist")
         add(Entry("tree", f.dest.rstrip("/") or "/", src=f.src), f"file {f.src}")
+    sup = supervise(spec, closure, [*out.entries, *(e for es in out.root_entries.values() for e in es)])
+    if sup is not None:
+        for e in sup.entries:
+            add(e, "the generated supervisor configuration")
+        out.entrypoint = sup.entrypoint
+        out.labels[LABEL] = sup.label
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
     _check_user(spec)

@@ -9,15 +9,16 @@ release the GIL); the bytes of each layer never depend on scheduling.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from nixfly.build.cache import BlobCache, CachedLayer
 from nixfly.build.compress import Compressor
-from nixfly.build.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter
+from nixfly.build.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter, TreeEntry
 from nixfly.errors import NixflyError
 from nixfly.image import BlobLayer
 
@@ -77,6 +78,18 @@ class LayerSpec:
         return h.hexdigest()
 
 
+class StoreSource(Protocol):
+    """Where the store paths that are not on disk come from (a binary cache): the same entry records a
+    walk of the path on disk would give, so the layer bytes do not depend on where a path was read."""
+
+    def covers(self, path: str) -> bool: ...
+
+    def entries(self, path: str, name: bytes) -> Generator[TreeEntry, None, None]:
+        """The entries of ``path``, named ``name`` and below; raises a NixflyError if the bytes do not
+        verify (checked by the time the iterator is exhausted)."""
+        ...
+
+
 @dataclass(frozen=True)
 class LayerSettings:
     compressor: Compressor
@@ -84,6 +97,8 @@ class LayerSettings:
     rules: tuple[PermRule, ...] = ()
     store_dir: str = "/nix/store"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Not part of the key: a path's layer bytes are the same whether it is read from disk or a cache.
+    remote: StoreSource | None = field(default=None, compare=False)
 
     def key(self, spec: LayerSpec) -> str:
         return BlobCache.key(
@@ -122,7 +137,7 @@ def _write_entries(tw: TarWriter, entries: Sequence[Entry]) -> None:
             tw.add_tree(os.fsencode(e.src), name)
 
 
-def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str) -> None:
+def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str, remote: StoreSource | None = None) -> None:
     """Emit the entries of ``spec`` in name order: extra entries sorting before the store tree, the
     store tree (``/nix``, ``/nix/store`` first, then each path), then the remaining extra entries."""
     store_rel = store_dir.strip("/")
@@ -142,7 +157,12 @@ def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str) -> None:
         for d in _parents("/" + store_rel + "/x"):
             tw.add_dir(d.encode(), 0o755)
         for p in sorted(spec.store_paths):
-            tw.add_tree(os.fsencode(p), p.strip("/").encode())
+            name = p.strip("/").encode()
+            if remote is not None and remote.covers(p):
+                with contextlib.closing(remote.entries(p, name)) as it:
+                    tw.add_entries(it)
+            else:
+                tw.add_tree(os.fsencode(p), name)
     _write_entries(tw, inside)
     _write_entries(tw, after)
     tw.close()
@@ -161,7 +181,7 @@ def build_layer(
         sink = HashingSink(settings.compressor, f, on_bytes)
         tw = TarWriter(sink, settings.mtime, settings.rules)
         try:
-            write_layer_tar(tw, spec, settings.store_dir)
+            write_layer_tar(tw, spec, settings.store_dir, settings.remote)
         except OSError as e:
             raise NixflyError(f"cannot read {e.filename or 'a store path'}: {e.strerror}") from None
         diff_id, digest = sink.finish()

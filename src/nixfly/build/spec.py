@@ -7,14 +7,19 @@ at start-up, which is most of a no-change rebuild). Every error names the file, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
+import sys
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from nixfly.errors import ConfigError, UsageError
+from nixfly.tomlpos import TomlPositions, dotted_path
 
 T = TypeVar("T")
 
@@ -88,6 +93,90 @@ class DirSpec:
     mode: int = field(default=0o755, metadata={"convert": _octal_mode})
     uid: int = field(default=0, metadata=_ge0(0))
     gid: int = field(default=0, metadata=_ge0(0))
+    at_boot: bool = False  # (re)create, own and mode it at every start (volumes hide build-time dirs)
+
+
+# -- several processes in one machine (a generated supervisor configuration) -----------------------------
+
+Condition = Literal["started", "healthy", "completed_successfully"]
+CONDITIONS: tuple[str, ...] = ("started", "healthy", "completed_successfully")
+SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH")
+
+
+def _id_name(v: Any, key: str) -> str:
+    """A user or group: a name, or a numeric id (an integer or a string of digits)."""
+    if isinstance(v, bool) or not isinstance(v, int | str) or v == "":
+        raise SpecError(key, "must be a name or a numeric id")
+    if isinstance(v, int) and v < 0:
+        raise SpecError(key, f"must not be negative (got {v})")
+    return str(v)
+
+
+def _depends_on(v: Any, key: str) -> dict[str, str]:
+    """``["a", "b"]`` (condition by default) or ``{ a = "healthy" }``; the default condition is "" until
+    ``check_processes`` resolves it (completed_successfully for a oneshot, else started)."""
+    if isinstance(v, list):
+        out: dict[str, str] = {}
+        for i, x in enumerate(v):
+            if not isinstance(x, str) or not x:
+                raise SpecError(f"{key}.{i}", "must be a process name")
+            out[x] = ""
+        return out
+    if isinstance(v, dict):
+        for k, c in v.items():
+            if c not in CONDITIONS and c != "":
+                raise SpecError(f"{key}.{k}", f"condition must be one of {', '.join(CONDITIONS)} (got {c!r})")
+        return {str(k): str(c) for k, c in v.items()}
+    raise SpecError(key, 'must be a list of process names or a table such as { db = "healthy" }')
+
+
+def _signal(v: Any, key: str) -> str:
+    name = str(v).upper() if isinstance(v, str) else ""
+    if name and not name.startswith("SIG"):
+        name = "SIG" + name
+    if name not in SIGNALS:
+        raise SpecError(key, f"must be one of {', '.join(SIGNALS)} (got {v!r})")
+    return name
+
+
+@dataclass(frozen=True)
+class ReadinessSpec:
+    """When a process counts as ready (``healthy`` for the processes depending on it)."""
+
+    kind: Literal["exec", "http", "tcp"]
+    command: list[str] = field(default_factory=list)  # exec
+    host: str = "127.0.0.1"  # http, tcp
+    port: int | None = field(default=None, metadata={"min": 1, "max": 65535})  # http, tcp
+    path: str = "/"  # http
+    period: int = field(default=2, metadata={"min": 1})  # seconds between probes
+    timeout: int = field(default=1, metadata={"min": 1})  # seconds one probe may take
+    initial_delay: int = field(default=0, metadata={"min": 0})
+    success_threshold: int = field(default=1, metadata={"min": 1})
+    failure_threshold: int = field(default=3, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of ``[[image.processes]]``; ``oneshot`` ones are boot steps that run to completion."""
+
+    name: str
+    command: list[str]
+    user: str | None = field(default=None, metadata={"convert": _id_name})
+    group: str | None = field(default=None, metadata={"convert": _id_name})
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    depends_on: dict[str, str] = field(default_factory=dict, metadata={"convert": _depends_on})
+    restart: Literal["always", "on-failure", "never"] | None = None  # None: always, never for a oneshot
+    backoff: int = field(default=1, metadata={"min": 0})  # seconds before a restart
+    max_restarts: int = field(default=0, metadata={"min": 0})  # 0: no limit
+    readiness: ReadinessSpec | None = None
+    stop_signal: str = field(default="SIGTERM", metadata={"convert": _signal})
+    stop_timeout: int = field(default=10, metadata={"min": 1})  # seconds before SIGKILL
+    oneshot: bool = False
+
+    @property
+    def restart_policy(self) -> str:
+        return self.restart or ("never" if self.oneshot else "always")
 
 
 @dataclass(frozen=True)
@@ -156,6 +245,15 @@ class ImageSpec:
     bin_sh: bool = False
     usr_bin_env: bool = False
     format: Literal["oci", "v2s2"] = "oci"
+    # Binary caches to take missing store paths from (file://, http://, https://), and the keys
+    # (NAME:BASE64) their signatures must verify against; empty keys mean nix.conf's trusted-public-keys.
+    substituters: list[str] = field(default_factory=list)
+    trusted_public_keys: list[str] = field(default_factory=list)
+    processes: list[ProcessSpec] = field(default_factory=list)
+    boot_dirs: list[DirSpec] = field(default_factory=list)  # like dirs with at_boot = true
+    supervisor: Literal["process-compose", "runit", "s6"] | None = None  # None: whichever the closure holds
+    source: str | None = None  # the nixfly.toml this definition came from (set by load_spec; for error lines)
+    sbom: Literal["spdx", "cyclonedx", "none"] = "spdx"  # attached to the image as an OCI referrer
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
@@ -201,7 +299,9 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for k in data:
         if k not in fields:
-            raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key")
+            close = difflib.get_close_matches(str(k), [f.replace("_", "-") if "-" in str(k) else f for f in fields], 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key" + hint)
     kw: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -236,33 +336,179 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+_PROC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BUILTIN_USERS = {"root": 0, "nobody": 65534}
+BUILTIN_GROUPS = {"root": 0, "nogroup": 65534}
+
+
+def process_ids(spec: ImageSpec, p: ProcessSpec) -> tuple[int, int, tuple[int, ...]]:
+    """(uid, gid, supplementary gids) a process runs as; names come from the spec's users and groups."""
+    users = {**BUILTIN_USERS, **{u.name: u.uid for u in spec.users}}
+    groups = {**BUILTIN_GROUPS, **{g.name: g.gid for g in spec.groups}}
+    user = next((u for u in spec.users if u.name == p.user), None)
+    uid = 0 if p.user is None else int(p.user) if p.user.isdigit() else users[p.user]
+    if p.group is not None:
+        gid = int(p.group) if p.group.isdigit() else groups[p.group]
+    elif user is not None:
+        gid = user.gid if user.gid is not None else user.uid
+    else:
+        gid = {0: 0, 65534: 65534}.get(uid, uid)
+    extra = tuple(sorted({groups[g] for g in user.groups if g in groups} - {gid})) if user is not None else ()
+    return uid, gid, extra
+
+
+def check_processes(spec: ImageSpec) -> tuple[ImageSpec, list[tuple[str, str]]]:
+    """Check ``processes`` and ``boot_dirs`` against each other and the users and groups; returns the spec
+    with every depends_on condition resolved, and the warnings as (key, message). Raises SpecError."""
+    warnings: list[tuple[str, str]] = []
+    for i, d in enumerate(spec.boot_dirs):
+        if not d.path.startswith("/") or d.path.rstrip("/") == "" or ".." in d.path.split("/"):
+            raise SpecError(f"boot_dirs.{i}.path", f"{d.path!r} must be an absolute path below / without '..'")
+    if not spec.processes:
+        return spec, warnings
+    if spec.entrypoint is not None or spec.cmd is not None:
+        key = "entrypoint" if spec.entrypoint is not None else "cmd"
+        raise SpecError(key, "cannot be combined with processes: the generated supervisor is the entrypoint")
+    users = {*BUILTIN_USERS, *(u.name for u in spec.users)}
+    groups = {*BUILTIN_GROUPS, *(g.name for g in spec.groups)}
+    by_name: dict[str, int] = {}
+    for i, p in enumerate(spec.processes):
+        k = f"processes.{i}"
+        if not _PROC_NAME.match(p.name):
+            raise SpecError(f"{k}.name", f"{p.name!r} must be letters, digits, '_', '.' or '-' (at most 63)")
+        if p.name in by_name:
+            raise SpecError(f"{k}.name", f"process {p.name!r} is declared twice (also processes[{by_name[p.name]}])")
+        by_name[p.name] = i
+        if not p.command or not p.command[0]:
+            raise SpecError(f"{k}.command", "must be a non-empty list: the program and its arguments")
+        if p.user is not None and not p.user.isdigit() and p.user not in users:
+            raise SpecError(f"{k}.user", f"user {p.user!r} is not declared in [[image.users]]")
+        if p.group is not None and not p.group.isdigit() and p.group not in groups:
+            raise SpecError(f"{k}.group", f"group {p.group!r} is not declared in [[image.groups]]")
+        if p.working_dir is not None and not p.working_dir.startswith("/"):
+            raise SpecError(f"{k}.working_dir", f"{p.working_dir!r} must be an absolute path")
+        for var in p.env:
+            if not _ENV_NAME.match(var):
+                raise SpecError(f"{k}.env.{var}", f"{var!r} is not a valid variable name")
+        if p.oneshot and p.restart == "always":
+            raise SpecError(f"{k}.restart", 'a oneshot runs to completion: use "on-failure" or "never"')
+        r = p.readiness
+        if r is not None:
+            if p.oneshot:
+                raise SpecError(f"{k}.readiness", "a oneshot has no readiness: depend on it completing instead")
+            if r.kind == "exec" and not r.command:
+                raise SpecError(f"{k}.readiness.command", "an exec probe needs a command")
+            if r.kind in ("http", "tcp") and r.port is None:
+                raise SpecError(f"{k}.readiness.port", f"a {r.kind} probe needs a port")
+            if r.port is not None and r.port < 1024 and process_ids(spec, p)[0] != 0:
+                warnings.append(
+                    (f"{k}.readiness.port", f"port {r.port} is below 1024 and process {p.name!r} does not run as "
+                     "root: it cannot bind it, so the probe will never succeed")
+                )  # fmt: skip
+    procs = []
+    for i, p in enumerate(spec.processes):
+        resolved: dict[str, str] = {}
+        for dep, cond in p.depends_on.items():
+            k = f"processes.{i}.depends_on.{dep}"
+            if dep not in by_name:
+                raise SpecError(k, f"process {p.name!r} depends on {dep!r}, which is not declared in processes")
+            if dep == p.name:
+                raise SpecError(k, f"process {p.name!r} depends on itself")
+            target = spec.processes[by_name[dep]]
+            cond = cond or ("completed_successfully" if target.oneshot else "started")
+            if cond == "healthy" and target.readiness is None:
+                raise SpecError(k, f'"healthy" needs a readiness probe on {dep!r}')
+            if cond == "completed_successfully" and not target.oneshot:
+                raise SpecError(k, f'"completed_successfully" needs {dep!r} to be a oneshot')
+            resolved[dep] = cond
+        procs.append(dataclasses.replace(p, depends_on=resolved))
+    # A cycle: depth-first over the dependencies, in declaration order.
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in spec.processes[by_name[name]].depends_on:
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep):], dep]
+                raise SpecError(f"processes.{by_name[cycle[0]]}.depends_on", "dependency cycle: " + " → ".join(cycle))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for p in spec.processes:
+        if p.name not in state:
+            visit(p.name, [p.name])
+    return dataclasses.replace(spec, processes=procs), warnings
+
+
+def process_order(processes: list[ProcessSpec]) -> list[ProcessSpec]:
+    """The processes in dependency order (dependencies first), ties in declaration order."""
+    by_name = {p.name: p for p in processes}
+    done: dict[str, ProcessSpec] = {}
+
+    def visit(p: ProcessSpec) -> None:
+        if p.name in done:
+            return
+        for dep in p.depends_on:
+            if dep in by_name:
+                visit(by_name[dep])
+        done[p.name] = p
+
+    for p in processes:
+        visit(p)
+    return list(done.values())
+
+
 def validate_spec(data: dict[str, Any]) -> ImageSpec:
     """An ImageSpec from plain data (CLI flags merged over a file); bad values are a UsageError."""
     try:
-        return from_dict(ImageSpec, data)
+        return check_processes(from_dict(ImageSpec, data))[0]
     except SpecError as e:
         raise UsageError(f"{e.key}: {e.msg}") from None
 
 
-def _line_of(text: str, key: str) -> int | None:
-    parts = [p for p in key.split(".") if not p.isdigit()]
-    last = parts[-1]
-    table = ".".join(parts[:-1])
-    in_table = table == "" or table == "image"
-    for i, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if s.startswith("["):
-            name = s.strip("[]").strip()
-            in_table = name in (table, f"image.{table}") or (table == "" and name == "image")
-            if s in (f"[{key}]", f"[[{key}]]"):
-                return i
-            continue
-        if in_table and s.split("=", 1)[0].strip() == last:
-            return i
-    return None
+def located(path: Path | str, text: str, key: str, msg: str) -> str:
+    """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
+    line = TomlPositions(text).line_of(dotted_path(key))
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {key}: {msg}"
 
 
-def load_spec(path: Path) -> ImageSpec:
+def _stderr_warning(message: str) -> None:
+    sys.stderr.write(f"nixfly: warning: {message}\n")
+
+
+def _seconds(v: Any) -> float | None:
+    """fly.toml's kill_timeout: an integer number of seconds or a duration such as "30s" or "1m"."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", v) if isinstance(v, str) else None
+    if m is None:
+        return None
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+
+
+def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, str]]:
+    """Warn when the processes' stop timeouts add up to more than fly.toml's kill_timeout (default 5 s):
+    Fly kills the machine then, before the supervisor has stopped everything gracefully."""
+    long_running = [p for p in spec.processes if not p.oneshot]
+    if not long_running or not fly_toml.is_file():
+        return []
+    try:
+        fly = tomllib.loads(fly_toml.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # fly.toml's own loader reports its problems
+    limit = _seconds(fly.get("kill_timeout", 5))
+    total = sum(p.stop_timeout for p in long_running)
+    if limit is None or total <= limit:
+        return []
+    i = spec.processes.index(max(long_running, key=lambda p: p.stop_timeout))
+    return [(f"processes.{i}.stop_timeout", f"the processes' stop timeouts add up to {total}s, more than "
+             f"kill_timeout ({limit:g}s) in {fly_toml}: Fly kills the machine before they have all stopped")]
+
+
+def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> ImageSpec:
     """Load ``nixfly.toml``; the ``[image]`` table (or the top level) is the image definition.
     Relative paths in ``roots``, ``closure_file`` and ``files.src`` are relative to the file."""
     try:
@@ -276,12 +522,13 @@ def load_spec(path: Path) -> ImageSpec:
     table = data.get("image", data)
     prefix = "image" if "image" in data else ""
     try:
-        spec = from_dict(ImageSpec, table, prefix)
+        spec, warnings = check_processes(from_dict(ImageSpec, table, prefix))
     except SpecError as e:
-        line = _line_of(text, e.key)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(f"{where}: {e.key}: {e.msg}") from None
+        raise ConfigError(located(path, text, e.key, e.msg)) from None
     base = Path(path).resolve().parent
+    emit = warn if warn is not None else _stderr_warning
+    for key, msg in warnings + _kill_timeout_warnings(spec, base / "fly.toml"):
+        emit(located(path, text, key, msg))
 
     def rel(p: str) -> str:
         return p if p.startswith("/") or ("#" in p and not p.startswith(".")) else str(base / p)
@@ -291,4 +538,5 @@ def load_spec(path: Path) -> ImageSpec:
         roots=[r if r.startswith(".#") else rel(r) for r in spec.roots],
         closure_file=rel(spec.closure_file) if spec.closure_file else None,
         files=[FileSpec(src=rel(f.src), dest=f.dest) for f in spec.files],
+        source=str(path),
     )

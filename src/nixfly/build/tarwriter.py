@@ -12,9 +12,9 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from nixfly.build.compress import BLOCK, Compressor
 from nixfly.errors import NixflyError
@@ -22,6 +22,52 @@ from nixfly.errors import NixflyError
 DEFAULT_MTIME = 1  # 1970-01-01T00:00:01Z
 _USTAR_MAX_SIZE = 0o77777777777  # 11 octal digits
 _ZERO = bytes(512)
+
+
+REGULAR, SYMLINK, DIRECTORY = b"0", b"2", b"5"
+
+
+class ContentReader(Protocol):
+    """Supplies a file's bytes from a stream (e.g. a NAR being parsed)."""
+
+    def copy_to(self, write: Callable[[bytes], None], size: int) -> None:
+        """Pass exactly ``size`` bytes to ``write``, in pieces; raise a NixflyError if they are not there."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One entry of a store tree, whatever it is read from: the tar name (relative, no trailing slash),
+    the type (REGULAR, SYMLINK, DIRECTORY), the mode bits, and for regular files the size and where the
+    bytes come from (``src``, a file on disk, or ``content``, a stream). A filesystem walk and a NAR
+    parse yield the same records for the same store path, so both give the same tar bytes."""
+
+    name: bytes
+    type: bytes
+    mode: int
+    size: int = 0
+    target: bytes = b""
+    src: bytes = b""
+    content: ContentReader | None = None
+
+
+def walk_tree(src: bytes, name: bytes) -> Iterator[TreeEntry]:
+    """The entries of ``src`` on disk (file, symlink or directory, recursively, in byte order of names),
+    named ``name`` and below."""
+    st = os.lstat(src)
+    m = st.st_mode
+    if stat.S_ISLNK(m):
+        yield TreeEntry(name, SYMLINK, 0o777, 0, os.readlink(src))
+    elif stat.S_ISREG(m):
+        yield TreeEntry(name, REGULAR, stat.S_IMODE(m), st.st_size, src=src)
+    elif stat.S_ISDIR(m):
+        yield TreeEntry(name, DIRECTORY, stat.S_IMODE(m))
+        with os.scandir(src) as it:
+            children = sorted(e.name for e in it)
+        for c in children:
+            yield from walk_tree(src + b"/" + c, name + b"/" + c)
+    else:
+        raise NixflyError(f"{os.fsdecode(src)}: unsupported file type in the Nix store")
 
 
 @dataclass(frozen=True)
@@ -278,22 +324,27 @@ class TarWriter:
         if pad:
             self.sink.write(_ZERO[:pad])
 
+    def add_entry(self, e: TreeEntry) -> None:
+        if e.type == DIRECTORY:
+            self.add_dir(e.name, e.mode)
+        elif e.type == SYMLINK:
+            self.add_symlink(e.name, e.target)
+        elif e.content is None:
+            self.add_file(e.name, e.src, e.mode, e.size)
+        else:
+            self.header(e.name, REGULAR, e.mode, e.size)
+            e.content.copy_to(self.sink.write, e.size)
+            pad = -e.size % 512
+            if pad:
+                self.sink.write(_ZERO[:pad])
+
+    def add_entries(self, entries: Iterable[TreeEntry]) -> None:
+        for e in entries:
+            self.add_entry(e)
+
     def add_tree(self, src: bytes, name: bytes) -> None:
         """Add ``src`` (file, symlink or directory, recursively, in name order) as ``name``."""
-        st = os.lstat(src)
-        m = st.st_mode
-        if stat.S_ISLNK(m):
-            self.add_symlink(name, os.readlink(src))
-        elif stat.S_ISREG(m):
-            self.add_file(name, src, stat.S_IMODE(m), st.st_size)
-        elif stat.S_ISDIR(m):
-            self.add_dir(name, stat.S_IMODE(m))
-            with os.scandir(src) as it:
-                children = sorted(e.name for e in it)
-            for c in children:
-                self.add_tree(src + b"/" + c, name + b"/" + c)
-        else:
-            raise NixflyError(f"{os.fsdecode(src)}: unsupported file type in the Nix store")
+        self.add_entries(walk_tree(src, name))
 
     def close(self) -> None:
         self.sink.write(_ZERO * 2)

@@ -19,11 +19,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("registry", "Push an image to a registry; print the digest-pinned reference."),
     "pull": ("registry", "Pull a registry image into an OCI layout or archive."),
     "copy": ("registry", "Copy an image between registries, layouts and archives."),
+    "sbom": ("sbom", "Print an image's SBOM (the attached one, or derived from its layers)."),
     "tags": ("registry", "List a repository's releases (tags, digests, created)."),
     "run": ("run", "Run an image locally without Docker."),
     "init": ("flyinit", "Write or update a starter fly.toml from an image."),
-    "deploy": ("deploy", "Deploy a digest-pinned image to Fly Machines."),
+    "deploy": ("deploy", "Deploy an image (pinned by digest) to Fly Machines."),
     "secrets": ("deploy", "Manage the app's Fly secrets (values never printed)."),
+    "apps": ("flyapps", "Create Fly apps through the Machines API."),
+    "status": ("flyapps", "Show the app's machines, images, checks and releases."),
+    "releases": ("flyapps", "List every deploy nixfly made to the app, newest first."),
+    "rollback": ("flyapps", "Redeploy the previous (or a named) release."),
 }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
 from nixfly.build.spec import FileSpec, ImageSpec, load_spec, to_dict, validate_spec
@@ -24,9 +26,9 @@ from nixfly.cli.common import (
     transport_options,
 )
 from nixfly.errors import UsageError
-from nixfly.sinks.archive import write_archive
-from nixfly.sinks.layout import write_layout
-from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
+from nixfly.image import Image
+from nixfly.registry.reference import parse_reference
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
 def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
@@ -35,7 +37,7 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
         upd["roots"] = list(roots)
     if o["closure_file"]:
         upd["closure_file"] = o["closure_file"]
-    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format"):
+    for key in ("name", "workdir", "user", "stop_signal", "architecture", "os", "format", "sbom"):
         if o.get(key) is not None:
             upd[key] = o[key]
     if o["entrypoint"] is not None:
@@ -100,8 +102,8 @@ def _label(spec: LayerSpec) -> str:
     return first + (f" +{len(spec.store_paths) - 1}" if len(spec.store_paths) > 1 else "")
 
 
-def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, Any]:
-    img = result.image
+def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, Any]:
+    """The build's JSON summary; ``img`` is the image as written (its format may differ from the build's)."""
     layers = []
     for b in result.layers:
         layers.append(
@@ -116,7 +118,7 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
             }
         )
     return {
-        "digest": digest,
+        "digest": img.manifest_digest(),
         "config_digest": img.config_digest,
         "format": img.format,
         "output": output,
@@ -133,12 +135,46 @@ def _summary(result: BuildResult, output: str | None, digest: str) -> dict[str, 
     }
 
 
-def _check_destinations(dest: object, push_refs: tuple[str, ...]) -> None:
-    """Everything that can be wrong with where the image goes, found before anything is built or written."""
-    from nixfly.registry.reference import parse_reference
+class _NixSpinner:
+    """While ``nix build`` runs for an installable: a spinner naming the derivation being built and its
+    latest log line (on a terminal only). A failure's log lines are printed when nix gives up."""
 
-    for ref in push_refs:
-        parse_reference(ref)  # exactly as the push will parse it
+    def __init__(self) -> None:
+        from rich.status import Status
+
+        self._status = Status("", console=stderr_console(), spinner="dots")
+        self._running = False
+        self._done = False
+
+    def start(self, installable: str) -> None:
+        self._status.update(f"nix build {installable}: evaluating")
+        self._status.start()
+        self._running = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._status.stop()
+            self._running = False
+        self._done = True
+
+    def building(self, drv_name: str) -> None:
+        if not self._done:
+            self._status.update(f"nix: building {drv_name}")
+
+    def log(self, drv_name: str, line: str) -> None:
+        if not self._done:
+            self._status.update(f"nix: building {drv_name}: {line[:100]}")
+
+    def failed(self, details: Sequence[str]) -> None:
+        self.stop()
+        con = stderr_console()
+        for line in details:
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_destinations(dest: object) -> None:
+    """What can be wrong with the local output, found before anything is built or written (push
+    references are checked by ``_push_location``)."""
     if isinstance(dest, LayoutLocation) and dest.path.exists() and not dest.path.is_dir():
         raise UsageError(f"-o oci:{dest.path}: {dest.path} exists and is not a directory")
     if isinstance(dest, ArchiveLocation) and dest.path is not None:
@@ -181,14 +217,36 @@ def _check_destinations(dest: object, push_refs: tuple[str, ...]) -> None:
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Parallel layer builds (default: number of cores).")
+@click.option(
+    "--from-cache", "from_cache", is_flag=False, flag_value="", default=None, metavar="URL[,URL…]",
+    help="Take store paths missing locally from these binary caches (file://, http://, https://); "
+    "alone: nix.conf's substituters.",
+)  # fmt: skip
+@click.option("--trusted-public-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
+              help="A key binary-cache signatures must verify against (repeatable; default: nix.conf's).")  # fmt: skip
+@click.option("--ignore-local-store", is_flag=True,
+              help="With --from-cache: take every path from the caches, even those in the local store.")  # fmt: skip
+@click.option("--no-verify", is_flag=True, help="Accept binary-cache paths without a valid trusted signature.")
+@click.option("--platform", "platform_", metavar="OS/ARCH", help="The image's platform, e.g. linux/amd64, linux/arm64.")
+@click.option("--no-platform-check", is_flag=True, help="Do not check the roots' executables against the platform.")
+@click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
+              help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
 @transport_options()
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
 def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
-    """Build ROOTS (store paths, ./result links, flake installables like .#app) into a layered image."""
+    """Build ROOTS (store paths, ./result links, flake installables like .#app; . means .#default) into a
+    layered image. From an installable, the image's created time is the flake's lastModified (commit time);
+    otherwise SOURCE_DATE_EPOCH, else 1970-01-01T00:00:01Z."""
     cfg = Path(config_path) if config_path else (Path("nixfly.toml") if Path("nixfly.toml").is_file() else None)
     base = load_spec(cfg) if cfg else ImageSpec()
-    spec = _merge_spec(base, roots, {**o, "format": o["format"]})
+    if o["platform_"]:
+        os_part, sep, arch_part = str(o["platform_"]).partition("/")
+        if not sep or not os_part or not arch_part:
+            raise UsageError(f"--platform {o['platform_']!r} must look like linux/amd64")
+        o["os"] = o["os"] or os_part
+        o["architecture"] = o["architecture"] or arch_part.split("/", 1)[0]
+    spec = _merge_spec(base, roots, {**o, "format": o["format"], "sbom": o.get("sbom")})
     if not spec.roots:
         raise UsageError("nothing to build: give store paths / ./result / .#installable, or roots in nixfly.toml")
     push_refs: tuple[str, ...] = o["push_refs"]
@@ -197,17 +255,29 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     dest = parse_location(output) if output else None
     if isinstance(dest, RegistryLocation):
         raise UsageError(f"-o {output}: use --push to send the image to a registry")
+    push_locations = [_push_location(r) for r in push_refs]  # every destination is checked before building
     if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
         raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
-    _check_destinations(dest, push_refs)
+    _check_destinations(dest)
     json_out: bool = o["json_out"]
     quiet: bool = o["quiet"]
+    caches = None
+    if o["from_cache"] is not None:
+        from nixfly.build.bincache import cache_options
+
+        urls = [u.strip() for u in str(o["from_cache"]).split(",") if u.strip()] or list(spec.substituters)
+        keys = list(o["trusted_keys"]) or list(spec.trusted_public_keys)
+        caches = cache_options(urls, keys, verify=not o["no_verify"], use_local=not o["ignore_local_store"])
+    elif o["ignore_local_store"]:
+        raise UsageError("--ignore-local-store needs --from-cache")
+    elif o["trusted_keys"]:
+        spec = dataclasses.replace(spec, trusted_public_keys=list(o["trusted_keys"]))
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     total: list[Any] = []
@@ -218,6 +288,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     def on_plan(specs: list[LayerSpec], w: list[int]) -> None:
         weights.extend(w)
         names.extend(_label(s) for s in specs)
+        if spinner is not None:
+            spinner.stop()  # nix is done; the layer bars take the terminal
         if progress is not None:
             progress.start()
             total.append(progress.add_task(f"[bold]{len(specs)} layers", total=sum(w)))
@@ -230,37 +302,90 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         if progress is not None and i in per_layer:
             progress.advance(per_layer[i], n)
 
+    fetch_task: list[Any] = []
+
+    def on_fetch_plan(total_bytes: int) -> None:
+        if progress is None or not total_bytes:
+            return
+        if not progress.live.is_started:
+            progress.start()
+        if fetch_task:
+            task = progress.tasks[progress.task_ids.index(fetch_task[0])]
+            progress.update(fetch_task[0], total=(task.total or 0) + total_bytes)
+        else:
+            fetch_task.append(progress.add_task("  downloading NARs", total=total_bytes))
+
+    def on_fetch_bytes(n: int) -> None:
+        if progress is not None and fetch_task:
+            progress.advance(fetch_task[0], n)
+
     def on_layer(i: int, b: BuiltLayer) -> None:
         if progress is not None and total:
             if i in per_layer:
                 progress.remove_task(per_layer.pop(i))
             progress.advance(total[0], weights[i])
 
+    spinner = _NixSpinner() if progress is not None else None
+    token = nix_reporter.set(spinner) if spinner is not None else None
     try:
+        if spinner is not None and any(is_installable(r) for r in spec.roots):
+            spinner.start(next(r for r in spec.roots if is_installable(r)))
         result = build_image(
             spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
             on_plan=on_plan, on_layer=on_layer,
             on_layer_start=on_start if progress is not None else None,
             on_layer_bytes=on_bytes if progress is not None else None,
+            caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
+            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
         )  # fmt: skip
     finally:
+        if spinner is not None:
+            spinner.stop()
+        if token is not None:
+            nix_reporter.reset(token)
         if progress is not None:
             progress.stop()
-    image = result.image
-    digest = image.manifest_digest()
     tag = spec.tag or "latest"
-    if isinstance(dest, LayoutLocation):
-        write_layout(image, dest)
-    elif isinstance(dest, ArchiveLocation):
-        name = dest.name or (f"{spec.name}:{tag}" if spec.name else None)
-        write_archive(image, ArchiveLocation(dest.path, name))
-    summary = _summary(result, str(dest) if dest else None, digest)
-    if push_refs:
-        from nixfly.cli.registry import _options
-        from nixfly.sinks.registry import push_image
+    sboms = None
+    if spec.sbom != "none":
+        from nixfly.build.cache import default_cache_dir
+        from nixfly.sbom.attach import SbomAttacher
 
-        pushed = push_image(image, list(push_refs), options=_options(o))
-        summary["pushed"] = {"digest": pushed.digest, "reference": pushed.reference}
+        cache_root = Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir()
+        sboms = SbomAttacher(result, spec.sbom, cache_root, spec.name)
+    sbom_notes: list[str] = []
+    destinations: list[Location] = []
+    if isinstance(dest, ArchiveLocation):
+        destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
+        if sboms is not None:
+            sbom_notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
+    elif dest is not None:
+        destinations.append(dest)
+    destinations.extend(push_locations)
+    from nixfly.cli.common import registry_options
+
+    options = registry_options(o)
+    if push_locations:
+        from nixfly.cli.registry import publish_with_progress
+
+        image, written = publish_with_progress(result.image, destinations, fmt=o["format"], options=options,
+                                               o={**o, "quiet": True})  # fmt: skip
+    else:
+        from nixfly.sinks import publish
+
+        image, written = publish(result.image, destinations, fmt=o["format"])
+    digest = image.manifest_digest()
+    if sboms is not None and isinstance(dest, LayoutLocation):
+        sboms.attach_layout(dest.path, image)
+    summary = _summary(result, str(dest) if dest else None, image)
+    if push_locations:
+        summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+        if sboms is not None:
+            sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
+    summary["sbom"] = sboms.summary() if sboms is not None else None
+    if not quiet and not json_out:
+        for note in sbom_notes:
+            click.echo(f"note: {note}", err=True)
     if json_out:
         emit_json(summary)
         return
@@ -274,7 +399,19 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         )
         if "pushed" in summary:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
+        if summary["sbom"]:
+            for a in summary["sbom"]["attached"]:
+                how = f"tag {a['tag']}" if a["tag"] else a["method"]
+                click.echo(f"attached {summary['sbom']['format']} SBOM {a['digest']} to {a['to']} ({how})", err=True)
     if not (isinstance(dest, ArchiveLocation) and dest.path is None):
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
         sys.stderr.write(digest + "\n")
+
+
+def _push_location(text: str) -> RegistryLocation:
+    loc = parse_location(text)
+    if not isinstance(loc, RegistryLocation):
+        raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
+    parse_reference(loc.reference)
+    return loc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +16,14 @@ from nixfly.errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from nixfly.registry.client import RegistryOptions
+
 
 def stderr_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: a line longer than the terminal (a pinned reference) is never split when piped.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def show_progress(json_out: bool, quiet: bool) -> bool:
@@ -82,6 +85,8 @@ def transport_options(prefix: str = "") -> Callable[[Any], Any]:
         click.option(f"--{p}cert-dir", f"{k}cert_dir", type=click.Path(file_okay=False, path_type=Path),
                      default=None, help="Directory with the registry's CA certificate(s) (*.crt)."),
     ]  # fmt: skip
+    if not prefix:  # the older spelling, kept working
+        opts.append(click.option("--no-tls-verify", "no_tls_verify", is_flag=True, hidden=True))
 
     def deco(f: Any) -> Any:
         for o in reversed(opts):
@@ -89,3 +94,41 @@ def transport_options(prefix: str = "") -> Callable[[Any], Any]:
         return f
 
     return deco
+
+
+def registry_options(o: Mapping[str, Any], prefix: str = "") -> RegistryOptions:
+    """Typed registry options from a command's parsed flags: ``--creds``/``--tls-verify``/``--cert-dir``
+    (with a ``src``/``dest`` prefix as in skopeo, falling back to the plain spelling), ``--timeout``,
+    ``--retries``, ``--parallel``."""
+    from nixfly.registry.auth import parse_creds
+    from nixfly.registry.client import RegistryOptions
+
+    k = f"{prefix}_" if prefix else ""
+    creds_text = o.get(f"{k}creds") or o.get("creds")
+    flag = f"--{prefix}-creds" if prefix and o.get(f"{k}creds") else "--creds"
+    creds = parse_creds(creds_text, flag) if creds_text else None
+    tls = o.get(f"{k}tls_verify")
+    if tls is None:
+        tls = False if o.get("no_tls_verify") else o.get("tls_verify")
+    cert_dir = o.get(f"{k}cert_dir") or o.get("cert_dir")
+    kw: dict[str, Any] = {}
+    if o.get("chunk_size"):
+        kw["chunk_size"] = kw["monolithic_max"] = int(o["chunk_size"])
+    if not o.get("quiet") and not o.get("json_out") and sys.stderr.isatty():
+        kw["on_retry"] = _show_retry
+    return RegistryOptions(
+        credentials=creds,
+        tls_verify=True if tls is None else bool(tls),
+        cert_dir=cert_dir,
+        timeout=float(o.get("timeout") or 60.0),
+        retries=int(o["retries"] if o.get("retries") is not None else 5),
+        parallel=int(o.get("parallel") or 4),
+        **kw,
+    )
+
+
+def _show_retry(line: str) -> None:
+    """A retry about to wait, on a terminal: people should see why nothing moves."""
+    from rich.markup import escape
+
+    stderr_console().print(f"[yellow]{escape(line)}[/yellow]", highlight=False)

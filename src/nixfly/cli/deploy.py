@@ -1,167 +1,183 @@
-"""``nixfly deploy`` and ``nixfly secrets set|list|unset``: the Fly Machines side of nixfly."""
+"""``nixfly deploy`` and ``nixfly secrets set|list|unset``: flags in, the deploy service, lines out.
+
+The deploy itself (image, guests, secrets, plan, strategies, release log) is :mod:`nixfly.fly.service`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import ConfigError, DeployError, UsageError
-from nixfly.fly.api import MachinesAPI, NotFound, resolve_api_url, resolve_token
-from nixfly.fly.deploy import (
-    STRATEGIES,
-    Deployer,
-    DeploySettings,
-    SecretsVersionStore,
-    default_state_dir,
-    desired_with_secrets,
-    plan_deploy,
-    require_digest_ref,
-)
+from nixfly.errors import NixflyError, UsageError
+from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
+from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
 
 _api_options = [
     click.option("--api-url", default=None, help="Machines API base URL (default $FLY_API_URL or Fly's)."),
-    click.option("--access-token", default=None, help="Fly API token (default $FLY_API_TOKEN or ~/.fly)."),
+    click.option("-t", "--access-token", default=None, help="Fly API token (default $FLY_API_TOKEN or ~/.fly)."),
 ]
+_app_option = click.option("-a", "--app", "app_name", default=None, help="App name (default: from fly.toml).")
+_config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=Path("fly.toml"), show_default=True,
+    help="The app's fly.toml.",
+)  # fmt: skip
 
 
-def _with_api_options(f: Any) -> Any:
+def with_api_options(f: Any) -> Any:
     for opt in reversed(_api_options):
         f = opt(f)
     return f
 
 
-@dataclass(frozen=True)
-class _Target:
-    app: str
-    api: MachinesAPI
-
-
-def _connect(app: str, api_url: str | None, access_token: str | None) -> _Target:
-    return _Target(app, MachinesAPI(resolve_token(access_token), resolve_api_url(api_url)))
-
-
-def _progress(line: str) -> None:
+def progress(line: str) -> None:
     click.echo(f"==> {line}", err=True)
 
 
-def _build_and_push(build_path: Path, repository: str, dry_run: bool) -> str:
+def app_from(app_name: str | None, config_path: Path) -> str:
+    """The app named by -a, else by the fly.toml at -c; UsageError without either."""
+    if app_name:
+        return app_name
+    if config_path.is_file():
+        from nixfly.fly.flytoml import load_fly_toml
+
+        return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app
+    raise UsageError("which app? pass -a/--app NAME or run next to a fly.toml (-c/--config PATH)")
+
+
+_SHARED_DEPLOY_OPTIONS = [
+    _config_option,
+    _app_option,
+    click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy."),
+    click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for each machine to be healthy."),
+    click.option("--dry-run", is_flag=True, help="Print the plan (every step, with diffs); change nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (or the JSON plan with --dry-run)."),
+    click.option("--allow-unknown-keys", is_flag=True, help="Warn about unknown fly.toml keys instead of failing."),
+    click.option("--rollback-on-interrupt", is_flag=True, help="On Ctrl-C, restore the machines already updated."),
+]
+
+
+def deploy_options(f: Any) -> Any:
+    """The options deploy and rollback share."""
+    for opt in reversed(_SHARED_DEPLOY_OPTIONS):
+        f = opt(f)
+    return with_api_options(f)
+
+
+def print_outcome(outcome: DeployOutcome, as_json: bool, dry_run: bool) -> None:
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"dry_run": True, **outcome.plan.to_json()}, indent=2))
+        else:
+            for line in outcome.plan.render():
+                click.echo(line)
+        return
+    if as_json:
+        click.echo(json.dumps(outcome.to_json(), indent=2))
+    elif outcome.result is None:
+        click.echo(f"no change: {outcome.app} already runs {outcome.image} ({len(outcome.plan.unchanged)} machines)")
+    else:
+        r = outcome.result
+        release = f" (release v{outcome.release.version})" if outcome.release else ""
+        click.echo(
+            f"deployed {r.image} to {outcome.app}{release}: {len(r.created)} created, {len(r.updated)} updated, "
+            f"{len(r.destroyed)} destroyed"
+        )
+
+
+def run_reporting_json(as_json: bool, app: str | None, work: Any) -> Any:
+    """Run ``work()``; with --json a failure also prints ``{"error": ...}`` on stdout before the usual line."""
+    try:
+        return work()
+    except NixflyError as e:
+        if as_json:
+            click.echo(json.dumps({"error": str(e), "app": app, "exit_code": e.exit_code}, indent=2))
+        raise
+    except KeyboardInterrupt:
+        if as_json:
+            click.echo(json.dumps({"error": "interrupted", "app": app, "exit_code": 130}, indent=2))
+        raise
+
+
+def build_and_push(build_path: Path, repository: str, dry_run: bool, progress: Callable[[str], None]) -> str:
     """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
 
     With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
     from nixfly.build.pipeline import build_image
     from nixfly.build.spec import load_spec
+    from nixfly.image.convert import with_format
     from nixfly.registry.reference import parse_reference
-    from nixfly.sinks.registry import default_format, push_image
+    from nixfly.sinks import format_for, publish
+    from nixfly.transports import RegistryLocation
 
     ref = parse_reference(repository)
     if ref.tag is not None or ref.digest is not None:
         raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
-    _progress(f"building {build_path}")
-    image = build_image(load_spec(build_path)).image
-    fmt = default_format([ref], image)
-    digest = image.manifest_digest(fmt)
+    progress(f"building {build_path}")
+    built = build_image(load_spec(build_path)).image
+    fmt = format_for([RegistryLocation(ref.name)], built)
+    digest = with_format(built, fmt).manifest_digest()
     if dry_run:
         return ref.pinned(digest)
     tag = f"{ref.name}:deployment-{digest.split(':', 1)[1][:12]}"
-    _progress(f"pushing {tag}")
-    return push_image(image, [tag], fmt=fmt).reference
+    progress(f"pushing {tag}")
+    _, written = publish(built, [RegistryLocation(tag)], fmt=fmt)
+    return written[0].reference
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("fly.toml"),
-              show_default=True, help="The fly.toml to deploy.")  # fmt: skip
-@click.option("--image", default=None, help="Digest-pinned image (NAME@sha256:...), e.g. from nixfly push.")
-@click.option("--build", "build_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Build this nixfly.toml and push it first (default: ./nixfly.toml when no image is given).")
-@click.option("--push-to", default=None, metavar="REPO",
-              help="Where --build pushes (default registry.fly.io/APP); tagged deployment-<digest>.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy.")
-@click.option("--app", "app_name", default=None, help="Override the app name from fly.toml.")
-@click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for each machine to be healthy.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (creates, updates with diffs, destroys); change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (or the JSON plan with --dry-run).")
-@_with_api_options
+@click.option(
+    "-i",
+    "--image",
+    default=None,
+    help="Image to deploy: NAME@sha256:... (from nixfly push), or a tag, resolved to its digest once.",
+)
+@click.option(
+    "--build",
+    "build_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Build this nixfly.toml and push it first (default: ./nixfly.toml when no image is given).",
+)
+@click.option(
+    "--push-to",
+    default=None,
+    metavar="REPO",
+    help="Where --build pushes (default registry.fly.io/APP); tagged deployment-<digest>.",
+)
+@click.option(
+    "--ha",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    help="First deploy of a service: two machines per group (--ha=false for one).",
+)
+@click.option("--create-app", is_flag=True, help="Create the app (POST /apps) if it does not exist.")
+@click.option("--org", default="personal", show_default=True, help="Organization for --create-app.")
+@deploy_options
 def deploy(
-    config_path: Path,
-    image: str | None,
-    build_path: Path | None,
-    push_to: str | None,
-    strategy: str | None,
-    app_name: str | None,
-    wait_timeout: float | None,
-    dry_run: bool,
-    as_json: bool,
-    api_url: str | None,
+    image: str | None, build_path: Path | None, push_to: str | None, ha: bool, create_app: bool, org: str,
+    config_path: Path, app_name: str | None, strategy: str | None, wait_timeout: float | None, dry_run: bool,
+    as_json: bool, allow_unknown_keys: bool, rollback_on_interrupt: bool, api_url: str | None,
     access_token: str | None,
-) -> None:
-    """Deploy a digest-pinned image to the app's Fly Machines with the fly.toml deploy strategy."""
-    from nixfly.fly.flytoml import load_fly_toml
-    from nixfly.fly.machineconfig import machine_config, mount_initial_size_gb, release_command_config
+) -> None:  # fmt: skip
+    """Deploy an image to the app's Fly Machines with the fly.toml deploy strategy."""
+    from nixfly.fly.service import deploy as deploy_service
 
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: no such file (pass --config PATH to your fly.toml)")
-    cfg = load_fly_toml(config_path)
-    app = app_name or cfg.app
-    if image is None and build_path is None:
-        image = cfg.build.image if cfg.build is not None else None
-        if image is None and Path("nixfly.toml").is_file():
-            build_path = Path("nixfly.toml")
-    if image is None and build_path is not None:
-        image = _build_and_push(build_path, push_to or f"registry.fly.io/{app}", dry_run)
-    if image is None:
-        raise UsageError("no image to deploy: pass --image NAME@sha256:... (from nixfly push) or --build nixfly.toml")
-    image = require_digest_ref(image)
-    state_dir = default_state_dir()
-    target = _connect(app, api_url, access_token)
-    with target.api as api:
-        try:
-            machines = api.list_machines(app)
-        except NotFound:
-            raise DeployError(
-                f"app {app} does not exist on Fly.io; create it first (flyctl apps create {app})"
-            ) from None
-        guests: dict[str, Any] = {}
-        for m in machines:
-            if isinstance(m.config.get("guest"), dict):
-                guests.setdefault(m.process_group, m.config["guest"])
-        desired = {g: machine_config(cfg, g, image, current_guest=guests.get(g)) for g in cfg.process_groups()}
-        secrets_version = SecretsVersionStore(state_dir, app).get()
-        deploy_cfg = cfg.deploy
-        argv = deploy_cfg.release_command_argv()
-        settings = DeploySettings(
-            app=app,
-            strategy=strategy or deploy_cfg.strategy,  # type: ignore[arg-type]
-            max_unavailable=deploy_cfg.max_unavailable,
-            wait_timeout=wait_timeout if wait_timeout is not None else deploy_cfg.wait_timeout,
-            release_command=tuple(argv) if argv else None,
-            region=cfg.primary_region or "ams",
-            min_secrets_version=secrets_version,
-            release_config=release_command_config(cfg, image),
-            volume_sizes=tuple((m.source, mount_initial_size_gb(m)) for m in cfg.mounts),
-        )
-        plan = plan_deploy(machines, desired_with_secrets(desired, secrets_version), settings)
-        if dry_run:
-            if as_json:
-                click.echo(json.dumps({"dry_run": True, **plan.to_json()}, indent=2))
-            else:
-                for line in plan.render():
-                    click.echo(line)
-            return
-        result = Deployer(api, plan, settings, state_dir=state_dir, progress=_progress).run()
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        click.echo(
-            f"deployed {result.image} to {app}: {len(result.created)} created, {len(result.updated)} updated, "
-            f"{len(result.destroyed)} destroyed"
-        )
+    req = DeployRequest(
+        config_path=config_path, image=image, build_path=build_path, push_to=push_to, strategy=strategy,
+        app=app_name, wait_timeout=wait_timeout, dry_run=dry_run, ha=ha, create_app=create_app, org=org,
+        allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
+        connection=Connection(api_url, access_token), publish=build_and_push,
+    )  # fmt: skip
+    outcome = run_reporting_json(as_json, app_name, lambda: deploy_service(req, progress=progress))
+    print_outcome(outcome, as_json, dry_run)
 
 
 @cli.group()
@@ -169,56 +185,51 @@ def secrets() -> None:
     """Manage the app's secrets (values are never printed)."""
 
 
-def _app_from(app_name: str | None, config_path: Path) -> str:
-    if app_name:
-        return app_name
-    if config_path.is_file():
-        from nixfly.fly.flytoml import load_fly_toml
-
-        return load_fly_toml(config_path).app
-    raise UsageError("which app? pass --app NAME or run next to a fly.toml (--config PATH)")
-
-
-_app_option = click.option("--app", "app_name", default=None, help="App name (default: from fly.toml).")
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=Path("fly.toml"), show_default=True
-)
-
-
 @secrets.command("set")
 @click.argument("assignments", nargs=-1)
 @_app_option
 @_config_option
-@_with_api_options
+@click.option("--stage", is_flag=True, help="Only store the secrets; the next deploy rolls the machines.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for each restarted machine.")  # fmt: skip
+@with_api_options
 def secrets_set(
-    assignments: tuple[str, ...], app_name: str | None, config_path: Path, api_url: str | None, access_token: str | None
-) -> None:
-    """Set secrets from NAME=VALUE arguments, or from NAME=VALUE lines on stdin (no arguments or "-")."""
+    assignments: tuple[str, ...], app_name: str | None, config_path: Path, stage: bool, wait_timeout: float,
+    api_url: str | None, access_token: str | None,
+) -> None:  # fmt: skip
+    """Set secrets from NAME=VALUE arguments, or from NAME=VALUE lines on stdin (no arguments or "-"), then
+    restart the machines onto them (one at a time, each leased) unless --stage."""
+    from nixfly.fly.service import roll_secrets
+    from nixfly.fly.state import default_state_dir
+
     args = [a for a in assignments if a != "-"]
     stdin_text = sys.stdin.read() if (not args or "-" in assignments) else None
     values = parse_assignments(args, stdin_text)
-    app = _app_from(app_name, config_path)
-    target = _connect(app, api_url, access_token)
-    with target.api as api:
+    app = app_from(app_name, config_path)
+    with Connection(api_url, access_token).open() as api:
         version = set_secrets(api, app, values, default_state_dir())
-    click.echo(
-        f"set {', '.join(sorted(values))} on {app} (secrets version {version}); "
-        "nixfly deploy rolls the machines onto it"
-    )
+        names = ", ".join(sorted(values))
+        if stage:
+            click.echo(f"set {names} on {app} (secrets version {version}); nixfly deploy rolls the machines onto it")
+            return
+        result = roll_secrets(api, app, version, wait_timeout=wait_timeout, progress=progress)
+    rolled = len(result.updated) if result else 0
+    click.echo(f"set {names} on {app} (secrets version {version}); restarted {rolled} machine(s) onto it")
 
 
 @secrets.command("unset")
 @click.argument("names", nargs=-1, required=True)
 @_app_option
 @_config_option
-@_with_api_options
+@with_api_options
 def secrets_unset(
     names: tuple[str, ...], app_name: str | None, config_path: Path, api_url: str | None, access_token: str | None
 ) -> None:
     """Remove the named secrets."""
-    app = _app_from(app_name, config_path)
-    target = _connect(app, api_url, access_token)
-    with target.api as api:
+    from nixfly.fly.state import default_state_dir
+
+    app = app_from(app_name, config_path)
+    with Connection(api_url, access_token).open() as api:
         version = unset_secrets(api, app, names, default_state_dir())
     click.echo(f"unset {', '.join(names)} on {app} (secrets version {version})")
 
@@ -227,14 +238,13 @@ def secrets_unset(
 @_app_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, digest, updated_at}.")
-@_with_api_options
+@with_api_options
 def secrets_list(
     app_name: str | None, config_path: Path, as_json: bool, api_url: str | None, access_token: str | None
 ) -> None:
     """List secret names and digests (never values)."""
-    app = _app_from(app_name, config_path)
-    target = _connect(app, api_url, access_token)
-    with target.api as api:
+    app = app_from(app_name, config_path)
+    with Connection(api_url, access_token).open() as api:
         items = list_secrets(api, app)
     if as_json:
         click.echo(json.dumps([{"name": s.name, "digest": s.digest, "updated_at": s.updated_at} for s in items]))

@@ -49,8 +49,13 @@ def _image_config(location_text: str) -> tuple[dict[str, Any], str | None]:
     help="File to write.",
 )
 @click.option("--force", is_flag=True, help="Update an existing file (its comments and layout are kept).")
-def init_command(image: str | None, app: str | None, region: str | None, output: Path, force: bool) -> None:
-    """Write a starter fly.toml: the app, an http_service on the image's exposed port and a health check."""
+@click.option("--check-path", metavar="PATH", default=None,
+              help="HTTP health-check path, e.g. /healthz (default: no check rather than a guessed /).")  # fmt: skip
+def init_command(
+    image: str | None, app: str | None, region: str | None, output: Path, force: bool, check_path: str | None
+) -> None:
+    """Write a starter fly.toml: the app, an http_service on the image's exposed port and, with
+    --check-path, a health check."""
     existing: str | None = None
     if output.exists():
         if not force:
@@ -60,7 +65,7 @@ def init_command(image: str | None, app: str | None, region: str | None, output:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{output}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     config, ref = _image_config(image) if image else ({}, None)
-    text = starter_fly_toml(app, config, existing, region=region, image_ref=ref)
+    text = starter_fly_toml(app, config, existing, region=region, image_ref=ref, check_path=check_path)
     try:
         write_atomic(output, text)
     except OSError as e:

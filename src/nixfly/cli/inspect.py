@@ -3,9 +3,11 @@ each with the chain of references that pulls it in."""
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -13,11 +15,25 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console
+from nixfly.cli.common import emit_json, human_size, registry_options, show_progress, stderr_console, transport_options
 from nixfly.errors import UsageError
-from nixfly.inspect import InspectReport, inspect_image, store_name
+from nixfly.image import Image
+from nixfly.inspect import (
+    FileEntry,
+    InspectReport,
+    ReferrerReport,
+    WhyReport,
+    inspect_image,
+    list_files,
+    store_name,
+    suggest,
+    why,
+)
 from nixfly.sources import open_image
-from nixfly.transports import Location, RegistryLocation, parse_location
+from nixfly.transports import LayoutLocation, Location, RegistryLocation, parse_location
+
+if TYPE_CHECKING:
+    from nixfly.registry.client import RegistryOptions
 
 _SHOWN_PATHS = 3  # store paths listed per layer row; the rest are counted
 
@@ -29,12 +45,22 @@ def _location(text: str) -> Location:
     return parse_location(text, bare_paths=True)
 
 
-def _registry_options(creds: str | None, tls_verify: bool, cert_dir: Path | None) -> dict[str, Any]:
-    from nixfly.registry.auth import parse_creds
-    from nixfly.registry.client import RegistryOptions
+def _referrers(loc: Location, digest: str, options: RegistryOptions | None) -> tuple[ReferrerReport, ...] | None:
+    """The image's OCI referrers (SBOMs, signatures); None where the location has no place for them."""
+    from nixfly.sinks import referrers
 
-    credentials = parse_creds(creds, "--creds") if creds else None
-    return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify, cert_dir=cert_dir)}
+    if isinstance(loc, LayoutLocation):
+        found = referrers.list_layout_referrers(loc.path, digest)
+    elif isinstance(loc, RegistryLocation):
+        from nixfly.registry.client import RegistryClient
+        from nixfly.registry.reference import parse_reference
+
+        r = parse_reference(loc.reference)
+        with RegistryClient(r.registry, options) as client:
+            found = referrers.list_registry_referrers(client, r.repository, digest)
+    else:
+        return None
+    return tuple(ReferrerReport(x.artifact_type, x.digest, x.size) for x in sorted(found, key=lambda x: x.digest))
 
 
 def _names(paths: tuple[str, ...], limit: int) -> str:
@@ -72,6 +98,8 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
     for k, v in facts:
         con.print(f"{k:<{width}}  {v}", markup=False, highlight=False)
 
+    if r.processes is not None:
+        _print_processes(r.processes, con)
     table = Table(title=None, show_edge=False, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("size", justify="right")
@@ -94,6 +122,12 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
         table.add_row(*row)
     con.print()
     con.print(table)
+    if r.referrers:
+        con.print()
+        con.print(f"referrers ({len(r.referrers)}):", highlight=False)
+        for ref in r.referrers:
+            con.print(f"  {ref.artifact_type or '—'}  {ref.digest}  {human_size(ref.size)}", markup=False,
+                      highlight=False)  # fmt: skip
     if not r.scanned:
         return
     con.print()
@@ -107,10 +141,104 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
     for p in r.largest:
         chain = " → ".join(store_name(c) for c in p.chain)
         con.print(f"  {human_size(p.size):>{size_w}}  {p.name:<{name_w}}  {chain}", markup=False, highlight=False)
+    _print_suggestions(suggest(r), con)
+
+
+def _print_suggestions(tips: tuple[str, ...], con: Console) -> None:
+    if tips:
+        con.print()
+        con.print("suggestions:", highlight=False)
+        for t in tips:
+            con.print(f"  - {t}", markup=False, highlight=False)
+
+
+def _owner(e: FileEntry) -> str:
+    names = f" ({e.uname or e.uid}:{e.gname or e.gid})" if e.uname or e.gname else ""
+    return f"{e.uid}:{e.gid}{names}"
+
+
+def _print_files(entries: list[FileEntry], out: Console) -> None:
+    """One line per entry, like ``ls -l``: mode, uid:gid, size, layer (1-based), path [-> target]."""
+    owners = [_owner(e) for e in entries]
+    ow = max((len(o) for o in owners), default=0)
+    sw = max((len(str(e.size)) for e in entries), default=0)
+    for e, o in zip(entries, owners, strict=True):
+        link = f" -> {e.target}" if e.type == "symlink" else (f" link to {e.target}" if e.type == "hardlink" else "")
+        out.print(f"{e.mode_string}  {o:<{ow}}  {e.size:>{sw}}  L{e.layer + 1:<3} {e.path}{link}",
+                  markup=False, highlight=False)  # fmt: skip
+
+
+def _print_why(r: WhyReport, out: Console) -> None:
+    out.print(f"{r.store_path} ({human_size(r.size)})", markup=False, highlight=False)
+    out.print("  pulled in by: " + " → ".join(store_name(c) for c in r.chain), markup=False, highlight=False)
+    if not r.referrers:
+        out.print("  no file in the image refers to it (it is a top-level path)", highlight=False)
+        return
+    out.print(f"  referred to by {len(r.referrers)} files:", highlight=False)
+    for e in r.referrers:
+        link = f" -> {e.target}" if e.type == "symlink" else ""
+        out.print(f"    L{e.layer + 1:<3} {e.path}{link}", markup=False, highlight=False)
+
+
+def _files_or_why(
+    loc: Location, image: Image, files: bool, layer: int | None, path: str | None, why_path: str | None,
+    json_out: bool,
+) -> None:  # fmt: skip
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100000)
+    if why_path is not None:
+        report = why(image, why_path)
+        if json_out:
+            emit_json({"location": str(loc), **report.to_json()})
+        else:
+            _print_why(report, out)
+        return
+    entries = list_files(image, layer=None if layer is None else layer - 1, path=path)
+    if json_out:
+        emit_json({"location": str(loc), "layer": layer, "path": path, "files": [e.to_json() for e in entries]})
+    else:
+        _print_files(entries, out)
+
+
+def _print_processes(d: dict[str, Any], con: Console) -> None:
+    """The declared processes, users and boot steps the supervisor label records."""
+
+    def say(text: str) -> None:
+        con.print(text, markup=False, highlight=False)
+
+    say("")
+    say(f"processes (supervisor: {d.get('supervisor') or 'none, boot stage only'}):")
+    for p in d.get("processes", []):
+        if not isinstance(p, dict):
+            continue
+        kind = "oneshot" if p.get("oneshot") else f"restart {p.get('restart')}"
+        deps = ", ".join(f"{k} {v}" for k, v in (p.get("depends_on") or {}).items())
+        ready = p.get("readiness")
+        extra = f"; after {deps}" if deps else ""
+        if isinstance(ready, dict):
+            extra += f"; ready: {ready.get('kind')}" + (f" :{ready['port']}" if ready.get("port") else "")
+        cmd = shlex.join(str(w) for w in p.get("command", []))
+        say(f"  {p.get('name')}  as {p.get('user')} ({p.get('uid')}:{p.get('gid')}), {kind}{extra}: {cmd}")
+    users = [u for u in d.get("users", []) if isinstance(u, dict)]
+    if users:
+        say("users: " + ", ".join(f"{u.get('name')} ({u.get('uid')}:{u.get('gid')})" for u in users))
+    steps = [b for b in d.get("boot", []) if isinstance(b, dict)]
+    if steps:
+        say("boot steps, in order:")
+    for b in steps:
+        if b.get("step") == "dir":
+            say(f"  dir {b.get('path')}  owner {b.get('uid')}:{b.get('gid')}, mode {b.get('mode')}")
+        else:
+            say(f"  oneshot {b.get('name')}")
 
 
 @cli.command()
 @click.argument("location")
+@click.argument("path", required=False)
+@click.option("--files", is_flag=True, help="List the file tree (modes, owners, sizes, layer of each entry).")
+@click.option("--layer", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --files: only layer N's own entries (1 = bottom).")  # fmt: skip
+@click.option("--why", "why_path", metavar="STORE_PATH", default=None,
+              help="Why STORE_PATH is in the image: its reference chain and the files that refer to it.")  # fmt: skip
 @click.option("--json", "json_out", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option(
     "--top",
@@ -120,35 +248,33 @@ def _print_human(where: str, r: InspectReport, con: Console) -> None:
     help="How many of the largest store paths to list.",
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
-@click.option("--creds", metavar="USER:PASS", default=None, help="Registry credentials (never printed).")
-@click.option(
-    "--tls-verify/--no-tls-verify",
-    default=True,
-    show_default=True,
-    help="Verify the registry's TLS certificate (--no-tls-verify also allows plain HTTP).",
-)
-@click.option(
-    "--cert-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Directory with the registry's CA certificate(s) (*.crt).",
-)
+@transport_options()
 def inspect(
-    location: str, json_out: bool, top: int, no_scan: bool, creds: str | None, tls_verify: bool,
-    cert_dir: Path | None,
+    location: str, path: str | None, files: bool, layer: int | None, why_path: str | None,
+    json_out: bool, top: int, no_scan: bool, **o: Any,
 ) -> None:  # fmt: skip
     """Show what the image at LOCATION is made of: oci:DIR[:TAG], docker-archive:FILE, docker://REF,
     or a bare layout directory / archive file.
 
     Lists each layer with its sizes and store paths, then the largest store paths with the chain of
-    references (recovered by scanning the files, as Nix does) that pulls each one into the image."""
+    references (recovered by scanning the files, as Nix does) that pulls each one into the image, and
+    advice where it is obvious (headers, docs, static libraries, a compiler).
+
+    --files [--layer N] [PATH] lists the file tree instead; --why STORE_PATH says what pulls a path in."""
+    if (path is not None or layer is not None) and not files:
+        raise UsageError("PATH and --layer go with --files (as in nixfly inspect --files IMAGE /etc)")
+    if files and why_path is not None:
+        raise UsageError("--files and --why are separate views; give one")
     loc = _location(location)
-    opts = _registry_options(creds, tls_verify, cert_dir) if isinstance(loc, RegistryLocation) else {}
-    image = open_image(loc, **opts)
+    options = registry_options(o) if isinstance(loc, RegistryLocation) else None
+    image = open_image(loc, options)
+    if files or why_path is not None:
+        _files_or_why(loc, image, files, layer, path, why_path, json_out)
+        return
     progress = None
     if not no_scan and show_progress(json_out, False):
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
     on_bytes = None
@@ -164,8 +290,9 @@ def inspect(
     finally:
         if progress is not None:
             progress.stop()
+    report = dataclasses.replace(report, referrers=_referrers(loc, report.digest, options))
     if json_out:
-        emit_json({"location": str(loc), **report.to_json()})
+        emit_json({"location": str(loc), **report.to_json(), "suggestions": list(suggest(report))})
         return
     out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     _print_human(str(loc), report, out)

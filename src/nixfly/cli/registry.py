@@ -6,8 +6,12 @@ REF means ``docker://``). Pushes print the digest-pinned ``name@sha256:…`` ref
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,57 +27,52 @@ from rich.progress import (
 )
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import emit_json, human_size, show_progress, stderr_console, transport_options
-from nixfly.errors import ImageError, UsageError
+from nixfly.cli.common import (
+    emit_json,
+    human_size,
+    registry_options,
+    show_progress,
+    stderr_console,
+    transport_options,
+)
+from nixfly.errors import NixflyError, UsageError
 from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
-from nixfly.registry.auth import Credentials, parse_creds
 from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
-from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult, push_image
-from nixfly.sources.registry import image_from_manifest, open_remote_image, resolve_manifest
+from nixfly.sinks import Written, publish
+from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
+from nixfly.sources import open_image
+from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
-def _common_options(f: Any) -> Any:
-    for o in reversed(
-        [
+def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
+    """--retries/--timeout (and, for commands that move blobs, --parallel), --json, -q."""
+    opts = [
+        click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
+                     help="Retries per request on connection errors, 429 and 5xx."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Seconds a connection may make no progress before it is retried."),
+        click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
+    ]  # fmt: skip
+    if transfers:
+        opts += [
             click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True,
                          help="Blob transfers at once."),
-            click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
-                         help="Retries per request on connection errors, 429 and 5xx."),
-            click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
-                         help="Seconds a connection may make no progress before it is retried."),
             click.option("--chunk-size", type=click.IntRange(min=1024), default=None, hidden=True),
-            click.option("--json", "json_out", is_flag=True, help="Print a JSON result on stdout."),
-            click.option("-q", "--quiet", is_flag=True, help="Print only the result (no progress)."),
-        ]
-    ):  # fmt: skip
-        f = o(f)
-    return f
+        ]  # fmt: skip
+
+    def deco(f: Any) -> Any:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return deco
 
 
-def _options(o: dict[str, Any], prefix: str = "") -> RegistryOptions:
-    k = f"{prefix}_" if prefix else ""
-    creds_text = o.get(f"{k}creds") or o.get("creds")
-    flag = f"--{prefix}-creds" if prefix and o.get(f"{k}creds") else "--creds"
-    creds: Credentials | None = parse_creds(creds_text, flag) if creds_text else None
-    tls = o.get(f"{k}tls_verify")
-    if tls is None:
-        tls = o.get("tls_verify")
-    cert_dir = o.get(f"{k}cert_dir") or o.get("cert_dir")
-    kw: dict[str, Any] = {}
-    if o.get("chunk_size"):
-        kw["chunk_size"] = kw["monolithic_max"] = int(o["chunk_size"])
-    return RegistryOptions(
-        credentials=creds,
-        tls_verify=True if tls is None else bool(tls),
-        cert_dir=cert_dir,
-        timeout=float(o.get("timeout") or 60.0),
-        retries=int(o["retries"] if o.get("retries") is not None else 5),
-        parallel=int(o.get("parallel") or 4),
-        **kw,
-    )
+_common_options = _network_options()
 
 
 class _RichPushProgress(PushProgress):
@@ -94,6 +93,11 @@ class _RichPushProgress(PushProgress):
             if digest in self.tasks:
                 self.progress.update(self.tasks[digest], completed=completed)
 
+    def blob_note(self, digest: str, text: str) -> None:
+        with self.lock:
+            if digest in self.tasks:
+                self.progress.update(self.tasks[digest], description=f"{digest[7:19]} {text}")
+
     def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
         with self.lock:
             if digest in self.tasks:
@@ -104,26 +108,29 @@ class _RichPushProgress(PushProgress):
 
 def _progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
         TimeRemainingColumn(), console=stderr_console(), transient=True,
     )  # fmt: skip
 
 
-def _push_with_progress(
+def publish_with_progress(
     image: Image,
-    refs: list[str],
+    destinations: list[Location],
     *,
     fmt: ManifestFormat | None,
     options: RegistryOptions,
-    mount_from: list[str],
+    mount_from: list[str] | None = None,
     o: dict[str, Any],
-) -> PushResult:
-    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+) -> tuple[Image, list[Written]]:
+    """``nixfly.sinks.publish`` with upload bars on a terminal (pushes) — the one publish path of the CLI."""
+    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and any(
+        isinstance(d, RegistryLocation) for d in destinations
+    ):
         bar = _progress_bar()
         with bar:
-            return push_image(image, refs, fmt=fmt, options=options, mount_from=mount_from,
-                              progress=_RichPushProgress(bar))  # fmt: skip
-    return push_image(image, refs, fmt=fmt, options=options, mount_from=mount_from)
+            return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (),
+                           progress=_RichPushProgress(bar))  # fmt: skip
+    return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or ())
 
 
 def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") -> None:
@@ -139,23 +146,27 @@ def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") ->
     click.echo(result.reference)
 
 
-def _open_source(loc: Location, options: RegistryOptions, platform: str | None = None) -> Image:
-    if isinstance(loc, RegistryLocation):
-        return open_remote_image(loc.reference, options, platform=platform)
-    from nixfly.sources import open_image
+def _read_archive_with_progress(loc: ArchiveLocation) -> Image:
+    """Read a docker-archive (file, stdin, stream script) with a bar of the bytes read so far."""
+    from nixfly.sources.archive import read_archive
 
-    return open_image(loc)
+    total: int | None = None
+    if loc.path is not None and not loc.run and loc.path.is_file():
+        total = loc.path.stat().st_size
+    with _progress_bar() as bar:
+        task = bar.add_task("reading archive", total=total)
+        return read_archive(loc, on_bytes=lambda n: bar.advance(task, n))
 
 
-def _dest_refs(dests: tuple[str, ...]) -> list[str]:
-    refs = []
+def _dest_locations(dests: tuple[str, ...]) -> list[Location]:
+    locs: list[Location] = []
     for d in dests:
         loc = parse_location(d)
         if not isinstance(loc, RegistryLocation):
             raise UsageError(f"{d}: push sends images to registries; use nixfly copy to write {loc}")
         parse_reference(loc.reference)  # fail early on a malformed reference
-        refs.append(loc.reference)
-    return refs
+        locs.append(loc)
+    return locs
 
 
 @cli.command()
@@ -172,11 +183,15 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
          **o: Any) -> None:  # fmt: skip
     """Push SOURCE (an OCI layout, a docker-archive or a nixfly.toml to build) to DESTINATIONS.
 
+    A docker-archive may be gzip/zstd-compressed (dockerTools.buildLayeredImage), come on stdin (-), or be
+    written by a streamLayeredImage script (nixfly push ./result REF runs it). Its uncompressed layers are
+    compressed as nixfly build would, so the digest matches the same image pushed from a layout.
+
     Only blobs the registry lacks are uploaded; the manifest goes last, under every tag given. Prints the
     digest-pinned reference (name@sha256:…) that nixfly deploy takes.
     """
-    refs = _dest_refs(destinations)
-    options = _options(o, "dest")  # --dest-* (skopeo's spelling) or the plain --creds/--tls-verify/--cert-dir
+    dests = _dest_locations(destinations)
+    options = registry_options(o, "dest")  # --dest-* (skopeo's spelling) or the plain --creds/--tls-verify/--cert-dir
     src_path = Path(source)
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         if not src_path.is_file():
@@ -187,11 +202,13 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         image = build_image(load_spec(src_path)).image
     else:
         loc = parse_location(source, bare_paths=True)
-        if isinstance(loc, ArchiveLocation) and loc.path is None:
-            raise UsageError("push cannot read an image from stdin; give a file")
-        image = _open_source(loc, options)
-    result = _push_with_progress(image, refs, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
-    _report_push(result, o)
+        if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+            image = _read_archive_with_progress(loc)
+        else:
+            image = open_image(loc, options)
+    _, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
+    assert written[-1].push is not None
+    _report_push(written[-1].push, o)
 
 
 @cli.command()
@@ -209,10 +226,10 @@ def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
     src = parse_location(source)
     if not isinstance(src, RegistryLocation):
         raise UsageError(f"{source}: pull reads from a registry (docker://REF); use nixfly copy for {src}")
-    dest = parse_location(destination, bare_paths=False)
-    options = _options(o)
-    image = open_remote_image(src.reference, options, platform=platform)
-    digest = _write_local(image, dest, options, o, src.reference)
+    dest = _local_destination(parse_location(destination, bare_paths=False))
+    options = registry_options(o)
+    image = open_image(src, options, platform=platform)
+    digest = _write_local(image, dest, o)
     ref = parse_reference(src.reference)
     if o.get("json_out"):
         emit_json({"digest": digest, "reference": ref.pinned(digest), "destination": str(dest)})
@@ -222,24 +239,23 @@ def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
     click.echo(ref.pinned(digest))
 
 
-def _write_local(image: Image, dest: Location, options: RegistryOptions, o: dict[str, Any], name: str) -> str:
+def _local_destination(dest: Location) -> Location:
+    if isinstance(dest, ArchiveLocation) and dest.path is None:
+        raise UsageError("writing an archive to stdout is not supported here; give a file")
+    if isinstance(dest, RegistryLocation):
+        raise UsageError(f"{dest}: expected oci:DIR[:TAG] or docker-archive:FILE")
+    return dest
+
+
+def _write_local(image: Image, dest: Location, o: dict[str, Any], fmt: ManifestFormat | None = None) -> str:
     """Write a (possibly remote, lazily streamed) image to a layout or archive; returns its digest."""
-    if isinstance(dest, LayoutLocation):
-        from nixfly.sinks.layout import write_layout
-
-        if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
-            with _progress_bar() as bar:
-                task = bar.add_task("downloading", total=sum(lyr.size for lyr in image.layers))
-                return write_layout(_counting(image, (bar, task)), dest)
-        return write_layout(image, dest)
-    if isinstance(dest, ArchiveLocation):
-        from nixfly.sinks.archive import write_archive
-
-        if dest.path is None:
-            raise UsageError("writing an archive to stdout is not supported here; give a file")
-        write_archive(image, dest)
-        return image.manifest_digest()
-    raise UsageError(f"{dest}: expected oci:DIR[:TAG] or docker-archive:FILE")
+    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and isinstance(dest, LayoutLocation):
+        with _progress_bar() as bar:
+            task = bar.add_task("downloading", total=sum(lyr.size for lyr in image.layers))
+            _, written = publish(_counting(image, (bar, task)), [dest], fmt=fmt)
+            return written[0].digest
+    _, written = publish(image, [dest], fmt=fmt)
+    return written[0].digest
 
 
 def _counting(image: Image, hook: tuple[Progress, TaskID]) -> Image:
@@ -247,8 +263,7 @@ def _counting(image: Image, hook: tuple[Progress, TaskID]) -> Image:
     from nixfly.registry.progress_io import ProgressLayer
 
     bar, task = hook
-    layers = tuple(ProgressLayer(lyr, lambda n: bar.advance(task, n)) for lyr in image.layers)
-    return Image(image.config_bytes, layers, image.format, image.annotations, image.raw_manifest)
+    return image.with_layers(tuple(ProgressLayer(lyr, lambda n: bar.advance(task, n)) for lyr in image.layers))
 
 
 @cli.command()
@@ -269,21 +284,14 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
     """
     src = parse_location(source, bare_paths=True)
     dest = parse_location(destination)
-    src_opts, dest_opts = _options(o, "src"), _options(o, "dest")
-    image = _open_source(src, src_opts, platform)
+    src_opts, dest_opts = registry_options(o, "src"), registry_options(o, "dest")
+    image = open_image(src, src_opts, platform=platform)
     if isinstance(dest, RegistryLocation):
-        dref = parse_reference(dest.reference)
-        mount: list[str] = []
-        if isinstance(src, RegistryLocation):
-            sref = parse_reference(src.reference)
-            if sref.registry == dref.registry and sref.repository != dref.repository:
-                mount = [sref.repository]
-        result = _push_with_progress(image, [dest.reference], fmt=fmt, options=dest_opts, mount_from=mount, o=o)
-        _report_push(result, o, "copied to")
+        _, written = publish_with_progress(image, [dest], fmt=fmt, options=dest_opts, o=o)
+        assert written[0].push is not None
+        _report_push(written[0].push, o, "copied to")
         return
-    if fmt is not None:
-        image = image.with_format(fmt)
-    digest = _write_local(image, dest, src_opts, o, source)
+    digest = _write_local(image, _local_destination(dest), o, fmt)
     if o.get("json_out"):
         emit_json({"digest": digest, "reference": f"{dest}@{digest}", "destination": str(dest)})
         return
@@ -295,26 +303,31 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
 @cli.command()
 @click.argument("repository")
 @transport_options()
-@_common_options
+@_network_options(transfers=False)
 def tags(repository: str, **o: Any) -> None:
-    """List the releases in REPOSITORY: each tag with its digest and created time, newest first."""
+    """List the releases in REPOSITORY: each tag with its digest and created time, newest first
+    (with -q, only the tag names)."""
     loc = parse_location(repository)
     if not isinstance(loc, RegistryLocation):
         raise UsageError(f"{repository}: tags lists a registry repository, as in registry.fly.io/app")
     ref = parse_repository(loc.reference)
-    options = _options(o)
+    options = registry_options(o)
     with RegistryClient(ref.registry, options) as client:
         releases = list_releases(client, ref)
     if o.get("json_out"):
         emit_json({"repository": ref.name, "tags": releases})
         return
     for r in releases:
-        click.echo(f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
+        click.echo(r["tag"] if o.get("quiet") else f"{r['tag']}\t{r['digest']}\t{r['created'] or '-'}")
+
+
+_REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 
 def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
-    """Every tag of ``repo`` with its manifest digest and image creation time, newest first."""
-    names = client.list_tags(repo.repository)
+    """Every tag of ``repo`` with its manifest digest and image creation time, newest first. The OCI
+    referrers fallback tags (``sha256-<hex>``, where SBOMs hang) are not releases and are left out."""
+    names = [t for t in client.list_tags(repo.repository) if not _REFERRERS_TAG.fullmatch(t)]
 
     def one(tag: str) -> dict[str, Any]:
         r = repo.with_tag(tag)
@@ -324,13 +337,29 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
             m = resolve_manifest(client, r) if top.media_type in INDEX_TYPES else top
             cfg = image_from_manifest(client, r, m).config
             created = str(cfg["created"]) if cfg.get("created") else None
-        except (ImageError, UsageError):
+        except NixflyError:
             created = None  # an index without our platform, or a foreign artefact: still list the tag
-        return {"tag": tag, "digest": top.digest, "mediaType": top.media_type, "created": created,
+        return {"tag": tag, "digest": top.digest, "media_type": top.media_type, "created": created,
                 "reference": r.pinned(top.digest)}  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, client.options.parallel * 2))) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         releases = list(pool.map(one, names))
-    # Newest first; equal or unknown times fall back to the tag name, descending, for a stable order.
-    releases.sort(key=lambda r: (r["created"] or "", r["tag"]), reverse=True)
+    # Newest first by the config's created time; equal times by version-aware tag order (v1.10 after
+    # v1.9), highest first; tags without a readable time come last.
+    releases.sort(key=_release_order, reverse=True)
     return releases
+
+
+def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key comparing the digit runs of a tag as numbers: v1.9 < v1.10 < v2."""
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in re.findall(r"\d+|\D+", tag))
+
+
+def _release_order(r: dict[str, Any]) -> tuple[bool, float, tuple[tuple[int, int | str], ...]]:
+    when: datetime | None = None
+    if r.get("created"):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(str(r["created"]))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+    return (when is not None, when.timestamp() if when else 0.0, version_key(str(r["tag"])))

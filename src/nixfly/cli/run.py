@@ -8,21 +8,13 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
+from nixfly.cli.common import registry_options, transport_options
 from nixfly.errors import UsageError
 from nixfly.run.process import parse_volume
 from nixfly.run.runner import RunOptions, run_image
 from nixfly.run.runtimes import RUNTIMES
 from nixfly.sources import open_image
 from nixfly.transports import RegistryLocation, parse_location
-
-
-def _registry_options(tls_verify: bool, creds: str | None) -> dict[str, Any]:
-    # Imported here: the registry client is only needed (and only loaded) for registry references.
-    from nixfly.registry.auth import parse_creds
-    from nixfly.registry.client import RegistryOptions
-
-    credentials = parse_creds(creds) if creds else None
-    return {"options": RegistryOptions(credentials=credentials, tls_verify=tls_verify)}
 
 
 # Options may follow the image (people write them there); everything after "--" is the container's command.
@@ -41,8 +33,7 @@ def _registry_options(tls_verify: bool, creds: str | None) -> dict[str, Any]:
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
 @click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="User (name or uid) to run as.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="nixfly cache (unpacked rootfs).")
-@click.option("--tls-verify/--no-tls-verify", default=True, help="Verify registry TLS certificates.")
-@click.option("--creds", default=None, metavar="USER:PASS", help="Registry credentials for a registry reference.")
+@transport_options()
 def run_cmd(
     image: str,
     command: tuple[str, ...],
@@ -52,8 +43,7 @@ def run_cmd(
     workdir: str | None,
     user: str | None,
     cache_dir: Path | None,
-    tls_verify: bool,
-    creds: str | None,
+    **o: Any,
 ) -> int:
     """Run IMAGE (an OCI layout dir, a docker-archive file or a registry reference) without Docker.
 
@@ -63,10 +53,9 @@ def run_cmd(
     if command[:1] == ("--",):
         command = command[1:]
     loc = parse_location(image, bare_paths=True)
-    if creds and not isinstance(loc, RegistryLocation):
+    if o.get("creds") and not isinstance(loc, RegistryLocation):
         raise UsageError("--creds only applies to registry references")
-    reg = _registry_options(tls_verify, creds) if isinstance(loc, RegistryLocation) else {}
-    img = open_image(loc, **reg)
+    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
     opts = RunOptions(
         runtime=runtime,
         command=command,

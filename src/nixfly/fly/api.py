@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
-import yaml
 
 from nixfly.errors import ConfigError, DeployError
+from nixfly.flytoken import find_fly_token
 
 DEFAULT_API_URL = "https://api.machines.dev/v1"
 API_URL_ENV = "FLY_API_URL"
+FLYCTL_API_URL_ENV = "FLY_API_BASE_URL"
+_VERSIONED = re.compile(r"/v\d+$")
 TOKEN_ENV = "FLY_API_TOKEN"
 LEASE_NONCE_HEADER = "fly-machine-lease-nonce"
 # Macaroon tokens are sent with the FlyV1 scheme; everything else is a plain Bearer token.
@@ -96,26 +99,23 @@ def resolve_token(flag: str | None, *, env: Mapping[str, str] | None = None, hom
     env = os.environ if env is None else env
     if flag:
         return AccessToken(flag)
-    if env.get(TOKEN_ENV, "").strip():
-        return AccessToken(env[TOKEN_ENV])
-    cfg = (home if home is not None else Path.home()) / ".fly" / "config.yml"
-    if cfg.is_file():
-        try:
-            data = yaml.safe_load(cfg.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{cfg}: cannot read ({type(e).__name__})") from None
-        if isinstance(data, dict) and isinstance(data.get("access_token"), str) and data["access_token"]:
-            return AccessToken(data["access_token"])
+    found = find_fly_token(env, home if home is not None else Path.home())
+    if found is not None:
+        return AccessToken(found.value)
     raise ConfigError(f"no Fly API token: pass --access-token, set {TOKEN_ENV}, or log in with flyctl")
 
 
 def resolve_api_url(flag: str | None, *, env: Mapping[str, str] | None = None) -> str:
-    """The API base URL from ``--api-url``, else ``FLY_API_URL``, else the public Machines API."""
+    """The API base URL from ``--api-url``, else ``FLY_API_URL`` (or flyctl's ``FLY_API_BASE_URL``), else
+    the public Machines API. A URL without a ``/vN`` path (``https://api.machines.dev``) gets ``/v1``."""
     env = os.environ if env is None else env
-    url = (flag or env.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    url = (flag or env.get(API_URL_ENV) or env.get(FLYCTL_API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"Fly API URL {url!r} is not an http(s) URL")
+    # flyctl's FLY_API_BASE_URL convention names the host only; the Machines API lives under /v1.
+    if not _VERSIONED.search(parts.path):
+        url += "/v1"
     return url
 
 
@@ -324,6 +324,7 @@ class MachinesAPI:
         return body if isinstance(body, dict) else {}
 
     def create_app(self, app: str, org: str) -> None:
+        """Create an app in ``org`` (a slug, or ``personal``); FlyAPIError if the name is taken."""
         self.request("POST", "/apps", idempotent=False, json={"name": app, "org_slug": org})
 
     # -- machines ----------------------------------------------------------------------------------
@@ -387,6 +388,8 @@ class MachinesAPI:
         params: Params = [("state", s) for s in states]  # repeated, as the spec describes
         params.append(("timeout", str(max(1, min(int(timeout), MAX_WAIT_SECONDS)))))
         if version:
+            # The machine version (instance id) to wait on: after an update the API may otherwise answer
+            # for the instance that is being replaced.
             params.append(("version", version))
         try:
             resp = self.request(
@@ -409,6 +412,16 @@ class MachinesAPI:
         )
         body = self._json(resp, "events")
         return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
+
+    def set_metadata(self, app: str, machine_id: str, key: str, value: str, *, nonce: str | None = None) -> None:
+        """Upsert one metadata key; this does not restart the machine."""
+        self.request(
+            "POST",
+            self._p("apps", app, "machines", machine_id, "metadata", key),
+            idempotent=True,
+            json={"value": value},
+            nonce=nonce,
+        )
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -469,6 +482,12 @@ class MachinesAPI:
         body = self._json(self.request("GET", self._p("apps", app, "secrets"), idempotent=True), "secrets")
         items = body.get("secrets") if isinstance(body, dict) else None
         return [s for s in items if isinstance(s, dict)] if isinstance(items, list) else []
+
+    def secrets_version(self, app: str) -> int:
+        """The app's current secrets version, read with an update that sets and unsets nothing (the only
+        answer the API documents that carries the version)."""
+        resp = self.request("POST", self._p("apps", app, "secrets"), idempotent=True, json={"values": {}})
+        return self._version(self._json(resp, "read secrets version"))
 
     def update_secrets(self, app: str, values: Mapping[str, str]) -> int:
         """Set several secrets at once; the new secrets version."""

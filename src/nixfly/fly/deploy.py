@@ -1,290 +1,77 @@
-"""Deploy a digest-pinned image to Fly Machines: a pure plan, then an executor for each strategy.
+"""Carry out a deploy :class:`~nixfly.fly.plan.Plan` against the Machines API, one strategy at a time.
 
-``plan_deploy`` compares the app's machines with the desired MachineConfig per process group and returns
-the machines to create, update and destroy, each with a config diff; it performs no I/O, which is what
-``--dry-run`` prints. ``Deployer.run`` carries a plan out: it leases every machine it will touch before
-touching any (a lease held by someone else stops the deploy with nothing changed), refreshes the leases
-in the background, and releases them on every exit path, Ctrl-C included. Leases are also recorded on
-disk so that a re-run after a hard kill can release the ones it left.
+``Deployer.run`` leases every machine it will touch before touching any (a lease held by someone else
+stops the deploy with nothing changed), refreshes the leases in the background, and releases them on
+every exit path, Ctrl-C included. Leases are also recorded on disk (:mod:`nixfly.fly.state`) so that a
+re-run after a hard kill can release the ones it left.
 
+Waiting on a machine means: ``/wait`` on the instance the update returned until it is started, then
+reading its checks and events every ``poll_interval``. A machine that exits non-zero before it is
+healthy fails at once (a crash loop shows ``exit`` events within a second, long before any timeout).
 Beyond flyctl: when an updated machine crashes or fails its checks during a rolling or canary deploy,
-every machine already updated gets its previous config back, and the error names the failing machine
-with its last events.
+every machine already updated gets its previous config back (sent in the spec's request shape), and the
+error names the failing machine with its last events. On Ctrl-C the deploy says which machines run which
+image, and with ``rollback_on_interrupt`` restores the ones it changed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
-import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from nixfly.errors import DeployError, UsageError
+from nixfly.errors import DeployError
 from nixfly.fly.api import JSON, FlyAPIError, LeaseConflict, Machine, MachinesAPI
+from nixfly.fly.normal import request_form
+from nixfly.fly.plan import (
+    RELEASE_GROUP,
+    SECRETS_DIGEST_KEY,
+    SECRETS_VERSION_KEY,
+    STRATEGIES,
+    Action,
+    DeploySettings,
+    Plan,
+    Strategy,
+    VolumeCreate,
+    carry_over,
+    desired_with_secrets,
+    plan_deploy,
+    require_digest_ref,
+)
+from nixfly.fly.state import LeaseStore, SecretsVersionStore, default_state_dir
 
-Strategy = Literal["immediate", "rolling", "canary", "bluegreen"]
-STRATEGIES: tuple[str, ...] = ("immediate", "rolling", "canary", "bluegreen")
-RELEASE_GROUP = "fly_app_release_command"  # flyctl's process-group name for one-off release machines
-SECRETS_VERSION_KEY = "nixfly_secrets_version"  # metadata key: which secrets version a machine runs with
+__all__ = [
+    "LEASE_DESCRIPTION",
+    "RELEASE_GROUP",
+    "SECRETS_DIGEST_KEY",
+    "SECRETS_VERSION_KEY",
+    "STRATEGIES",
+    "Action",
+    "DeployResult",
+    "DeploySettings",
+    "Deployer",
+    "LeaseStore",
+    "MachineFailed",
+    "Plan",
+    "SecretsVersionStore",
+    "Strategy",
+    "VolumeCreate",
+    "carry_over",
+    "default_state_dir",
+    "desired_with_secrets",
+    "plan_deploy",
+    "require_digest_ref",
+]  # fmt: skip
+
 LEASE_DESCRIPTION = "nixfly deploy"
-
-
-def require_digest_ref(image: str) -> str:
-    """``image`` if it is pinned by digest (``name@sha256:<64 hex>``); UsageError for a tag-only ref."""
-    name, sep, digest = image.partition("@")
-    algo, _, hexpart = digest.partition(":")
-    if (
-        not sep
-        or not name
-        or algo != "sha256"
-        or len(hexpart) != 64
-        or not all(c in "0123456789abcdef" for c in hexpart)
-    ):
-        raise UsageError(
-            f"image {image!r} is not pinned by digest: deploy needs NAME@sha256:<64 hex> "
-            "(nixfly push prints one); a mutable tag is never deployed"
-        )
-    return image
-
-
-@dataclass(frozen=True)
-class DeploySettings:
-    """How to deploy; the CLI fills it from fly.toml [deploy] and flags."""
-
-    app: str
-    strategy: Strategy = "rolling"
-    max_unavailable: float | int = 0.33
-    wait_timeout: float = 300.0
-    release_command: tuple[str, ...] | None = None
-    region: str = "ams"
-    min_secrets_version: int | None = None
-    lease_ttl: int = 60
-    poll_interval: float = 1.0
-    # The one-off machine's config for release_command (machineconfig.release_command_config), if any.
-    release_config: JSON | None = None
-    # Size (GB) to create each missing volume with, by volume name; 1 GB when not listed.
-    volume_sizes: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise UsageError(f"unknown deploy strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        if self.max_unavailable <= 0:
-            raise UsageError("max_unavailable must be > 0")
-
-    def batch_size(self, n: int) -> int:
-        """How many machines may be updated at once after the first one."""
-        if isinstance(self.max_unavailable, float) and self.max_unavailable <= 1.0:
-            # A fraction bounds how many may be down, so round down (but always make progress).
-            return max(1, math.floor(self.max_unavailable * n))
-        return max(1, int(self.max_unavailable))
-
-
-@dataclass(frozen=True)
-class Action:
-    """One step of a plan. ``new``/``old`` are MachineConfig dicts (None where not applicable)."""
-
-    kind: Literal["create", "update", "destroy"]
-    group: str
-    machine_id: str | None
-    region: str
-    new: JSON | None = None
-    old: JSON | None = None
-
-    def diff(self) -> list[str]:
-        """``- key: old`` / ``+ key: new`` lines over flattened config keys, sorted by key."""
-        before, after = _flatten(self.old or {}), _flatten(self.new or {})
-        lines: list[str] = []
-        for key in sorted(before.keys() | after.keys()):
-            if before.get(key) != after.get(key):
-                if key in before:
-                    lines.append(f"- {key}: {before[key]}")
-                if key in after:
-                    lines.append(f"+ {key}: {after[key]}")
-        return lines
-
-    def to_json(self) -> JSON:
-        return {"action": self.kind, "group": self.group, "machine": self.machine_id, "region": self.region,
-                "diff": self.diff()}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Plan:
-    app: str
-    image: str
-    strategy: Strategy
-    actions: tuple[Action, ...]
-    unchanged: tuple[str, ...]
-    release_command: tuple[str, ...] | None = None
-
-    def of(self, kind: str, group: str | None = None) -> list[Action]:
-        return [a for a in self.actions if a.kind == kind and (group is None or a.group == group)]
-
-    def render(self) -> list[str]:
-        """Human-readable plan: one header line per action followed by its indented diff."""
-        out = [f"deploy {self.image} to app {self.app} ({self.strategy})"]
-        if self.release_command:
-            out.append(f"run release command: {' '.join(self.release_command)}")
-        for a in self.actions:
-            target = a.machine_id or f"new machine in {a.region}"
-            out.append(f"{a.kind} {target} [{a.group}]")
-            out += [f"    {line}" for line in (a.diff() if a.kind != "destroy" else [])]
-        out.append(f"{len(self.unchanged)} machine(s) unchanged")
-        return out
-
-    def to_json(self) -> JSON:
-        return {"app": self.app, "image": self.image, "strategy": self.strategy,
-                "release_command": list(self.release_command) if self.release_command else None,
-                "actions": [a.to_json() for a in self.actions], "unchanged": list(self.unchanged)}  # fmt: skip
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(value, dict) and value:
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(value, list) and value:
-        out = {}
-        for i, v in enumerate(value):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: json.dumps(value, sort_keys=True)}
-
-
-def _carry_over(desired: JSON, old: JSON) -> JSON:
-    """The desired config, keeping what fly.toml cannot know: attached volume ids and the current guest."""
-    new = copy.deepcopy(desired)
-    if "guest" not in new and "guest" in old:
-        new["guest"] = copy.deepcopy(old["guest"])
-    old_mounts = {m.get("path"): m for m in old.get("mounts") or [] if isinstance(m, dict)}
-    for mount in new.get("mounts") or []:
-        prev = old_mounts.get(mount.get("path"))
-        if prev and "volume" not in mount and prev.get("volume"):
-            mount["volume"] = prev["volume"]
-    return new
-
-
-def desired_with_secrets(desired: Mapping[str, JSON], version: int | None) -> dict[str, JSON]:
-    """Tag each config with the secrets version, so a secrets change alone still rolls the machines."""
-    out = {g: copy.deepcopy(c) for g, c in desired.items()}
-    if version is not None:
-        for config in out.values():
-            config.setdefault("metadata", {})[SECRETS_VERSION_KEY] = str(version)
-    return out
-
-
-def plan_deploy(machines: Sequence[Machine], desired: Mapping[str, JSON], settings: DeploySettings) -> Plan:
-    """What a deploy of ``desired`` (process group → MachineConfig) would do to ``machines``. Pure.
-
-    Groups without machines get one new machine in ``settings.region``; machines whose config differs
-    are updated; machines of groups no longer desired (and leftover release-command machines) are
-    destroyed. Every desired config must carry the same digest-pinned image.
-    """
-    if not desired:
-        raise UsageError("nothing to deploy: no process groups")
-    images = {str(c.get("image", "")) for c in desired.values()}
-    if len(images) != 1:
-        raise UsageError(f"process groups disagree on the image: {sorted(images)}")
-    image = require_digest_ref(images.pop())
-    actions: list[Action] = []
-    unchanged: list[str] = []
-    by_group: dict[str, list[Machine]] = {}
-    for m in sorted(machines, key=lambda m: m.id):
-        by_group.setdefault(m.process_group, []).append(m)
-    for group in sorted(desired):
-        current = by_group.get(group, [])
-        if not current:
-            actions.append(Action("create", group, None, settings.region, new=copy.deepcopy(desired[group])))
-        for m in current:
-            new = _carry_over(desired[group], m.config)
-            if new == m.config:
-                unchanged.append(m.id)
-            else:
-                actions.append(Action("update", group, m.id, m.region, new=new, old=m.config))
-    for group in sorted(by_group.keys() - desired.keys()):
-        actions += [Action("destroy", group, m.id, m.region, old=m.config) for m in by_group[group]]
-    return Plan(settings.app, image, settings.strategy, tuple(actions), tuple(unchanged),
-                settings.release_command)  # fmt: skip
-
-
-# -- lease bookkeeping ----------------------------------------------------------------------------
-
-
-def default_state_dir() -> Path:
-    """Where nixfly remembers leases and secrets versions (``$NIXFLY_STATE_DIR`` or XDG state home)."""
-    explicit = os.environ.get("NIXFLY_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "nixfly"
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-class LeaseStore:
-    """Nonces of leases this host holds, per app, on disk (written atomically), for crash recovery."""
-
-    def __init__(self, state_dir: Path, app: str) -> None:
-        self.path = state_dir / "leases" / f"{app}.json"
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def put(self, machine_id: str, nonce: str) -> None:
-        with self._lock:
-            data = self.load()
-            data[machine_id] = nonce
-            _atomic_write_json(self.path, data)
-
-    def drop(self, machine_id: str) -> None:
-        with self._lock:
-            data = self.load()
-            if data.pop(machine_id, None) is not None:
-                _atomic_write_json(self.path, data)
-
-
-class SecretsVersionStore:
-    """The latest secrets version ``nixfly secrets`` saw per app, so deploys pass min_secrets_version."""
-
-    def __init__(self, state_dir: Path, app: str) -> None:
-        self.path = state_dir / "secrets" / f"{app}.json"
-
-    def get(self) -> int | None:
-        try:
-            v = json.loads(self.path.read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return v if isinstance(v, int) else None
-
-    def set(self, version: int) -> None:
-        _atomic_write_json(self.path, {"version": version})
-
-
-# -- execution ------------------------------------------------------------------------------------
+_DOWN_STATES = ("stopped", "failed", "destroyed", "suspended")
 
 
 class MachineFailed(Exception):
@@ -314,15 +101,52 @@ class DeployResult:
                 "release_exit_code": self.release_exit_code}  # fmt: skip
 
 
+def exit_code_of(event: JSON) -> int | None:
+    """The exit code of an ``exit`` event, or None for other events."""
+    req = event.get("request")
+    exit_event = req.get("exit_event") if isinstance(req, dict) else None
+    if event.get("type") != "exit" or not isinstance(exit_event, dict):
+        return None
+    code = exit_event.get("exit_code")
+    return code if isinstance(code, int) else None
+
+
 def _describe_events(events: Sequence[JSON], limit: int = 5) -> list[str]:
     out = []
     for ev in list(events)[:limit]:
         text = f"{ev.get('type', '?')}/{ev.get('status', '?')}"
-        exit_event = (ev.get("request") or {}).get("exit_event") if isinstance(ev.get("request"), dict) else None
-        if isinstance(exit_event, dict) and "exit_code" in exit_event:
-            text += f" exit_code={exit_event['exit_code']}"
+        code = exit_code_of(ev)
+        if code is not None:
+            text += f" exit_code={code}"
         out.append(text)
     return out
+
+
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 8) -> None:
+    """Run ``fn`` on every item on a few threads (independent API requests); the first error is raised
+    once all have finished."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+
+
+@dataclass
+class _Watch:
+    """One machine instance being waited on: its version and the events that predate it."""
+
+    machine_id: str
+    version: str
+    seen: set[str]
+
+    @classmethod
+    def of(cls, m: Machine) -> _Watch:
+        return cls(m.id, m.instance_id, {str(e.get("id")) for e in m.events})
 
 
 class Deployer:
@@ -348,6 +172,8 @@ class Deployer:
         self._lease_lock = threading.Lock()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._changed: list[Action] = []  # updates sent so far, in order (what an interrupt would undo)
+        self.touched = False  # whether any machine was created, updated or destroyed
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -381,6 +207,11 @@ class Deployer:
             nonce = self._leases.get(machine_id)
         return nonce if nonce is not None else self._lease(machine_id)
 
+    def held_nonce(self, machine_id: str) -> str | None:
+        """The nonce of a lease this deploy holds on the machine, if any."""
+        with self._lease_lock:
+            return self._leases.get(machine_id)
+
     def _forget(self, machine_id: str) -> None:
         with self._lease_lock:
             self._leases.pop(machine_id, None)
@@ -398,19 +229,23 @@ class Deployer:
     def _release_all(self) -> None:
         with self._lease_lock:
             held = dict(self._leases)
-        for mid, nonce in held.items():
+
+        def release(item: tuple[str, str]) -> None:
+            mid, nonce = item
             try:
                 self.api.release_lease(self.app, mid, nonce=nonce)
             except FlyAPIError:
-                continue  # stays in the store; the next run recovers it
+                return  # stays in the store; the next run recovers it
             self._forget(mid)
+
+        parallel(release, list(held.items()))
 
     @contextlib.contextmanager
     def _leased(self) -> Iterator[None]:
         try:
-            for a in self.plan.actions:
-                if a.machine_id is not None:
-                    self._lease(a.machine_id)
+            # All at once (each is one request); any failure stops the deploy before anything changed, and
+            # the leases already granted are released below.
+            parallel(self._lease, [a.machine_id for a in self.plan.actions if a.machine_id is not None])
             self._refresher = threading.Thread(target=self._refresh_loop, name="lease-refresh", daemon=True)
             self._refresher.start()
             yield
@@ -429,39 +264,63 @@ class Deployer:
             events = []
         return MachineFailed(machine_id, reason, events)
 
-    def _wait_state(self, machine_id: str, state: str, deadline: float) -> Machine:
-        """Loop /wait calls of at most 60 s until ``state`` or the deadline; MachineFailed otherwise."""
+    def _crashes(self, w: _Watch, machine: Machine) -> list[int]:
+        """Non-zero exit codes of this instance, from events the watch has not seen before."""
+        codes = []
+        for ev in machine.events:
+            if str(ev.get("id")) in w.seen:
+                continue
+            code = exit_code_of(ev)
+            if code is not None and code != 0:
+                codes.append(code)
+        return codes
+
+    def _check_crash(self, w: _Watch, machine: Machine) -> None:
+        codes = self._crashes(w, machine)
+        if len(codes) >= self.s.max_crashes:
+            raise self._failure(
+                w.machine_id,
+                f"crashed: exited with code {codes[0]} before it was healthy (state {machine.state or '?'})",
+            )
+
+    def _wait_state(self, w: _Watch, state: str, deadline: float) -> Machine:
+        """Loop /wait calls (at most 60 s each) on the watched instance until ``state`` or the deadline."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._failure(machine_id, f"did not reach {state} within {self.s.wait_timeout:g}s")
-            reached = self.api.wait_state(self.app, machine_id, [state], timeout=math.ceil(remaining))
-            machine = self.api.get_machine(self.app, machine_id)
+                raise self._failure(w.machine_id, f"did not reach {state} within {self.s.wait_timeout:g}s")
+            reached = self.api.wait_state(
+                self.app, w.machine_id, [state], timeout=math.ceil(remaining), version=w.version or None
+            )
+            machine = self.api.get_machine(self.app, w.machine_id)
+            if state == "started":
+                self._check_crash(w, machine)
             if reached == state or machine.state == state:
                 return machine
-            if state == "started" and machine.state in ("stopped", "failed", "destroyed", "suspended"):
-                raise self._failure(machine_id, f"crashed after starting (state {machine.state})")
+            if state == "started" and machine.state in _DOWN_STATES:
+                raise self._failure(w.machine_id, f"crashed after starting (state {machine.state})")
 
-    def _wait_healthy(self, machine_id: str) -> None:
-        """Started, then every check passing, within wait_timeout."""
+    def _wait_healthy(self, w: _Watch) -> None:
+        """Started, then every check passing, within wait_timeout; fails at the first crash."""
         deadline = time.monotonic() + self.s.wait_timeout
-        machine = self._wait_state(machine_id, "started", deadline)
+        machine = self._wait_state(w, "started", deadline)
         while True:
-            if machine.state != "started":
-                raise self._failure(machine_id, f"crashed after starting (state {machine.state})")
+            self._check_crash(w, machine)
+            if machine.state in _DOWN_STATES:
+                raise self._failure(w.machine_id, f"crashed after starting (state {machine.state})")
             bad = [c for c in machine.checks if c.get("status") != "passing"]
-            if not bad:
+            if not bad and machine.state == "started":
                 return
             if time.monotonic() >= deadline:
                 detail = "; ".join(f"{c.get('name')}={c.get('status')} ({c.get('output', '')})" for c in bad)
-                raise self._failure(machine_id, f"checks not passing after {self.s.wait_timeout:g}s: {detail}")
+                raise self._failure(w.machine_id, f"checks not passing after {self.s.wait_timeout:g}s: {detail}")
             time.sleep(min(self.s.poll_interval, max(0.0, deadline - time.monotonic())))
-            machine = self.api.get_machine(self.app, machine_id)
+            machine = self.api.get_machine(self.app, w.machine_id)
 
     # -- steps -------------------------------------------------------------------------------------
 
     def _machine_body(self, config: JSON, **extra: Any) -> JSON:
-        body: JSON = {"config": config, **extra}
+        body: JSON = {"config": request_form(config), **extra}
         if self.s.min_secrets_version is not None:
             body["min_secrets_version"] = self.s.min_secrets_version
         return body
@@ -488,22 +347,26 @@ class Deployer:
             mount["volume"] = match["id"]
         return config
 
-    def _create(self, group: str, config: JSON, region: str, **extra: Any) -> str:
+    def _create(self, group: str, config: JSON, region: str, **extra: Any) -> _Watch:
         config = self._with_volumes(config, region)
+        self.touched = True
         m = self.api.create_machine(self.app, self._machine_body(config, region=region, **extra))
         self.result.created.append(m.id)
         self.progress(f"created machine {m.id} [{group}] in {region}")
-        return m.id
+        return _Watch.of(m)
 
     def _destroy(self, machine_id: str) -> None:
+        self.touched = True
         self.api.destroy_machine(self.app, machine_id, nonce=self._nonce(machine_id), force=True)
         self._forget(machine_id)
         self.result.destroyed.append(machine_id)
         self.progress(f"destroyed machine {machine_id}")
 
-    def _update(self, a: Action, config: JSON) -> None:
+    def _update(self, a: Action, config: JSON) -> _Watch:
         assert a.machine_id is not None
-        self.api.update_machine(self.app, a.machine_id, self._machine_body(config), nonce=self._nonce(a.machine_id))
+        self.touched = True
+        m = self.api.update_machine(self.app, a.machine_id, self._machine_body(config), nonce=self._nonce(a.machine_id))
+        return _Watch.of(m)
 
     def _release_command(self) -> None:
         argv = self.plan.release_command
@@ -519,14 +382,15 @@ class Deployer:
             metadata={**(base.get("metadata") or {}), "fly_process_group": RELEASE_GROUP},
         )
         self.progress(f"running release command: {' '.join(argv)}")
-        mid = self.api.create_machine(self.app, self._machine_body(base, region=self.s.region)).id
+        self.touched = True
+        created = self.api.create_machine(self.app, self._machine_body(base, region=self.s.region))
+        mid = created.id
         try:
-            self._wait_state(mid, "stopped", time.monotonic() + self.s.wait_timeout)
+            self._wait_state(_Watch.of(created), "stopped", time.monotonic() + self.s.wait_timeout)
             code = None
             for ev in self.api.list_events(self.app, mid, limit=20):
-                req = ev.get("request")
-                if ev.get("type") == "exit" and isinstance(req, dict) and isinstance(req.get("exit_event"), dict):
-                    code = req["exit_event"].get("exit_code")
+                code = exit_code_of(ev)
+                if code is not None:
                     break
         except MachineFailed as e:
             raise DeployError(f"release command did not finish: {e.reason}; nothing was deployed") from None
@@ -534,21 +398,26 @@ class Deployer:
             with contextlib.suppress(FlyAPIError):
                 self.api.destroy_machine(self.app, mid, nonce=self._lease(mid), force=True)
                 self._forget(mid)
-        self.result.release_exit_code = code if isinstance(code, int) else None
+        self.result.release_exit_code = code
         if code != 0:
             raise DeployError(f"release command {' '.join(argv)!r} exited with code {code}; nothing was deployed")
 
-    def _rollback(self, updated: list[Action], failure: MachineFailed) -> DeployError:
+    def _restore(self, updated: Sequence[Action]) -> tuple[list[str], list[str]]:
+        """Send each updated machine its previous config again (newest first); (restored, not restored)."""
         restored, unrestored = [], []
         for a in reversed(updated):
             assert a.machine_id is not None and a.old is not None
             try:
-                self._update(a, a.old)
-                self._wait_state(a.machine_id, "started", time.monotonic() + self.s.wait_timeout)
+                w = self._update(a, a.old)
+                self._wait_state(w, "started", time.monotonic() + self.s.wait_timeout)
                 restored.append(a.machine_id)
             except (FlyAPIError, MachineFailed):
                 unrestored.append(a.machine_id)
         self.progress(f"restored the previous config on {len(restored)} machine(s)")
+        return restored, unrestored
+
+    def _rollback(self, updated: list[Action], failure: MachineFailed) -> DeployError:
+        restored, unrestored = self._restore(updated)
         msg = (
             f"machine {failure.machine_id} {failure.reason}; last events: {', '.join(failure.events) or 'none'}; "
             f"restored the previous config on {len(restored)} machine(s)"
@@ -565,15 +434,16 @@ class Deployer:
         batches = [updates[:1]] + [updates[i : i + size] for i in range(1, len(updates), size)]
         done: list[Action] = []
         for batch in batches:
+            watches = []
             for a in batch:
                 assert a.new is not None
-                self._update(a, a.new)
+                watches.append(self._update(a, a.new))
                 done.append(a)
+                self._changed.append(a)
                 self.progress(f"updated machine {a.machine_id} [{a.group}]")
             try:
-                for a in batch:
-                    assert a.machine_id is not None
-                    self._wait_healthy(a.machine_id)
+                for w in watches:
+                    self._wait_healthy(w)
             except MachineFailed as failure:
                 raise self._rollback(done, failure) from None
             self.result.updated += [str(a.machine_id) for a in batch]
@@ -585,10 +455,11 @@ class Deployer:
         assert first.new is not None
         config = copy.deepcopy(first.new)
         config.pop("mounts", None)  # a canary must not steal a volume from a running machine
-        mid = self._create(group, config, first.region)
+        w = self._create(group, config, first.region)
+        mid = w.machine_id
         self.result.created.remove(mid)
         try:
-            self._wait_healthy(mid)
+            self._wait_healthy(w)
         except MachineFailed as f:
             with contextlib.suppress(FlyAPIError):
                 self._destroy(mid)
@@ -603,7 +474,7 @@ class Deployer:
     def _bluegreen(self, group: str, updates: list[Action]) -> None:
         if not updates:
             return
-        greens: list[str] = []
+        greens: list[_Watch] = []
         try:
             for a in updates:
                 assert a.new is not None
@@ -611,18 +482,18 @@ class Deployer:
                 if config.get("mounts"):
                     raise DeployError(f"bluegreen cannot deploy group {group}: its machines have volumes")
                 greens.append(self._create(group, config, a.region, skip_service_registration=True))
-            for mid in greens:
-                self._wait_healthy(mid)
+            for w in greens:
+                self._wait_healthy(w)
         except MachineFailed as f:
-            for mid in greens:
+            for w in greens:
                 with contextlib.suppress(FlyAPIError):
-                    self._destroy(mid)
+                    self._destroy(w.machine_id)
             raise DeployError(
                 f"green machine {f.machine_id} [{group}] {f.reason}; last events: "
                 f"{', '.join(f.events) or 'none'}; blue machines untouched"
             ) from None
-        for mid in greens:
-            self.api.uncordon_machine(self.app, mid, nonce=self._nonce(mid))
+        for w in greens:
+            self.api.uncordon_machine(self.app, w.machine_id, nonce=self._nonce(w.machine_id))
         for a in updates:
             assert a.machine_id is not None
             nonce = self._nonce(a.machine_id)
@@ -631,36 +502,70 @@ class Deployer:
             self._destroy(a.machine_id)
         self.progress(f"switched {group} to {len(greens)} green machine(s)")
 
+    def _interrupted(self) -> None:
+        """Ctrl-C: say which machines run which image; restore the changed ones when asked to."""
+        try:
+            machines = self.api.list_machines(self.app)
+        except FlyAPIError:
+            machines = []
+        by_image: dict[str, list[str]] = {}
+        for m in machines:
+            if m.process_group != RELEASE_GROUP:
+                by_image.setdefault(m.image or "?", []).append(m.id)
+        for image, ids in sorted(by_image.items()):
+            tag = "new" if image == self.plan.image else "previous"
+            self.progress(f"interrupted: {len(ids)} machine(s) on the {tag} image {image}: {', '.join(sorted(ids))}")
+        if not self._changed:
+            self.progress("interrupted before any machine was updated; nothing to undo")
+        elif self.s.rollback_on_interrupt:
+            _restored, unrestored = self._restore(self._changed)
+            if unrestored:
+                self.progress(f"could NOT restore {', '.join(unrestored)}")
+        else:
+            self.progress(
+                "the app is half on the new image: run `nixfly rollback` to go back, or `nixfly deploy` to finish "
+                "(--rollback-on-interrupt restores it by itself)"
+            )
+
     def run(self) -> DeployResult:
         """Carry out the plan; DeployError (after any rollback) if it cannot, leases released either way."""
         groups = sorted({a.group for a in self.plan.actions})
         with self._leased():
-            self._release_command()
-            for a in self.plan.of("create"):
-                assert a.new is not None
-                mid = self._create(a.group, a.new, a.region)
-                if self.s.strategy != "immediate":
-                    try:
-                        self._wait_healthy(mid)
-                    except MachineFailed as f:
-                        raise DeployError(
-                            f"new machine {mid} [{a.group}] {f.reason}; last events: {', '.join(f.events) or 'none'}"
-                        ) from None
-            for group in groups:
-                updates = self.plan.of("update", group)
-                if self.s.strategy == "immediate":
-                    for a in updates:
-                        assert a.new is not None
-                        self._update(a, a.new)
-                        self.result.updated.append(str(a.machine_id))
-                        self.progress(f"updated machine {a.machine_id} [{a.group}]")
-                elif self.s.strategy == "rolling":
-                    self._rolling(updates)
-                elif self.s.strategy == "canary":
-                    self._canary(group, updates)
-                else:
-                    self._bluegreen(group, updates)
-            for a in self.plan.of("destroy"):
-                assert a.machine_id is not None
-                self._destroy(a.machine_id)
+            try:
+                self._run(groups)
+            except KeyboardInterrupt:
+                self._interrupted()
+                raise
         return self.result
+
+    def _run(self, groups: list[str]) -> None:
+        self._release_command()
+        for a in self.plan.of("create"):
+            assert a.new is not None
+            w = self._create(a.group, a.new, a.region)
+            if self.s.strategy != "immediate":
+                try:
+                    self._wait_healthy(w)
+                except MachineFailed as f:
+                    raise DeployError(
+                        f"new machine {w.machine_id} [{a.group}] {f.reason}; last events: "
+                        f"{', '.join(f.events) or 'none'}"
+                    ) from None
+        for group in groups:
+            updates = self.plan.of("update", group)
+            if self.s.strategy == "immediate":
+                for a in updates:
+                    assert a.new is not None
+                    self._update(a, a.new)
+                    self._changed.append(a)
+                    self.result.updated.append(str(a.machine_id))
+                    self.progress(f"updated machine {a.machine_id} [{a.group}]")
+            elif self.s.strategy == "rolling":
+                self._rolling(updates)
+            elif self.s.strategy == "canary":
+                self._canary(group, updates)
+            else:
+                self._bluegreen(group, updates)
+        for a in self.plan.of("destroy"):
+            assert a.machine_id is not None
+            self._destroy(a.machine_id)

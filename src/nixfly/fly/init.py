@@ -8,9 +8,7 @@ so everything the user wrote (comments, order, spacing, other sections) stays as
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from tomlkit.items import Table
 
 from nixfly.errors import ConfigError, UsageError
 from nixfly.fly.flytoml import parse_fly_toml
+from nixfly.fsutil import atomic_write_bytes
 
 DEFAULT_PORT = 8080
 _APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -62,13 +61,16 @@ def starter_fly_toml(
     *,
     region: str | None = None,
     image_ref: str | None = None,
+    check_path: str | None = None,
 ) -> str:
     """Return fly.toml text for ``app``.
 
     Without ``existing``: a fresh starter file (rolling deploys, an [http_service] on the image's exposed
-    port with an HTTP check on "/"). With ``existing``: that text with ``app`` (if given), ``region`` and
-    ``image_ref`` set, the http_service port set from the image (when the image exposes one), and an
-    [http_service] or health check added only if missing; all comments and layout are kept.
+    port, with an HTTP check on ``check_path`` when one is given — never a guessed "/" that may answer
+    404). With ``existing``: that text with ``app`` (if given), ``region`` and ``image_ref`` set, the
+    http_service port set from the image (when the image exposes one), an [http_service] added only if
+    the file serves nothing, and a check on ``check_path`` only if the file has no check anywhere (an
+    existing [[http_service.checks]] gets the new path instead); all comments and layout are kept.
     The result always passes :func:`~nixfly.fly.flytoml.parse_fly_toml`; ConfigError if the existing
     text is not valid TOML, UsageError for a bad app name or region.
     """
@@ -76,21 +78,23 @@ def starter_fly_toml(
         check_app_name(app)
     if region is not None:
         check_region(region)
+    if check_path is not None and not check_path.startswith("/"):
+        raise UsageError(f"check path {check_path!r} must start with '/'")
     ports = exposed_tcp_ports(image_config or {})
     port = ports[0] if ports else None
 
     if existing is None:
         if app is None:
             raise UsageError("no app name: pass --app NAME")
-        text = _fresh(app, region, image_ref, port)
+        text = _fresh(app, region, image_ref, port, check_path)
     else:
-        text = _update(existing, app, region, image_ref, port)
+        text = _update(existing, app, region, image_ref, port, check_path)
     # Whatever we write must load; a failure here is our bug or an already-broken file.
     parse_fly_toml(text, source="fly.toml (as it would be written)", warn=lambda _m: None)
     return text
 
 
-def _fresh(app: str, region: str | None, image_ref: str | None, port: int | None) -> str:
+def _fresh(app: str, region: str | None, image_ref: str | None, port: int | None, check_path: str | None) -> str:
     q = _toml_str
     lines = [
         f"# fly.toml for {app}, started by `nixfly init`.",
@@ -115,14 +119,19 @@ def _fresh(app: str, region: str | None, image_ref: str | None, port: int | None
         "  auto_start_machines = true",
         "  min_machines_running = 0",
         "",
-        "  [[http_service.checks]]",
-        '    grace_period = "10s"',
-        '    interval = "30s"',
-        '    method = "GET"',
-        '    path = "/"',
-        '    timeout = "5s"',
-        "",
     ]
+    if check_path is None:
+        lines += ["  # No health check yet: add one with `nixfly init --force --check-path /healthz`.", ""]
+    else:
+        lines += [
+            "  [[http_service.checks]]",
+            '    grace_period = "10s"',
+            '    interval = "30s"',
+            '    method = "GET"',
+            f"    path = {q(check_path)}",
+            '    timeout = "5s"',
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -130,13 +139,28 @@ def _toml_str(value: str) -> str:
     return tomlkit.string(value).as_string()
 
 
-def _starter_check() -> Table:
+def _starter_check(path: str) -> Table:
     check = tomlkit.table()
-    check.update({"grace_period": "10s", "interval": "30s", "method": "GET", "path": "/", "timeout": "5s"})
+    check.update({"grace_period": "10s", "interval": "30s", "method": "GET", "path": path, "timeout": "5s"})
     return check
 
 
-def _update(existing: str, app: str | None, region: str | None, image_ref: str | None, port: int | None) -> str:
+def _has_check(doc: Any) -> bool:
+    """Whether the file already checks the app anywhere: [[http_service.checks]], [checks.*] or a
+    [[services]] tcp_checks/http_checks."""
+    hs = doc.get("http_service")
+    if isinstance(hs, dict) and hs.get("checks"):
+        return True
+    if doc.get("checks"):
+        return True
+    services = doc.get("services") or []
+    services = [services] if isinstance(services, dict) else services
+    return any(isinstance(s, dict) and (s.get("tcp_checks") or s.get("http_checks")) for s in services)
+
+
+def _update(
+    existing: str, app: str | None, region: str | None, image_ref: str | None, port: int | None, check_path: str | None
+) -> str:
     try:
         doc = tomlkit.parse(existing)
     except TOMLKitError as e:
@@ -161,9 +185,14 @@ def _update(existing: str, app: str | None, region: str | None, image_ref: str |
     if isinstance(hs, Table):
         if port is not None:
             hs["internal_port"] = port
-        if "checks" not in hs:
+        existing_checks = hs.get("checks")
+        if check_path is not None and existing_checks:
+            first = existing_checks[0] if isinstance(existing_checks, list) else existing_checks
+            if isinstance(first, dict):
+                first["path"] = check_path
+        elif check_path is not None and not _has_check(doc):
             checks = tomlkit.aot()
-            checks.append(_starter_check())
+            checks.append(_starter_check(check_path))
             hs["checks"] = checks
     elif hs is None and not has_services:
         # Only a file that serves nothing gets an http_service; one with [[services]] knows its ports.
@@ -177,29 +206,19 @@ def _update(existing: str, app: str | None, region: str | None, image_ref: str |
                 "min_machines_running": 0,
             }
         )
-        checks = tomlkit.aot()
-        checks.append(_starter_check())
-        table["checks"] = checks
+        if check_path is not None and not _has_check(doc):
+            checks = tomlkit.aot()
+            checks.append(_starter_check(check_path))
+            table["checks"] = checks
         doc["http_service"] = table
     return tomlkit.dumps(doc)
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename, so readers see
-    the old file or the new one, never half of one. An existing file's permission bits are kept."""
+    """Write ``text`` to ``path`` atomically (readers see the old file or the new one, never half of one).
+    An existing file's permission bits are kept."""
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path if str(path.parent) else Path(".") / path, text.encode("utf-8"), mode=mode)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nixfly.errors import UsageError
 from nixfly.fly.api import MachinesAPI, NotFound
-from nixfly.fly.deploy import SecretsVersionStore
+from nixfly.fly.state import SecretsVersionStore
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

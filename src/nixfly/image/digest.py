@@ -40,6 +40,101 @@ def file_digest(path: Path) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
+class VerifyingReader:
+    """Reads ``raw`` and, when it ends, checks that the bytes had digest ``digest`` (and ``size`` bytes, when
+    given); a mismatch raises ImageError naming ``what``. Nothing can be read past ``size``.
+
+    Seeking back to bytes already read, or forward (the skipped bytes are read and hashed), keeps the check
+    intact, so an uploader may rewind to resume a chunk."""
+
+    def __init__(self, raw: BinaryIO, digest: str, size: int | None, *, what: str) -> None:
+        self._raw, self._digest, self._size, self._what = raw, check_digest(digest), size, what
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes [0, _hashed) went through the hash
+        self._pos = 0
+        self._verified = False
+
+    @property
+    def verified(self) -> bool:
+        return self._verified
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return bool(getattr(self._raw, "seekable", lambda: False)())
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if self._size is not None:
+            left = self._size - self._pos
+            n = left if n is None or n < 0 else min(n, left)
+            if n == 0:
+                self._at_end()
+                return b""
+        data = self._raw.read(n) if n is not None and n >= 0 else self._raw.read()
+        if not data:
+            self._at_end()
+            return b""
+        new_from = self._hashed - self._pos
+        if new_from < len(data):
+            self._hash.update(memoryview(data)[max(new_from, 0) :])
+            self._hashed = self._pos + len(data)
+        self._pos += len(data)
+        if self._size is not None and self._pos == self._size:
+            self._at_end()  # consumers that read exactly ``size`` bytes never ask for the EOF
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def _at_end(self) -> None:
+        if self._verified or self._hashed != self._pos:
+            return
+        if self._size is not None:
+            # Anything beyond the declared size is a mismatch too.
+            extra = self._raw.read(1)
+            if extra:
+                raise ImageError(f"{self._what} is longer than its declared {self._size} bytes")
+            if self._pos != self._size:
+                raise ImageError(f"{self._what} is truncated: {self._pos} of {self._size} bytes")
+        got = "sha256:" + self._hash.hexdigest()
+        if got != self._digest:
+            raise ImageError(f"{self._what} does not match its digest (got {got}): the data is corrupt")
+        self._verified = True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise OSError("VerifyingReader seeks only to absolute positions")
+        if pos > self._hashed:
+            self._raw.seek(self._hashed)
+            self._pos = self._hashed
+            while self._pos < pos:
+                if not self.read(min(1 << 20, pos - self._pos)):
+                    break
+            return self._pos
+        self._raw.seek(pos)
+        self._pos = pos
+        return pos
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self._raw, "closed", False))
+
+    def __enter__(self) -> VerifyingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class HashingReader:
     """A file-like reader that passes reads through while hashing (sha256) and counting the bytes, so a
     stream can be checked against its digest as it is consumed, with no second pass. ``on_bytes`` hears

@@ -33,9 +33,28 @@ _LAYER_TYPES: dict[tuple[ManifestFormat, Compression], str] = {
     ("v2s2", "none"): DOCKER_LAYER,
 }
 
+DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+OCI_NONDIST_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_NONDIST_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_NONDIST_LAYER_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+
 _COMPRESSION_OF: dict[str, Compression] = {v: k[1] for k, v in _LAYER_TYPES.items()}
-# Foreign layer types we may meet when reading images made by other tools.
-_COMPRESSION_OF["application/vnd.docker.image.rootfs.diff.tar.zstd"] = "zstd"
+# Layer types other tools write: still tar streams we can read, carried through unchanged.
+_COMPRESSION_OF.update({
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+    DOCKER_FOREIGN_LAYER_GZIP: "gzip",
+    OCI_NONDIST_LAYER: "none",
+    OCI_NONDIST_LAYER_GZIP: "gzip",
+    OCI_NONDIST_LAYER_ZSTD: "zstd",
+})  # fmt: skip
+
+# The same kind of layer described for the other manifest format.
+_OTHER_FORMAT: dict[str, str] = {
+    OCI_LAYER_GZIP: DOCKER_LAYER_GZIP,
+    OCI_LAYER: DOCKER_LAYER,
+    OCI_NONDIST_LAYER_GZIP: DOCKER_FOREIGN_LAYER_GZIP,
+}
+_OTHER_FORMAT.update({v: k for k, v in list(_OTHER_FORMAT.items())})
 
 
 def manifest_type(fmt: ManifestFormat) -> str:
@@ -61,6 +80,19 @@ def compression_of(media_type: str) -> Compression:
         return _COMPRESSION_OF[media_type]
     except KeyError:
         raise UsageError(f"unsupported layer media type {media_type!r}") from None
+
+
+def layer_type_for(media_type: str, fmt: ManifestFormat) -> str:
+    """``media_type`` as the manifest format ``fmt`` names it; an error when ``fmt`` has no such type."""
+    is_docker = media_type.startswith("application/vnd.docker.")
+    if is_docker == (fmt == "v2s2"):
+        return media_type
+    other = _OTHER_FORMAT.get(media_type)
+    if other is None:
+        if compression_of(media_type) == "zstd":
+            return layer_type(fmt, "zstd")  # the usage error that explains zstd and v2s2
+        raise UsageError(f"layer media type {media_type!r} has no equivalent in a {fmt} manifest")
+    return other
 
 
 def format_of_manifest(media_type: str) -> ManifestFormat:

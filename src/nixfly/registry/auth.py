@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from nixfly.errors import RegistryError, UsageError
+from nixfly.flytoken import find_fly_token
 
 FLY_REGISTRY = "registry.fly.io"
 
@@ -121,22 +121,6 @@ def _from_docker_config(registry: str, env: Mapping[str, str], home: Path) -> Cr
     return None
 
 
-def _fly_token(env: Mapping[str, str], home: Path) -> Credentials | None:
-    token = env.get("FLY_API_TOKEN") or env.get("FLY_ACCESS_TOKEN")
-    if token:
-        return Credentials("x", token, "FLY_API_TOKEN")
-    path = home / ".fly" / "config.yml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, yaml.YAMLError):
-        raise UsageError(f"{path} is not valid YAML") from None
-    if isinstance(data, dict) and data.get("access_token"):
-        return Credentials("x", str(data["access_token"]), str(path))
-    return None
-
-
 def resolve_credentials(
     registry: str,
     explicit: Credentials | None = None,
@@ -153,7 +137,7 @@ def resolve_credentials(
     if user and pw is not None:
         return Credentials(user, pw, "NIXFLY_REGISTRY_USERNAME/NIXFLY_REGISTRY_PASSWORD")
     if registry == FLY_REGISTRY:
-        fly = _fly_token(env, home)
+        fly = Credentials("x", t.value, t.source) if (t := find_fly_token(env, home)) else None
         if fly is not None:
             return fly
     return _from_docker_config(registry, env, home)

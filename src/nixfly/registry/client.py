@@ -1,21 +1,36 @@
 """A client for the OCI distribution API, over httpx, that survives flaky networks.
 
-Every request is retried with exponential backoff and full jitter on connection errors, 429 (honouring
-``Retry-After``) and 5xx. Blob uploads recover from a failure mid-transfer by asking the server what it has
-(``HEAD`` the blob, ``GET`` the upload session's ``Range``) and resuming from there. Every byte received is
-checked against the digest that named it; every error is one line naming the registry.
+Retries follow :mod:`nixfly.retry` (one policy, one loop): connection trouble, 429 (honouring
+``Retry-After``) and, for requests that are safe to repeat, 5xx. Blob uploads recover from a failure
+mid-transfer by asking the server what it has (``HEAD`` the blob, ``GET`` the upload session's ``Range``)
+and resuming from there; the retry budget resets whenever the server confirms more bytes. Every byte
+received is checked against the digest that named it; every error, httpx's included, is one line naming
+the registry and the operation.
+
+Distribution-spec facts relied on here:
+
+- ``GET /v2/`` answers 200 (with ``Docker-Distribution-API-Version: registry/2.0`` on distribution and
+  its descendants) or 401 with a ``WWW-Authenticate`` challenge.
+- A chunk PATCH answers 202 with ``Location`` and ``Range: 0-<last byte>``; a ``GET`` of the upload
+  location answers 204 with the same two headers. The range is inclusive, so ``0-(n-1)`` means n bytes;
+  distribution writes ``0-0`` for an empty session, which is what we read it as (our chunks are never one
+  byte long, so the one-byte reading cannot arise). An upload the registry forgot answers 404.
+- Chunks must arrive in order; one out of order gets 416, after which the status GET tells the offset.
+- distribution signs the session's offset into the Location (``_state``) and refuses (404) a Location whose
+  offset is not the session's: after a PATCH whose answer was lost, the old Location is dead, so that
+  blob starts again in a new session (we say so through ``note``). A reset before the registry saw the
+  whole chunk leaves the session as it was, and the status GET resumes it.
+- HEAD of a blob answers 200 with ``Docker-Content-Digest`` and ``Content-Length``; a manifest PUT
+  answers 201 with the ``Docker-Content-Digest`` of the bytes it stored.
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
-import random
 import re
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +44,26 @@ from nixfly.image.digest import sha256_digest
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
+from nixfly.retry import (
+    RetryPolicy,
+    Transient,
+    TransportFailure,
+    classify_transport,
+    is_idempotent,
+    is_loopback,
+    retry_after_seconds,
+    status_is_transient,
+)
 
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST))
-_RETRY_STATUSES = {429, 500, 502, 503, 504}
+_REDIRECTS = (301, 302, 303, 307, 308)
 _MiB = 1 << 20
 IO_CHUNK = 256 * 1024  # bytes per read/write step: bounds memory per transfer whatever the blob size
 
 # Called with (digest, bytes completed so far) as blob bytes go out or come in.
 ProgressFn = Callable[[str, int], None]
+# Called with (digest, one line) when something about a transfer is worth telling (a restart from 0).
+NoteFn = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -48,7 +75,7 @@ class RegistryOptions:
     cert_dir: Path | None = None  # a directory of *.crt CA files (skopeo/docker certs.d layout)
     plain_http: bool | None = None  # True: always http; None: http only as a fallback for local hosts
     timeout: float = 60.0  # seconds for connect and for each read/write to make progress
-    retries: int = 5
+    retries: int = 5  # per request, counted since the last progress
     backoff: float = 0.5  # first backoff in seconds; doubles per attempt
     max_backoff: float = 20.0
     parallel: int = 4  # blob transfers at once
@@ -56,52 +83,26 @@ class RegistryOptions:
     monolithic_max: int = 16 * _MiB  # blobs up to this size go in a single PUT
     env: Mapping[str, str] | None = field(default=None, repr=False)
     home: Path | None = None
+    retry: RetryPolicy | None = field(default=None, repr=False)  # overrides retries/backoff (tests: fake clock)
+    # Told one line before each retry's wait (the CLI shows it on a terminal); never holds a secret.
+    on_retry: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
-    def sleep_for(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``attempt`` (1-based): Retry-After if given, else jittered backoff."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), 60.0)
-        return random.uniform(0, min(self.max_backoff, self.backoff * (2 ** (attempt - 1))))
-
-
-class _Transient(Exception):
-    """A failure worth retrying (connection trouble, 429, 5xx). Internal: never reaches the user as is."""
-
-    def __init__(self, what: str, retry_after: float | None = None) -> None:
-        super().__init__(what)
-        self.what = what
-        self.retry_after = retry_after
+    def retry_policy(self) -> RetryPolicy:
+        if self.retry is not None:
+            return self.retry
+        return RetryPolicy(retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if not value:
+def parse_range(value: str | None) -> int | None:
+    """How many bytes an upload session holds, from its ``Range: 0-<last>`` header (None if absent/odd).
+
+    ``0-0`` is an empty session (distribution's convention); ``0-(n-1)`` is n bytes.
+    """
+    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", (value or "").strip())
+    if not m:
         return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _describe_transport(e: httpx.TransportError) -> str:
-    if isinstance(e, httpx.TimeoutException):
-        return "timed out"
-    text = str(e) or type(e).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "TLS certificate not trusted (use --cert-dir DIR with the CA, or --tls-verify=false)"
-    return f"connection failed ({text.splitlines()[0][:160]})"
-
-
-def _is_permanent_connect_error(e: httpx.TransportError) -> bool:
-    text = str(e)
-    return any(
-        s in text for s in ("Name or service not known", "nodename nor servname", "CERTIFICATE_VERIFY_FAILED", "SSL")
-    )
+    last = int(m.group(1))
+    return 0 if last == 0 else last + 1
 
 
 def registry_error_text(resp: httpx.Response) -> str:
@@ -112,7 +113,7 @@ def registry_error_text(resp: httpx.Response) -> str:
         if isinstance(errs, list) and errs and isinstance(errs[0], dict):
             e = errs[0]
             return f"{e.get('code', 'UNKNOWN')}: {str(e.get('message', ''))[:200]}"
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
         pass
     return f"HTTP {resp.status_code}"
 
@@ -141,6 +142,7 @@ class RegistryClient:
     def __init__(self, registry: str, options: RegistryOptions | None = None) -> None:
         self.registry = registry  # as users write it (docker.io for Docker Hub)
         self.options = options or RegistryOptions()
+        self.policy = self.options.retry_policy()
         self.api_host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
         self.local = self.api_host.rsplit(":", 1)[0] in LOCAL_HOSTS or self.api_host.startswith("[::1]")
         creds = resolve_credentials(registry, self.options.credentials, env=self.options.env, home=self.options.home)
@@ -154,6 +156,7 @@ class RegistryClient:
             follow_redirects=False,
         )
         self._base: str | None = None
+        self._dead: RegistryError | None = None  # the ping's verdict when it was final (shared by all workers)
         self._ping_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -188,32 +191,74 @@ class RegistryClient:
     def fail(self, what: str) -> RegistryError:
         return RegistryError(f"registry {self.registry}: {what}")
 
-    def _sleep(self, attempt: int, retry_after: float | None) -> None:
-        time.sleep(self.options.sleep_for(attempt, retry_after))
+    def _where(self, method: str, url: str) -> str:
+        parts = urlsplit(url)
+        on = "" if parts.netloc == self.api_host else f" on {parts.netloc}"
+        return f"{method} {parts.path or '/'}{on}"
+
+    def transport_error(self, e: httpx.HTTPError | httpx.InvalidURL, method: str, url: str, *,
+                        repeatable: bool) -> Transient | RegistryError:  # fmt: skip
+        """The one-line meaning of an httpx failure: Transient if another try may help, else RegistryError."""
+        where = self._where(method, url)
+        if isinstance(e, httpx.InvalidURL) or not isinstance(e, httpx.TransportError | httpx.TimeoutException):
+            return self.fail(f"{where}: {(str(e) or type(e).__name__).splitlines()[0][:160]}")
+        f = classify_transport(e)
+        if self._final(f, url) or not f.transient(repeatable=repeatable):
+            return self.fail(f"{where}: {f.text}")
+        return Transient(f"{where}: {f.text}")
+
+    @staticmethod
+    def _final(f: TransportFailure, url: str) -> bool:
+        # On loopback nothing is on its way: a refusal or a connect timeout means nothing listens there.
+        host = urlsplit(url).hostname or ""
+        return f.permanent or (f.kind in ("refused", "connect-timeout") and is_loopback(host))
+
+    def _raw_send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        content: bytes | Iterator[bytes] | None = None,
+        stream: bool = False,
+        repeatable: bool,
+    ) -> httpx.Response:
+        """One HTTP exchange; every httpx failure comes out as Transient or a one-line RegistryError."""
+        try:
+            req = self._http.build_request(method, url, headers=headers, params=params, content=content)
+            return self._http.send(req, stream=stream)
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            raise self.transport_error(e, method, url, repeatable=repeatable) from None
 
     def _fetch_token(self, realm: str, params: list[tuple[str, str]], creds: Credentials | None) -> httpx.Response:
+        """One token request (the enclosing request's retry loop repeats it if it fails transiently)."""
         headers = {"Authorization": creds.basic_header()} if creds else {}
-        for attempt in range(1, self.options.retries + 2):
-            try:
-                resp = self._http.get(realm, params=tuple(params), headers=headers)
-            except httpx.TransportError as e:
-                if attempt > self.options.retries or _is_permanent_connect_error(e):
-                    raise self.fail(f"token service {urlsplit(realm).netloc}: {_describe_transport(e)}") from None
-                self._sleep(attempt, None)
-                continue
-            if resp.status_code in _RETRY_STATUSES and attempt <= self.options.retries:
-                self._sleep(attempt, _retry_after(resp))
-                continue
-            return resp
-        raise AssertionError("unreachable")
+        resp = self._raw_send("GET", realm, params=tuple(params), headers=headers, repeatable=True)
+        if status_is_transient(resp.status_code, repeatable=True):
+            raise Transient(
+                f"token service {urlsplit(realm).netloc} answered HTTP {resp.status_code}",
+                retry_after_seconds(resp.headers.get("retry-after"), self.policy.clock()),
+            )
+        return resp
 
     def base_url(self) -> str:
-        """``scheme://host``, decided once by pinging ``/v2/`` (https first; http only when allowed)."""
+        """``scheme://host``, decided once by pinging ``/v2/`` (https first; http only when allowed).
+
+        A final verdict (no answer within the timeout, a refusal on loopback, not a registry, TLS refused)
+        is kept: every later request and every parallel worker gets the same error without waiting again.
+        """
         if self._base is not None:
             return self._base
         with self._ping_lock:
+            if self._dead is not None:
+                raise self._dead
             if self._base is None:
-                self._base = self._ping()
+                try:
+                    self._base = self._ping()
+                except RegistryError as e:
+                    self._dead = e
+                    raise
         return self._base
 
     def _ping(self) -> str:
@@ -222,33 +267,41 @@ class RegistryClient:
             schemes = ["http"]
         elif self.local or not self.options.tls_verify:
             schemes = ["https", "http"]  # like docker/skopeo for insecure registries: TLS, then plain
-        last: Exception | None = None
         for scheme in schemes:
-            url = f"{scheme}://{self.api_host}"
-            for attempt in range(1, self.options.retries + 2):
-                try:
-                    resp = self._http.get(url + "/v2/")
-                except httpx.TransportError as e:
-                    last = e
-                    if scheme == "https" and len(schemes) > 1 and isinstance(e, httpx.ConnectError):
-                        break  # maybe the server speaks plain HTTP: try that
-                    if attempt > self.options.retries or _is_permanent_connect_error(e):
-                        raise self.fail(f"cannot reach {url}/v2/: {_describe_transport(e)}") from None
-                    self._sleep(attempt, None)
-                    continue
-                if resp.status_code in _RETRY_STATUSES and attempt <= self.options.retries:
-                    self._sleep(attempt, _retry_after(resp))
-                    continue
-                if resp.status_code == 401:
-                    self.auth.learn(resp)
-                    return url
-                if resp.status_code == 200:
-                    return url
-                if scheme == "https" and len(schemes) > 1 and resp.status_code == 400:
-                    break  # a plain-HTTP-only peer answering our TLS-less probe
-                raise self.fail(f"GET /v2/ answered HTTP {resp.status_code}; is this an OCI registry?")
-        assert last is not None
-        raise self.fail(f"cannot reach {self.api_host}: {_describe_transport(last)}")  # type: ignore[arg-type]
+            url = f"{scheme}://{self.api_host}/v2/"
+            try:
+                resp = self._http.get(url)
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                if not isinstance(e, httpx.TransportError):
+                    raise self.fail(f"cannot reach {url}: {type(e).__name__}") from None
+                f = classify_transport(e)
+                if f.kind == "plain-http" and scheme != schemes[-1]:
+                    continue  # the TLS handshake got a plain-HTTP reply: speak plain HTTP
+                if self._final(f, url) or f.kind in ("timeout", "connect-timeout"):
+                    # A host that does not answer its first request within the timeout is not retried.
+                    raise self.fail(f"cannot reach {url}: {f.text}") from None
+                raise Transient(f"cannot reach {url}: {f.text}") from None
+            if status_is_transient(resp.status_code, repeatable=True):
+                raise Transient(
+                    f"GET {url} answered HTTP {resp.status_code}",
+                    retry_after_seconds(resp.headers.get("retry-after"), self.policy.clock()),
+                )
+            base = f"{scheme}://{self.api_host}"
+            if resp.status_code == 401:
+                if not any(v.strip().lower().startswith(("basic", "bearer"))
+                           for v in resp.headers.get_list("www-authenticate")):  # fmt: skip
+                    raise self.fail("GET /v2/ answered 401 without a Basic or Bearer challenge; not an OCI registry?")
+                self.auth.learn(resp)
+                return base
+            if resp.status_code == 200:
+                if "docker-distribution-api-version" not in resp.headers:
+                    raise self.fail(
+                        "GET /v2/ answered 200 without a Docker-Distribution-API-Version header: "
+                        "this is a web server, not an OCI registry"
+                    )
+                return base
+            raise self.fail(f"GET /v2/ answered HTTP {resp.status_code}; is this an OCI registry?")
+        raise AssertionError("unreachable")
 
     def _url(self, path_or_url: str) -> str:
         base = self.base_url()
@@ -256,7 +309,7 @@ class RegistryClient:
             return path_or_url
         return urljoin(base + "/", path_or_url.lstrip("/")) if not path_or_url.startswith("/") else base + path_or_url
 
-    def _send_once(
+    def _attempt(
         self,
         method: str,
         path_or_url: str,
@@ -266,8 +319,9 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         content: bytes | Iterator[bytes] | None = None,
         stream: bool = False,
+        repeatable: bool,
     ) -> httpx.Response:
-        """One request with auth; answers a 401 by re-authenticating once. Transient trouble → _Transient."""
+        """One request with auth; answers a 401 by re-authenticating once. Trouble worth retrying → Transient."""
         url = self._url(path_or_url)
         if params:
             # Upload Locations carry state in their query (_state=…): add to it, never replace it.
@@ -277,28 +331,23 @@ class RegistryClient:
             authz = self.auth.authorization(scope)
             if authz:
                 hdrs["Authorization"] = authz
-            try:
-                req = self._http.build_request(method, url, headers=hdrs, content=content)
-                resp = self._http.send(req, stream=stream)
-            except httpx.TransportError as e:
-                if _is_permanent_connect_error(e):
-                    raise self.fail(f"{method} {urlsplit(url).path}: {_describe_transport(e)}") from None
-                raise _Transient(_describe_transport(e)) from None
+            resp = self._raw_send(method, url, headers=hdrs, content=content, stream=stream, repeatable=repeatable)
             if resp.status_code == 401 and auth_round == 0:
-                if stream:
-                    resp.close()
+                resp.close()
                 self.auth.unauthorized(resp, scope)  # e.g. an expired token: fetch a fresh one
                 if content is not None and not isinstance(content, bytes):
-                    raise _Transient("authorization expired")  # a streamed body cannot be replayed here
+                    raise Transient("authorization expired")  # a streamed body cannot be replayed here
                 continue
             if resp.status_code == 401:
-                if stream:
-                    resp.close()
+                resp.close()
                 raise self._auth_failure()
-            if resp.status_code in _RETRY_STATUSES:
+            if status_is_transient(resp.status_code, repeatable=repeatable):
                 if stream:
                     resp.close()
-                raise _Transient(f"HTTP {resp.status_code} ({registry_error_text(resp)})", _retry_after(resp))
+                raise Transient(
+                    f"HTTP {resp.status_code} ({registry_error_text(resp)})",
+                    retry_after_seconds(resp.headers.get("retry-after"), self.policy.clock()),
+                )
             return resp
         raise AssertionError("unreachable")
 
@@ -307,6 +356,9 @@ class RegistryClient:
         if creds is None:
             return self.fail("authentication required; pass --creds USER:PASSWORD or log in with docker login")
         return self.fail(f"access denied with the credentials from {creds.source} (wrong user or password?)")
+
+    def _path(self, path_or_url: str) -> str:
+        return urlsplit(path_or_url).path or path_or_url
 
     def request(
         self,
@@ -318,20 +370,27 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
         stream: bool = False,
+        repeatable: bool | None = None,
     ) -> httpx.Response:
-        """Send with retries (bodies here are bytes, so resending is safe)."""
-        for attempt in range(1, self.options.retries + 2):
-            try:
-                return self._send_once(
-                    method, path_or_url, scope, headers=headers, params=params, content=content, stream=stream
-                )
-            except _Transient as t:
-                if attempt > self.options.retries:
-                    raise self.fail(
-                        f"{method} {urlsplit(self._url(path_or_url)).path} failed after {attempt} attempts: {t.what}"
-                    ) from None
-                self._sleep(attempt, t.retry_after)
-        raise AssertionError("unreachable")
+        """Send under the retry policy. ``repeatable`` (default: the method is idempotent) allows retrying
+        5xx and failures after the request went out; 429 and failures to connect are always retried."""
+        rep = is_idempotent(method) if repeatable is None else repeatable
+
+        def attempt() -> httpx.Response:
+            return self._attempt(
+                method, path_or_url, scope, headers=headers, params=params, content=content, stream=stream,
+                repeatable=rep,
+            )  # fmt: skip
+
+        return self.policy.run(
+            attempt,
+            on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"{method} {self._path(path_or_url)} failed after {n} attempts: {t.what}"),
+        )
+
+    def _retry_notice(self, failure: Transient, seconds: float) -> None:
+        if self.options.on_retry is not None:
+            self.options.on_retry(f"registry {self.registry}: retrying in {seconds:.1f} s: {failure.what}")
 
     @staticmethod
     def pull_scope(repo: str) -> str:
@@ -344,17 +403,36 @@ class RegistryClient:
     # -- blobs ------------------------------------------------------------------------------------
 
     def blob_size(self, repo: str, digest: str, *, push: bool = False) -> int | None:
-        """Size of the blob if ``repo`` has it, else None (HEAD)."""
+        """Size of the blob if ``repo`` has it, else None (HEAD). A 200 must carry the blob's own
+        ``Docker-Content-Digest`` and a ``Content-Length``; anything else is not a registry's answer."""
         scope = self.push_scope(repo) if push else self.pull_scope(repo)
         resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope)
         if resp.status_code == 404:
             return None
-        if resp.status_code in (200, 307, 302):
-            try:
-                return int(resp.headers.get("content-length", "-1"))
-            except ValueError:
-                return -1
-        raise self.fail(f"HEAD blob {digest} in {repo}: HTTP {resp.status_code}")
+        if resp.status_code in _REDIRECTS:
+            size = _int_header(resp, "content-length")  # the registry has it; its storage has the headers
+            return -1 if size is None else size
+        if resp.status_code != 200:
+            raise self.fail(f"HEAD blob {digest} in {repo}: HTTP {resp.status_code}")
+        got = resp.headers.get("docker-content-digest")
+        size = _int_header(resp, "content-length")
+        if got != digest or size is None:
+            raise self.fail(
+                f"HEAD blob {digest} in {repo} answered 200 with "
+                + (f"Docker-Content-Digest {got}" if got else "no Docker-Content-Digest")
+                + ("" if size is not None else " and no Content-Length")
+                + "; is this an OCI registry?"
+            )
+        return size
+
+    def has_blob(self, repo: str, digest: str, size: int, *, push: bool = False) -> bool:
+        """Whether ``repo`` holds the blob; a HEAD that reports another size is an error, not a yes."""
+        have = self.blob_size(repo, digest, push=push)
+        if have is None:
+            return False
+        if have not in (size, -1):
+            raise self.fail(f"HEAD blob {digest} in {repo} reports {have} bytes, expected {size}")
+        return True
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount. None if mounted; otherwise the Location of a fresh upload session."""
@@ -363,6 +441,7 @@ class RegistryClient:
             f"/v2/{repo}/blobs/uploads/",
             self.push_scope(repo, from_repo),
             params={"mount": digest, "from": from_repo},
+            repeatable=True,  # a repeated POST only opens another session
         )
         if resp.status_code == 201:
             return None
@@ -371,7 +450,7 @@ class RegistryClient:
         raise self.fail(f"mount of {digest} into {repo}: {registry_error_text(resp)}")
 
     def start_upload(self, repo: str) -> str:
-        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", self.push_scope(repo))
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", self.push_scope(repo), repeatable=True)
         if resp.status_code != 202 or not resp.headers.get("location"):
             raise self.fail(f"starting an upload to {repo}: {registry_error_text(resp)}")
         return resp.headers["location"]
@@ -385,73 +464,91 @@ class RegistryClient:
         *,
         location: str | None = None,
         progress: ProgressFn | None = None,
+        note: NoteFn | None = None,
     ) -> int:
         """Upload a blob; returns how many body bytes were sent (retransmissions included).
 
         Small blobs go in one PUT, large ones in PATCH chunks. After any failure we ask the registry what
-        it already has (the blob itself, or how far the session got) and carry on from there. The bytes
-        read are hashed: if they do not match ``digest`` the upload is abandoned with an ImageError.
+        it already has (the blob itself, or how far the session got) and carry on from there; only when the
+        registry forgot the session does the blob start again from byte 0 (``note`` is told). The retry
+        budget resets whenever the registry confirms bytes it had not confirmed before, so a push fails
+        only when the registry stops making progress. The bytes read are hashed: if they do not match
+        ``digest`` the upload is abandoned with an ImageError.
         """
         state = _UploadState(digest, size, opener, progress)
-        attempt = 0
-        while True:
+        state.location = location
+
+        def attempt() -> int:
             try:
-                if location is None:
-                    location = self.start_upload(repo)
-                state.location = state.location or location
-                if size <= self.options.monolithic_max:
-                    self._put_whole(repo, location, state)
+                if state.failed and self._resync(repo, state, note):
+                    return state.sent  # the registry finished it even though we did not hear back
+                if state.location is None:
+                    state.location = self.start_upload(repo)
+                    state.offset = 0
+                if state.offset == 0 and size <= self.options.monolithic_max:
+                    self._put_whole(repo, state)
                 else:
-                    location = self._put_chunks(repo, location, state)
+                    self._put_chunks(repo, state)
                 return state.sent
-            except _Transient as t:
-                attempt += 1
-                if attempt > self.options.retries:
-                    raise self.fail(f"upload of {digest} to {repo} failed after {attempt} attempts: {t.what}") from None
-                self._sleep(attempt, t.retry_after)
-                if self.blob_size(repo, digest, push=True) == size:
-                    return state.sent  # the server finished it even though we did not hear back
-                location = self._resume_point(repo, state.location or location, state)
-                state.location = location  # None: the next round starts a new session
-            finally:
-                state.close()
+            except Transient:
+                state.failed = True
+                raise
 
-    def _resume_point(self, repo: str, location: str | None, state: _UploadState) -> str | None:
-        """Where to carry on after a failure: the session's reported Range, or a new session from 0."""
-        if location is None or state.size <= self.options.monolithic_max:
-            state.offset = 0
-            return None
         try:
-            resp = self._send_once("GET", location, self.push_scope(repo))
-        except _Transient:
-            state.offset = 0
-            return None
-        if resp.status_code != 204:
-            state.offset = 0
-            return None
-        m = re.fullmatch(r"(?:bytes=)?0-(\d+)", resp.headers.get("range", "").strip())
-        state.offset = int(m.group(1)) + 1 if m else 0
-        return resp.headers.get("location") or location
+            return self.policy.run(
+                attempt,
+                progress=lambda: state.confirmed,  # grows with every byte the registry confirms
+                on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
+            )
+        finally:
+            state.close()
 
-    def _put_whole(self, repo: str, location: str, state: _UploadState) -> None:
-        state.offset = 0
-        resp = self._send_once(
+    def _resync(self, repo: str, state: _UploadState, note: NoteFn | None) -> bool:
+        """After a failure: True if the blob is already there; else set offset/location to carry on from."""
+        if self.has_blob(repo, state.digest, state.size, push=True):
+            return True
+        if state.location is not None:
+            resp = self._attempt("GET", state.location, self.push_scope(repo), repeatable=True)
+            held = parse_range(resp.headers.get("range")) if resp.status_code == 204 else None
+            if held is not None and held <= state.size:
+                state.offset = held
+                state.location = resp.headers.get("location") or state.location
+                state.confirm(held)
+                return False
+        # The session is gone (distribution, for one, refuses a Location whose signed state is older than the
+        # session, which is what a lost PATCH answer leaves us with): start again from byte 0.
+        if state.offset > 0 or state.session_confirmed > 0:
+            state.restarts += 1
+            if state.restarts > max(3, self.policy.retries):
+                raise self.fail(f"upload of {state.digest} to {repo}: the registry lost the upload session "
+                                f"{state.restarts} times")  # fmt: skip
+            if note is not None:
+                note(state.digest, f"the registry lost the upload session at byte {state.offset}; restarting from 0")
+        state.offset, state.location, state.session_confirmed = 0, None, 0
+        return False
+
+    def _put_whole(self, repo: str, state: _UploadState) -> None:
+        assert state.location is not None
+        resp = self._attempt(
             "PUT",
-            location,
+            state.location,
             self.push_scope(repo),
             params={"digest": state.digest},
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(state.size)},
             content=state.body(0, state.size),
+            repeatable=True,  # the upload loop re-reads the session's state before any repeat
         )
         self._check_finished(repo, resp, state)
 
-    def _put_chunks(self, repo: str, location: str, state: _UploadState) -> str:
+    def _put_chunks(self, repo: str, state: _UploadState) -> None:
+        assert state.location is not None
         while state.offset < state.size:
             start = state.offset
             end = min(state.size, start + self.options.chunk_size)
-            resp = self._send_once(
+            resp = self._attempt(
                 "PATCH",
-                location,
+                state.location,
                 self.push_scope(repo),
                 headers={
                     "Content-Type": "application/octet-stream",
@@ -459,26 +556,27 @@ class RegistryClient:
                     "Content-Range": f"{start}-{end - 1}",
                 },
                 content=state.body(start, end),
+                repeatable=True,
             )
-            if resp.status_code == 404:
-                raise _Transient("upload session expired")
+            if resp.status_code in (404, 416):
+                raise Transient("upload session expired" if resp.status_code == 404 else "chunk out of order")
             if resp.status_code != 202:
                 raise self.fail(f"upload of {state.digest} to {repo}: {registry_error_text(resp)}")
-            location = resp.headers.get("location") or location
-            state.location = location  # the newest Location carries the session state a resume needs
-            m = re.fullmatch(r"(?:bytes=)?0-(\d+)", resp.headers.get("range", "").strip())
-            # Trust the server's account of what it holds over ours.
-            state.offset = int(m.group(1)) + 1 if m else end
-        resp = self._send_once(
-            "PUT", location, self.push_scope(repo), params={"digest": state.digest},
-            headers={"Content-Length": "0"}, content=b"",
+            # The newest Location carries the session state a resume needs; the server's count of what it
+            # holds wins over ours.
+            state.location = resp.headers.get("location") or state.location
+            held = parse_range(resp.headers.get("range"))
+            state.offset = end if held is None else held
+            state.confirm(state.offset)
+        resp = self._attempt(
+            "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
+            headers={"Content-Length": "0"}, content=b"", repeatable=True,
         )  # fmt: skip
         self._check_finished(repo, resp, state)
-        return location
 
     def _check_finished(self, repo: str, resp: httpx.Response, state: _UploadState) -> None:
-        if resp.status_code == 404:
-            raise _Transient("upload session expired")
+        if resp.status_code in (404, 416):
+            raise Transient("upload session expired" if resp.status_code == 404 else "upload incomplete")
         if resp.status_code != 201:
             text = registry_error_text(resp)
             if "DIGEST_INVALID" in text:
@@ -487,49 +585,77 @@ class RegistryClient:
         got = resp.headers.get("docker-content-digest")
         if got and got != state.digest:
             raise self.fail(f"stored blob as {got}, expected {state.digest}")
+        state.confirm(state.size)
 
     def open_blob(self, repo: str, digest: str, offset: int = 0) -> httpx.Response:
         """Start streaming a blob (following redirects to blob storage). The caller closes the response."""
+        return self.policy.run(
+            lambda: self._open_blob(repo, digest, offset),
+            on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}"),
+        )
+
+    def _open_blob(self, repo: str, digest: str, offset: int) -> httpx.Response:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        url = f"/v2/{repo}/blobs/{digest}"
+        resp = self._attempt("GET", f"/v2/{repo}/blobs/{digest}", self.pull_scope(repo), headers=headers,
+                             stream=True, repeatable=True)  # fmt: skip
         for _hop in range(5):
-            resp = self.request("GET", url, self.pull_scope(repo), headers=headers, stream=True)
-            if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
-                resp.close()
-                nxt = urljoin(str(resp.request.url), resp.headers["location"])
-                # Redirect targets (object storage) get no registry credentials.
-                resp = self._http.send(self._http.build_request("GET", nxt, headers=headers), stream=True)
-                if resp.status_code in _RETRY_STATUSES:
-                    resp.close()
-                    raise self.fail(f"blob {digest}: storage answered HTTP {resp.status_code}")
-            if resp.status_code in (200, 206):
-                if offset and resp.status_code == 200:
-                    resp.close()
-                    raise self.fail(f"blob {digest}: server ignored the range request")
-                return resp
-            resp.read()
+            if resp.status_code not in _REDIRECTS or not resp.headers.get("location"):
+                break
             resp.close()
-            if resp.status_code == 404:
-                raise self.fail(f"blob {digest} is missing from {repo} (the manifest refers to a missing blob)")
-            raise self.fail(f"GET blob {digest} from {repo}: {registry_error_text(resp)}")
-        raise self.fail(f"blob {digest}: too many redirects")
+            nxt = urljoin(str(resp.request.url), resp.headers["location"])
+            # Redirect targets (object storage) get no registry credentials.
+            resp = self._raw_send("GET", nxt, headers=headers, stream=True, repeatable=True)
+            if status_is_transient(resp.status_code, repeatable=True):
+                resp.close()
+                raise Transient(
+                    f"blob {digest}: storage {urlsplit(nxt).netloc} answered HTTP {resp.status_code}",
+                    retry_after_seconds(resp.headers.get("retry-after"), self.policy.clock()),
+                )
+        else:
+            resp.close()
+            raise self.fail(f"blob {digest}: too many redirects")
+        if resp.status_code in (200, 206):
+            if offset and resp.status_code == 200:
+                resp.close()
+                raise self.fail(f"blob {digest}: server ignored the range request")
+            return resp
+        resp.close()
+        if resp.status_code == 404:
+            raise self.fail(f"blob {digest} is missing from {repo} (the manifest refers to a missing blob)")
+        raise self.fail(f"GET blob {digest} from {repo}: HTTP {resp.status_code}")
+
+    def read_failure(self, e: httpx.HTTPError, digest: str) -> Transient | RegistryError:
+        """What a failure while reading a blob body means (a re-read from the offset is always safe)."""
+        f = classify_transport(e) if isinstance(e, httpx.TransportError) else None
+        if f is None or f.permanent:
+            return self.fail(f"reading blob {digest}: {f.text if f else type(e).__name__}")
+        return Transient(f"reading blob {digest}: {f.text}")
 
     def get_blob_bytes(self, repo: str, digest: str, max_size: int = 32 * _MiB) -> bytes:
         """A small blob (a config) read whole and verified against its digest."""
-        resp = self.open_blob(repo, digest)
-        try:
-            data = bytearray()
-            for chunk in resp.iter_raw():
-                data += chunk
-                if len(data) > max_size:
-                    raise self.fail(f"blob {digest} is larger than {max_size} bytes")
-        except httpx.TransportError as e:
-            raise self.fail(f"reading blob {digest}: {_describe_transport(e)}") from None
-        finally:
-            resp.close()
-        if sha256_digest(bytes(data)) != digest:
+
+        def attempt() -> bytes:
+            resp = self._open_blob(repo, digest, 0)
+            try:
+                data = bytearray()
+                for chunk in resp.iter_raw():
+                    data += chunk
+                    if len(data) > max_size:
+                        raise self.fail(f"blob {digest} is larger than {max_size} bytes")
+            except httpx.HTTPError as e:
+                raise self.read_failure(e, digest) from None
+            finally:
+                resp.close()
+            return bytes(data)
+
+        data = self.policy.run(
+            attempt, on_retry=self._retry_notice,
+            give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}")
+        )
+        if sha256_digest(data) != digest:
             raise self.fail(f"blob {digest} from {repo} does not match its digest")
-        return bytes(data)
+        return data
 
     # -- manifests and tags ------------------------------------------------------------------------
 
@@ -555,15 +681,17 @@ class RegistryClient:
         return Manifest(data, media_type, digest)
 
     def manifest_digest(self, repo: str, identifier: str) -> str | None:
-        """The digest a tag points to (HEAD), or None if there is no such tag."""
+        """The digest a tag (or digest) names, by HEAD; None if the registry has no such manifest."""
         resp = self.request("HEAD", f"/v2/{repo}/manifests/{identifier}", self.pull_scope(repo),
                             headers={"Accept": MANIFEST_ACCEPT})  # fmt: skip
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
             raise self.fail(f"HEAD manifest {repo}:{identifier}: HTTP {resp.status_code}")
-        got: str | None = resp.headers.get("docker-content-digest")
-        return got
+        got = resp.headers.get("docker-content-digest", "")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", got):
+            raise self.fail(f"HEAD manifest {repo}:{identifier}: no valid Docker-Content-Digest; is this a registry?")
+        return str(got)
 
     def put_manifest(self, repo: str, identifier: str, data: bytes, media_type: str) -> str:
         """Store a manifest under a tag or its digest; returns the digest the registry confirmed."""
@@ -576,15 +704,13 @@ class RegistryClient:
                 raise self.fail(f"refused manifest for {repo}:{identifier}: it refers to a blob it does not have")
             raise self.fail(f"PUT manifest {repo}:{identifier}: {text}")
         got = resp.headers.get("docker-content-digest")
-        if got and got != digest:
-            raise self.fail(f"stored manifest as {got}, expected {digest}")
+        if got != digest:
+            raise self.fail(
+                f"PUT manifest {repo}:{identifier} answered HTTP {resp.status_code} "
+                + (f"but stored {got}, expected {digest}" if got else "without the Docker-Content-Digest it stored")
+                + "; is this an OCI registry?"
+            )
         return digest
-
-    def delete_manifest(self, repo: str, digest: str) -> None:
-        scope = f"repository:{repo}:delete"
-        resp = self.request("DELETE", f"/v2/{repo}/manifests/{digest}", scope)
-        if resp.status_code not in (200, 202):
-            raise self.fail(f"DELETE manifest {repo}@{digest}: {registry_error_text(resp)}")
 
     def list_tags(self, repo: str, page_size: int | None = None) -> list[str]:
         """All tags of ``repo``, following ``Link: <…>; rel="next"`` pagination."""
@@ -614,6 +740,13 @@ class RegistryClient:
         return tags
 
 
+def _int_header(resp: httpx.Response, name: str) -> int | None:
+    try:
+        return int(resp.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
 def _next_link(header: str) -> str | None:
     for part in header.split(","):
         m = re.match(r"\s*<([^>]+)>\s*;(.*)$", part)
@@ -627,8 +760,12 @@ class _UploadState:
 
     def __init__(self, digest: str, size: int, opener: Callable[[], BinaryIO], progress: ProgressFn | None):
         self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
-        self.offset = 0
+        self.offset = 0  # where the next body starts (the server's count when we have one)
         self.sent = 0
+        self.confirmed = 0  # bytes the registry confirmed, summed over sessions: the retry loop's progress
+        self.session_confirmed = 0  # what the current session confirmed holding
+        self.restarts = 0  # sessions the registry lost
+        self.failed = False  # an attempt failed: re-read the registry's state before going on
         self.location: str | None = None
         self._hash = hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) went through the hash
@@ -639,6 +776,11 @@ class _UploadState:
         if self._src is not None:
             self._src.close()
             self._src = None
+
+    def confirm(self, held: int) -> None:
+        if held > self.session_confirmed:
+            self.confirmed += held - self.session_confirmed
+            self.session_confirmed = held
 
     def _seek(self, pos: int) -> BinaryIO:
         src = self._src

@@ -7,35 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from nixfly.image import Layer
-from nixfly.image.mediatypes import Compression
+from nixfly.image.model import LayerWrapper
 
 
 @dataclass(frozen=True)
-class ProgressLayer:
-    """Delegates to ``inner``; every read calls ``advance(n_bytes)``."""
+class ProgressLayer(LayerWrapper):
+    """Delegates to ``inner``; every read of the compressed blob calls ``advance(n_bytes)``."""
 
-    inner: Layer
-    advance: Callable[[int], None]
+    advance: Callable[[int], None] = lambda n: None
 
-    @property
-    def digest(self) -> str:
-        return self.inner.digest
-
-    @property
-    def diff_id(self) -> str:
-        return self.inner.diff_id
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    @property
-    def compression(self) -> Compression:
-        return self.inner.compression
-
-    def open(self) -> BinaryIO:
-        return io.BufferedReader(_Reporting(self.inner.open(), self.advance), 256 * 1024)
+    def compressed(self) -> BinaryIO:
+        return io.BufferedReader(_Reporting(self.inner.compressed(), self.advance), 256 * 1024)
 
 
 class _Reporting(io.RawIOBase):

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nixfly.build.cache import default_cache_dir, owner_gone
-from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError, NixflyError
 from nixfly.image import Image, Layer
+from nixfly.image.compression import decompressing_reader
 from nixfly.image.digest import HashingReader, digest_hex
 from nixfly.run.rootfs import strictly_inside, walk
 
@@ -283,13 +283,17 @@ def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions) -> No
     """Apply one layer to the rootfs at ``root`` and check its bytes against the layer's diff_id."""
     applier = _LayerApplier(root, where, opts)
     try:
-        with layer.open() as raw:
+        with layer.compressed() as raw:
             hashing = HashingReader(decompressing_reader(layer.compression, raw))
             with tarfile.open(fileobj=hashing, mode="r|") as tf:  # type: ignore[call-overload]
                 for ti in tf:
                     applier.apply(ti, tf)
             hashing.drain()
         applier.finish_layer()
+    except UnpackError:
+        raise
+    except ImageError as e:  # the blob failed its own digest check
+        raise UnpackError(f"{where}: corrupt layer: {e}") from None
     except NixflyError:
         raise
     except OSError as e:

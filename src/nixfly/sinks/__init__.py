@@ -1,1 +1,131 @@
-"""Image sinks: an OCI layout, a docker-archive (file or stdout), a registry (``nixfly.registry``)."""
+"""Image sinks: an OCI layout, a docker-archive (file or stdout), a registry. Each writes exactly the image
+it is given and says which digest it wrote; none asks where the image came from.
+
+:func:`open_sink` picks the sink for a location; :func:`publish` is the one path ``build``, ``push``,
+``copy``, ``pull`` and ``deploy --build`` share: choose the format once (:func:`format_for`), convert the
+image if needed (a new image, a new digest), then write it to every destination.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from nixfly.image.convert import with_format
+from nixfly.image.mediatypes import ManifestFormat
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
+
+if TYPE_CHECKING:
+    from nixfly.image import Image
+    from nixfly.registry.client import RegistryOptions
+    from nixfly.sinks.registry import PushProgress, PushResult
+
+@dataclass(frozen=True)
+class Written:
+    """What a sink wrote: the manifest digest, where, and (for a registry) the push's details."""
+
+    digest: str
+    location: str
+    reference: str  # name@sha256:… for a registry; LOCATION@sha256:… otherwise
+    push: PushResult | None = field(default=None, compare=False)
+
+
+class Sink(Protocol):
+    def write(self, image: Image) -> Written: ...
+
+
+@dataclass(frozen=True)
+class LayoutSink:
+    location: LayoutLocation
+
+    def write(self, image: Image) -> Written:
+        from nixfly.sinks.layout import write_layout
+
+        digest = write_layout(image, self.location)
+        return Written(digest, str(self.location), f"{self.location}@{digest}")
+
+
+@dataclass(frozen=True)
+class ArchiveSink:
+    location: ArchiveLocation
+
+    def write(self, image: Image) -> Written:
+        from nixfly.sinks.archive import write_archive
+
+        write_archive(image, self.location)
+        digest = image.manifest_digest()
+        return Written(digest, str(self.location), f"{self.location}@{digest}")
+
+
+@dataclass(frozen=True)
+class RegistrySink:
+    """One push to several tags/repositories at once (blobs go once per repository)."""
+
+    references: tuple[str, ...]
+    options: RegistryOptions | None = None
+    mount_from: tuple[str, ...] = ()
+    progress: PushProgress | None = None
+
+    def write(self, image: Image) -> Written:
+        from nixfly.sinks.registry import push_image
+
+        result = push_image(
+            image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress
+        )
+        return Written(result.digest, ", ".join(result.references), result.reference, result)
+
+
+def open_sink(
+    location: Location,
+    options: RegistryOptions | None = None,
+    *,
+    mount_from: Sequence[str] = (),
+    progress: PushProgress | None = None,
+) -> Sink:
+    """The sink that writes to ``location``."""
+    if isinstance(location, LayoutLocation):
+        return LayoutSink(location)
+    if isinstance(location, ArchiveLocation):
+        return ArchiveSink(location)
+    return RegistrySink((location.reference,), options, tuple(mount_from), progress)
+
+
+def format_for(locations: Sequence[Location], image: Image, requested: ManifestFormat | None = None) -> ManifestFormat:
+    """The manifest format an image is published in: ``requested``, else Docker v2s2 when any destination
+    is registry.fly.io (Fly's image lookup breaks on OCI indexes and attestations) or a host listed in
+    ``$NIXFLY_V2S2_REGISTRIES`` (comma-separated; for mirrors of it), else the image's own."""
+    if requested is not None:
+        return requested
+    from nixfly.registry.auth import FLY_REGISTRY
+    from nixfly.registry.reference import parse_reference
+
+    v2s2_hosts = {FLY_REGISTRY, *(h.strip() for h in os.environ.get("NIXFLY_V2S2_REGISTRIES", "").split(",") if h)}
+    for loc in locations:
+        if isinstance(loc, RegistryLocation) and parse_reference(loc.reference).registry in v2s2_hosts:
+            return "v2s2"
+    return image.format
+
+
+def publish(
+    image: Image,
+    locations: Sequence[Location],
+    *,
+    fmt: ManifestFormat | None = None,
+    options: RegistryOptions | None = None,
+    mount_from: Sequence[str] = (),
+    progress: PushProgress | None = None,
+) -> tuple[Image, list[Written]]:
+    """Write ``image`` to every location in one format; returns the image as written (converted when the
+    format changed) and what each sink wrote — every digest is the same."""
+    out = with_format(image, format_for(locations, image, fmt))
+    local = [loc for loc in locations if not isinstance(loc, RegistryLocation)]
+    remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
+    written = [open_sink(loc).write(out) for loc in local]
+    if remote:
+        written.append(RegistrySink(remote, options, tuple(mount_from), progress).write(out))
+    return out, written
+
+
+__all__ = ["Sink", "Written", "format_for", "open_sink", "publish"]

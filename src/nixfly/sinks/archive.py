@@ -1,37 +1,44 @@
 """Write an image as a docker-archive (what ``docker load`` / ``podman load`` / skopeo read).
 
 Layers are stored uncompressed as ``<diff_id>.tar`` (the format's convention), decompressed on the fly
-from the cached blobs. To a file the archive is written to a temp name and renamed; to stdout it streams.
+from the layers' blobs and verified against their diff_ids. To a file the archive is written to a temp
+name and renamed; to stdout it streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
 import sys
 import tarfile
-from typing import BinaryIO
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO, cast
 
-from nixfly.build.compress import decompressing_reader
 from nixfly.errors import ImageError
 from nixfly.fsutil import atomic_writer
-from nixfly.image import BlobLayer, Image, Layer, canonical_json
+from nixfly.image import Image, Layer, canonical_json
 from nixfly.image.digest import digest_hex
 from nixfly.transports import ArchiveLocation
 
 _MTIME = 1
 
 
-def _uncompressed_size(layer: Layer) -> int:
-    if isinstance(layer, BlobLayer) and layer.uncompressed_size is not None:
-        return layer.uncompressed_size
-    if layer.compression == "none":
-        return layer.size
-    n = 0
-    with layer.open() as raw:
-        r = decompressing_reader(layer.compression, raw)
-        while chunk := r.read(1 << 20):
-            n += len(chunk)
-    return n
+@contextlib.contextmanager
+def _tar_stream(layer: Layer) -> Iterator[tuple[BinaryIO, int]]:
+    """The layer's verified tar stream and its size. When the size is not known up front (a layer from
+    a registry or a layout), the stream is decompressed once into a temporary file to learn it."""
+    if layer.uncompressed_size is not None:
+        with layer.uncompressed() as r:
+            yield r, layer.uncompressed_size
+        return
+    with tempfile.TemporaryFile(prefix="nixfly-layer-") as spool:
+        with layer.uncompressed() as r:
+            shutil.copyfileobj(r, spool, 1 << 20)
+        size = spool.tell()
+        spool.seek(0)
+        yield cast(BinaryIO, spool), size
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:
@@ -54,9 +61,8 @@ def _write(image: Image, out: BinaryIO, repo_tag: str | None) -> None:
             if name in written:
                 continue
             written.add(name)
-            size = _uncompressed_size(layer)
-            with layer.open() as raw:
-                tf.addfile(_info(name, size), decompressing_reader(layer.compression, raw))
+            with _tar_stream(layer) as (stream, size):
+                tf.addfile(_info(name, size), stream)
         mbytes = canonical_json(manifest)
         tf.addfile(_info("manifest.json", len(mbytes)), io.BytesIO(mbytes))
         if repo_tag:

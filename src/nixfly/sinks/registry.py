@@ -1,9 +1,12 @@
-"""Push an ``Image`` to one or more references: blobs first (only the missing ones), manifest last.
+"""The registry sink: push an ``Image`` — exactly its manifest — to one or more references.
 
-Layers are uploaded in parallel (bounded by ``RegistryOptions.parallel``) straight from wherever the
-image's layers live (the layer cache, a layout, another registry), then the config, then the manifest
-under each tag. A blob the repository already has is skipped after a HEAD; one in a named sibling
-repository is mounted. Re-running an interrupted push therefore uploads only what is still missing.
+Blobs go first (only the missing ones), the manifest last. Layers are uploaded in parallel (bounded by
+``RegistryOptions.parallel``) from whatever each layer's ``compressed()`` reads (the layer cache, a layout,
+another registry), then the config, then the manifest under each tag. A blob the repository already has
+is skipped after a HEAD; a layer that lives in another repository of the same registry (a
+``Mountable`` layer, or one of ``mount_from``) is mounted. Re-running an interrupted push therefore uploads
+only what is still missing. The sink never converts: choosing a format is a mutation done before it
+(``nixfly.image.convert.with_format``), so the digest it returns is the one the caller printed.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from nixfly.errors import UsageError
-from nixfly.image import Image
+from nixfly.image import Image, Layer
+from nixfly.image.convert import with_format
 from nixfly.image.mediatypes import ManifestFormat
-from nixfly.registry.auth import FLY_REGISTRY
+from nixfly.image.model import BlobOrigin, Mountable
 from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
 
@@ -43,12 +47,12 @@ class PushResult:
             "digest": self.digest,
             "reference": self.reference,
             "references": list(self.references),
-            "mediaType": self.media_type,
+            "media_type": self.media_type,
             "format": self.format,
-            "uploadedBytes": self.uploaded_bytes,
-            "uploadedBlobs": self.uploaded_blobs,
-            "skippedBlobs": self.skipped_blobs,
-            "mountedBlobs": self.mounted_blobs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "uploaded_blobs": self.uploaded_blobs,
+            "skipped_blobs": self.skipped_blobs,
+            "mounted_blobs": self.mounted_blobs,
         }
 
 
@@ -64,13 +68,8 @@ class PushProgress:
     def blob_finished(self, digest: str, outcome: BlobOutcome) -> None:
         pass
 
-
-def default_format(refs: Sequence[Reference], image: Image) -> ManifestFormat:
-    """registry.fly.io gets a single-platform Docker v2s2 manifest (Fly's image lookup breaks on OCI
-    indexes/attestations); every other registry gets the image's own format."""
-    if any(r.registry == FLY_REGISTRY for r in refs):
-        return "v2s2"
-    return image.format
+    def blob_note(self, digest: str, text: str) -> None:
+        """Something worth a line about a transfer (e.g. the registry lost the session: restarting)."""
 
 
 def push_image(
@@ -84,17 +83,19 @@ def push_image(
 ) -> PushResult:
     """Push ``image`` to every reference in ``refs`` (several tags, or repositories, at once).
 
-    Promises: no manifest is written before every blob it names is confirmed present in that repository;
-    blobs the repository already holds are not uploaded again; the returned digest is the one the registry
-    confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure.
+    ``fmt``, when given, converts the image first (a new image, a new digest); otherwise the image's own manifest is
+    pushed byte for byte. Promises: no manifest is written before every blob it names is confirmed present in that
+    repository; blobs the repository already holds are not uploaded again; the returned digest is the one the
+    registry confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure.
     """
     if not refs:
         raise UsageError("push needs at least one destination reference")
     parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
-    f = fmt or default_format(parsed, image)
-    manifest = image.manifest_bytes(f)
-    media_type = image.manifest_media_type(f)
-    digest = image.manifest_digest(f)
+    if fmt is not None:
+        image = with_format(image, fmt)
+    manifest = image.manifest_bytes()
+    media_type = image.media_type
+    digest = image.manifest_digest()
     for r in parsed:
         if r.digest and r.digest != digest:
             raise UsageError(f"{r} names digest {r.digest}, but the image's manifest digest is {digest}")
@@ -124,7 +125,7 @@ def push_image(
         reference=parsed[0].pinned(digest),
         references=tuple(pushed),
         media_type=media_type,
-        format=f,
+        format=image.format,
         uploaded_bytes=totals["bytes"],
         uploaded_blobs=totals["uploaded"],
         skipped_blobs=totals["skipped"],
@@ -142,13 +143,18 @@ def _push_blobs(
 ) -> None:
     layers = list({lyr.digest: lyr for lyr in image.layers}.values())
 
-    def one(digest: str, size: int, opener: Callable[[], BinaryIO]) -> tuple[BlobOutcome, int]:
+    def one(
+        digest: str, size: int, opener: Callable[[], BinaryIO], origin: BlobOrigin | None = None
+    ) -> tuple[BlobOutcome, int]:
         prog.blob_started(digest, size)
-        if client.blob_size(repo, digest, push=True) is not None:
+        if client.has_blob(repo, digest, size, push=True):
             prog.blob_finished(digest, "skipped")
             return "skipped", 0
         location = None
-        for src in mount_from:
+        sources = list(mount_from)
+        if origin is not None and origin.registry == client.registry and origin.repository not in sources:
+            sources.insert(0, origin.repository)
+        for src in sources:
             if src == repo:
                 continue
             location = client.mount_blob(repo, digest, src)
@@ -157,7 +163,7 @@ def _push_blobs(
                 return "mounted", 0
             break  # the registry started an ordinary upload session instead: use it
         advanced: ProgressFn = prog.blob_advanced
-        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced)
+        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced, note=prog.blob_note)
         prog.blob_finished(digest, "uploaded")
         return "uploaded", sent
 
@@ -167,7 +173,7 @@ def _push_blobs(
 
     workers = max(1, min(client.options.parallel, len(layers) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixfly-push") as pool:
-        futures = [pool.submit(one, lyr.digest, lyr.size, lyr.open) for lyr in layers]
+        futures = [pool.submit(one, lyr.digest, lyr.size, lyr.compressed, _origin(lyr)) for lyr in layers]
         try:
             for fut in futures:
                 account(*fut.result())
@@ -176,5 +182,12 @@ def _push_blobs(
                 fut.cancel()
             raise
     # The config goes after the layers and before the manifest.
+    # A config read from a registry lives where its layers do: mount it from there too.
+    origins = {_origin(lyr) for lyr in image.layers}
+    cfg_origin = origins.pop() if len(origins) == 1 else None
     cfg = image.config_bytes
-    account(*one(image.config_digest, len(cfg), lambda: io.BytesIO(cfg)))
+    account(*one(image.config_digest, len(cfg), lambda: io.BytesIO(cfg), cfg_origin))
+
+
+def _origin(layer: Layer) -> BlobOrigin | None:
+    return layer.origin if isinstance(layer, Mountable) else None

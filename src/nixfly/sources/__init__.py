@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nixfly.image import Image
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location
+
+if TYPE_CHECKING:
+    from nixfly.registry.client import RegistryOptions
 
 
-def open_image(location: Location, **registry_options: Any) -> Image:
-    """Open the image at ``location``. Registry options (credentials, TLS) go to the registry source."""
+def open_image(location: Location, options: RegistryOptions | None = None, *, platform: str | None = None) -> Image:
+    """Open the image at ``location``. ``options`` (credentials, TLS, retries) and ``platform`` (which entry of
+    a multi-platform index) apply to registries."""
     if isinstance(location, LayoutLocation):
         from nixfly.sources.layout import read_layout
 
@@ -18,7 +22,6 @@ def open_image(location: Location, **registry_options: Any) -> Image:
         from nixfly.sources.archive import read_archive
 
         return read_archive(location)
-    assert isinstance(location, RegistryLocation)
     from nixfly.sources.registry import open_remote_image
 
-    return open_remote_image(location.reference, **registry_options)
+    return open_remote_image(location.reference, options, platform=platform)

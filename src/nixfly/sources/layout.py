@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from nixfly.errors import ImageError
-from nixfly.image import BlobLayer, Image, parse_manifest
-from nixfly.image.digest import check_digest, digest_hex
+from nixfly.image import Image, parse_manifest
+from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
+from nixfly.image.model import FileLayer
 from nixfly.transports import LayoutLocation
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -19,37 +20,62 @@ def blob_path(root: Path, digest: str) -> Path:
     return root / "blobs" / "sha256" / digest_hex(digest)
 
 
-def _read_blob(root: Path, desc: dict[str, Any], where: str) -> bytes:
+def _read_blob(root: Path, desc: dict[str, Any], where: str, limit: int = 64 << 20) -> bytes:
+    """A small blob (index, manifest, config) named by ``desc``, verified against its digest and size."""
     digest = check_digest(str(desc.get("digest", "")))
     p = blob_path(root, digest)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
     except OSError:
         raise ImageError(f"{where}: blob {digest} is missing from {root}") from None
+    if len(data) > limit:
+        raise ImageError(f"{where}: blob {digest} is larger than {limit >> 20} MiB; not a manifest or config")
     if "size" in desc and len(data) != desc["size"]:
         raise ImageError(f"{where}: blob {digest} has {len(data)} bytes, descriptor says {desc['size']}")
+    if sha256_digest(data) != digest:
+        raise ImageError(f"{where}: blob {digest} does not match its digest; the layout is corrupt")
     return data
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageError(f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return obj
 
 
 def read_index(root: Path) -> dict[str, Any]:
     try:
-        idx = json.loads((root / "index.json").read_text())
+        data = (root / "index.json").read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{root} is not an OCI layout (no index.json)") from None
-    except (OSError, ValueError) as e:
-        raise ImageError(f"{root}/index.json is unreadable: {e}") from None
-    if not isinstance(idx, dict) or not isinstance(idx.get("manifests"), list):
-        raise ImageError(f"{root}/index.json has no manifests list")
+    except OSError as e:
+        raise ImageError(f"{root}/index.json is unreadable: {e.strerror}") from None
+    idx = _json_object(data, f"{root}/index.json")
+    manifests = idx.get("manifests")
+    if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+        raise ImageError(f"{root}/index.json has no manifests list of objects")
     return idx
+
+
+def _annotations(desc: dict[str, Any]) -> dict[str, Any]:
+    a = desc.get("annotations")
+    return a if isinstance(a, dict) else {}
 
 
 def _select(root: Path, manifests: list[dict[str, Any]], tag: str | None, where: str) -> dict[str, Any]:
     if tag is not None:
-        hits = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
+        hits = [m for m in manifests if _annotations(m).get(REF_NAME) == tag]
         if not hits:
             names = sorted({m.get("annotations", {}).get(REF_NAME, "?") for m in manifests})
             raise ImageError(f"{where}: no image tagged {tag!r} (tags: {', '.join(names) or 'none'})")
         return hits[0]
+    # Referrers (an SBOM with a `subject`) sit beside the image in index.json; they are not images.
+    manifests = [m for m in manifests if "subject" not in m] or manifests
     if len(manifests) != 1:
         raise ImageError(f"{where}: holds {len(manifests)} images; name one as oci:DIR:TAG")
     return manifests[0]
@@ -62,9 +88,9 @@ def read_layout(loc: LayoutLocation) -> Image:
     desc = _select(root, idx["manifests"], loc.tag, where)
     # Follow nested indexes to the linux/amd64 (or only) manifest.
     while desc.get("mediaType") in INDEX_TYPES:
-        nested = json.loads(_read_blob(root, desc, where))
-        subs = nested.get("manifests", [])
-        plat = [m for m in subs if m.get("platform", {}).get("architecture") in ("amd64", None)]
+        nested = _json_object(_read_blob(root, desc, where), f"{where}: index {desc.get('digest')}")
+        subs = [m for m in nested.get("manifests") or [] if isinstance(m, dict)]
+        plat = [m for m in subs if (m.get("platform") or {}).get("architecture") in ("amd64", None)]
         if not plat:
             raise ImageError(f"{where}: index has no linux/amd64 image")
         desc = plat[0]
@@ -73,8 +99,11 @@ def read_layout(loc: LayoutLocation) -> Image:
     raw = _read_blob(root, desc, where)
     m = parse_manifest(raw, where)
     config_bytes = _read_blob(root, m["config"], where)
-    cfg = json.loads(config_bytes)
-    diff_ids = cfg.get("rootfs", {}).get("diff_ids", [])
+    cfg = _json_object(config_bytes, f"{where}: config {m['config'].get('digest')}")
+    rootfs = cfg.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{where}: config has no rootfs.diff_ids list")
     if len(diff_ids) != len(m["layers"]):
         raise ImageError(f"{where}: config lists {len(diff_ids)} diff_ids for {len(m['layers'])} layers")
     layers = []
@@ -83,13 +112,15 @@ def read_layout(loc: LayoutLocation) -> Image:
         p = blob_path(root, digest)
         if not p.is_file():
             raise ImageError(f"{where}: layer blob {digest} is missing")
-        if p.stat().st_size != d.get("size"):
+        if not isinstance(d.get("size"), int) or p.stat().st_size != d["size"]:
             raise ImageError(f"{where}: layer blob {digest} is truncated or the wrong size")
-        layers.append(BlobLayer(p, digest, diff_id, int(d["size"]), compression_of(str(d.get("mediaType")))))
+        mt = str(d.get("mediaType"))
+        compression_of(mt)  # an unknown layer type is refused here, not half-way through a copy
+        layers.append(FileLayer(p, digest, check_digest(str(diff_id)), int(d["size"]), mt))
     return Image(
         config_bytes,
         tuple(layers),
         format_of_manifest(str(m["mediaType"])),
-        m.get("annotations") or {},
+        _annotations(m),
         raw,
     )

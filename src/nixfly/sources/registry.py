@@ -2,7 +2,7 @@
 
 Only the manifest and the config are fetched up front. Each layer's ``open()`` streams its blob from the
 registry, hashing as it reads: reaching the end with the wrong digest or size raises instead of returning
-bad bytes, and a dropped connection is resumed with a ``Range`` request.
+bad bytes, and a dropped connection is resumed with a ``Range`` request (under :mod:`nixfly.retry`, like every request).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -22,31 +20,38 @@ from nixfly.errors import ImageError, NixflyError, RegistryError
 from nixfly.image import Image
 from nixfly.image.digest import check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
+from nixfly.image.model import BlobOrigin, uncompressed_reader
+from nixfly.image.platform import host_platform
 from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
-
-_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
-
-
-def host_platform() -> str:
-    """``os/arch`` of this machine in OCI terms (``linux/amd64``)."""
-    return "linux/" + _GOARCH.get(platform.machine().lower(), platform.machine().lower())
 
 
 @dataclass(frozen=True)
 class RemoteLayer:
-    """A layer blob in a registry repository. ``open()`` streams and verifies it."""
+    """A layer blob in a registry repository. ``compressed()`` streams and verifies it; a push to the same
+    registry can mount it from ``origin``."""
 
     client: RegistryClient = field(repr=False, compare=False)
     repository: str
     digest: str
     diff_id: str
     size: int
-    compression: Compression
-    media_type: str = ""
+    media_type: str
+    uncompressed_size: int | None = None
 
-    def open(self) -> BinaryIO:
+    @property
+    def compression(self) -> Compression:
+        return compression_of(self.media_type)
+
+    @property
+    def origin(self) -> BlobOrigin:
+        return BlobOrigin(self.client.registry, self.repository)
+
+    def compressed(self) -> BinaryIO:
         return io.BufferedReader(_VerifyingBlobReader(self), IO_CHUNK)
+
+    def uncompressed(self) -> BinaryIO:
+        return uncompressed_reader(self)
 
 
 class _VerifyingBlobReader(io.RawIOBase):
@@ -61,30 +66,29 @@ class _VerifyingBlobReader(io.RawIOBase):
         self._chunks: Iterator[bytes] | None = None
         self._buf = b""
         self._done = False
-        self._failures = 0
 
     def readable(self) -> bool:
         return True
 
-    def _connect(self) -> None:
-        lyr = self._layer
-        self._resp = lyr.client.open_blob(lyr.repository, lyr.digest, self._pos)
-        self._chunks = self._resp.iter_raw(IO_CHUNK)
-
     def _next_chunk(self) -> bytes:
+        """The next piece of the body, under the client's retry policy (one loop: reconnecting from the
+        current offset is part of the attempt)."""
         lyr = self._layer
-        while True:
-            if self._chunks is None:
-                self._connect()
-            assert self._chunks is not None
-            try:
-                return next(self._chunks, b"")
-            except httpx.TransportError as e:
-                self._failures += 1
-                self._drop()
-                if self._failures > lyr.client.options.retries:
-                    raise lyr.client.fail(f"reading blob {lyr.digest}: {type(e).__name__}") from None
-                time.sleep(lyr.client.options.sleep_for(self._failures))
+        return lyr.client.policy.run(
+            self._attempt,
+            give_up=lambda t, n: lyr.client.fail(f"reading blob {lyr.digest} failed after {n} attempts: {t.what}"),
+        )
+
+    def _attempt(self) -> bytes:
+        lyr = self._layer
+        if self._chunks is None:
+            self._resp = lyr.client.open_blob(lyr.repository, lyr.digest, self._pos)
+            self._chunks = self._resp.iter_raw(IO_CHUNK)
+        try:
+            return next(self._chunks, b"")
+        except httpx.HTTPError as e:
+            self._drop()
+            raise lyr.client.read_failure(e, lyr.digest) from None
 
     def _drop(self) -> None:
         if self._resp is not None:
@@ -175,6 +179,7 @@ def image_from_manifest(client: RegistryClient, ref: Reference, m: Manifest) -> 
     for d, diff_id in zip(layer_descs, diff_ids, strict=True):
         try:
             mt = str(d["mediaType"])
+            compression_of(mt)
             layers.append(
                 RemoteLayer(
                     client,
@@ -182,7 +187,6 @@ def image_from_manifest(client: RegistryClient, ref: Reference, m: Manifest) -> 
                     check_digest(str(d["digest"])),
                     str(diff_id),
                     int(d["size"]),
-                    compression_of(mt),
                     mt,
                 )
             )

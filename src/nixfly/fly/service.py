@@ -1,0 +1,390 @@
+"""The deploy service: everything between "the user ran nixfly deploy" and the Deployer, so the CLI
+only parses flags and prints.
+
+:func:`deploy` reads fly.toml (refusing unknown keys before any request is sent), finds the image (built
+and pushed, given, or ``[build] image``; a tag is resolved to its digest once), connects to the Machines
+API, creates the app if asked, assembles one MachineConfig per process group (keeping each group's
+current guest when fly.toml has no [[vm]]), works out the secrets the machines must run with (from the
+API, not from this host), plans, and — unless it is a dry run or nothing changed — carries the plan out
+and records the release in the machines' metadata. :func:`rollback`, :func:`status`,
+:func:`list_releases`, :func:`roll_secrets` and :func:`create_app` are the other Fly commands' services.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nixfly.errors import ConfigError, DeployError, UsageError
+from nixfly.fly.api import JSON, FlyAPIError, Machine, MachinesAPI, NotFound, resolve_api_url, resolve_token
+from nixfly.fly.deploy import Deployer, DeployResult
+from nixfly.fly.flytoml import FlyConfig, load_fly_toml
+from nixfly.fly.normal import request_form
+from nixfly.fly.plan import (
+    RELEASE_GROUP,
+    SECRETS_DIGEST_KEY,
+    SECRETS_VERSION_KEY,
+    Action,
+    DeploySettings,
+    Plan,
+    Strategy,
+    desired_with_secrets,
+    plan_deploy,
+    require_digest_ref,
+    secrets_digest,
+)
+from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, record_release
+from nixfly.fly.resolve import is_pinned, resolve_tag
+from nixfly.fly.state import SecretsVersionStore, default_state_dir
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the Machines API is and which token to use (flags; None means the environment's)."""
+
+    api_url: str | None = None
+    access_token: str | None = None
+
+    def open(self) -> MachinesAPI:
+        return MachinesAPI(resolve_token(self.access_token), resolve_api_url(self.api_url))
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    config_path: Path = Path("fly.toml")
+    image: str | None = None  # a digest-pinned reference, or a tag to resolve
+    build_path: Path | None = None
+    push_to: str | None = None
+    strategy: str | None = None
+    app: str | None = None
+    wait_timeout: float | None = None
+    dry_run: bool = False
+    ha: bool = True
+    create_app: bool = False
+    org: str = "personal"
+    allow_unknown_keys: bool = False
+    rollback_on_interrupt: bool = False
+    connection: Connection = field(default_factory=Connection)
+    command: str = "deploy"  # what the release log says made this release ("deploy" or "rollback")
+    # Builds a nixfly.toml and pushes it to a repository, returning the digest-pinned reference (pushing
+    # nothing on a dry run): given by the CLI, so fly/ never imports build/.
+    publish: Callable[[Path, str, bool, Progress], str] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    app: str
+    image: str
+    plan: Plan
+    result: DeployResult | None = None  # None for a dry run or when nothing changed
+    release: Release | None = None
+    resolved_from: str | None = None  # the tag the image was resolved from, if it was one
+
+    def to_json(self) -> JSON:
+        if self.result is not None:
+            out = self.result.to_json()
+        else:
+            out = {"app": self.app, "image": self.image, "strategy": self.plan.strategy, "created": [], "updated": [],
+                   "destroyed": [], "volumes_created": [], "release_exit_code": None}  # fmt: skip
+        out["no_change"] = self.result is None
+        out["release"] = self.release.to_json() if self.release else None
+        out["resolved_from"] = self.resolved_from
+        return out
+
+
+def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyConfig:
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: no such file (pass -c/--config PATH to your fly.toml)")
+    return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
+
+
+def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress) -> tuple[str, str | None]:
+    """The digest-pinned image to deploy, and the tag it was resolved from (if any)."""
+    image, build_path = req.image, req.build_path
+    if image is None and build_path is None:
+        image = cfg.build.image if cfg.build is not None else None
+        if image is None and Path("nixfly.toml").is_file():
+            build_path = Path("nixfly.toml")
+    if image is None and build_path is not None:
+        if req.publish is None:
+            raise UsageError(f"cannot build {build_path} here: pass --image NAME@sha256:...")
+        image = req.publish(build_path, req.push_to or f"registry.fly.io/{app}", req.dry_run, progress)
+    if image is None:
+        raise UsageError("no image to deploy: pass --image NAME@sha256:... (from nixfly push) or --build nixfly.toml")
+    if is_pinned(image):
+        return require_digest_ref(image), None
+    pinned = require_digest_ref(resolve_tag(image))
+    progress(f"resolved {image} to {pinned}")
+    return pinned, image
+
+
+def _machines_or_create(api: MachinesAPI, app: str, req: DeployRequest, progress: Progress) -> list[Machine]:
+    try:
+        return api.list_machines(app)
+    except NotFound:
+        if not req.create_app or req.dry_run:
+            raise DeployError(
+                f"app {app} does not exist on Fly.io; create it with `nixfly apps create {app}` "
+                "or deploy with --create-app"
+            ) from None
+    api.create_app(app, req.org)
+    progress(f"created app {app} in org {req.org}")
+    return api.list_machines(app)
+
+
+def current_guests(machines: Sequence[Machine]) -> dict[str, JSON]:
+    """Each process group's current guest (its first machine's), kept where fly.toml has no [[vm]]."""
+    guests: dict[str, JSON] = {}
+    for m in sorted(machines, key=lambda m: m.id):
+        if isinstance(m.config.get("guest"), dict):
+            guests.setdefault(m.process_group, m.config["guest"])
+    return guests
+
+
+def desired_configs(cfg: FlyConfig, image: str, machines: Sequence[Machine]) -> dict[str, JSON]:
+    """One MachineConfig per process group of ``cfg``, each keeping its group's current guest."""
+    from nixfly.fly.machineconfig import machine_config
+
+    guests = current_guests(machines)
+    return {g: machine_config(cfg, g, image, current_guest=guests.get(g)) for g in cfg.process_groups()}
+
+
+def _meta(m: Machine, key: str) -> str | None:
+    meta = m.config.get("metadata")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def secrets_state(
+    api: MachinesAPI, app: str, machines: Sequence[Machine], *, progress: Progress = _quiet
+) -> tuple[int | None, str | None]:
+    """(secrets version, digest of the secrets) the machines must run with; (None, None) without secrets.
+
+    The digest comes from the API's secret list (names and value digests). When a machine already runs
+    with that digest, its recorded version is reused; otherwise the app's current version is read from
+    the API — never from this host, so a deploy from CI sees a ``secrets set`` made on a laptop. Only if
+    the API will not say does the version this host last saw (``nixfly secrets``) stand in for it."""
+    secrets = api.list_secrets(app)
+    if not secrets:
+        return None, None
+    digest = secrets_digest(secrets)
+    for m in machines:
+        version = _meta(m, SECRETS_VERSION_KEY)
+        if _meta(m, SECRETS_DIGEST_KEY) == digest and version is not None and version.isdigit():
+            return int(version), digest
+    try:
+        return api.secrets_version(app), digest
+    except FlyAPIError as e:
+        local = SecretsVersionStore(default_state_dir(), app).get()
+        progress(f"cannot read the secrets version from the API ({e}); using {local if local else 'none'}")
+        return local, digest
+
+
+def settings_for(
+    cfg: FlyConfig, app: str, image: str, req: DeployRequest, secrets_version: int | None
+) -> DeploySettings:
+    from nixfly.fly.machineconfig import mount_initial_size_gb, release_command_config
+
+    deploy_cfg = cfg.deploy
+    argv = deploy_cfg.release_command_argv()
+    strategy: Any = req.strategy or deploy_cfg.strategy
+    return DeploySettings(
+        app=app,
+        strategy=strategy,
+        max_unavailable=deploy_cfg.max_unavailable,
+        wait_timeout=req.wait_timeout if req.wait_timeout is not None else deploy_cfg.wait_timeout,
+        release_command=tuple(argv) if argv else None,
+        region=cfg.primary_region or "ams",
+        min_secrets_version=secrets_version,
+        release_config=release_command_config(cfg, image),
+        volume_sizes=tuple((m.source, mount_initial_size_gb(m)) for m in cfg.mounts),
+        ha=req.ha,
+        rollback_on_interrupt=req.rollback_on_interrupt,
+    )
+
+
+def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path | None = None) -> DeployOutcome:
+    """Plan and (unless a dry run, or nothing changed) carry out a deploy; see the module docstring."""
+    cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
+    app = req.app or cfg.app
+    image, resolved_from = _image_for(req, cfg, app, progress)
+    with req.connection.open() as api:
+        machines = _machines_or_create(api, app, req, progress)
+        secrets_version, digest = secrets_state(api, app, machines, progress=progress)
+        settings = settings_for(cfg, app, image, req, secrets_version)
+        desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
+        volumes = api.list_volumes(app) if cfg.mounts else []
+        plan = plan_deploy(machines, desired, settings, volumes=volumes)
+        if req.dry_run or plan.empty:
+            if plan.empty and not req.dry_run:
+                progress(f"no change: {len(plan.unchanged)} machine(s) already run {image}")
+            return DeployOutcome(app, image, plan, resolved_from=resolved_from)
+        return _carry_out(api, plan, settings, req, app_releases(machines), resolved_from, progress, state_dir)
+
+
+def _carry_out(
+    api: MachinesAPI,
+    plan: Plan,
+    settings: DeploySettings,
+    req: DeployRequest,
+    history: list[Release],
+    resolved_from: str | None,
+    progress: Progress,
+    state_dir: Path | None,
+) -> DeployOutcome:
+    app = settings.app
+    deployer = Deployer(api, plan, settings, state_dir=state_dir or default_state_dir(), progress=progress)
+    outcome = "failed"
+    try:
+        result = deployer.run()
+        outcome = "deployed"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        release: Release | None = None
+        if deployer.touched:  # a deploy stopped before changing anything (a foreign lease) is no release
+            release = new_release(history, plan.image, settings.strategy, outcome, req.command)
+            try:
+                record_release(api, app, release, progress=progress)
+            except DeployError as e:
+                progress(f"could not record release v{release.version}: {e}")
+    if release is not None:
+        progress(f"release v{release.version}: {plan.image} ({settings.strategy}) {outcome}")
+    return DeployOutcome(app, plan.image, plan, result, release, resolved_from)
+
+
+# -- rollback, releases, status -------------------------------------------------------------------
+
+
+def list_releases(connection: Connection, app: str) -> list[Release]:
+    with connection.open() as api:
+        try:
+            return app_releases(api.list_machines(app))
+        except NotFound:
+            raise DeployError(f"app {app} does not exist on Fly.io") from None
+
+
+def pick_release(releases: Sequence[Release], to: str | None) -> Release:
+    """The release ``rollback --to`` names (``v3``, ``3``, a digest or a reference), or the newest
+    deployed release before the current one whose image differs."""
+    if to is not None:
+        wanted = to.removeprefix("v")
+        for r in releases:
+            if (wanted.isdigit() and r.version == int(wanted)) or to in (r.image, r.digest):
+                return r
+        raise UsageError(f"no release {to!r} in the app's release log (see `nixfly releases`)")
+    current = last_deployed(releases)
+    if current is None:
+        raise UsageError("the app has no finished release to roll back from (see `nixfly releases`)")
+    for r in releases:
+        if r.version < current.version and r.outcome == "deployed" and r.image != current.image:
+            return r
+    raise UsageError(f"no earlier release with another image than v{current.version} to roll back to")
+
+
+def rollback(req: DeployRequest, to: str | None, *, progress: Progress = _quiet,
+             state_dir: Path | None = None) -> DeployOutcome:  # fmt: skip
+    """Redeploy an earlier release (its image, with its strategy unless one is given) with fly.toml's checks."""
+    cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
+    app = req.app or cfg.app
+    target = pick_release(list_releases(req.connection, app), to)
+    progress(f"rolling back to release v{target.version}: {target.image} ({target.strategy})")
+    again = replace(req, image=target.image, build_path=None, strategy=req.strategy or target.strategy,
+                    command="rollback", create_app=False)  # fmt: skip
+    return deploy(again, progress=progress, state_dir=state_dir)
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    id: str
+    group: str
+    region: str
+    state: str
+    image: str
+    checks: dict[str, str]
+    secrets_version: str | None
+    matches_last_release: bool
+
+    def to_json(self) -> JSON:
+        return {"id": self.id, "group": self.group, "region": self.region, "state": self.state, "image": self.image,
+                "checks": self.checks, "secrets_version": self.secrets_version,
+                "matches_last_release": self.matches_last_release}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    app: str
+    machines: tuple[MachineStatus, ...]
+    last_release: Release | None
+
+    def to_json(self) -> JSON:
+        return {"app": self.app, "last_release": self.last_release.to_json() if self.last_release else None,
+                "machines": [m.to_json() for m in self.machines]}  # fmt: skip
+
+
+def status(connection: Connection, app: str) -> AppStatus:
+    with connection.open() as api:
+        try:
+            machines = api.list_machines(app)
+        except NotFound:
+            raise DeployError(f"app {app} does not exist on Fly.io") from None
+    last = last_deployed(app_releases(machines))
+    rows = []
+    for m in sorted(machines, key=lambda m: (m.process_group, m.region, m.id)):
+        if m.process_group == RELEASE_GROUP:
+            continue
+        checks = {str(c.get("name")): str(c.get("status")) for c in m.checks}
+        matches = last is not None and m.image == last.image
+        version = _meta(m, SECRETS_VERSION_KEY)
+        rows.append(MachineStatus(m.id, m.process_group, m.region, m.state, m.image, checks, version, matches))
+    return AppStatus(app, tuple(rows), last)
+
+
+# -- apps and secrets -----------------------------------------------------------------------------
+
+
+def create_app(connection: Connection, app: str, org: str) -> None:
+    from nixfly.fly.init import check_app_name
+
+    check_app_name(app)
+    with connection.open() as api:
+        if api.get_app(app) is not None:
+            raise UsageError(f"app {app} already exists")
+        api.create_app(app, org)
+
+
+def roll_secrets(
+    api: MachinesAPI,
+    app: str,
+    version: int,
+    *,
+    wait_timeout: float = 300.0,
+    progress: Progress = _quiet,
+    state_dir: Path | None = None,
+) -> DeployResult | None:
+    """Restart every machine of the app onto secrets ``version``: a rolling update, a lease per machine,
+    that changes only the secrets tags in each machine's own config. None when the app has no machines."""
+    machines = [m for m in api.list_machines(app) if m.process_group != RELEASE_GROUP]
+    if not machines:
+        return None
+    digest = secrets_digest(api.list_secrets(app))
+    actions = []
+    for m in sorted(machines, key=lambda m: m.id):
+        new = request_form(copy.deepcopy(m.config))
+        new.setdefault("metadata", {}).update({SECRETS_VERSION_KEY: str(version), SECRETS_DIGEST_KEY: digest})
+        actions.append(Action("update", m.process_group, m.id, m.region, new=new, old=m.config))
+    strategy: Strategy = "rolling"
+    settings = DeploySettings(app=app, strategy=strategy, max_unavailable=1, wait_timeout=wait_timeout,
+                              min_secrets_version=version)  # fmt: skip
+    plan = Plan(app, machines[0].image, strategy, tuple(actions), ())
+    return Deployer(api, plan, settings, state_dir=state_dir or default_state_dir(), progress=progress).run()

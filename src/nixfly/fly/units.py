@@ -1,0 +1,139 @@
+"""Units as flyctl reads them in fly.toml: Go durations, memory and volume sizes, VM size presets."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_NS_PER_UNIT = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+
+
+def parse_go_duration(text: str) -> timedelta:
+    """Parse a Go-style duration ("15s", "1m30s", "1.5s", "250ms", "0"); raise ValueError otherwise."""
+    s = text.strip()
+    if s == "0":
+        return timedelta(0)
+    if not s:
+        raise ValueError("empty duration")
+    pos, total_ns = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ValueError(f"{text!r} is not a duration like '10s', '1m30s' or '500ms'")
+        total_ns += float(m.group(1)) * _NS_PER_UNIT[m.group(2)]
+        pos = m.end()
+    return timedelta(microseconds=total_ns / 1000)
+
+
+def go_duration_string(d: timedelta) -> str:
+    """Format like Go's ``time.Duration.String()`` ("15s", "1m30s", "1.5s", "500ms", "1h0m0s"), which is
+    the form the Machines API and flyctl exchange durations in."""
+    ns = round(d.total_seconds() * 1_000_000) * 1000
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+
+    def frac(value: int, unit: int) -> str:
+        whole, rest = divmod(value, unit)
+        if not rest:
+            return str(whole)
+        digits = str(rest).rjust(len(str(unit)) - 1, "0").rstrip("0")
+        return f"{whole}.{digits}"
+
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{frac(ns, 1_000)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{frac(ns, 1_000_000)}ms"
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    out = sign
+    if hours:
+        out += f"{hours}h"
+    if hours or minutes:
+        out += f"{minutes}m"
+    return out + f"{frac(rest, 1_000_000_000)}s"
+
+
+def duration(value: Any, int_unit: str) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '10s', not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(milliseconds=value) if int_unit == "ms" else timedelta(seconds=value)
+    if isinstance(value, str):
+        return parse_go_duration(value)
+    raise ValueError("expected a duration like '10s'")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+_BINARY_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_memory_mb(value: int | str) -> int:
+    """Memory as flyctl reads it: an integer or unitless string is MiB; "512mb", "1gb", "2GiB" use binary
+    multiples (so "1gb" is 1024). Raise ValueError for anything else or for less than 1 MiB."""
+    if isinstance(value, bool):
+        raise ValueError("memory must be a number of MB or a size like '512mb'")
+    if isinstance(value, int):
+        mb = value
+    else:
+        m = _SIZE.match(value)
+        if m is None:
+            raise ValueError(f"{value!r} is not a memory size like 512, '512mb' or '1gb'")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if not unit and m.group(3) is None:
+            mb_f = number
+        elif not unit:
+            mb_f = number / (1024 * 1024)  # plain bytes
+        else:
+            mb_f = number * 1024 ** _BINARY_POWER[unit] / 1024**2
+        mb = int(mb_f)
+    if mb < 1:
+        raise ValueError(f"memory {value!r} is less than 1 MB")
+    return mb
+
+
+def parse_size_gb(value: int | str) -> int:
+    """Volume sizes ("10gb", "1GB", 3): decimal units as flyctl's go-units FromHumanSize, whole GB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.match(str(value))
+    if m is None:
+        raise ValueError(f"{value!r} is not a size like '10gb'")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if not unit and m.group(3) is None:
+        return int(number)
+    return int(number * 1000 ** _BINARY_POWER[unit] / 1000**3)
+
+
+# VM size presets: name → (cpu_kind, cpus, memory_mb). flyctl's fly-go preset table, the part the
+# fly.toml schema lists.
+VM_SIZES: dict[str, tuple[str, int, int]] = {
+    "shared-cpu-1x": ("shared", 1, 256),
+    "shared-cpu-2x": ("shared", 2, 512),
+    "shared-cpu-4x": ("shared", 4, 1024),
+    "shared-cpu-8x": ("shared", 8, 2048),
+    "performance-1x": ("performance", 1, 2048),
+    "performance-2x": ("performance", 2, 4096),
+    "performance-4x": ("performance", 4, 8192),
+    "performance-8x": ("performance", 8, 16384),
+    "performance-16x": ("performance", 16, 32768),
+}
+DEFAULT_VM_SIZE = "shared-cpu-1x"

@@ -1,0 +1,350 @@
+"""OCI 1.1 referrers: attach an artifact (an SBOM) to an image without touching the image.
+
+The artifact is an image manifest whose ``config`` is the empty descriptor
+(``application/vnd.oci.empty.v1+json``, the two bytes ``{}``), whose one layer is the artifact blob, with
+``artifactType`` set and ``subject`` = the image manifest's descriptor. The image manifest and its tags
+are never rewritten, so a registry that resolves ``name:tag`` to a single-platform manifest (Fly's) keeps
+working.
+
+In a registry: the blobs, then the artifact manifest by digest. A registry with the referrers API
+(``GET /v2/<name>/referrers/<digest>`` answers 200) indexes it by itself; otherwise the image-spec's tag
+schema is used: the tag ``sha256-<hex of the subject>`` holds an OCI index of the subject's referrers,
+merged with whatever that tag already listed. In an OCI layout: the blobs, then an entry in ``index.json``
+carrying ``artifactType`` and ``subject`` (written atomically, after the blobs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from nixfly.errors import ImageError
+from nixfly.fsutil import atomic_write_bytes
+from nixfly.image import Descriptor, canonical_json
+from nixfly.image.digest import check_digest, digest_hex, sha256_digest
+from nixfly.image.mediatypes import OCI_INDEX, OCI_MANIFEST
+
+if TYPE_CHECKING:  # the registry client (httpx) loads only when a registry is involved
+    from nixfly.registry.client import RegistryClient, RegistryOptions
+
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+EMPTY_DESCRIPTOR = Descriptor(EMPTY_MEDIA_TYPE, sha256_digest(EMPTY_BLOB), len(EMPTY_BLOB))
+CREATED = "org.opencontainers.image.created"
+_MAX_ARTIFACT = 64 << 20  # bytes of one artifact blob we are willing to read back
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact manifest and the one blob it carries."""
+
+    artifact_type: str
+    blob: bytes
+    subject: Descriptor
+    annotations: Mapping[str, str] | None = None
+
+    @property
+    def blob_descriptor(self) -> Descriptor:
+        return Descriptor(self.artifact_type, sha256_digest(self.blob), len(self.blob))
+
+    def manifest_bytes(self) -> bytes:
+        m: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": self.artifact_type,
+            "config": EMPTY_DESCRIPTOR.to_json(),
+            "layers": [self.blob_descriptor.to_json()],
+            "subject": self.subject.to_json(),
+        }
+        if self.annotations:
+            m["annotations"] = dict(self.annotations)
+        return canonical_json(m)
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest_bytes())
+
+    def descriptor_json(self) -> dict[str, Any]:
+        """The artifact manifest's descriptor as a referrers index lists it."""
+        d: dict[str, Any] = {
+            "mediaType": OCI_MANIFEST,
+            "digest": self.digest,
+            "size": len(self.manifest_bytes()),
+            "artifactType": self.artifact_type,
+        }
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """One referrer of an image, as a referrers index (or a layout's index.json) lists it."""
+
+    artifact_type: str
+    digest: str
+    size: int
+    media_type: str = OCI_MANIFEST
+    annotations: Mapping[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "artifactType": self.artifact_type, "digest": self.digest, "size": self.size, "mediaType": self.media_type,
+        }  # fmt: skip
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+
+@dataclass(frozen=True)
+class AttachResult:
+    digest: str  # the artifact manifest's digest
+    method: Literal["referrers-api", "tag-schema", "layout"]
+    tag: str | None = None  # the fallback tag, for the tag schema
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "method": self.method, "tag": self.tag}
+
+
+def fallback_tag(subject_digest: str) -> str:
+    """The tag schema's tag for a subject: ``sha256:<hex>`` → ``sha256-<hex>``."""
+    return subject_digest.replace(":", "-", 1)
+
+
+def _referrers_from_index(data: bytes, where: str) -> list[Referrer]:
+    try:
+        idx = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageError(f"{where}: the referrers index is not JSON") from None
+    if not isinstance(idx, dict) or not isinstance(idx.get("manifests"), list):
+        raise ImageError(f"{where}: the referrers index has no manifests list")
+    out = []
+    for d in idx["manifests"]:
+        if not isinstance(d, dict):
+            continue
+        try:
+            digest = check_digest(str(d.get("digest", "")))
+        except ImageError:
+            continue
+        ann = d.get("annotations") if isinstance(d.get("annotations"), dict) else None
+        size = d.get("size")
+        out.append(
+            Referrer(
+                str(d.get("artifactType") or ""),
+                digest,
+                size if isinstance(size, int) else -1,
+                str(d.get("mediaType") or OCI_MANIFEST),
+                {str(k): str(v) for k, v in ann.items()} if ann else None,
+            )
+        )
+    return out
+
+
+# -- registries -------------------------------------------------------------------------------------
+
+
+def _referrers_api(client: RegistryClient, repo: str, subject_digest: str) -> list[Referrer] | None:
+    """The referrers the registry's referrers API lists, or None when it has no such API."""
+    resp = client.request(
+        "GET", f"/v2/{repo}/referrers/{subject_digest}", client.pull_scope(repo), headers={"Accept": OCI_INDEX}
+    )
+    if resp.status_code != 200:
+        return None
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in (OCI_INDEX, "application/json"):
+        return None
+    try:
+        return _referrers_from_index(resp.content, f"registry {client.registry}: referrers of {subject_digest}")
+    except ImageError:
+        return None
+
+
+def _fallback_index(
+    client: RegistryClient, repo: str, tag: str, *, strict: bool = True
+) -> tuple[dict[str, Any] | None, list[Referrer]]:
+    """The tag schema's index and its referrers. A foreign manifest under the tag is an error when
+    ``strict`` (we are about to write there), else it simply lists no referrers."""
+    if client.manifest_digest(repo, tag) is None:
+        return None, []
+    m = client.get_manifest(repo, tag)  # every type: whatever is there must be seen to be refused
+    obj = m.json()
+    if m.media_type != OCI_INDEX or obj.get("mediaType", OCI_INDEX) != OCI_INDEX or not isinstance(
+        obj.get("manifests"), list
+    ):
+        if not strict:
+            return None, []
+        raise client.fail(f"{repo}:{tag} exists but is not an OCI index of referrers; not overwriting it")
+    return obj, _referrers_from_index(m.data, f"{repo}:{tag}")
+
+
+def list_registry_referrers(client: RegistryClient, repo: str, subject_digest: str) -> list[Referrer]:
+    """Referrers of ``subject_digest``: from the referrers API when there is one, else the tag schema."""
+    found = _referrers_api(client, repo, subject_digest)
+    if found is not None:
+        return found
+    return _fallback_index(client, repo, fallback_tag(subject_digest), strict=False)[1]
+
+
+def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) -> AttachResult:
+    """Push ``artifact`` as a referrer of its subject (which must already be in ``repo``)."""
+    subject = artifact.subject.digest
+    if client.manifest_digest(repo, subject) is None:
+        raise client.fail(f"cannot attach to {repo}@{subject}: the image is not in the repository")
+    for digest, data in ((EMPTY_DESCRIPTOR.digest, EMPTY_BLOB), (artifact.blob_descriptor.digest, artifact.blob)):
+        if client.blob_size(repo, digest, push=True) is None:
+            client.upload_blob(repo, digest, len(data), lambda d=data: io.BytesIO(d))  # type: ignore[misc]
+    manifest = artifact.manifest_bytes()
+    digest = client.put_manifest(repo, artifact.digest, manifest, OCI_MANIFEST)
+    api = _referrers_api(client, repo, subject)
+    if api is not None:
+        return AttachResult(digest, "referrers-api")
+    tag = fallback_tag(subject)
+    existing, _known = _fallback_index(client, repo, tag)
+    entries: list[dict[str, Any]] = []
+    if existing is not None:
+        entries = [d for d in existing["manifests"] if isinstance(d, dict) and d.get("digest") != digest]
+    entries.append(artifact.descriptor_json())
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    client.put_manifest(repo, tag, canonical_json(index), OCI_INDEX)
+    return AttachResult(digest, "tag-schema", tag)
+
+
+def attach_to_references(
+    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None
+) -> list[tuple[str, AttachResult]]:
+    """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
+    from nixfly.registry.client import RegistryClient
+    from nixfly.registry.reference import parse_reference
+
+    repos: dict[tuple[str, str], None] = {}
+    for r in refs:
+        ref = parse_reference(r)
+        repos.setdefault((ref.registry, ref.repository), None)
+    out: list[tuple[str, AttachResult]] = []
+    clients: dict[str, RegistryClient] = {}
+    try:
+        for registry, repo in repos:
+            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, options))
+            out.append((f"{registry}/{repo}", attach_to_registry(client, repo, artifact)))
+    finally:
+        for c in clients.values():
+            c.close()
+    return out
+
+
+def fetch_registry_artifact(client: RegistryClient, repo: str, ref: Referrer, subject_digest: str) -> bytes:
+    """The blob an artifact manifest carries, checked: the manifest names ``subject_digest`` as its subject
+    and every byte matches its digest."""
+    m = client.get_manifest(repo, ref.digest, accept=OCI_MANIFEST)
+    return _artifact_blob(m.json(), subject_digest, f"{repo}@{ref.digest}",
+                          lambda d: client.get_blob_bytes(repo, d, max_size=_MAX_ARTIFACT))  # fmt: skip
+
+
+def _artifact_blob(manifest: dict[str, Any], subject_digest: str, where: str, read: Any) -> bytes:
+    subj = manifest.get("subject")
+    if not isinstance(subj, dict) or subj.get("digest") != subject_digest:
+        raise ImageError(f"{where}: the artifact's subject is not {subject_digest}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
+        raise ImageError(f"{where}: an SBOM artifact has exactly one layer")
+    digest = check_digest(str(layers[0].get("digest", "")))
+    data: bytes = read(digest)
+    if sha256_digest(data) != digest or len(data) != layers[0].get("size"):
+        raise ImageError(f"{where}: the artifact blob does not match its descriptor")
+    return data
+
+
+# -- OCI layouts ------------------------------------------------------------------------------------
+
+
+def _layout_blob(root: Path, digest: str) -> Path:
+    return root / "blobs" / "sha256" / digest_hex(digest)
+
+
+def _read_layout_index(root: Path) -> dict[str, Any]:
+    from nixfly.sources.layout import read_index
+
+    return read_index(root)
+
+
+def attach_to_layout(root: Path, artifact: Artifact) -> AttachResult:
+    """Add ``artifact`` to the layout at ``root`` as a referrer of its subject (already in the layout).
+    An earlier referrer of the same subject and type is replaced."""
+    subject = artifact.subject.digest
+    if not _layout_blob(root, subject).is_file():
+        raise ImageError(f"{root}: the image {subject} is not in the layout")
+    manifest = artifact.manifest_bytes()
+    for data in (EMPTY_BLOB, artifact.blob, manifest):
+        p = _layout_blob(root, sha256_digest(data))
+        if not p.exists():
+            atomic_write_bytes(p, data)
+    idx = _read_layout_index(root)
+    keep = [
+        e for e in idx["manifests"]
+        if not (isinstance(e, dict) and isinstance(e.get("subject"), dict)
+                and e["subject"].get("digest") == subject and e.get("artifactType") == artifact.artifact_type)
+    ]  # fmt: skip
+    entry = artifact.descriptor_json()
+    entry["subject"] = artifact.subject.to_json()
+    keep.append(entry)
+    atomic_write_bytes(root / "index.json", canonical_json({**idx, "manifests": keep}))
+    return AttachResult(artifact.digest, "layout")
+
+
+def list_layout_referrers(root: Path, subject_digest: str) -> list[Referrer]:
+    idx = _read_layout_index(root)
+    entries = [
+        e for e in idx["manifests"]
+        if isinstance(e, dict) and isinstance(e.get("subject"), dict) and e["subject"].get("digest") == subject_digest
+    ]  # fmt: skip
+    return _referrers_from_index(canonical_json({"manifests": entries}), str(root))
+
+
+def fetch_layout_artifact(root: Path, ref: Referrer, subject_digest: str) -> bytes:
+    where = f"{root}@{ref.digest}"
+
+    def read(digest: str) -> bytes:
+        try:
+            return _layout_blob(root, digest).read_bytes()
+        except OSError:
+            raise ImageError(f"{where}: blob {digest} is missing from the layout") from None
+
+    raw = read(ref.digest)
+    if sha256_digest(raw) != ref.digest:
+        raise ImageError(f"{where}: the artifact manifest does not match its digest")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageError(f"{where}: the artifact manifest is not JSON") from None
+    if not isinstance(manifest, dict):
+        raise ImageError(f"{where}: the artifact manifest is not a JSON object")
+    return _artifact_blob(manifest, subject_digest, where, read)
+
+
+def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
+    """The referrer of ``artifact_type`` to use: the newest by ``created``, then the highest digest."""
+    hits = [r for r in refs if r.artifact_type == artifact_type]
+    if not hits:
+        return None
+    return max(hits, key=lambda r: ((r.annotations or {}).get(CREATED, ""), r.digest))
+
+
+__all__ = [
+    "EMPTY_DESCRIPTOR",
+    "Artifact",
+    "AttachResult",
+    "Referrer",
+    "attach_to_layout",
+    "attach_to_references",
+    "attach_to_registry",
+    "fallback_tag",
+    "fetch_layout_artifact",
+    "fetch_registry_artifact",
+    "list_layout_referrers",
+    "list_registry_referrers",
+    "pick",
+]
