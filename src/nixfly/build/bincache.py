@@ -158,7 +158,7 @@ class NarInfo:
 
     def to_store_path(self) -> StorePath:
         return StorePath(self.store_path, self.nar_size, tuple(r for r in self.references if r != self.store_path),
-                         self.deriver)  # fmt: skip
+                         self.deriver, nix_hash(self.nar_hash))  # fmt: skip
 
 
 def parse_narinfo(text: str, where: str, cache: str, store_dir: str = STORE_DIR) -> NarInfo:

@@ -20,7 +20,7 @@ from nixfly.build.cache import BlobCache, CachedLayer
 from nixfly.build.compress import Compressor
 from nixfly.build.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter, TreeEntry
 from nixfly.errors import NixflyError
-from nixfly.image import BlobLayer
+from nixfly.image import BlobLayer, Layer
 
 LAYER_FORMAT = 1  # bump when the tar layout changes, so old cache entries are not reused
 
@@ -194,9 +194,19 @@ def build_layer(
 
 @dataclass(frozen=True)
 class BuiltLayer:
+    """One layer of a build: written now (``built``), found in the local cache, or — ``remote`` — known to
+    be in the destination registry already (its layer index), so nothing was compressed at all."""
+
     spec: LayerSpec
-    layer: BlobLayer
+    layer: Layer
     built: bool
+    key: str = ""  # the layer's cache key (store paths + settings + compressor identity + layer format)
+    remote: bool = False
+
+
+# Asked for a layer that is missing from the local cache: a registry that already holds the blob for this
+# cache key answers with a layer that streams from there (checked by a HEAD), else None.
+KnownLayers = Callable[[str], "Layer | None"]
 
 
 def build_layers(
@@ -208,10 +218,17 @@ def build_layers(
     on_done: Callable[[int, BuiltLayer], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
+    known: KnownLayers | None = None,
 ) -> list[BuiltLayer]:
     """Build (or reuse) every layer, in parallel; results in ``specs`` order. The callbacks (for progress
-    display) hear when layer i starts, how many tar bytes it has written, and when it is done."""
+    display) hear when layer i starts, how many tar bytes it has written, and when it is done. A layer the
+    local cache lacks but ``known`` vouches for is taken from there instead of being built."""
     results: list[BuiltLayer | None] = [None] * len(specs)
+
+    def done(i: int, b: BuiltLayer) -> None:
+        results[i] = b
+        if on_done is not None:
+            on_done(i, b)
 
     def finish(i: int, cl: CachedLayer, built: bool) -> None:
         spec = specs[i]
@@ -219,10 +236,7 @@ def build_layers(
             cl.path, cl.digest, cl.diff_id, cl.size, cl.compression,
             cl.uncompressed_size, spec.store_paths, spec.comment,
         )  # fmt: skip
-        done = BuiltLayer(spec, bl, built)
-        results[i] = done
-        if on_done is not None:
-            on_done(i, done)
+        done(i, BuiltLayer(spec, bl, built, settings.key(spec)))
 
     def one(i: int) -> None:
         if on_start is not None:
@@ -234,11 +248,14 @@ def build_layers(
     # Cache hits first, serially: an unchanged rebuild then needs no thread pool at all.
     misses = []
     for i, spec in enumerate(specs):
-        hit = cache.lookup(settings.key(spec))
-        if hit is None:
-            misses.append(i)
-        else:
+        key = settings.key(spec)
+        hit = cache.lookup(key)
+        if hit is not None:
             finish(i, hit, False)
+        elif known is not None and (remote := known(key)) is not None:
+            done(i, BuiltLayer(spec, remote, False, key, remote=True))
+        else:
+            misses.append(i)
     # Largest first, so the long poles start early and the cores stay busy to the end.
     misses.sort(key=lambda i: -(weights[i] if weights else 0))
     if settings.workers <= 1 or len(misses) <= 1:

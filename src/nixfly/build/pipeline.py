@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from nixfly.build.compress import make_compressor
 from nixfly.build.customise import customise
 from nixfly.build.layering import plan_layers
-from nixfly.build.layers import BuiltLayer, LayerSettings, LayerSpec, build_layers
+from nixfly.build.layers import BuiltLayer, KnownLayers, LayerSettings, LayerSpec, build_layers
 from nixfly.build.spec import ImageSpec
 from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 from nixfly.errors import UsageError
@@ -142,8 +142,10 @@ def build_image(
     platform_check: bool = True,
     on_fetch_plan: Callable[[int], None] | None = None,
     on_fetch_bytes: Callable[[int], None] | None = None,
+    known: KnownLayers | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests.
+    ``known`` (a destination registry's layer index) supplies layers the local cache lacks.
     With ``caches`` (or ``substituters`` in the spec), store paths missing locally come from binary
     caches; the layers are the same bytes as from a local store holding those paths."""
     t0 = time.monotonic()
@@ -169,7 +171,7 @@ def build_image(
         return _build(
             spec, closure, cache, store, t0, workers=workers, platform_check=platform_check,
             on_plan=on_plan, on_layer=on_layer, on_layer_start=on_layer_start, on_layer_bytes=on_layer_bytes,
-            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes, known=known,
         )  # fmt: skip
     finally:
         if store is not None:
@@ -205,6 +207,7 @@ def _build(
     on_layer_bytes: Callable[[int, int], None] | None,
     on_fetch_plan: Callable[[int], None] | None,
     on_fetch_bytes: Callable[[int], None] | None,
+    known: KnownLayers | None = None,
 ) -> BuildResult:
     fs = None
     if store is not None:
@@ -257,13 +260,16 @@ def _build(
         # Only the NARs of layers that are not cached are fetched: a cached rebuild downloads nothing.
         from nixfly.build.bincache import download_size
 
-        needed = [p for s in specs if cache.lookup(settings.key(s)) is None for p in s.store_paths if store.covers(p)]
+        missing = [s for s in specs if cache.lookup(settings.key(s)) is None]
+        if known is not None:
+            missing = [s for s in missing if known(settings.key(s)) is None]
+        needed = [p for s in missing for p in s.store_paths if store.covers(p)]
         if on_fetch_plan is not None:
             on_fetch_plan(download_size(store, needed))
         store.prefetch(needed, on_bytes=on_fetch_bytes)
     built = build_layers(
         specs, settings, cache, weights=weights,
-        on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes,
+        on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
     )  # fmt: skip
     config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels)
     annotations = {}

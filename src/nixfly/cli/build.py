@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +28,9 @@ from nixfly.cli.common import (
 from nixfly.errors import UsageError
 from nixfly.image import Image
 from nixfly.registry.reference import parse_reference
+
+if TYPE_CHECKING:
+    from nixfly.sinks.layer_index import RegistryLayerIndex
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
@@ -129,6 +132,7 @@ def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, A
             "uncompressed_size": sum(x["uncompressed_size"] or 0 for x in layers),
             "built": result.built_count,
             "reused": len(layers) - result.built_count,
+            "from_registry": sum(1 for b in result.layers if b.remote),
             "store_paths": len(result.closure.paths),
         },
         "seconds": round(result.seconds, 3),
@@ -216,6 +220,8 @@ def _check_destinations(dest: object) -> None:
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
 @click.option("--name", help="Image name (for archives' RepoTags).")
 @click.option("--push", "push_refs", multiple=True, help="Also push to this registry reference (repeatable).")
+@click.option("--no-layer-index", is_flag=True,
+              help="With --push: neither read nor update the repository's index of nixfly layers.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(min=1), help="Parallel layer builds (default: number of cores).")
 @click.option(
     "--from-cache", "from_cache", is_flag=False, flag_value="", default=None, metavar="URL[,URL…]",
@@ -327,6 +333,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
 
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
+    layer_index = _layer_index(push_locations, o)
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
@@ -337,6 +344,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             on_layer_bytes=on_bytes if progress is not None else None,
             caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+            known=layer_index.lookup if layer_index is not None else None,
         )  # fmt: skip
     finally:
         if spinner is not None:
@@ -380,6 +388,8 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     summary = _summary(result, str(dest) if dest else None, image)
     if push_locations:
         summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+        if layer_index is not None:
+            _save_layer_index(layer_index, result, push_locations, quiet or json_out)
         if sboms is not None:
             sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
     summary["sbom"] = sboms.summary() if sboms is not None else None
@@ -415,3 +425,32 @@ def _push_location(text: str) -> RegistryLocation:
         raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
     parse_reference(loc.reference)
     return loc
+
+
+def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any]) -> RegistryLayerIndex | None:
+    """The first push destination's layer index (what it already holds), unless --no-layer-index."""
+    if not push_locations or o.get("no_layer_index"):
+        return None
+    from nixfly.cli.common import registry_options
+    from nixfly.sinks.layer_index import RegistryLayerIndex
+
+    index = RegistryLayerIndex(parse_reference(push_locations[0].reference), registry_options(o)).load()
+    if index.note and not (o.get("quiet") or o.get("json_out")):
+        click.echo(f"note: {index.note}", err=True)
+    return index
+
+
+def _save_layer_index(index: RegistryLayerIndex, result: BuildResult, pushed: list[RegistryLocation],
+                      quiet: bool) -> None:  # fmt: skip
+    """Record this build's layers in every pushed repository's index; the push already succeeded, so a
+    failure here is a note, not an error."""
+    from nixfly.errors import NixflyError
+
+    pairs = [(b.key, b.layer) for b in reversed(result.layers)]  # the app's (top) layers first
+    repos = {(r.registry, r.repository): r for r in (parse_reference(p.reference) for p in pushed)}
+    for ref in repos.values():
+        try:
+            index.save(pairs, ref)
+        except NixflyError as e:
+            if not quiet:
+                click.echo(f"note: the layer index of {ref.name} was not updated: {e}", err=True)

@@ -41,6 +41,7 @@ from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
 from nixfly.sinks import Written, publish
+from nixfly.sinks.layer_index import INDEX_TAG
 from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
 from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
@@ -326,8 +327,9 @@ _REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}")
 
 def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any]]:
     """Every tag of ``repo`` with its manifest digest and image creation time, newest first. The OCI
-    referrers fallback tags (``sha256-<hex>``, where SBOMs hang) are not releases and are left out."""
-    names = [t for t in client.list_tags(repo.repository) if not _REFERRERS_TAG.fullmatch(t)]
+    referrers fallback tags (``sha256-<hex>``, where SBOMs hang) and nixfly's layer index are not releases
+    and are left out."""
+    names = [t for t in client.list_tags(repo.repository) if not _REFERRERS_TAG.fullmatch(t) and t != INDEX_TAG]
 
     def one(tag: str) -> dict[str, Any]:
         r = repo.with_tag(tag)
