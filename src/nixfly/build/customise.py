@@ -220,7 +220,6 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
     _check_user(spec)
-    _check_command(spec, closure, out)
     return out
 
 
@@ -252,6 +251,10 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
         if hops > _MAX_HOPS:
             return False
         if path.startswith(store):
+            top = store + path[len(store) :].split("/", 1)[0]
+            if not os.path.lexists(top):
+                # Not on this machine (taken from a binary cache): only its presence in the closure is known.
+                return top in closure.paths
             return os.path.exists(path) and not os.path.isdir(path)
         cur, rest = path, ""
         while True:
@@ -272,9 +275,10 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
     return exists
 
 
-def _check_command(spec: ImageSpec, closure: Closure, out: Customisation) -> None:
-    """The first word of the entrypoint (else of cmd) must name a file in the image: absolute, relative to
-    the working directory, or found on the image's PATH, as a container runtime would look it up."""
+def check_command(spec: ImageSpec, closure: Closure, out: Customisation) -> None:
+    """Called by the build once the customisation is known. The first word of the entrypoint (else of
+    cmd) must name a file in the image: absolute, relative to the working directory, or found on the
+    image's PATH, as a container runtime would look it up."""
     words = spec.entrypoint or spec.cmd
     if not words:
         return
