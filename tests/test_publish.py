@@ -20,10 +20,12 @@ def _registry_digest(ref: str) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def _layout_digest(layout: Path) -> str:
+def _layout_digest(layout: Path, tag: str = "t") -> str:
     idx = json.loads((layout / "index.json").read_text())
-    assert len(idx["manifests"]) == 1
-    return str(idx["manifests"][0]["digest"])
+    ref_name = "org.opencontainers.image.ref.name"
+    tagged = [m for m in idx["manifests"] if (m.get("annotations") or {}).get(ref_name) == tag]
+    assert len(tagged) == 1  # (the SBOM's referrer entry sits beside it, untagged)
+    return str(tagged[0]["digest"])
 
 
 @pytest.mark.slow

@@ -204,7 +204,8 @@ def test_push_attaches_through_the_tag_schema_and_sbom_fetches_it_back(
     assert _skopeo_raw(registry, "app:v1") == _skopeo_raw(registry, "app:plain")
     tags = json.loads(subprocess.run(["skopeo", "list-tags", *registry.skopeo_args(), f"docker://{registry.host}/app"],
                                      capture_output=True, check=True).stdout)["Tags"]  # fmt: skip
-    assert sorted(tags) == sorted(["plain", "v1", f"sha256-{hexd}"])
+    # (nixfly-layer-index is the repository's layer index, under its own tag: see test_layer_index.py)
+    assert sorted(tags) == sorted(["plain", "v1", f"sha256-{hexd}", "nixfly-layer-index"])
     reg_attach = next(a for a in s["sbom"]["attached"] if a["method"] != "layout")
     assert reg_attach["method"] == "tag-schema" and reg_attach["tag"] == f"sha256-{hexd}"
     # skopeo sees the referrers index under the fallback tag.

@@ -335,11 +335,12 @@ def test_default_backend_is_whichever_the_closure_holds(tmp_path: Path) -> None:
 
 def test_boot_dirs_alone_wrap_the_image_entrypoint(tmp_path: Path) -> None:
     closure = fake_store(tmp_path)
-    p = write(tmp_path, '[image]\nentrypoint = ["/bin/app", "serve"]\n[[image.boot_dirs]]\npath = "/data"\nuid = 7\n')
+    # The wrapped entrypoint must exist in the image (checked at build time): busybox's sh links to /bin/sh.
+    p = write(tmp_path, '[image]\nentrypoint = ["/bin/sh", "serve"]\n[[image.boot_dirs]]\npath = "/data"\nuid = 7\n')
     spec = load_spec(p)
     cust = customise(spec, closure)
     sh = f"{closure.store_dir}/{BUSYBOX}/bin/sh"
-    assert cust.entrypoint == (sh, "/etc/nixfly/boot", "/bin/app", "serve")
+    assert cust.entrypoint == (sh, "/etc/nixfly/boot", "/bin/sh", "serve")
     boot = next(e for e in cust.entries if e.path == "/etc/nixfly/boot").data.decode()
     assert "chown 7:0 /data" in boot and boot.rstrip().endswith('exec "$@"')
 

@@ -220,6 +220,7 @@ def customise(spec: ImageSpec, closure: Closure, fs: StoreFS | None = None) -> C
     if any(e.path.startswith(closure.store_dir + "/") for e in out.entries):
         raise NixflyError("customisation entries may not be placed inside the Nix store")
     _check_user(spec)
+    _check_command(spec, closure, out, fs)
     return out
 
 
@@ -240,7 +241,7 @@ def _check_user(spec: ImageSpec) -> None:
         raise UsageError(f"user {spec.user!r}: group {group!r} is not declared in groups; declare it or give a gid")
 
 
-def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
+def _in_image(closure: Closure, out: Customisation, fs: StoreFS) -> Callable[[str], bool]:
     """Whether an absolute path names an existing non-directory in the image (store paths, the
     customisation's files, links and copied trees, following links as the container would)."""
     entries = {e.path: e for e in [*out.entries, *(e for es in out.root_entries.values() for e in es)]}
@@ -251,11 +252,7 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
         if hops > _MAX_HOPS:
             return False
         if path.startswith(store):
-            top = store + path[len(store) :].split("/", 1)[0]
-            if not os.path.lexists(top):
-                # Not on this machine (taken from a binary cache): only its presence in the closure is known.
-                return top in closure.paths
-            return os.path.exists(path) and not os.path.isdir(path)
+            return fs.lexists(path) and not fs.isdir(path)  # through a binary cache's listing, too
         cur, rest = path, ""
         while True:
             e = entries.get(cur)
@@ -265,7 +262,7 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
                     return exists(os.path.join(t, rest) if rest else t, hops + 1)
                 if e.kind == "tree":
                     full = os.path.join(e.src, rest) if rest else e.src
-                    return os.path.exists(full) and not os.path.isdir(full)
+                    return fs.lexists(full) and not fs.isdir(full)
                 return e.kind == "file" and not rest
             if cur == "/":
                 return False
@@ -275,15 +272,14 @@ def _in_image(closure: Closure, out: Customisation) -> Callable[[str], bool]:
     return exists
 
 
-def check_command(spec: ImageSpec, closure: Closure, out: Customisation) -> None:
-    """Called by the build once the customisation is known. The first word of the entrypoint (else of
-    cmd) must name a file in the image: absolute, relative to the working directory, or found on the
-    image's PATH, as a container runtime would look it up."""
+def _check_command(spec: ImageSpec, closure: Closure, out: Customisation, fs: StoreFS) -> None:
+    """The first word of the entrypoint (else of cmd) must name a file in the image: absolute, relative to
+    the working directory, or found on the image's PATH, as a container runtime would look it up."""
     words = spec.entrypoint or spec.cmd
     if not words:
         return
     first, what = words[0], "entrypoint" if spec.entrypoint else "cmd"
-    exists = _in_image(closure, out)
+    exists = _in_image(closure, out, fs)
     path = spec.env.get("PATH") or out.env.get("PATH") or IMAGE_DEFAULT_PATH
     if "/" in first:
         where = first if first.startswith("/") else os.path.join(spec.workdir or "/", first)

@@ -22,7 +22,7 @@ from nixfly.build.closure import Closure, resolve_closure
 if TYPE_CHECKING:
     from nixfly.build.bincache import CacheOptions, RemoteStore
 from nixfly.build.compress import make_compressor
-from nixfly.build.customise import check_command, customise
+from nixfly.build.customise import customise
 from nixfly.build.layering import plan_layers
 from nixfly.build.layers import BuiltLayer, KnownLayers, LayerSettings, LayerSpec, build_layers
 from nixfly.build.spec import ImageSpec
@@ -227,7 +227,6 @@ def _build(
         arch, os_name = platform_of(spec, closure)
         check_platform(closure, arch, os_name, store)
     cust = customise(spec, closure, fs)
-    check_command(spec, closure, cust)  # the entrypoint (else cmd) must be a file in the image
     has_custom = bool(cust.entries)
     plan = plan_layers(
         closure,

@@ -470,7 +470,10 @@ def validate_spec(data: dict[str, Any]) -> ImageSpec:
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:
     """``FILE:LINE: KEY: MSG`` (just ``FILE: KEY: MSG`` when the key's line cannot be found)."""
-    line = TomlPositions(text).line_of(dotted_path(key))
+    positions = TomlPositions(text)
+    keys = dotted_path(key)
+    line = positions.line_of(keys) if keys[:1] == ("image",) else None
+    line = line or positions.line_of(("image", *keys)) or positions.line_of(keys)
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {msg}"
 

@@ -35,10 +35,10 @@ from nixfly.cli.common import (
     stderr_console,
     transport_options,
 )
-from nixfly.errors import NixflyError, UsageError
+from nixfly.errors import ImageError, RegistryError, UsageError
 from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
-from nixfly.registry.client import RegistryClient, RegistryOptions
+from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
 from nixfly.sinks import Written, publish
 from nixfly.sinks.layer_index import INDEX_TAG
@@ -335,12 +335,18 @@ def list_releases(client: RegistryClient, repo: Reference) -> list[dict[str, Any
         r = repo.with_tag(tag)
         top = client.get_manifest(r.repository, tag)
         created: str | None = None
+        m: Manifest | None = top
+        if top.media_type in INDEX_TYPES:
+            try:
+                m = resolve_manifest(client, r)
+            except RegistryError:
+                m = None  # an index without this platform's image: still list the tag
         try:
-            m = resolve_manifest(client, r) if top.media_type in INDEX_TYPES else top
-            cfg = image_from_manifest(client, r, m).config
-            created = str(cfg["created"]) if cfg.get("created") else None
-        except NixflyError:
-            created = None  # an index without our platform, or a foreign artefact: still list the tag
+            if m is not None:
+                cfg = image_from_manifest(client, r, m).config
+                created = str(cfg["created"]) if cfg.get("created") else None
+        except (ImageError, UsageError):
+            created = None  # a foreign artefact: still list the tag
         return {"tag": tag, "digest": top.digest, "media_type": top.media_type, "created": created,
                 "reference": r.pinned(top.digest)}  # fmt: skip
 
