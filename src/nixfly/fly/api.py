@@ -68,6 +68,8 @@ class AccessToken:
     def __post_init__(self) -> None:
         if not self._value.strip():
             raise ConfigError("the Fly API token is empty")
+        if not self._value.isascii() or any(c in self._value for c in "\r\n"):
+            raise ConfigError("the Fly API token has characters no token has (non-ASCII or a line break)")
 
     def __str__(self) -> str:
         return "<redacted token>"
