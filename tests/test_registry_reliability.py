@@ -254,8 +254,7 @@ def test_blob_redirect_to_a_dead_host_is_one_line(
     target: str, fault_proxy: FaultProxy, registry: RunningRegistry, tmp_path: Path
 ) -> None:
     """Item 14: a 307 for a blob to a closed port or a name that does not resolve gave a raw httpx
-    ConnectError traceback in pull, copy, inspect, tags and run (tags now shows such a release without
-    its time)."""
+    ConnectError traceback in pull, copy, inspect, tags and run: now one line each, naming the host."""
     image = make_image(tmp_path / "img", busybox=False)
     pushed = push_image(image, [f"{registry.host}/redir/app:v1"])
     if target == "closed-port":
@@ -277,10 +276,7 @@ def test_blob_redirect_to_a_dead_host_is_one_line(
         "tags": _cli("tags", f"{fault_proxy.host}/redir/app"),
         "run": _cli("run", "--cache-dir", str(tmp_path / "cache"), ref),
     }
-    # tags lists a release whose config it cannot read without a time ("-"), and says nothing else.
-    tags = runs.pop("tags")
-    assert tags.returncode == 0 and "Traceback" not in tags.stderr, tags.stderr
-    assert tags.stdout.splitlines() == [f"v1\t{pushed.digest}\t-"]
+    assert pushed.digest
     for cmd, r in runs.items():
         assert r.returncode != 0, cmd
         assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (cmd, r.stderr)
