@@ -311,3 +311,19 @@ def test_a_relative_cache_dir_works(runtime: str, sh_layout: Path, tmp_path: Pat
     )
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
     assert [p.name for p in (tmp_path / "rel-cache" / "rootfs").iterdir()] != []
+
+
+def test_entrypoint_replaces_the_images_and_drops_its_cmd(sh_layout: Path, cache: Path) -> None:
+    r = nixfly("--runtime", "chroot", "--entrypoint", '["/bin/echo", "from-entrypoint"]', str(sh_layout), "--", "x",
+               cache=cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "from-entrypoint x\n"
+
+
+def test_publish_is_checked_against_the_shared_network(sh_layout: Path, cache: Path) -> None:
+    ok = nixfly("--runtime", "chroot", "-p", "8080", "-p", "127.0.0.1:8080:8080/tcp", str(sh_layout), "--",
+                "sh", "-c", "echo ran", cache=cache)  # fmt: skip
+    assert ok.returncode == 0 and ok.stdout == "ran\n", ok.stderr
+    bad = nixfly("-p", "9090:8080", str(sh_layout), "--", "sh", "-c", "echo ran", cache=cache)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "shares this machine's network" in bad.stderr

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import click
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import registry_options, transport_options
+from nixfly.cli.common import parse_command, registry_options, transport_options
 from nixfly.errors import UsageError
 from nixfly.run.process import parse_volume
 from nixfly.run.runner import RunOptions, run_image
@@ -33,6 +34,11 @@ from nixfly.transports import RegistryLocation, parse_location
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
 @click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="User (name or uid) to run as.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="nixfly cache (unpacked rootfs).")
+@click.option("--entrypoint", default=None, metavar="CMD",
+              help="Replace the image's Entrypoint (shell words or a JSON array); its Cmd is then not used.")
+@click.option("-p", "--publish", "publish", multiple=True, metavar="[HOST:]PORT[/PROTO]",
+              help="Check a port is reachable as given: the container shares the host's network, so a port "
+              "is published as itself (HOST must equal PORT).")
 @click.option("--platform", default=None, metavar="OS/ARCH",
               help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @transport_options()
@@ -45,6 +51,8 @@ def run_cmd(
     workdir: str | None,
     user: str | None,
     cache_dir: Path | None,
+    entrypoint: str | None,
+    publish: tuple[str, ...],
     **o: Any,
 ) -> int:
     """Run IMAGE (an OCI layout dir, a docker-archive file or a registry reference) without Docker.
@@ -54,6 +62,9 @@ def run_cmd(
     """
     if command[:1] == ("--",):
         command = command[1:]
+    for spec in publish:
+        _check_publish(spec)
+    entry = parse_command(entrypoint, "--entrypoint")
     loc = parse_location(image, bare_paths=True)
     if o.get("creds") and not isinstance(loc, RegistryLocation):
         raise UsageError("--creds only applies to registry references")
@@ -70,5 +81,23 @@ def run_cmd(
         workdir=workdir,
         user=user,
         cache_dir=cache_dir,
+        entrypoint=tuple(entry) if entry is not None else None,
     )
     return run_image(img, opts)
+
+
+_PUBLISH = re.compile(r"(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?")
+
+
+def _check_publish(spec: str) -> None:
+    """``-p`` as docker spells it, where this runtime can honour it: the container is in the host's network
+    namespace, so a port is already reachable as itself and cannot be remapped."""
+    m = _PUBLISH.fullmatch(spec)
+    if m is None:
+        raise UsageError(f"-p {spec!r}: expected [HOST:]PORT[/tcp|udp], e.g. 8080 or 8080:8080")
+    host, port = m.group(1), m.group(2)
+    if host is not None and host != port:
+        raise UsageError(
+            f"-p {spec}: the container shares this machine's network, so its port {port} is port {port} here "
+            f"and cannot be published as {host}; use -p {port} (or run the app on port {host})"
+        )

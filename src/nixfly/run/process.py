@@ -183,13 +183,16 @@ def build_process(
     volumes: Sequence[Volume] = (),
     host_env: Mapping[str, str] | None = None,
     tty: bool = False,
+    entrypoint: Sequence[str] | None = None,
 ) -> ProcessSpec:
     """The process to start, from the image config (``config.Entrypoint/Cmd/Env/WorkingDir/User``) and the
     command line: ``command`` replaces Cmd and keeps Entrypoint, as docker does. Raises RuntimeErrorNF when
     there is no command, or the command, user or group is not in the image."""
     cfg = image_config.get("config") or {}
-    entrypoint = list(cfg.get("Entrypoint") or [])
-    args = entrypoint + (list(command) if command else list(cfg.get("Cmd") or []))
+    if entrypoint is not None:  # docker run --entrypoint: replaces Entrypoint, and the image's Cmd is dropped
+        args = list(entrypoint) + list(command)
+    else:
+        args = list(cfg.get("Entrypoint") or []) + (list(command) if command else list(cfg.get("Cmd") or []))
     if not args:
         raise RuntimeErrorNF("the image has no command (no Entrypoint or Cmd); give one: nixfly run IMAGE -- CMD")
     cwd = workdir or cfg.get("WorkingDir") or "/"

@@ -40,6 +40,7 @@ class RunOptions:
     user: str | None = None
     cache_dir: Path | None = None
     tty: bool | None = None  # None: when stdin and stdout are terminals
+    entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops its Cmd)
     host_env: dict[str, str] | None = field(default=None, repr=False)
 
 
@@ -197,6 +198,7 @@ def run_image(image: Image, opts: RunOptions) -> int:
         volumes=opts.volumes,
         host_env=opts.host_env,
         tty=tty,
+        entrypoint=opts.entrypoint,
     )
     rt = select_runtime(opts.runtime)
     with run_dir(cache_dir, rt) as (d, cid):
