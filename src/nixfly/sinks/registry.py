@@ -20,6 +20,7 @@ from typing import BinaryIO, Literal
 from nixfly.errors import UsageError
 from nixfly.image import Image, Layer
 from nixfly.image.convert import with_format
+from nixfly.image.digest import sha256_digest
 from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.image.model import BlobOrigin, Mountable
@@ -89,49 +90,14 @@ def push_image(
     repository; blobs the repository already holds are not uploaded again; the returned digest is the one the
     registry confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure.
     """
-    if not refs:
-        raise UsageError("push needs at least one destination reference")
-    parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
     if fmt is not None:
         image = with_format(image, fmt)
-    manifest = image.manifest_bytes()
-    media_type = image.media_type
-    digest = image.manifest_digest()
-    for r in parsed:
-        if r.digest and r.digest != digest:
-            raise UsageError(f"{r} names digest {r.digest}, but the image's manifest digest is {digest}")
-    opts = options or RegistryOptions()
-    prog = progress or PushProgress()
 
-    # One client per registry; blobs go once per repository.
-    clients: dict[str, RegistryClient] = {}
-    totals = {"uploaded": 0, "bytes": 0, "skipped": 0, "mounted": 0}
-    pushed: list[str] = []
-    try:
-        repos: dict[tuple[str, str], list[Reference]] = {}
-        for r in parsed:
-            repos.setdefault((r.registry, r.repository), []).append(r)
-        for (registry, repo), group in repos.items():
-            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, opts))
-            _push_blobs(client, repo, image, mount_from, prog, totals)
-            for r in group:
-                ident = r.tag or r.digest or digest
-                client.put_manifest(repo, ident, manifest, media_type)
-                pushed.append(f"{r.name}:{r.tag}" if r.tag else f"{r.name}@{digest}")
-    finally:
-        for c in clients.values():
-            c.close()
-    return PushResult(
-        digest=digest,
-        reference=parsed[0].pinned(digest),
-        references=tuple(pushed),
-        media_type=media_type,
-        format=image.format,
-        uploaded_bytes=totals["bytes"],
-        uploaded_blobs=totals["uploaded"],
-        skipped_blobs=totals["skipped"],
-        mounted_blobs=totals["mounted"],
-    )
+    def blobs(client: RegistryClient, repo: str, prog: PushProgress, totals: dict[str, int]) -> None:
+        _push_blobs(client, repo, image, mount_from, prog, totals)
+
+    return _push_manifest(refs, image.manifest_bytes(), image.media_type, image.format, blobs, options, progress,
+                          "the image's manifest digest")  # fmt: skip
 
 
 def push_index(
@@ -145,14 +111,35 @@ def push_index(
 
     Per repository: every image's blobs first, then every platform manifest (by digest), then the index under
     each tag — so no manifest is written before what it names is there. Returns the index's digest."""
+    def blobs(client: RegistryClient, repo: str, prog: PushProgress, totals: dict[str, int]) -> None:
+        for image in index.images():
+            _push_blobs(client, repo, image, (), prog, totals)
+        for image in index.images():
+            client.put_manifest(repo, image.manifest_digest(), image.manifest_bytes(), image.media_type)
+
+    return _push_manifest(refs, index.manifest_bytes(), index.media_type, index.format, blobs, options, progress,
+                          "the index's digest")  # fmt: skip
+
+
+def _push_manifest(
+    refs: Sequence[str | Reference],
+    data: bytes,
+    media_type: str,
+    fmt: ManifestFormat,
+    put_blobs: Callable[[RegistryClient, str, PushProgress, dict[str, int]], None],
+    options: RegistryOptions | None,
+    progress: PushProgress | None,
+    what: str,
+) -> PushResult:
+    """Per repository (one client per registry): ``put_blobs`` first, then the manifest ``data`` under
+    every tag — so no manifest is written before what it names is there."""
     if not refs:
         raise UsageError("push needs at least one destination reference")
     parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
-    data = index.manifest_bytes()
-    digest = index.manifest_digest()
+    digest = sha256_digest(data)
     for r in parsed:
         if r.digest and r.digest != digest:
-            raise UsageError(f"{r} names digest {r.digest}, but the index's digest is {digest}")
+            raise UsageError(f"{r} names digest {r.digest}, but {what} is {digest}")
     opts = options or RegistryOptions()
     prog = progress or PushProgress()
     clients: dict[str, RegistryClient] = {}
@@ -164,12 +151,9 @@ def push_index(
             repos.setdefault((r.registry, r.repository), []).append(r)
         for (registry, repo), group in repos.items():
             client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, opts))
-            for image in index.images():
-                _push_blobs(client, repo, image, (), prog, totals)
-            for image in index.images():
-                client.put_manifest(repo, image.manifest_digest(), image.manifest_bytes(), image.media_type)
+            put_blobs(client, repo, prog, totals)
             for r in group:
-                client.put_manifest(repo, r.tag or r.digest or digest, data, index.media_type)
+                client.put_manifest(repo, r.tag or r.digest or digest, data, media_type)
                 pushed.append(f"{r.name}:{r.tag}" if r.tag else f"{r.name}@{digest}")
     finally:
         for c in clients.values():
@@ -178,8 +162,8 @@ def push_index(
         digest=digest,
         reference=parsed[0].pinned(digest),
         references=tuple(pushed),
-        media_type=index.media_type,
-        format=index.format,
+        media_type=media_type,
+        format=fmt,
         uploaded_bytes=totals["bytes"],
         uploaded_blobs=totals["uploaded"],
         skipped_blobs=totals["skipped"],
