@@ -14,13 +14,14 @@ import hashlib
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol, cast
 
 from nixfly.build.cache import BlobCache, CachedLayer
 from nixfly.build.compress import Compressor
 from nixfly.build.tarwriter import DEFAULT_MTIME, HashingSink, PermRule, TarWriter, TreeEntry
 from nixfly.errors import NixflyError
 from nixfly.image import BlobLayer, Layer
+from nixfly.image.growing import GrowingBlob, GrowingWriter
 
 LAYER_FORMAT = 1  # bump when the tar layout changes, so old cache entries are not reused
 
@@ -169,26 +170,44 @@ def write_layer_tar(tw: TarWriter, spec: LayerSpec, store_dir: str, remote: Stor
 
 
 def build_layer(
-    spec: LayerSpec, settings: LayerSettings, cache: BlobCache, on_bytes: Callable[[int], None] | None = None
+    spec: LayerSpec,
+    settings: LayerSettings,
+    cache: BlobCache,
+    on_bytes: Callable[[int], None] | None = None,
+    on_blob: Callable[[GrowingBlob], None] | None = None,
 ) -> tuple[CachedLayer, bool]:
     """The cached layer for ``spec``, building it if needed. Returns (layer, built_now). ``on_bytes`` hears
-    how many uncompressed tar bytes were written, as they are."""
+    how many uncompressed tar bytes were written, as they are; ``on_blob``, when a layer is built, gets the
+    compressed blob as it grows (so it can be uploaded while it is written) — it owns that handle."""
     key = settings.key(spec)
     hit = cache.lookup(key)
     if hit is not None:
         return hit, False
     with cache.new_blob() as (f, holder):
-        sink = HashingSink(settings.compressor, f, on_bytes)
-        tw = TarWriter(sink, settings.mtime, settings.rules)
+        growing = None
+        out: BinaryIO = f
+        if on_blob is not None:
+            growing = GrowingBlob(holder[0], spec.comment or ",".join(spec.store_paths[:1]))
+            out = cast(BinaryIO, GrowingWriter(f, growing))
+            on_blob(growing)
         try:
-            write_layer_tar(tw, spec, settings.store_dir, settings.remote)
-        except OSError as e:
-            raise NixflyError(f"cannot read {e.filename or 'a store path'}: {e.strerror}") from None
-        diff_id, digest = sink.finish()
-        f.flush()
-        path = cache.commit(holder[0], digest)
+            sink = HashingSink(settings.compressor, out, on_bytes)
+            tw = TarWriter(sink, settings.mtime, settings.rules)
+            try:
+                write_layer_tar(tw, spec, settings.store_dir, settings.remote)
+            except OSError as e:
+                raise NixflyError(f"cannot read {e.filename or 'a store path'}: {e.strerror}") from None
+            diff_id, digest = sink.finish()
+            f.flush()
+            path = cache.commit(holder[0], digest)
+        except BaseException as e:
+            if growing is not None:
+                growing.fail(str(e) or type(e).__name__)
+            raise
     layer = CachedLayer(digest, diff_id, sink.compressed_size, sink.uncompressed_size, settings.compressor.kind, path)
     cache.remember(key, layer)
+    if growing is not None:
+        growing.finish(digest, sink.compressed_size)
     return layer, True
 
 
@@ -219,10 +238,12 @@ def build_layers(
     on_start: Callable[[int], None] | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
     known: KnownLayers | None = None,
+    on_blob: Callable[[int, GrowingBlob], None] | None = None,
 ) -> list[BuiltLayer]:
     """Build (or reuse) every layer, in parallel; results in ``specs`` order. The callbacks (for progress
     display) hear when layer i starts, how many tar bytes it has written, and when it is done. A layer the
-    local cache lacks but ``known`` vouches for is taken from there instead of being built."""
+    local cache lacks but ``known`` vouches for is taken from there instead of being built (the lookups run in
+    parallel: each is a HEAD). ``on_blob`` hears of each layer being built, with its blob as it grows."""
     results: list[BuiltLayer | None] = [None] * len(specs)
 
     def done(i: int, b: BuiltLayer) -> None:
@@ -242,20 +263,33 @@ def build_layers(
         if on_start is not None:
             on_start(i)
         counter = None if on_bytes is None else (lambda n: on_bytes(i, n))
-        cl, built = build_layer(specs[i], settings, cache, counter)
+        blob_hook = None if on_blob is None else (lambda g: on_blob(i, g))
+        cl, built = build_layer(specs[i], settings, cache, counter, blob_hook)
         finish(i, cl, built)
 
     # Cache hits first, serially: an unchanged rebuild then needs no thread pool at all.
     misses = []
     for i, spec in enumerate(specs):
-        key = settings.key(spec)
-        hit = cache.lookup(key)
+        hit = cache.lookup(settings.key(spec))
         if hit is not None:
             finish(i, hit, False)
-        elif known is not None and (remote := known(key)) is not None:
-            done(i, BuiltLayer(spec, remote, False, key, remote=True))
         else:
             misses.append(i)
+    if known is not None and misses:
+        # Each answer is a HEAD to the registry: ask in parallel, so a fresh runner's unchanged build costs
+        # one round trip's worth of waiting, not one per layer.
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = [settings.key(specs[i]) for i in misses]
+        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+            answers = list(pool.map(known, keys))
+        still = []
+        for i, key, remote in zip(misses, keys, answers, strict=True):
+            if remote is not None:
+                done(i, BuiltLayer(specs[i], remote, False, key, remote=True))
+            else:
+                still.append(i)
+        misses = still
     # Largest first, so the long poles start early and the cores stay busy to the end.
     misses.sort(key=lambda i: -(weights[i] if weights else 0))
     if settings.workers <= 1 or len(misses) <= 1:

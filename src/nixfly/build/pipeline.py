@@ -33,6 +33,7 @@ from nixfly.errors import ClosureError, LayeringError, NixflyError, UsageError
 from nixfly.image import Image, canonical_json
 from nixfly.image.base import BaseImage, stack_on_base
 from nixfly.image.convert import with_format
+from nixfly.image.growing import GrowingBlob
 from nixfly.image.platform import nix_system_platform, parse_platform, platform_matches
 
 DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
@@ -158,9 +159,11 @@ def build_image(
     base: BaseResolver | None = None,
     platform: str | None = None,
     known: KnownLayers | None = None,
+    on_layer_blob: Callable[[int, GrowingBlob], None] | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests.
-    ``known`` (a destination registry's layer index) supplies layers the local cache lacks.
+    ``known`` (a destination registry's layer index) supplies layers the local cache lacks; ``on_layer_blob``
+    gets each layer being built as its compressed blob grows (to upload it while it is written).
     With ``caches`` (or ``substituters`` in the spec), store paths missing locally come from binary
     caches; the layers are the same bytes as from a local store holding those paths.
 
@@ -196,7 +199,7 @@ def build_image(
         return _build(
             spec, closure, cache, store, t0, workers=workers, platform_check=platform_check, base=base,
             on_plan=on_plan, on_layer=on_layer, on_layer_start=on_layer_start, on_layer_bytes=on_layer_bytes,
-            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes, known=known,
+            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes, known=known, on_layer_blob=on_layer_blob,
         )  # fmt: skip
     finally:
         if store is not None:
@@ -234,6 +237,7 @@ def _build(
     on_fetch_bytes: Callable[[int], None] | None,
     base: BaseResolver | None = None,
     known: KnownLayers | None = None,
+    on_layer_blob: Callable[[int, GrowingBlob], None] | None = None,
 ) -> BuildResult:
     fs = None
     # From a binary cache, the search through the closure (CA certificates, /bin/sh, /usr/bin/env) waits
@@ -326,13 +330,13 @@ def _build(
     if not searched:
         built = build_layers(
             specs, settings, cache, weights=weights,
-            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
+            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known, on_blob=on_layer_blob,
         )  # fmt: skip
     else:
         last = len(specs) - 1  # the customisation layer
         built = build_layers(
             specs[:last], settings, cache, weights=weights[:last],
-            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known,
+            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known, on_blob=on_layer_blob,
         )  # fmt: skip
         whole = customise(spec, closure, fs, base_files)
         if whole.root_entries != cust.root_entries:  # the roots' links never depend on the search
@@ -344,6 +348,7 @@ def _build(
             on_done=None if on_layer is None else (lambda i, b: on_layer(i + last, b)),
             on_start=None if on_layer_start is None else (lambda i: on_layer_start(i + last)),
             on_bytes=None if on_layer_bytes is None else (lambda i, n: on_layer_bytes(i + last, n)), known=known,
+            on_blob=None if on_layer_blob is None else (lambda i, g: on_layer_blob(i + last, g)),
         )  # fmt: skip
     base_env = (resolved.image.config.get("config") or {}).get("Env") or [] if resolved is not None else []
     base_has_path = any(str(e).startswith("PATH=") for e in base_env)

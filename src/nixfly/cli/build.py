@@ -260,6 +260,13 @@ def _check_destinations(dest: object) -> None:
 @click.option("--sbom", type=click.Choice(["spdx", "cyclonedx", "none"]),
               help="SBOM attached to the image as an OCI referrer (default spdx).")  # fmt: skip
 @transport_options()
+@click.option("--retries", type=click.IntRange(0, 20), default=5, show_default=True,
+              help="With --push: retries per request on connection errors, 429 and 5xx.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="With --push: seconds a connection may make no progress before it is retried.")  # fmt: skip
+@click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="With --push: blob uploads at once (they start while layers are still compressing).")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(min=1024), default=None, hidden=True)
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
 def build(roots: tuple[str, ...], config_path: str | None, output: str | None, **o: Any) -> None:
@@ -356,19 +363,37 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
     layer_index = _layer_index(push_locations, o)
+    from nixfly.cli.common import registry_options
+
+    options = registry_options(o)
+    uploads = None
+    layer_hooks: dict[str, Any] = {"on_layer": on_layer}
+    if push_locations:
+        # Layers go to the first destination while the build runs: each starts uploading when its
+        # compression starts; the push below then sends the config and the manifest.
+        from nixfly.cli.streaming import BuildUploads
+
+        uploads = BuildUploads(push_locations[0].reference, options, progress)
+        layer_hooks = uploads.build_hooks(on_layer)
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
         result = build_image(
             spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
-            on_plan=on_plan, on_layer=on_layer,
+            on_plan=on_plan,
             on_layer_start=on_start if progress is not None else None,
             on_layer_bytes=on_bytes if progress is not None else None,
             caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
             on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
             base=resolver, platform=single_platform,
-            known=layer_index.lookup if layer_index is not None else None,
+            known=layer_index.lookup if layer_index is not None else None, **layer_hooks,
         )  # fmt: skip
+        if uploads is not None:
+            uploads.wait()
+    except BaseException:
+        if uploads is not None:
+            uploads.abort()
+        raise
     finally:
         if spinner is not None:
             spinner.stop()
@@ -395,14 +420,12 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     elif dest is not None:
         destinations.append(dest)
     destinations.extend(push_locations)
-    from nixfly.cli.common import registry_options
-
-    options = registry_options(o)
     if push_locations:
         from nixfly.cli.registry import publish_with_progress
 
         image, written = publish_with_progress(result.image, destinations, fmt=o["format"], options=options,
-                                               o={**o, "quiet": True})  # fmt: skip
+                                               o={**o, "quiet": True},
+                                               early=uploads.early if uploads else None)  # fmt: skip
     else:
         from nixfly.sinks import publish
 

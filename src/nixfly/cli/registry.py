@@ -42,7 +42,7 @@ from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
 from nixfly.sinks import Written, publish
 from nixfly.sinks.layer_index import INDEX_TAG
-from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
+from nixfly.sinks.registry import BlobOutcome, EarlyUploads, PushProgress, PushResult
 from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
@@ -122,6 +122,7 @@ def publish_with_progress(
     options: RegistryOptions,
     mount_from: list[str] | None = None,
     o: dict[str, Any],
+    early: EarlyUploads | None = None,
 ) -> tuple[Image, list[Written]]:
     """``nixfly.sinks.publish`` with upload bars on a terminal (pushes) — the one publish path of the CLI."""
     if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and any(
@@ -130,8 +131,8 @@ def publish_with_progress(
         bar = _progress_bar()
         with bar:
             return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (),
-                           progress=_RichPushProgress(bar))  # fmt: skip
-    return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or ())
+                           progress=_RichPushProgress(bar), early=early)  # fmt: skip
+    return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (), early=early)
 
 
 def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") -> None:

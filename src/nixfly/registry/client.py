@@ -34,13 +34,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
 from nixfly.errors import ImageError, RegistryError, UsageError
 from nixfly.image.digest import sha256_digest
+from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
@@ -504,9 +505,92 @@ class RegistryClient:
         finally:
             state.close()
 
+    def upload_growing(
+        self,
+        repo: str,
+        blob: GrowingBlob,
+        *,
+        progress: Callable[[int], None] | None = None,
+        note: NoteFn | None = None,
+    ) -> tuple[str, int]:
+        """Upload a blob while its writer is still producing it: a PATCH per whole chunk as soon as the
+        chunk is written, then, once the writer has finished and the digest is known, the last chunk and the
+        PUT with the digest. Returns (digest, body bytes sent). Failures are handled as in
+        :meth:`upload_blob` (resume where the registry says it is, restart if it lost the session); every
+        byte sent is hashed and the PUT is not made unless the bytes match the digest the writer reported.
+        ``progress`` hears the bytes confirmed so far."""
+        chunk = self.options.chunk_size
+        what = blob.label or "a layer"
+        state = _UploadState("", _GROWING, lambda: cast(BinaryIO, GrowingReader(blob)), None)
+
+        def attempt() -> int:
+            try:
+                if state.failed and self._resync(repo, state, note):
+                    return state.sent
+                if state.location is None:
+                    state.location = self.start_upload(repo)
+                    state.offset = 0
+                while True:
+                    have = blob.wait(state.offset + chunk)
+                    if blob.done and state.size == _GROWING:
+                        state.digest, state.size = blob.digest or "", have
+                    if state.offset >= have:
+                        break
+                    start, end = state.offset, min(have, state.offset + chunk)
+                    resp = self._attempt(
+                        "PATCH",
+                        state.location,
+                        self.push_scope(repo),
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Length": str(end - start),
+                            "Content-Range": f"{start}-{end - 1}",
+                        },
+                        content=state.body(start, end),
+                        repeatable=True,
+                    )
+                    self._chunk_accepted(repo, resp, state, end)
+                    if progress is not None:
+                        progress(state.offset)
+                state.check_complete()
+                resp = self._attempt(
+                    "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
+                    headers={"Content-Length": "0"}, content=b"", repeatable=True,
+                )  # fmt: skip
+                self._check_finished(repo, resp, state)
+                return state.sent
+            except Transient:
+                state.failed = True
+                raise
+
+        try:
+            sent = self.policy.run(
+                attempt,
+                progress=lambda: state.confirmed,
+                on_retry=self.retry_notice,
+                give_up=lambda t, n: self.fail(f"upload of {what} to {repo} failed after {n} attempts: {t.what}"),
+            )
+        finally:
+            state.close()
+        return state.digest, sent
+
+    def _chunk_accepted(self, repo: str, resp: httpx.Response, state: _UploadState, end: int) -> None:
+        """Check a PATCH answer and advance ``state`` to what the registry says it holds."""
+        if resp.status_code in (404, 416):
+            raise Transient("upload session expired" if resp.status_code == 404 else "chunk out of order")
+        if resp.status_code != 202:
+            raise self.fail(f"upload of {state.digest or 'a layer'} to {repo}: {registry_error_text(resp)}")
+        # The newest Location carries the session state a resume needs; the server's count of what it
+        # holds wins over ours.
+        state.location = resp.headers.get("location") or state.location
+        held = parse_range(resp.headers.get("range"))
+        state.offset = end if held is None else held
+        state.confirm(state.offset)
+
     def _resync(self, repo: str, state: _UploadState, note: NoteFn | None) -> bool:
-        """After a failure: True if the blob is already there; else set offset/location to carry on from."""
-        if self.has_blob(repo, state.digest, state.size, push=True):
+        """After a failure: True if the blob is already there; else set offset/location to carry on from.
+        (A blob still being written has no digest yet: only its session can be asked.)"""
+        if state.digest and self.has_blob(repo, state.digest, state.size, push=True):
             return True
         if state.location is not None:
             resp = self._attempt("GET", state.location, self.push_scope(repo), repeatable=True)
@@ -558,16 +642,7 @@ class RegistryClient:
                 content=state.body(start, end),
                 repeatable=True,
             )
-            if resp.status_code in (404, 416):
-                raise Transient("upload session expired" if resp.status_code == 404 else "chunk out of order")
-            if resp.status_code != 202:
-                raise self.fail(f"upload of {state.digest} to {repo}: {registry_error_text(resp)}")
-            # The newest Location carries the session state a resume needs; the server's count of what it
-            # holds wins over ours.
-            state.location = resp.headers.get("location") or state.location
-            held = parse_range(resp.headers.get("range"))
-            state.offset = end if held is None else held
-            state.confirm(state.offset)
+            self._chunk_accepted(repo, resp, state, end)
         resp = self._attempt(
             "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
             headers={"Content-Length": "0"}, content=b"", repeatable=True,
@@ -755,6 +830,9 @@ def _next_link(header: str) -> str | None:
     return None
 
 
+_GROWING = 1 << 62  # the size of a blob still being written: larger than any real one
+
+
 class _UploadState:
     """The bytes of one blob upload: reopenable source, offset, hashing of each byte exactly once."""
 
@@ -805,6 +883,13 @@ class _UploadState:
                     left -= len(skipped)
             self._pos = pos
         return src
+
+    def check_complete(self) -> None:
+        """Before the final PUT: every byte was hashed and the hash is the digest."""
+        if self._hashed != self.size:
+            raise ImageError(f"blob {self.digest}: {self._hashed} of {self.size} bytes were read")
+        if "sha256:" + self._hash.hexdigest() != self.digest:
+            raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
 
     def body(self, start: int, end: int) -> Iterator[bytes]:
         if start > self._hashed:

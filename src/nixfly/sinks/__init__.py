@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from nixfly.image import Image
     from nixfly.image.index import ImageIndex
     from nixfly.registry.client import RegistryOptions
-    from nixfly.sinks.registry import PushProgress, PushResult
+    from nixfly.sinks.registry import EarlyUploads, PushProgress, PushResult
 
 @dataclass(frozen=True)
 class Written:
@@ -69,12 +69,14 @@ class RegistrySink:
     options: RegistryOptions | None = None
     mount_from: tuple[str, ...] = ()
     progress: PushProgress | None = None
+    early: EarlyUploads | None = None  # blobs a build already started sending to one of the references
 
     def write(self, image: Image) -> Written:
         from nixfly.sinks.registry import push_image
 
         result = push_image(
-            image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress
+            image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress,
+            early=self.early,
         )
         return Written(result.digest, ", ".join(result.references), result.reference, result)
 
@@ -170,15 +172,17 @@ def publish(
     options: RegistryOptions | None = None,
     mount_from: Sequence[str] = (),
     progress: PushProgress | None = None,
+    early: EarlyUploads | None = None,
 ) -> tuple[Image, list[Written]]:
     """Write ``image`` to every location in one format; returns the image as written (converted when the
-    format changed) and what each sink wrote — every digest is the same."""
+    format changed) and what each sink wrote — every digest is the same. ``early``: uploads a build started
+    to one of the registry destinations (only the rest is sent there)."""
     out = with_format(image, format_for(locations, image, fmt))
     local = [loc for loc in locations if not isinstance(loc, RegistryLocation)]
     remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
     written = [open_sink(loc).write(out) for loc in local]
     if remote:
-        written.append(RegistrySink(remote, options, tuple(mount_from), progress).write(out))
+        written.append(RegistrySink(remote, options, tuple(mount_from), progress, early).write(out))
     return out, written
 
 

@@ -79,11 +79,13 @@ class RegistryLayerIndex:
         self._lock = threading.Lock()
 
     def load(self) -> RegistryLayerIndex:
-        """Read the index; any problem leaves it empty (and says why in ``note``), never fails a build."""
+        """Read the index; a problem with the index leaves it empty (and says why in ``note``). A registry
+        that cannot be reached at all (or refuses our credentials) is an error now: the push that follows
+        would fail the same way, after a whole build."""
         repo = self.ref.repository
+        if self.client.manifest_digest(repo, INDEX_TAG) is None:
+            return self
         try:
-            if self.client.manifest_digest(repo, INDEX_TAG) is None:
-                return self
             m = self.client.get_manifest(repo, INDEX_TAG, accept=OCI_MANIFEST)
             body = m.json()
             layers = body.get("layers")

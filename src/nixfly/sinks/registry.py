@@ -7,20 +7,27 @@ is skipped after a HEAD; a layer that lives in another repository of the same re
 ``Mountable`` layer, or one of ``mount_from``) is mounted. Re-running an interrupted push therefore uploads
 only what is still missing. The sink never converts: choosing a format is a mutation done before it
 (``nixfly.image.convert.with_format``), so the digest it returns is the one the caller printed.
+
+A build that pushes starts sending blobs before the image exists: :class:`EarlyUploads` takes each layer as
+soon as its compression starts (the blob streams from the growing cache file in chunks; the digest comes
+with the last one) or, for a layer already made, as soon as its digest is known; ``push_image(early=…)``
+then sends only what is left.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
-from nixfly.errors import UsageError
+from nixfly.errors import RegistryError, UsageError
 from nixfly.image import Image, Layer
 from nixfly.image.convert import with_format
 from nixfly.image.digest import sha256_digest
+from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.image.model import BlobOrigin, Mountable
@@ -82,22 +89,30 @@ def push_image(
     options: RegistryOptions | None = None,
     mount_from: Sequence[str] = (),
     progress: PushProgress | None = None,
+    early: EarlyUploads | None = None,
 ) -> PushResult:
     """Push ``image`` to every reference in ``refs`` (several tags, or repositories, at once).
 
     ``fmt``, when given, converts the image first (a new image, a new digest); otherwise the image's own manifest is
     pushed byte for byte. Promises: no manifest is written before every blob it names is confirmed present in that
     repository; blobs the repository already holds are not uploaded again; the returned digest is the one the
-    registry confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure.
+    registry confirmed for the manifest. Raises RegistryError (one line, no secrets) on failure. With
+    ``early`` (uploads started during the build), it waits for them and does not send again what they sent.
     """
     if fmt is not None:
         image = with_format(image, fmt)
+    done: Mapping[str, tuple[BlobOutcome, int]] = {}
+    clients: dict[str, RegistryClient] = {}
+    if early is not None:
+        done = early.finish()
+        clients[early.client.registry] = early.client
 
     def blobs(client: RegistryClient, repo: str, prog: PushProgress, totals: dict[str, int]) -> None:
-        _push_blobs(client, repo, image, mount_from, prog, totals)
+        here = early is not None and client is early.client and repo == early.repository
+        _push_blobs(client, repo, image, mount_from, prog, totals, done if here else {})
 
     return _push_manifest(refs, image.manifest_bytes(), image.media_type, image.format, blobs, options, progress,
-                          "the image's manifest digest")  # fmt: skip
+                          "the image's manifest digest", clients)  # fmt: skip
 
 
 def push_index(
@@ -130,6 +145,7 @@ def _push_manifest(
     options: RegistryOptions | None,
     progress: PushProgress | None,
     what: str,
+    clients: dict[str, RegistryClient] | None = None,
 ) -> PushResult:
     """Per repository (one client per registry): ``put_blobs`` first, then the manifest ``data`` under
     every tag — so no manifest is written before what it names is there."""
@@ -142,7 +158,7 @@ def _push_manifest(
             raise UsageError(f"{r} names digest {r.digest}, but {what} is {digest}")
     opts = options or RegistryOptions()
     prog = progress or PushProgress()
-    clients: dict[str, RegistryClient] = {}
+    clients = {} if clients is None else clients
     totals = {"uploaded": 0, "bytes": 0, "skipped": 0, "mounted": 0}
     pushed: list[str] = []
     try:
@@ -178,37 +194,24 @@ def _push_blobs(
     mount_from: Sequence[str],
     prog: PushProgress,
     totals: dict[str, int],
+    done: Mapping[str, tuple[BlobOutcome, int]] | None = None,
 ) -> None:
+    done = done or {}
     layers = list({lyr.digest: lyr for lyr in image.layers}.values())
 
     def one(
         digest: str, size: int, opener: Callable[[], BinaryIO], origin: BlobOrigin | None = None
     ) -> tuple[BlobOutcome, int]:
-        prog.blob_started(digest, size)
-        if client.has_blob(repo, digest, size, push=True):
-            prog.blob_finished(digest, "skipped")
-            return "skipped", 0
-        location = None
-        sources = list(mount_from)
-        if origin is not None and origin.registry == client.registry and origin.repository not in sources:
-            sources.insert(0, origin.repository)
-        for src in sources:
-            if src == repo:
-                continue
-            location = client.mount_blob(repo, digest, src)
-            if location is None:
-                prog.blob_finished(digest, "mounted")
-                return "mounted", 0
-            break  # the registry started an ordinary upload session instead: use it
-        advanced: ProgressFn = prog.blob_advanced
-        sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced, note=prog.blob_note)
-        prog.blob_finished(digest, "uploaded")
-        return "uploaded", sent
+        return _push_blob(client, repo, digest, size, opener, origin, mount_from, prog)
 
     def account(outcome: BlobOutcome, sent: int) -> None:
         totals[outcome] += 1
         totals["bytes"] += sent
 
+    for digest, (outcome, sent) in done.items():
+        if any(lyr.digest == digest for lyr in layers):
+            account(outcome, sent)
+    layers = [lyr for lyr in layers if lyr.digest not in done]
     workers = max(1, min(client.options.parallel, len(layers) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixfly-push") as pool:
         futures = [pool.submit(one, lyr.digest, lyr.size, lyr.compressed, _origin(lyr)) for lyr in layers]
@@ -225,6 +228,164 @@ def _push_blobs(
     cfg_origin = origins.pop() if len(origins) == 1 else None
     cfg = image.config_bytes
     account(*one(image.config_digest, len(cfg), lambda: io.BytesIO(cfg), cfg_origin))
+
+
+def _push_blob(
+    client: RegistryClient,
+    repo: str,
+    digest: str,
+    size: int,
+    opener: Callable[[], BinaryIO],
+    origin: BlobOrigin | None,
+    mount_from: Sequence[str],
+    prog: PushProgress,
+) -> tuple[BlobOutcome, int]:
+    """One blob whose digest is known: skip it (HEAD), mount it, or upload it."""
+    prog.blob_started(digest, size)
+    if client.has_blob(repo, digest, size, push=True):
+        prog.blob_finished(digest, "skipped")
+        return "skipped", 0
+    location = None
+    sources = list(mount_from)
+    if origin is not None and origin.registry == client.registry and origin.repository not in sources:
+        sources.insert(0, origin.repository)
+    for src in sources:
+        if src == repo:
+            continue
+        location = client.mount_blob(repo, digest, src)
+        if location is None:
+            prog.blob_finished(digest, "mounted")
+            return "mounted", 0
+        break  # the registry started an ordinary upload session instead: use it
+    advanced: ProgressFn = prog.blob_advanced
+    sent = client.upload_blob(repo, digest, size, opener, location=location, progress=advanced, note=prog.blob_note)
+    prog.blob_finished(digest, "uploaded")
+    return "uploaded", sent
+
+
+class EarlyUploads:
+    """Blob uploads to one repository that start while the image is still being built.
+
+    ``layer_growing`` takes a layer whose compression has just started: once a whole chunk is written it is
+    sent (PATCH by PATCH, as the compressor goes), and the digest goes with the final PUT — so on a slow link
+    the upload finishes about when the last byte could have been sent, not a whole build later. A blob that is
+    done before its first chunk is full (a small layer) is treated like a finished one. ``layer_ready`` takes a
+    layer that was already made (the local cache) or is already in the registry (its layer index): HEAD, then
+    upload if missing. Uploads run ``options.parallel`` at a time, in the order offered (the build offers the
+    largest first); the compressors never wait for the wire (the cache file is the buffer, on disk) and an
+    upload that catches up with its compressor waits for the next chunk, so neither the CPU nor the wire idles
+    while the other has work. The first failure stops taking new work and is raised by ``check``/``finish``.
+    """
+
+    def __init__(self, ref: Reference, options: RegistryOptions | None = None, progress: PushProgress | None = None):
+        self.ref = ref
+        self.repository = ref.repository
+        self.client = RegistryClient(ref.registry, options or RegistryOptions())
+        self._prog = progress or PushProgress()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.client.options.parallel),
+                                        thread_name_prefix="nixfly-early")  # fmt: skip
+        self._futures: list[Future[None]] = []
+        self._done: dict[str, tuple[BlobOutcome, int]] = {}
+        self._growing: list[GrowingBlob] = []
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def check(self) -> None:
+        """Raise the first upload failure, if there was one (the build calls this to stop early)."""
+        if self._error is not None:
+            raise self._error
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            if self._error is not None:
+                return
+            try:
+                fn()
+            except BaseException as e:  # kept, and raised by check() or finish()
+                with self._lock:
+                    if self._error is None:
+                        self._error = e
+
+        with self._lock:
+            if self._closed:
+                return
+            self._futures.append(self._pool.submit(run))
+
+    def _record(self, digest: str, outcome: BlobOutcome, sent: int) -> None:
+        with self._lock:
+            self._done[digest] = (outcome, sent)
+
+    def layer_ready(self, layer: Layer) -> None:
+        self.check()
+        if not layer.digest or layer.digest in self._done:
+            return
+        origin = _origin(layer)
+
+        def one() -> None:
+            outcome, sent = _push_blob(self.client, self.repository, layer.digest, layer.size, layer.compressed,
+                                       origin, (), self._prog)  # fmt: skip
+            self._record(layer.digest, outcome, sent)
+
+        self._submit(one)
+
+    def already_there(self, layer: Layer) -> None:
+        """A layer the build found in this repository already (its layer index, checked by a HEAD)."""
+        self._record(layer.digest, "skipped", 0)
+
+    def layer_growing(self, blob: GrowingBlob) -> None:
+        self.check()
+        with self._lock:
+            self._growing.append(blob)
+
+        def one() -> None:
+            try:
+                blob.wait(self.client.options.chunk_size)
+                if blob.done and blob.digest is not None and blob.size is not None:
+                    size = blob.size
+                    outcome, sent = _push_blob(self.client, self.repository, blob.digest, size,
+                                               lambda: cast(BinaryIO, GrowingReader(blob)), None, (),
+                                               self._prog)  # fmt: skip
+                    self._record(blob.digest, outcome, sent)
+                    return
+                key = f"stream:{blob.label}#{id(blob)}"  # no digest yet: named by what it holds
+                self._prog.blob_started(key, 0)
+                digest, sent = self.client.upload_growing(
+                    self.repository, blob, progress=lambda n: self._prog.blob_advanced(key, n),
+                    note=lambda _d, text: self._prog.blob_note(key, text),
+                )
+                self._prog.blob_finished(key, "uploaded")
+                self._record(digest, "uploaded", sent)
+            finally:
+                blob.close()
+
+        self._submit(one)
+
+    def finish(self) -> dict[str, tuple[BlobOutcome, int]]:
+        """Wait for every upload; returns digest → (outcome, bytes sent). Raises the first failure. Calling it
+        again returns the same answer."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self._close_blobs()
+        self.check()
+        return dict(self._done)
+
+    def abort(self) -> None:
+        """Stop: pending uploads are dropped, running ones end at their next chunk; the client is closed."""
+        with self._lock:
+            self._closed = True
+            if self._error is None:
+                self._error = RegistryError("push abandoned")
+        for fut in self._futures:
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+        self._close_blobs()
+        self.client.close()
+
+    def _close_blobs(self) -> None:
+        for blob in self._growing:
+            blob.close()
 
 
 def _origin(layer: Layer) -> BlobOrigin | None:

@@ -1,0 +1,250 @@
+"""Layers upload while they are still being compressed (issue 15): a blob still being written goes up chunk
+by chunk through a real registry, survives faults on its first requests, and is never finished with bytes
+that do not match the digest its writer reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nixfly.errors import ImageError, RegistryError
+from nixfly.image.growing import GrowingBlob
+from nixfly.registry.client import RegistryClient, RegistryOptions
+from nixfly.registry.reference import parse_reference
+from nixfly.sinks.registry import EarlyUploads, PushProgress
+from tests.support.cli import run_nixfly
+from tests.support.nixstore import TinyClosure
+from tests.support.registry_proxy import FaultProxy
+
+pytestmark = pytest.mark.slow
+
+CHUNK = 64 * 1024
+OPTS = RegistryOptions(backoff=0.05, max_backoff=0.2, timeout=5, chunk_size=CHUNK, monolithic_max=CHUNK)
+
+
+class SlowWriter(threading.Thread):
+    """Writes ``data`` to ``path`` in pieces, announcing each to ``blob``; waits on ``gate`` halfway."""
+
+    def __init__(self, path: Path, blob: GrowingBlob, data: bytes, piece: int = 16 * 1024,
+                 digest: str | None = None) -> None:  # fmt: skip
+        super().__init__(daemon=True)
+        self.path, self.blob, self.data, self.piece = path, blob, data, piece
+        self.digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
+        self.halfway = threading.Event()
+        self.gate = threading.Event()
+
+    def run(self) -> None:
+        with open(self.path, "ab") as f:
+            for off in range(0, len(self.data), self.piece):
+                if off >= len(self.data) // 2 and not self.halfway.is_set():
+                    self.halfway.set()
+                    self.gate.wait(10)
+                f.write(self.data[off : off + self.piece])
+                f.flush()
+                self.blob.wrote(len(self.data[off : off + self.piece]))
+        self.blob.finish(self.digest, len(self.data))
+
+
+def growing(tmp_path: Path, data: bytes, name: str = "blob.tmp", **kw: object) -> tuple[GrowingBlob, SlowWriter]:
+    path = tmp_path / name
+    path.write_bytes(b"")
+    blob = GrowingBlob(path, "test layer")
+    return blob, SlowWriter(path, blob, data, **kw)  # type: ignore[arg-type]
+
+
+def blob_on_registry(host: str, repo: str, digest: str) -> bytes:
+    with RegistryClient(host, RegistryOptions()) as c:
+        return c.get_blob_bytes(repo, digest)
+
+
+def test_a_growing_blob_is_sent_before_its_writer_finishes(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    data = os.urandom(600_000)
+    blob, writer = growing(tmp_path, data)
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/a:v1"), OPTS)
+    writer.start()
+    early.layer_growing(blob)
+    assert writer.halfway.wait(10)
+    # The writer is parked at the halfway mark: whole chunks of the first half must already be on the wire.
+    deadline = time.monotonic() + 10
+    while fault_proxy.blob_upload_bytes() < 4 * CHUNK and time.monotonic() < deadline:
+        time.sleep(0.02)
+    before_finish = fault_proxy.blob_upload_bytes()
+    assert not blob.done
+    assert before_finish >= 4 * CHUNK, before_finish
+    writer.gate.set()
+    done = early.finish()
+    digest = writer.digest
+    assert done == {digest: ("uploaded", len(data))}
+    assert blob_on_registry(fault_proxy.host, "overlap/a", digest) == data
+    # Each byte went once: PATCHes of whole chunks, then the rest, then an empty PUT with the digest.
+    assert fault_proxy.blob_upload_bytes() == len(data)
+    puts = [e for e in fault_proxy.snapshot() if e.method == "PUT" and "/blobs/uploads/" in e.path]
+    assert [(e.request_bytes, e.status) for e in puts] == [(0, 201)]
+
+
+def test_faults_on_the_first_requests_of_a_growing_upload_are_survived(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data = os.urandom(400_000)
+    blob, writer = growing(tmp_path, data)
+    writer.gate.set()
+    fault_proxy.add_fault("status", status=500, method="POST", path_contains="/blobs/uploads/")
+    fault_proxy.add_fault("status", status=500, method="PATCH")
+    fault_proxy.add_fault("reset", method="PATCH", after_bytes=10_000, skip=1)
+    fault_proxy.add_fault("status", status=503, method="PUT", path_contains="/blobs/uploads/")
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/faults:v1"), OPTS)
+    writer.start()
+    early.layer_growing(blob)
+    done = early.finish()
+    assert done[writer.digest][0] == "uploaded"
+    assert [e.fault for e in fault_proxy.snapshot() if e.fault] == ["status", "status", "reset", "status"]
+    assert blob_on_registry(fault_proxy.host, "overlap/faults", writer.digest) == data
+
+
+def test_a_lost_session_restarts_from_the_file(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    blob, writer = growing(tmp_path, data)
+    writer.gate.set()
+    # The third PATCH is answered 404 and so is the status GET (the registry forgot the session): start
+    # again from byte 0, re-reading the file.
+    fault_proxy.add_fault("status", status=404, method="PATCH", skip=2)
+    fault_proxy.add_fault("status", status=404, method="GET", path_contains="/blobs/uploads/")
+    notes: list[str] = []
+
+    class Notes(PushProgress):
+        def blob_note(self, digest: str, text: str) -> None:
+            notes.append(text)
+
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/lost:v1"), OPTS, Notes())
+    writer.start()
+    early.layer_growing(blob)
+    early.finish()
+    assert blob_on_registry(fault_proxy.host, "overlap/lost", writer.digest) == data
+    assert any("restarting from 0" in n for n in notes), notes
+    assert fault_proxy.blob_upload_bytes() > len(data)  # the first session's chunks went twice
+
+
+def test_bytes_that_do_not_match_the_reported_digest_are_never_committed(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data = os.urandom(300_000)
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    blob, writer = growing(tmp_path, data, digest=wrong)
+    writer.gate.set()
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/corrupt:v1"), OPTS)
+    writer.start()
+    early.layer_growing(blob)
+    with pytest.raises(ImageError, match="does not match its digest"):
+        early.finish()
+    assert fault_proxy.blob_uploads_completed() == 0
+    with RegistryClient(fault_proxy.host, RegistryOptions()) as c:
+        assert not c.has_blob("overlap/corrupt", wrong, len(data))
+
+
+def test_a_failing_writer_fails_the_upload_without_a_final_put(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    path = tmp_path / "blob.tmp"
+    path.write_bytes(os.urandom(3 * CHUNK))
+    blob = GrowingBlob(path, "broken layer")
+    blob.wrote(3 * CHUNK)
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/broken:v1"), OPTS)
+    early.layer_growing(blob)
+    time.sleep(0.3)
+    blob.fail("cannot read /nix/store/x: Permission denied")
+    with pytest.raises(ImageError, match="Permission denied"):
+        early.finish()
+    assert fault_proxy.blob_uploads_completed() == 0
+    with pytest.raises(ImageError):
+        early.check()
+
+
+def test_a_small_growing_blob_is_a_head_and_one_put(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    data = os.urandom(CHUNK // 2)
+    blob, writer = growing(tmp_path, data)
+    writer.gate.set()
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/small:v1"), OPTS)
+    writer.start()
+    early.layer_growing(blob)
+    assert early.finish() == {writer.digest: ("uploaded", len(data))}
+    assert fault_proxy.count("PATCH") == 0
+    assert fault_proxy.count("HEAD", "/blobs/") == 1
+    # Offered again (a second build of the same layer): the HEAD finds it, nothing is sent.
+    fault_proxy.reset_counters()
+    blob2, writer2 = growing(tmp_path, data, "again.tmp")
+    writer2.gate.set()
+    early2 = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/small:v1"), OPTS)
+    writer2.start()
+    early2.layer_growing(blob2)
+    assert early2.finish() == {writer.digest: ("skipped", 0)}
+    assert fault_proxy.blob_upload_bytes() == 0
+
+
+def test_an_unreachable_registry_stops_the_uploads_with_one_error(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    blob, writer = growing(tmp_path, data)
+    writer.gate.set()
+    opts = RegistryOptions(retries=1, backoff=0.01, max_backoff=0.01, timeout=1, chunk_size=CHUNK)
+    early = EarlyUploads(parse_reference("127.0.0.1:9/overlap/none:v1"), opts)
+    writer.start()
+    early.layer_growing(blob)
+    with pytest.raises(RegistryError, match=r"127\.0\.0\.1:9"):
+        early.finish()
+
+
+def test_build_push_streams_its_layers_and_pushes_what_skopeo_reads(
+    tiny_closure: TinyClosure, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # A small chunk size so the tiny closure's layers go up in several PATCHes each, while being written;
+    # a 500 on the first upload request of all, to show the stream survives a fault before its first byte.
+    fault_proxy.add_fault("status", status=500, method="POST", path_contains="/blobs/uploads/")
+    ref = f"{fault_proxy.host}/overlap/app:v1"
+    r = run_nixfly("build", tiny_closure.app, "--push", ref, "--json", "--chunk-size", "4096", "--sbom", "none",
+                   "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert r.code == 0, r.err
+    s = json.loads(r.out)
+    insp = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                          capture_output=True, check=True)  # fmt: skip
+    assert "sha256:" + hashlib.sha256(insp.stdout).hexdigest() == s["pushed"]["digest"] == s["digest"]
+    manifest = json.loads(insp.stdout)
+    blobs = [*manifest["layers"], manifest["config"]]
+    # After the image, the push recorded its layers in the repository's layer index (an artifact of its own).
+    idx = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{fault_proxy.host}/overlap/app:nixfly-layer-index"],
+                         capture_output=True, check=True)  # fmt: skip
+    idx_manifest = json.loads(idx.stdout)
+    artifact = [*idx_manifest["layers"], idx_manifest["config"]]
+    # Every blob went exactly once (the first POST failed before any body was sent)...
+    assert fault_proxy.blob_upload_bytes() == sum(b["size"] for b in blobs + artifact)
+    assert fault_proxy.blob_uploads_completed() == len({b["digest"] for b in blobs + artifact})
+    # ...and the big layers went in chunks, not in one PUT after their compression.
+    assert fault_proxy.count("PATCH") > len(blobs)
+    layout = tmp_path / "check"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:t"],
+                   check=True, capture_output=True)  # fmt: skip
+    v = subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=t", str(layout)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    # The same build again, with an empty cache: the layer index vouches for every layer, nothing is sent.
+    fault_proxy.reset_counters()
+    r2 = run_nixfly("build", tiny_closure.app, "--push", ref, "--json", "--sbom", "none",
+                    "--cache-dir", str(tmp_path / "c2"))  # fmt: skip
+    assert r2.code == 0, r2.err
+    assert json.loads(r2.out)["pushed"]["digest"] == s["digest"]
+    assert fault_proxy.blob_upload_bytes() == 0
+    assert fault_proxy.count("PATCH") == 0
+
+
+def test_build_push_to_an_unreachable_registry_is_one_line(tiny_closure: TinyClosure, tmp_path: Path) -> None:
+    r = run_nixfly("build", tiny_closure.app, "--push", "127.0.0.1:9/app:v1", "--retries", "0",
+                   "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert r.code != 0
+    assert "Traceback" not in r.err
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "127.0.0.1:9" in r.err
