@@ -84,4 +84,5 @@ def test_deploy_builds_and_pushes_first(
             ["skopeo", "list-tags", "--tls-verify=false", f"docker://{repo}"], capture_output=True, check=True
         ).stdout
     )["Tags"]
-    assert tags == [f"deployment-{digest.split(':')[1][:12]}"]
+    # The deployment tag, and the layer index a fresh runner's next deploy --build reads (never an image tag).
+    assert sorted(tags) == sorted([f"deployment-{digest.split(':')[1][:12]}", "nixfly-layer-index"])

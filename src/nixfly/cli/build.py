@@ -30,6 +30,7 @@ from nixfly.image import Image
 from nixfly.registry.reference import parse_reference
 
 if TYPE_CHECKING:
+    from nixfly.registry.client import RegistryOptions
     from nixfly.sinks.layer_index import RegistryLayerIndex
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
@@ -437,7 +438,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     if push_locations:
         summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
         if layer_index is not None:
-            _save_layer_index(layer_index, result, push_locations, quiet or json_out)
+            save_layer_index(layer_index, result, push_locations, quiet or json_out)
         if sboms is not None:
             sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
     summary["sbom"] = sboms.summary() if sboms is not None else None
@@ -596,20 +597,38 @@ def _build_index(
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
-def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any]) -> RegistryLayerIndex | None:
+def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any],
+                 options: RegistryOptions | None = None) -> RegistryLayerIndex | None:  # fmt: skip
     """The first push destination's layer index (what it already holds), unless --no-layer-index."""
     if not push_locations or o.get("no_layer_index"):
         return None
     from nixfly.cli.common import registry_options
     from nixfly.sinks.layer_index import RegistryLayerIndex
 
-    index = RegistryLayerIndex(parse_reference(push_locations[0].reference), registry_options(o)).load()
+    index = RegistryLayerIndex(parse_reference(push_locations[0].reference), options or registry_options(o)).load()
     if index.note and not (o.get("quiet") or o.get("json_out")):
         click.echo(f"note: {index.note}", err=True)
     return index
 
 
-def _save_layer_index(index: RegistryLayerIndex, result: BuildResult, pushed: list[RegistryLocation],
+def build_pushing(spec: ImageSpec, destination: RegistryLocation, options: RegistryOptions,
+                  o: dict[str, Any]) -> tuple[BuildResult, Any, RegistryLayerIndex | None]:  # fmt: skip
+    """Build ``spec`` while its layers upload to ``destination`` (``push nixfly.toml``, ``deploy --build``):
+    the build result, the uploads to hand to the push (``early=``), and the layer index to update after it."""
+    from nixfly.cli.streaming import BuildUploads
+
+    index = _layer_index([destination], o, options)
+    uploads = BuildUploads(destination.reference, options)
+    try:
+        result = build_image(spec, known=index.lookup if index is not None else None, **uploads.build_hooks())
+        uploads.wait()
+    except BaseException:
+        uploads.abort()
+        raise
+    return result, uploads.early, index
+
+
+def save_layer_index(index: RegistryLayerIndex, result: BuildResult, pushed: list[RegistryLocation],
                       quiet: bool) -> None:  # fmt: skip
     """Record this build's layers in every pushed repository's index; the push already succeeded, so a
     failure here is a note, not an error."""

@@ -195,14 +195,17 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     dests = _dest_locations(destinations)
     options = registry_options(o, "dest")  # --dest-* (skopeo's spelling) or the plain --creds/--tls-verify/--cert-dir
     src_path = Path(source)
+    early: EarlyUploads | None = None
+    layer_index = None
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         if not src_path.is_file():
             raise UsageError(f"{source}: no such file")
-        from nixfly.build.pipeline import build_image
         from nixfly.build.spec import load_spec
+        from nixfly.cli.build import build_pushing
 
         spec = load_spec(src_path)
-        built = build_image(spec)
+        first = next(d for d in dests if isinstance(d, RegistryLocation))
+        built, early, layer_index = build_pushing(spec, first, options, o)
         image = built.image
     else:
         loc = parse_location(source, bare_paths=True)
@@ -210,14 +213,19 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
             image = _read_archive_with_progress(loc)
         else:
             image = open_image(loc, options)
-    out, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
+    out, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o,
+                                         early=early)  # fmt: skip
     assert written[-1].push is not None
     pushed = written[-1].push
     refs = [d.reference for d in dests if isinstance(d, RegistryLocation)]
     notes: list[str] = []  # the image's SBOM goes along (for a nixfly.toml, the one made now)
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
+        from nixfly.cli.build import save_layer_index
         from nixfly.sbom.attach import attach_built
 
+        if layer_index is not None:
+            save_layer_index(layer_index, built, [d for d in dests if isinstance(d, RegistryLocation)],
+                             bool(o.get("quiet") or o.get("json_out")))  # fmt: skip
         notes = attach_built(built, spec.sbom, spec.name, refs, out, pushed.reference, options)
     elif isinstance(loc, LayoutLocation):
         from nixfly.sinks.referrers import carry_layout_referrers
