@@ -58,6 +58,11 @@ class VerifyingReader:
     def verified(self) -> bool:
         return self._verified
 
+    @property
+    def expected_digest(self) -> str:
+        """The digest the bytes are checked against."""
+        return self._digest
+
     def readable(self) -> bool:
         return True
 

@@ -40,7 +40,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from nixfly.errors import ImageError, RegistryError, UsageError
-from nixfly.image.digest import sha256_digest
+from nixfly.image.digest import VerifyingReader, sha256_digest
 from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
@@ -834,7 +834,9 @@ _GROWING = 1 << 62  # the size of a blob still being written: larger than any re
 
 
 class _UploadState:
-    """The bytes of one blob upload: reopenable source, offset, hashing of each byte exactly once."""
+    """The bytes of one blob upload: reopenable source, offset, hashing of each byte exactly once — unless
+    the source is a reader that already checks this digest (a layer's ``compressed()``): then it is trusted
+    to raise at the end, and the bytes are not hashed twice."""
 
     def __init__(self, digest: str, size: int, opener: Callable[[], BinaryIO], progress: ProgressFn | None):
         self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
@@ -849,6 +851,7 @@ class _UploadState:
         self._hashed = 0  # bytes [0, _hashed) went through the hash
         self._src: BinaryIO | None = None
         self._pos = 0
+        self._checked_by_source = False
 
     def close(self) -> None:
         if self._src is not None:
@@ -870,6 +873,7 @@ class _UploadState:
             return src
         self.close()
         src = self._src = self.opener()
+        self._checked_by_source = isinstance(src, VerifyingReader) and src.expected_digest == self.digest
         self._pos = 0
         if pos:
             if src.seekable():
@@ -899,7 +903,8 @@ class _UploadState:
                 gap = src.read(min(IO_CHUNK, start - self._hashed))
                 if not gap:
                     raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
-                self._hash.update(gap)
+                if not self._checked_by_source:
+                    self._hash.update(gap)
                 self._hashed += len(gap)
                 self._pos = self._hashed
         src = self._seek(start)
@@ -912,14 +917,15 @@ class _UploadState:
                 raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
             new_from = self._hashed - pos
             if new_from < len(chunk):
-                self._hash.update(chunk[max(new_from, 0) :] if new_from > 0 else chunk)
+                if not self._checked_by_source:
+                    self._hash.update(chunk[max(new_from, 0) :] if new_from > 0 else chunk)
                 self._hashed = pos + len(chunk)
             pos += len(chunk)
             self._pos = pos
             if pos == self.size:
                 if src.read(1):
                     raise ImageError(f"blob {self.digest} is longer than its declared {self.size} bytes")
-                if "sha256:" + self._hash.hexdigest() != self.digest:
+                if not self._checked_by_source and "sha256:" + self._hash.hexdigest() != self.digest:
                     raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
             self.sent += len(chunk)
             if self.progress:
