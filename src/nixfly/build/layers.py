@@ -269,7 +269,11 @@ def build_layers(
 
     # Cache hits first, serially: an unchanged rebuild then needs no thread pool at all.
     misses = []
-    for i, spec in enumerate(specs):
+    # Largest first here too: ``on_done`` may start an upload of each hit (a push), and the wire should
+    # carry the long transfers first.
+    order = sorted(range(len(specs)), key=lambda i: -(weights[i] if weights else 0))
+    for i in order:
+        spec = specs[i]
         hit = cache.lookup(settings.key(spec))
         if hit is not None:
             finish(i, hit, False)
