@@ -79,6 +79,9 @@ def test_two_platform_index_pushed_and_pulled_per_platform(
 
     # Push order: every blob, then the platform manifests, then the index (under the tag) last.
     ex = [e for e in fault_proxy.snapshot() if e.method in ("PUT", "POST", "PATCH")]
+    # (after the index: the repository's layer index, an artifact under its own tag)
+    ex = ex[: next(i for i, e in enumerate(ex) if e.path.endswith("/manifests/v1")) + 1]
+    assert any(e.path.endswith("/manifests/nixfly-layer-index") for e in fault_proxy.snapshot())
     manifest_puts = [i for i, e in enumerate(ex) if "/manifests/" in e.path]
     assert len(manifest_puts) == 3
     assert all("/manifests/" not in e.path for e in ex[: manifest_puts[0]])
@@ -117,6 +120,13 @@ def test_two_platform_index_pushed_and_pulled_per_platform(
     assert r.code == 0 and "app version 1" in r.out, r.err
     r = run_nixfly("inspect", "--no-scan", "--platform", "linux/s390x", f"oci:{layout}:multi")
     assert r.code != 0 and "no image for linux/s390x (it has: linux/amd64, linux/arm64)" in r.err
+
+    # A fresh runner (empty cache) pushing the same index compresses nothing: the layer index covers both.
+    again = nixfly_json("build", "--platform", f"linux/amd64={tiny_closure.app}", "--platform",
+                        f"linux/arm64={arm64_app}", "--entrypoint", "/bin/hello", "--push", f"{reg}/multi:v1",
+                        "--cache-dir", str(tmp_path / "fresh"))  # fmt: skip
+    assert again["digest"] == s["digest"]
+    assert [p["totals"]["built"] for p in again["platforms"]] == [0, 0]
 
 
 @pytest.mark.slow

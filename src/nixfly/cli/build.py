@@ -565,13 +565,19 @@ def _build_index(
         if not quiet:
             click.echo(f"building {p}", err=True)
 
+    options = registry_options(o)
+    layer_index = _layer_index(pushes, o, options)
+    if layer_index is not None:
+        hooks = {**hooks, "known": layer_index.lookup}
     res = build_index(spec, platforms, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None,
                       workers=o["jobs"], base=resolver, on_platform=on_platform, **hooks)  # fmt: skip
     for r in res.results:
         for w in r.warnings:
             click.echo(f"nixfly: warning: {r.platform}: {w}", err=True)
-    index, written = publish_index(res.index, destinations, fmt=o["format"], options=registry_options(o),
+    index, written = publish_index(res.index, destinations, fmt=o["format"], options=options,
                                    allow_index=o["allow_index"])  # fmt: skip
+    if layer_index is not None:
+        save_layer_index(layer_index, list(res.results), pushes, quiet)
     digest = index.manifest_digest()
     summary: dict[str, Any] = {
         "digest": digest,
@@ -628,13 +634,14 @@ def build_pushing(spec: ImageSpec, destination: RegistryLocation, options: Regis
     return result, uploads.early, index
 
 
-def save_layer_index(index: RegistryLayerIndex, result: BuildResult, pushed: list[RegistryLocation],
-                      quiet: bool) -> None:  # fmt: skip
-    """Record this build's layers in every pushed repository's index; the push already succeeded, so a
-    failure here is a note, not an error."""
+def save_layer_index(index: RegistryLayerIndex, result: BuildResult | list[BuildResult],
+                     pushed: list[RegistryLocation], quiet: bool) -> None:  # fmt: skip
+    """Record this build's layers (every platform's, for an index) in every pushed repository's index; the
+    push already succeeded, so a failure here is a note, not an error."""
     from nixfly.errors import NixflyError
 
-    pairs = [(b.key, b.layer) for b in reversed(result.layers)]  # the app's (top) layers first
+    results = result if isinstance(result, list) else [result]
+    pairs = [(b.key, b.layer) for r in results for b in reversed(r.layers)]  # the app's (top) layers first
     repos = {(r.registry, r.repository): r for r in (parse_reference(p.reference) for p in pushed)}
     for ref in repos.values():
         try:
