@@ -235,3 +235,12 @@ roots = ["{arm64_app}"]
     one = nixfly_json("build", "--config", str(cfg), "--platform", "linux/arm64", "-o", f"oci:{tmp_path / 'one'}",
                       *cache)  # fmt: skip
     assert one["digest"] == next(p["digest"] for p in s["platforms"] if p["platform"] == "linux/arm64")
+    # push nixfly.toml builds the same index build --config does (and pushes it, by the same digest).
+    pushed = nixfly_json("push", str(cfg), f"{registry.host}/app:pushed", env={"XDG_CACHE_HOME": str(tmp_path / "x")})
+    assert pushed["digest"] == s["digest"]
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/app:pushed"))
+    assert len(raw["manifests"]) == 2
+    # ...and refuses registry.fly.io (it cannot look images up through an index) before building anything.
+    r = run_nixfly("push", str(cfg), "registry.fly.io/app:v1", env={"XDG_CACHE_HOME": str(tmp_path / "y")})
+    assert r.code == 2 and "multi-platform index" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not (tmp_path / "y").exists()

@@ -363,7 +363,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
 
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
-    layer_index = _layer_index(push_locations, o)
+    layer_index = layer_index_for(push_locations, o)
     from nixfly.cli.common import registry_options
 
     options = registry_options(o)
@@ -566,7 +566,7 @@ def _build_index(
             click.echo(f"building {p}", err=True)
 
     options = registry_options(o)
-    layer_index = _layer_index(pushes, o, options)
+    layer_index = layer_index_for(pushes, o, options)
     if layer_index is not None:
         hooks = {**hooks, "known": layer_index.lookup}
     res = build_index(spec, platforms, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None,
@@ -603,7 +603,7 @@ def _build_index(
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
-def _layer_index(push_locations: list[RegistryLocation], o: dict[str, Any],
+def layer_index_for(push_locations: list[RegistryLocation], o: dict[str, Any],
                  options: RegistryOptions | None = None) -> RegistryLayerIndex | None:  # fmt: skip
     """The first push destination's layer index (what it already holds), unless --no-layer-index."""
     if not push_locations or o.get("no_layer_index"):
@@ -623,7 +623,7 @@ def build_pushing(spec: ImageSpec, destination: RegistryLocation, options: Regis
     the build result, the uploads to hand to the push (``early=``), and the layer index to update after it."""
     from nixfly.cli.streaming import BuildUploads
 
-    index = _layer_index([destination], o, options)
+    index = layer_index_for([destination], o, options)
     uploads = BuildUploads(destination.reference, options)
     try:
         result = build_image(spec, known=index.lookup if index is not None else None, **uploads.build_hooks())

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import (
@@ -46,6 +46,9 @@ from nixfly.sinks.registry import BlobOutcome, EarlyUploads, PushProgress, PushR
 from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
+
+if TYPE_CHECKING:
+    from nixfly.build.spec import ImageSpec
 
 
 def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
@@ -204,6 +207,9 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         from nixfly.cli.build import build_pushing
 
         spec = load_spec(src_path)
+        if spec.platforms:
+            _push_platforms(spec, dests, fmt, options, o)
+            return
         first = next(d for d in dests if isinstance(d, RegistryLocation))
         built, early, layer_index = build_pushing(spec, first, options, o)
         image = built.image
@@ -234,6 +240,29 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     for note in notes if not o.get("quiet") and not o.get("json_out") else []:
         click.echo(f"note: {note}", err=True)
     _report_push(pushed, o)
+
+
+def _push_platforms(spec: ImageSpec, dests: list[Location], fmt: ManifestFormat | None, options: RegistryOptions,
+                    o: dict[str, Any]) -> None:  # fmt: skip
+    """``push nixfly.toml`` with ``[[image.platforms]]``: one image per platform under an index, as ``build``
+    would push it (refused for registry.fly.io before anything is built; the layer index is read and kept)."""
+    from nixfly.build.platforms import build_index, check_platforms
+    from nixfly.cli.build import layer_index_for, save_layer_index
+    from nixfly.sinks import fly_like_destinations, publish_index
+
+    check_platforms(spec.platforms)
+    fly = fly_like_destinations(dests)
+    if fly:
+        raise UsageError(f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; build "
+                         f"one platform with nixfly build --platform {spec.platforms[0].platform} --push")  # fmt: skip
+    pushes = [d for d in dests if isinstance(d, RegistryLocation)]
+    index = layer_index_for(pushes, o, options)
+    res = build_index(spec, spec.platforms, known=index.lookup if index is not None else None)
+    _, written = publish_index(res.index, dests, fmt=fmt, options=options)
+    if index is not None:
+        save_layer_index(index, list(res.results), pushes, bool(o.get("quiet") or o.get("json_out")))
+    assert written[-1].push is not None
+    _report_push(written[-1].push, o)
 
 
 @cli.command()
