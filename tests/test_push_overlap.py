@@ -248,3 +248,22 @@ def test_build_push_to_an_unreachable_registry_is_one_line(tiny_closure: TinyClo
     assert "Traceback" not in r.err
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert "127.0.0.1:9" in r.err
+
+
+def test_abort_does_not_wait_for_a_stalled_upload(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    blob, writer = growing(tmp_path, data)
+    writer.gate.set()
+    fault_proxy.add_fault("stall", method="PATCH", stall_seconds=30)
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/stall:v1"), OPTS)
+    writer.start()
+    early.layer_growing(blob)
+    deadline = time.monotonic() + 10
+    while not any(e.fault == "stall" for e in fault_proxy.snapshot()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    early.abort()  # the build failed: give up now, not after the registry's 30 s
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(RegistryError, match="abandoned"):
+        early.check()
+    assert fault_proxy.blob_uploads_completed() == 0

@@ -372,15 +372,13 @@ class EarlyUploads:
         return dict(self._done)
 
     def abort(self) -> None:
-        """Stop: pending uploads are dropped, running ones end at their next chunk; the client is closed."""
+        """Stop (the build failed or was interrupted): pending uploads are dropped and the client is closed,
+        which ends the running ones at their next request; nothing waits for the wire."""
         with self._lock:
             self._closed = True
             if self._error is None:
                 self._error = RegistryError("push abandoned")
-        for fut in self._futures:
-            fut.cancel()
-        self._pool.shutdown(wait=True)
-        self._close_blobs()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
     def _close_blobs(self) -> None:
