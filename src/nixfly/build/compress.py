@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 import deflate
 import zstandard
@@ -183,7 +183,7 @@ class _Members:
             self._pool.slots.release()
 
 
-def _member(body: bytes, data: bytes) -> bytes:
+def _member(body: bytes | bytearray, data: bytes) -> bytes:
     return b"".join((_GZIP_HEADER, body, struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)))
 
 
@@ -196,7 +196,7 @@ def _libdeflate_member(level: int) -> Callable[[bytes], bytes]:
 
 def _isal_member(level: int) -> Callable[[bytes], bytes]:
     def member(data: bytes) -> bytes:
-        return _member(cast(bytes, isal_zlib.compress(data, level, -15)), data)
+        return _member(isal_zlib.compress(data, level, -15), data)
 
     return member
 
