@@ -201,10 +201,17 @@ def _isal_member(level: int) -> Callable[[bytes], bytes]:
     return member
 
 
+ZSTD_JOB = 4 << 20  # input bytes per libzstd worker job; fixed, so the frame never depends on the thread count
+
+
 class _Zstd:
     def __init__(self, level: int) -> None:
-        # threads=0: single-threaded, so frame layout never depends on scheduling.
-        params = zstandard.ZstdCompressionParameters.from_level(level, threads=0, write_checksum=1)
+        # libzstd's multi-threaded mode (threads >= 1) with a fixed job size writes the same frame for any
+        # thread count and any write sizes (checked by tests/test_compress.py), so one layer uses every
+        # core. Its output differs from threads=0 (single-threaded), hence "mt" in the identity.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=_shared_pool().threads, job_size=ZSTD_JOB, write_checksum=1
+        )
         self._c = zstandard.ZstdCompressor(compression_params=params).compressobj()
 
     def write(self, data: bytes) -> bytes:
@@ -239,7 +246,7 @@ class Compressor:
                 return f"gzip/isal-{isal.__version__}/l{FAST_ISAL_LEVEL}/members-b{BLOCK}"
             return f"gzip/libdeflate-py{deflate.__version__}/l{self.level}/members-b{BLOCK}"
         if self.kind == "zstd":
-            return f"zstd/zstandard-{zstandard.__version__}-{zstandard.ZSTD_VERSION}/l{self.level}/b{BLOCK}"
+            return f"zstd/zstandard-{zstandard.__version__}-{zstandard.ZSTD_VERSION}/l{self.level}/mt-j{ZSTD_JOB}"
         return "none"
 
     def stream(self) -> Stream:
