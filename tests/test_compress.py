@@ -62,7 +62,9 @@ def _members(blob: bytes) -> list[bytes]:
     return found
 
 
-@pytest.mark.parametrize(("kind", "level"), [("gzip", None), ("gzip", "fast"), ("gzip", 1), ("gzip", 6), ("zstd", None)])
+@pytest.mark.parametrize(
+    ("kind", "level"), [("gzip", None), ("gzip", "fast"), ("gzip", 1), ("gzip", 6), ("zstd", None)]
+)
 def test_bytes_do_not_depend_on_threads_or_write_sizes(kind: str, level: compress.Level | None) -> None:
     seen = set()
     for threads in (1, 2, 4):
