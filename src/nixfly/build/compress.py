@@ -129,7 +129,8 @@ def _shared_pool() -> _Pool:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` compression threads from now on (None: one per core). The bytes do not change."""
+    """Use ``threads`` compression threads from now on (None: one per core); call it between builds, not
+    during one. The bytes do not change."""
     global _pool
     if threads is not None and threads < 1:
         raise UsageError(f"compression threads must be at least 1, got {threads}")
