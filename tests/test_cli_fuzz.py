@@ -193,6 +193,9 @@ _SPEC_TABLES = {
 }  # fmt: skip
 
 
+_LEVELS = ["0", "1", "2", "3", "4", "12", "13", "19", "22", "-1", '"fast"', '"slow"', '"3"']
+
+
 @st.composite
 def _spec_toml(draw: st.DrawFn) -> str:
     """A nixfly.toml that mostly validates, over a real store path (``@STORE@``), with odd values."""
@@ -202,7 +205,7 @@ def _spec_toml(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         lines += ["[image.layers]", f"max_layers = {draw(st.sampled_from([1, 2, 100, 127, 128, 0]))}"]
         lines.append(f'compression = "{draw(st.sampled_from(["gzip", "zstd", "xz"]))}"')
-        lines.append(f"level = {draw(st.sampled_from([0, 1, 3, 4, 19, 22, -1]))}")
+        lines.append(f"level = {draw(st.sampled_from(_LEVELS))}")
     for table in draw(st.lists(st.sampled_from(sorted(_SPEC_TABLES)), max_size=3)):
         lines += [f"[[image.{table}]]", draw(st.sampled_from(_SPEC_TABLES[table]))]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from nixfly.build.compress import FAST, level_problem
 from nixfly.errors import ConfigError, UsageError
 from nixfly.tomlpos import TomlPositions, dotted_path
 
@@ -63,6 +64,19 @@ def _port(v: str, key: str) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("", "tcp", "udp"):
         raise SpecError(key, f"port {v!r} must look like 8080 or 8080/tcp")
     return f"{int(port)}/{proto or 'tcp'}"
+
+
+def _level(v: Any, key: str) -> int | str:
+    """A compression level: a number, or "fast" (gzip); checked against the compression in check_processes."""
+    if isinstance(v, str) and v.strip().lower() == FAST:
+        return FAST
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    close = difflib.get_close_matches(str(v).lower(), [FAST], 1, 0.5) if isinstance(v, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SpecError(key, f'must be a number or "fast" (got {type(v).__name__} {v!r}){hint}')
 
 
 def _ge0(n: int) -> dict[str, Any]:
@@ -203,7 +217,7 @@ class LayersSpec:
     explicit: list[list[str]] = field(default_factory=list)
     roots_on_top: bool = True
     compression: Literal["gzip", "zstd"] = "gzip"
-    level: int | None = None
+    level: int | Literal["fast"] | None = field(default=None, metadata={"convert": _level})
 
 
 @dataclass(frozen=True)
@@ -374,9 +388,12 @@ def process_ids(spec: ImageSpec, p: ProcessSpec) -> tuple[int, int, tuple[int, .
 
 
 def check_processes(spec: ImageSpec) -> tuple[ImageSpec, list[tuple[str, str]]]:
-    """Check ``processes`` and ``boot_dirs`` against each other and the users and groups; returns the spec
-    with every depends_on condition resolved, and the warnings as (key, message). Raises SpecError."""
+    """Check ``processes`` and ``boot_dirs`` against each other and the users and groups (and the layers'
+    level against their compression); returns the spec with every depends_on condition resolved, and the
+    warnings as (key, message). Raises SpecError."""
     warnings: list[tuple[str, str]] = []
+    if spec.layers.level is not None and (bad := level_problem(spec.layers.compression, spec.layers.level)):
+        raise SpecError("layers.level", bad)
     for i, d in enumerate(spec.boot_dirs):
         if not d.path.startswith("/") or d.path.rstrip("/") == "" or ".." in d.path.split("/"):
             raise SpecError(f"boot_dirs.{i}.path", f"{d.path!r} must be an absolute path below / without '..'")

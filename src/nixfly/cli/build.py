@@ -212,7 +212,7 @@ def _check_destinations(dest: object) -> None:
 @click.option("--layering", type=click.Choice(["popularity", "auto"]), help="Layering algorithm (default auto).")
 @click.option("--layer", multiple=True, help="An explicit layer: store paths or name globs, comma-separated.")
 @click.option("--compression", type=click.Choice(["gzip", "zstd"]), help="Layer compression (default gzip).")
-@click.option("--level", type=int, help="Compression level (gzip 0-3, zstd 1-19).")
+@click.option("--level", help='Compression level: gzip 1-12 (default 2) or "fast" (ISA-L), zstd 1-19 (default 3).')
 @click.option("--format", "format", type=click.Choice(["oci", "v2s2"]), help="Manifest format (default oci).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Layer cache (default $XDG_CACHE_HOME/nixfly).")
 @click.option("--entrypoint", help='Entrypoint, as shell words or a JSON array.')
