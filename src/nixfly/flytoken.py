@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from nixfly.errors import ConfigError
 
 TOKEN_ENVS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN")
@@ -46,6 +44,8 @@ def find_fly_token(env: Mapping[str, str], home: Path) -> FoundToken | None:
         return None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    import yaml  # only when there is a config file to read: PyYAML is not on the start-up path
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -10,19 +10,18 @@ crash file has credentials from the environment and the command line replaced by
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
-import sysconfig
-import tempfile
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from nixfly.cli.app import cli
 from nixfly.errors import NixflyError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: distinct from the 1/2 of user errors and from Python's own crash status
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASS", "KEY", "AUTH", "CRED")
@@ -55,6 +54,10 @@ def _secrets(argv: Sequence[str]) -> list[str]:
 def _origin(exc: BaseException) -> str:
     """``file:line (function)`` of the innermost frame outside libraries (click, httpx, the standard
     library): where the bug is, short enough for one line."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "unknown place"
@@ -75,11 +78,17 @@ def _origin(exc: BaseException) -> str:
 
 
 def _crash_dir() -> Path:
+    from pathlib import Path
+
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "nixfly" / "crashes"
 
 
 def _write_crash_file(text: str) -> Path | None:
+    import datetime
+    import tempfile
+    from pathlib import Path
+
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     for d in (_crash_dir(), Path(tempfile.gettempdir())):
         try:
@@ -95,6 +104,8 @@ def _write_crash_file(text: str) -> Path | None:
 
 def internal_error(exc: BaseException, argv: Sequence[str]) -> int:
     """Report a bug (an exception that is not a NixflyError) in one line; returns the exit status."""
+    import traceback  # the error paths' imports load only when there is an error to report
+
     from nixfly import __version__
 
     what = f"{type(exc).__name__} at {_origin(exc)}"

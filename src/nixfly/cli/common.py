@@ -16,7 +16,7 @@ from nixfly.errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from nixfly.registry.client import RegistryOptions
+    from nixfly.registry.options import RegistryOptions
 
 
 def stderr_console() -> Console:
@@ -100,13 +100,16 @@ def registry_options(o: Mapping[str, Any], prefix: str = "") -> RegistryOptions:
     """Typed registry options from a command's parsed flags: ``--creds``/``--tls-verify``/``--cert-dir``
     (with a ``src``/``dest`` prefix as in skopeo, falling back to the plain spelling), ``--timeout``,
     ``--retries``, ``--parallel``."""
-    from nixfly.registry.auth import parse_creds
-    from nixfly.registry.client import RegistryOptions
+    from nixfly.registry.options import RegistryOptions
 
     k = f"{prefix}_" if prefix else ""
     creds_text = o.get(f"{k}creds") or o.get("creds")
     flag = f"--{prefix}-creds" if prefix and o.get(f"{k}creds") else "--creds"
-    creds = parse_creds(creds_text, flag) if creds_text else None
+    creds = None
+    if creds_text:
+        from nixfly.registry.auth import parse_creds
+
+        creds = parse_creds(creds_text, flag)
     tls = o.get(f"{k}tls_verify")
     if tls is None:
         tls = False if o.get("no_tls_verify") else o.get("tls_verify")

@@ -16,15 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
@@ -47,7 +38,9 @@ from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # rich loads only for a person at a terminal (progress bars)
+    from rich.progress import Progress, TaskID
+
     from nixfly.build.spec import ImageSpec
 
 
@@ -111,6 +104,15 @@ class _RichPushProgress(PushProgress):
 
 
 def _progress_bar() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
         TimeRemainingColumn(), console=stderr_console(), transient=True,
@@ -143,11 +145,12 @@ def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") ->
         emit_json(result.to_json())
         return
     if not o.get("quiet"):
-        stderr_console().print(
+        click.echo(
             f"{verb} {', '.join(result.references)}: {result.uploaded_blobs} blobs uploaded "
             f"({human_size(result.uploaded_bytes)}), {result.skipped_blobs} already there, "
-            f"{result.mounted_blobs} mounted"
-        )
+            f"{result.mounted_blobs} mounted",
+            err=True,
+        )  # plain text: no markup or emoji codes to interpret in a reference, and no rich to import
     click.echo(result.reference)
 
 
@@ -289,7 +292,7 @@ def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
         emit_json({"digest": digest, "reference": ref.pinned(digest), "destination": str(dest)})
         return
     if not o.get("quiet"):
-        stderr_console().print(f"pulled {ref} → {dest}")
+        click.echo(f"pulled {ref} → {dest}", err=True)
     click.echo(ref.pinned(digest))
 
 
@@ -350,7 +353,7 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
         emit_json({"digest": digest, "reference": f"{dest}@{digest}", "destination": str(dest)})
         return
     if not o.get("quiet"):
-        stderr_console().print(f"copied {source} → {dest}")
+        click.echo(f"copied {source} → {dest}", err=True)
     click.echo(digest)
 
 

@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from nixfly.errors import RegistryError, UsageError
 from nixfly.flytoken import find_fly_token
+
+if TYPE_CHECKING:  # only in annotations: parsing --creds must not load the HTTP stack
+    import httpx
 
 FLY_REGISTRY = "registry.fly.io"
 
@@ -170,7 +172,7 @@ def parse_www_authenticate(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
-TokenFetcher = Callable[[str, list[tuple[str, str]], Credentials | None], httpx.Response]
+TokenFetcher = Callable[[str, list[tuple[str, str]], Credentials | None], "httpx.Response"]
 
 
 class Authenticator:

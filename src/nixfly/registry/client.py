@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -44,9 +45,9 @@ from nixfly.image.digest import VerifyingReader, sha256_digest
 from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
+from nixfly.registry.options import RegistryOptions as RegistryOptions  # re-exported: its old home
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
 from nixfly.retry import (
-    RetryPolicy,
     Transient,
     TransportFailure,
     classify_transport,
@@ -65,33 +66,6 @@ IO_CHUNK = 256 * 1024  # bytes per read/write step: bounds memory per transfer w
 ProgressFn = Callable[[str, int], None]
 # Called with (digest, one line) when something about a transfer is worth telling (a restart from 0).
 NoteFn = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach registries. The defaults are the safe ones: TLS verified, credentials looked up."""
-
-    credentials: Credentials | None = None  # explicit (--creds); None means look them up
-    tls_verify: bool = True
-    cert_dir: Path | None = None  # a directory of *.crt CA files (skopeo/docker certs.d layout)
-    plain_http: bool | None = None  # True: always http; None: http only as a fallback for local hosts
-    timeout: float = 60.0  # seconds for connect and for each read/write to make progress
-    retries: int = 5  # per request, counted since the last progress
-    backoff: float = 0.5  # first backoff in seconds; doubles per attempt
-    max_backoff: float = 20.0
-    parallel: int = 4  # blob transfers at once
-    chunk_size: int = 16 * _MiB  # PATCH size for chunked uploads
-    monolithic_max: int = 16 * _MiB  # blobs up to this size go in a single PUT
-    env: Mapping[str, str] | None = field(default=None, repr=False)
-    home: Path | None = None
-    retry: RetryPolicy | None = field(default=None, repr=False)  # overrides retries/backoff (tests: fake clock)
-    # Told one line before each retry's wait (the CLI shows it on a terminal); never holds a secret.
-    on_retry: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
-
-    def retry_policy(self) -> RetryPolicy:
-        if self.retry is not None:
-            return self.retry
-        return RetryPolicy(retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
 
 
 def parse_range(value: str | None) -> int | None:
@@ -137,6 +111,35 @@ class Manifest:
         return obj
 
 
+_TLS_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+_TLS_LOCK = threading.Lock()
+
+
+def _shared_tls_context(cas: list[Path]) -> ssl.SSLContext:
+    """The system trust store plus ``cas``, built once per process for the same inputs: loading the
+    system store costs tens of milliseconds, and one command may open a client per registry, per
+    referrer push and for the layer index. Keyed by the CA files' identity (path, inode, size, mtime)
+    and the variables OpenSSL reads the default store from, so a changed input builds a new context."""
+    key: list[object] = [os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")]
+    for ca in cas:
+        try:
+            st = ca.stat()
+        except OSError:
+            raise UsageError(f"{ca} is not a PEM certificate") from None
+        key.append((str(ca), st.st_ino, st.st_size, st.st_mtime_ns))
+    with _TLS_LOCK:
+        ctx = _TLS_CONTEXTS.get(tuple(key))
+        if ctx is None:
+            ctx = ssl.create_default_context()
+            for ca in cas:
+                try:
+                    ctx.load_verify_locations(cafile=str(ca))
+                except (ssl.SSLError, OSError):
+                    raise UsageError(f"{ca} is not a PEM certificate") from None
+            _TLS_CONTEXTS[tuple(key)] = ctx
+        return ctx
+
+
 class RegistryClient:
     """One registry host. Thread-safe: blob transfers may run in parallel on the same client."""
 
@@ -165,7 +168,7 @@ class RegistryClient:
     def _tls_context(self) -> ssl.SSLContext | bool:
         if not self.options.tls_verify:
             return False
-        ctx = ssl.create_default_context()
+        cas: list[Path] = []
         cert_dir = self.options.cert_dir
         if cert_dir is not None:
             cas = sorted(p for p in Path(cert_dir).glob("*.crt") if not p.name.endswith(".cert"))
@@ -173,12 +176,7 @@ class RegistryClient:
                 raise UsageError(f"--cert-dir {cert_dir} is not a directory")
             if not cas:
                 raise UsageError(f"--cert-dir {cert_dir} holds no *.crt CA file")
-            for ca in cas:
-                try:
-                    ctx.load_verify_locations(cafile=str(ca))
-                except (ssl.SSLError, OSError):
-                    raise UsageError(f"{ca} is not a PEM certificate") from None
-        return ctx
+        return _shared_tls_context(cas)
 
     def close(self) -> None:
         self._http.close()
