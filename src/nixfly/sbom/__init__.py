@@ -48,7 +48,9 @@ def _library_version(fmt: SbomFormat) -> str:
     return " ".join(sorted(p.name for p in here.glob("spdx_tools-*.dist-info"))) or "spdx-tools ?"
 
 
-def _render_key(sbom: Sbom, fmt: SbomFormat) -> str:
+def render_key(sbom: Sbom, fmt: SbomFormat) -> str:
+    """What ``render(sbom, fmt)``'s bytes depend on, hashed: the SBOM, the format, nixfly's and the
+    emitting library's versions. Equal keys, equal bytes (without importing the library's model)."""
     from nixfly import __version__
 
     return hashlib.sha256(f"{fmt}\n{__version__}\n{_library_version(fmt)}\n{sbom!r}".encode()).hexdigest()
@@ -59,7 +61,7 @@ def render_cached(sbom: Sbom, fmt: SbomFormat, cache_root: Path) -> bytes:
     file named by its own digest and checked on reading), so a no-change rebuild does not emit it again."""
     from nixfly.fsutil import atomic_write_bytes
 
-    key = _render_key(sbom, fmt)
+    key = render_key(sbom, fmt)
     d = cache_root / "sboms"
     for hit in sorted(d.glob(f"{key}.*")):
         with contextlib.suppress(OSError):
@@ -86,5 +88,6 @@ __all__ = [
     "from_image",
     "render",
     "render_cached",
+    "render_key",
     "subject_of",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -198,21 +198,69 @@ def list_registry_referrers(client: RegistryClient, repo: str, subject_digest: s
     return _fallback_index(client, repo, fallback_tag(subject_digest), strict=False)[1]
 
 
+def _listed(client: RegistryClient, repo: str, subject_digest: str) -> tuple[list[Referrer], AttachResult]:
+    """The subject's referrers, and how they are indexed (the AttachResult's digest left empty)."""
+    found = _referrers_api(client, repo, subject_digest)
+    if found is not None:
+        return found, AttachResult("", "referrers-api")
+    tag = fallback_tag(subject_digest)
+    return _fallback_index(client, repo, tag, strict=False)[1], AttachResult("", "tag-schema", tag)
+
+
+def find_registry_artifact(
+    client: RegistryClient, repo: str, subject_digest: str, artifact_type: str, match: Mapping[str, str]
+) -> tuple[AttachResult, Descriptor] | None:
+    """An artifact already attached to ``subject_digest`` in ``repo``: of ``artifact_type``, its manifest
+    (fetched and checked against its digest) naming that subject and carrying every annotation in
+    ``match``. Returns how it is indexed and its blob's descriptor, or None.
+
+    The annotations are the pusher's word, trusted as far as the repository's tags are: whoever may push
+    there could as well move a tag."""
+    refs, how = _listed(client, repo, subject_digest)
+    for ref in refs:
+        ann = ref.annotations or {}
+        if ref.artifact_type != artifact_type or any(ann.get(k) != v for k, v in match.items()):
+            continue
+        try:
+            m = client.get_manifest(repo, ref.digest, accept=OCI_MANIFEST).json()
+        except NixflyError:
+            continue  # listed but gone (or not a manifest): not attached
+        subj, layers, m_ann = m.get("subject"), m.get("layers"), m.get("annotations")
+        if not (isinstance(subj, dict) and subj.get("digest") == subject_digest
+                and m.get("artifactType") == artifact_type and isinstance(m_ann, dict)
+                and all(m_ann.get(k) == v for k, v in match.items())
+                and isinstance(layers, list) and len(layers) == 1 and isinstance(layers[0], dict)):  # fmt: skip
+            continue
+        try:
+            blob = Descriptor(str(layers[0]["mediaType"]), check_digest(str(layers[0]["digest"])),
+                              int(layers[0]["size"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError, ImageError):
+            continue
+        return AttachResult(ref.digest, how.method, how.tag), blob
+    return None
+
+
 def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) -> AttachResult:
-    """Push ``artifact`` as a referrer of its subject (which must already be in ``repo``)."""
+    """Push ``artifact`` as a referrer of its subject (which must already be in ``repo``). An artifact
+    the subject's referrers already list, and whose manifest is there, is left as it is."""
     subject = artifact.subject.digest
     if client.manifest_digest(repo, subject) is None:
         raise client.fail(f"cannot attach to {repo}@{subject}: the image is not in the repository")
+    api = _referrers_api(client, repo, subject)
+    tag = fallback_tag(subject)
+    if api is not None:
+        existing, known, result = None, api, AttachResult(artifact.digest, "referrers-api")
+    else:
+        existing, known = _fallback_index(client, repo, tag)
+        result = AttachResult(artifact.digest, "tag-schema", tag)
+    if any(r.digest == artifact.digest for r in known) and client.manifest_digest(repo, artifact.digest):
+        return result
     for digest, data in ((EMPTY_DESCRIPTOR.digest, EMPTY_BLOB), (artifact.blob_descriptor.digest, artifact.blob)):
         if client.blob_size(repo, digest, push=True) is None:
             client.upload_blob(repo, digest, len(data), lambda d=data: io.BytesIO(d))  # type: ignore[misc]
-    manifest = artifact.manifest_bytes()
-    digest = client.put_manifest(repo, artifact.digest, manifest, OCI_MANIFEST)
-    api = _referrers_api(client, repo, subject)
-    if api is not None:
+    digest = client.put_manifest(repo, artifact.digest, artifact.manifest_bytes(), OCI_MANIFEST)
+    if api is not None:  # the registry indexes it by itself
         return AttachResult(digest, "referrers-api")
-    tag = fallback_tag(subject)
-    existing, _known = _fallback_index(client, repo, tag)
     entries: list[dict[str, Any]] = []
     if existing is not None:
         entries = [d for d in existing["manifests"] if isinstance(d, dict) and d.get("digest") != digest]
@@ -226,6 +274,25 @@ def attach_to_references(
     refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None
 ) -> list[tuple[str, AttachResult]]:
     """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
+    done = attach_once(refs, artifact.artifact_type, artifact.subject.digest, {}, lambda: artifact, options,
+                       look_first=False)  # fmt: skip
+    return [(repo, res) for repo, res, _blob in done]
+
+
+def attach_once(
+    refs: Sequence[str],
+    artifact_type: str,
+    subject_digest: str,
+    match: Mapping[str, str],
+    make: Callable[[], Artifact],
+    options: RegistryOptions | None = None,
+    *,
+    look_first: bool = True,
+) -> list[tuple[str, AttachResult, Descriptor]]:
+    """In every repository ``refs`` name: the artifact already attached there (see
+    :func:`find_registry_artifact`, with ``look_first``), else ``make()``'s artifact attached — made at
+    most once, and only if some repository lacks one (an SBOM costs far more to render than to look up).
+    Returns (``registry/repo``, result, the artifact blob's descriptor) per repository."""
     from nixfly.registry.client import RegistryClient
     from nixfly.registry.reference import parse_reference
 
@@ -233,12 +300,20 @@ def attach_to_references(
     for r in refs:
         ref = parse_reference(r)
         repos.setdefault((ref.registry, ref.repository), None)
-    out: list[tuple[str, AttachResult]] = []
+    out: list[tuple[str, AttachResult, Descriptor]] = []
     clients: dict[str, RegistryClient] = {}
+    made: list[Artifact] = []
     try:
         for registry, repo in repos:
             client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, options))
-            out.append((f"{registry}/{repo}", attach_to_registry(client, repo, artifact)))
+            found = find_registry_artifact(client, repo, subject_digest, artifact_type, match) if look_first else None
+            if found is not None:
+                out.append((f"{registry}/{repo}", *found))
+                continue
+            if not made:
+                made.append(make())
+            art = made[0]
+            out.append((f"{registry}/{repo}", attach_to_registry(client, repo, art), art.blob_descriptor))
     finally:
         for c in clients.values():
             c.close()
@@ -390,6 +465,7 @@ __all__ = [
     "Artifact",
     "AttachResult",
     "Referrer",
+    "attach_once",
     "attach_to_layout",
     "attach_to_references",
     "attach_to_registry",
@@ -397,6 +473,7 @@ __all__ = [
     "fallback_tag",
     "fetch_layout_artifact",
     "fetch_registry_artifact",
+    "find_registry_artifact",
     "is_fallback_tag",
     "layout_artifacts",
     "list_layout_referrers",
