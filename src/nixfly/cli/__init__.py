@@ -123,9 +123,21 @@ def internal_error(exc: BaseException, argv: Sequence[str]) -> int:
     return INTERNAL_ERROR
 
 
+def _skip_httpx_cli() -> None:
+    """``import httpx`` also imports httpx's own command-line client (``httpx._main``: rich's console,
+    progress and syntax modules, pygments), about a third of httpx's import time, which nixfly never
+    runs. httpx imports it under ``try/except ImportError`` (that client is an optional extra), and a
+    ``None`` entry in ``sys.modules`` is the import system's documented way to make an import fail, so
+    httpx falls back to its stub and loads nothing of it. Only for the CLI process, before httpx loads;
+    httpx is pinned, and tests/test_startup.py fails if a new version stops tolerating this."""
+    if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]  # typeshed omits the None entry
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _skip_httpx_cli()
     try:
         rv = cli.main(args=args, prog_name="nixfly", standalone_mode=False)
     except NixflyError as e:
