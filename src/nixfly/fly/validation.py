@@ -11,19 +11,61 @@ import difflib
 import json
 import re
 import shlex
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from pydantic import BaseModel
 
 from nixfly.errors import ConfigError
 from nixfly.fly.model import FlyConfig
 from nixfly.tomlpos import KeyPath, TomlPositions
 
+if TYPE_CHECKING:
+    import jsonschema
+
 Warn = Callable[[str], None]
+
+
+# The format-checking libraries ``import jsonschema`` loads when it finds them (each under
+# ``suppress(ImportError)`` in jsonschema/_format.py); idna is not listed: httpx needs it anyway.
+_FORMAT_LIBS = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "fqdn", "webcolors",
+                "jsonpointer", "uri_template", "isoduration")  # fmt: skip
+
+
+def _draft7() -> type[jsonschema.Draft7Validator]:
+    """jsonschema's Draft 7 validator, loaded without its optional format checkers when nothing has
+    loaded jsonschema yet.
+
+    ``import jsonschema`` imports every format-checking library it finds, and rfc3987-syntax (pulled in
+    by cyclonedx-python-lib's json-validation extra) builds a lark grammar as it loads: about two
+    seconds of every ``nixfly deploy`` here, the others a tenth more, while this validator checks no
+    formats at all. jsonschema treats them all as optional, and a ``None`` entry in ``sys.modules`` is
+    the import system's documented way to make an import fail, so they are skipped. The entries go
+    again at once; should a jsonschema release stop tolerating them, jsonschema is imported again as
+    it is. A process that loaded jsonschema already (the tests: openapi-core) is left as it was.
+    """
+    blocked = [] if "jsonschema" in sys.modules else [m for m in _FORMAT_LIBS if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]  # typeshed omits the None entry
+    try:
+        from jsonschema import Draft7Validator
+    except ImportError:
+        if not blocked:
+            raise
+        for name in [m for m in sys.modules if m.split(".")[0] == "jsonschema"]:
+            del sys.modules[name]
+        for m in blocked:
+            del sys.modules[m]
+        blocked = []
+        from jsonschema import Draft7Validator
+    finally:
+        for m in blocked:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+    return Draft7Validator
 
 
 def trim_loc(loc: KeyPath) -> KeyPath:
@@ -59,7 +101,7 @@ def _schema() -> dict[str, Any]:
 
 
 def schema_check(data: dict[str, Any], source: str, lines: TomlPositions) -> None:
-    validator = jsonschema.Draft7Validator(_schema())
+    validator = _draft7()(_schema())
     errors = list(validator.iter_errors(data))
     if not errors:
         return
