@@ -93,3 +93,37 @@ def test_pushes_load_no_terminal_ui_and_a_fresh_runner_renders_no_sbom(
     mods = loaded(tmp_path, *fresh)
     assert heavy(mods, NEVER + NO_TERMINAL) == []
     assert "nixfly.sinks.layer_index" in mods
+
+
+_FLY_TOML = 'app = "demo"\nprimary_region = "ams"\n[http_service]\ninternal_port = {port}\n'
+_LOAD_FLY_TOML = """
+import json, sys
+from nixfly.errors import ConfigError
+from nixfly.fly.flytoml import load_fly_toml
+out = {}
+for path in sys.argv[1:]:
+    try:
+        out[path] = load_fly_toml(__import__("pathlib").Path(path)).app
+    except ConfigError as e:
+        out[path] = "error: " + str(e)
+print(json.dumps({"results": out, "modules": sorted(m for m, v in sys.modules.items() if v is not None),
+                  "none_entries": sorted(m for m, v in sys.modules.items() if v is None)}))
+"""
+
+
+def test_fly_toml_validation_loads_no_format_checkers_and_still_refuses_bad_types(tmp_path: Path) -> None:
+    # `import jsonschema` would load rfc3987-syntax (seconds: it builds a lark grammar) and the other
+    # format checkers, which fly.toml validation never uses; without them the schema still bites.
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(_FLY_TOML.format(port=8080))
+    bad.write_text(_FLY_TOML.format(port='"eighty"'))
+    proc = subprocess.run([sys.executable, "-c", _LOAD_FLY_TOML, str(good), str(bad)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["results"][str(good)] == "demo"
+    assert got["results"][str(bad)].startswith(f"error: {bad}:4: http_service.internal_port"), got["results"]
+    assert "jsonschema" in got["modules"]
+    assert heavy(set(got["modules"]), ["rfc3987_syntax", "lark", "rfc3986_validator", "webcolors", "isoduration",
+                                       "arrow", "fqdn", "jsonpointer", "uri_template", "rfc3339_validator"]) == []
+    assert got["none_entries"] == []  # no blocking entry is left behind
