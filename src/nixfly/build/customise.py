@@ -18,11 +18,10 @@ from nixfly.build.layers import Entry
 from nixfly.build.spec import ImageSpec, UserSpec
 from nixfly.build.supervisor import LABEL, supervise
 from nixfly.errors import NixflyError, UsageError
+from nixfly.image.config import DEFAULT_PATH
 
 CA_CANDIDATES = ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt")
 CA_LINKS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-bundle.crt", "/etc/pki/tls/certs/ca-bundle.crt")
-# The image's PATH when the spec sets none (the pipeline writes the same default into the config).
-IMAGE_DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
 _MAX_HOPS = 40
 
 
@@ -336,7 +335,7 @@ def _check_command(spec: ImageSpec, closure: Closure, out: Customisation, fs: St
         return
     first, what = words[0], "entrypoint" if spec.entrypoint else "cmd"
     exists = _in_image(closure, out, fs)
-    path = spec.env.get("PATH") or out.env.get("PATH") or IMAGE_DEFAULT_PATH
+    path = spec.env.get("PATH") or out.env.get("PATH") or DEFAULT_PATH  # the pipeline writes the same default
     if "/" in first:
         where = first if first.startswith("/") else os.path.join(spec.workdir or "/", first)
         if exists(where):

@@ -32,12 +32,10 @@ from nixfly.build.tarwriter import DEFAULT_MTIME, PermRule, compile_perm_rule
 from nixfly.errors import ClosureError, LayeringError, NixflyError, UsageError
 from nixfly.image import Image, canonical_json
 from nixfly.image.base import BaseImage, stack_on_base
+from nixfly.image.config import DEFAULT_PATH
 from nixfly.image.convert import with_format
 from nixfly.image.growing import GrowingBlob
 from nixfly.image.platform import nix_system_platform, parse_platform, platform_matches
-
-DEFAULT_PATH = "/bin:/usr/bin:/sbin:/usr/sbin"
-
 
 # (base image location, platform) → the resolved base; the CLI passes one with registry options.
 BaseResolver = Callable[[str, str], BaseImage]

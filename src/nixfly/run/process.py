@@ -11,9 +11,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nixfly.errors import RuntimeErrorNF, UsageError
+from nixfly.image.config import DEFAULT_PATH, env_path
 from nixfly.run.rootfs import find_in_root
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def _find_command(root: Path, cmd: str, env: Sequence[str], cwd: str) -> tuple[P
     if "/" in cmd:
         where = cmd if cmd.startswith("/") else str(PurePosixPath(cwd) / cmd)
         return find_in_root(root, where), where
-    path = next((e.partition("=")[2] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
+    path = env_path(env)
     for d in path.split(":"):
         if d.startswith("/"):
             hit = find_in_root(root, f"{d}/{cmd}")
@@ -201,7 +200,7 @@ def build_process(
     uid, gid, extra = resolve_user(root, user if user is not None else str(cfg.get("User") or ""))
     full_env = merge_env(list(cfg.get("Env") or []), env, os.environ if host_env is None else host_env)
     keys = {e.partition("=")[0] for e in full_env}
-    if "PATH" not in keys:
+    if "PATH" not in keys:  # the image's own PATH when its config has one; else the one nixfly images get
         full_env.insert(0, f"PATH={DEFAULT_PATH}")
     if "HOME" not in keys:
         full_env.append(f"HOME={home_of(root, uid)}")

@@ -22,11 +22,13 @@ from typing import Any, Literal
 
 from nixfly.errors import RuntimeErrorNF
 from nixfly.run import _stage
-from nixfly.run.process import DEFAULT_PATH, ProcessSpec, Volume
+from nixfly.run.process import ProcessSpec, Volume
 
 RuntimeName = Literal["runc", "bwrap", "chroot"]
 RUNTIMES: tuple[RuntimeName, ...] = ("runc", "bwrap", "chroot")
 PROBE_TIMEOUT = 10.0
+# The runtimes' own PATH on the host when ours has none (the container's comes from the image config).
+_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # docker's default capability set for a root process in a container.
 DEFAULT_CAPS = [
@@ -81,7 +83,7 @@ class Probe:
 
 def _host_env() -> dict[str, str]:
     # Runtimes get only what they need from our environment: never the user's secrets.
-    return {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
+    return {"PATH": os.environ.get("PATH", _HOST_PATH)}
 
 
 def stage_command(plan_path: Path | str) -> list[str]:
