@@ -18,7 +18,7 @@ from nixfly.fly.api import AccessToken, MachinesAPI
 from nixfly.fly.deploy import Deployer, DeploySettings, LeaseStore, plan_deploy
 from nixfly.fly.flytoml import load_fly_toml
 from nixfly.fly.machineconfig import machine_configs
-from tests.support.flystandin import RunningStandin, push_tiny_image
+from tests.support.flystandin import RunningStandin
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.slow  # real docker-registry + skopeo
@@ -42,22 +42,6 @@ path = "/health"
 """
 
 
-@pytest.fixture
-def env(fly_env: RunningStandin, tmp_path: Path) -> Path:
-    fly_env.create_app("demo")
-    return tmp_path
-
-
-@pytest.fixture
-def images(registry: RunningRegistry, tiny_oci_layout: Path, tmp_path: Path) -> dict[str, str]:
-    """Digest-pinned refs in the real registry: v1, v2, and 'bad' (a v3 image under a repo that fails)."""
-    return {
-        "v1": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v1", tmp_path),
-        "v2": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v2", tmp_path),
-        "bad": push_tiny_image(tiny_oci_layout, registry.host, "demo-bad", "v3", tmp_path),
-    }
-
-
 def write_toml(path: Path, *, strategy: str = "rolling", max_unavailable: object = 1, wait: str = "5s",
                extra: str = "", extra_deploy: str = "") -> Path:  # fmt: skip
     toml = path / "fly.toml"
@@ -79,18 +63,18 @@ def deploy(toml: Path, image: str, *extra: str) -> int:
 
 
 def test_first_deploy_creates_machines_and_volume(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     toml = write_toml(
-        env,
+        demo_app,
         extra='[processes]\napp = "serve"\nworker = "work"\n'
         '[[mounts]]\nsource = "data"\ndestination = "/data"\nprocesses = ["worker"]\ninitial_size = "3gb"\n',
     )
-    assert deploy(toml, images["v1"], "--json", "--ha=false") == 0
+    assert deploy(toml, demo_images["v1"], "--json", "--ha=false") == 0
     summary = json.loads(capsys.readouterr().out)
     machines = fly_api.machines("demo")
     assert sorted(m.group for m in machines) == ["app", "worker"]
-    assert {m.image for m in machines} == {images["v1"]}
+    assert {m.image for m in machines} == {demo_images["v1"]}
     assert sorted(summary["created"]) == sorted(m.id for m in machines)
     vols = list(fly_api.apps["demo"].volumes.values())
     worker = next(m for m in machines if m.group == "worker")
@@ -99,11 +83,13 @@ def test_first_deploy_creates_machines_and_volume(
     assert all(m.state == "started" and m.lease is None for m in machines)
 
 
-def test_rolling_update_honours_max_unavailable(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
-    toml = write_toml(env, max_unavailable=2)
-    ids = seed(fly_api, toml, images["v1"], 5)
-    assert deploy(toml, images["v2"]) == 0
-    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+def test_rolling_update_honours_max_unavailable(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
+) -> None:
+    toml = write_toml(demo_app, max_unavailable=2)
+    ids = seed(fly_api, toml, demo_images["v1"], 5)
+    assert deploy(toml, demo_images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
     # Between health waits, how many machines were updated at once: first one alone, then two at a time.
     runs, current = [], 0
     for r in fly_api.requests:
@@ -117,34 +103,34 @@ def test_rolling_update_honours_max_unavailable(fly_api: RunningStandin, env: Pa
 
 
 def test_failing_checks_restore_every_updated_machine(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, max_unavailable=2, wait="1s")
-    ids = seed(fly_api, toml, images["v1"], 5)
+    toml = write_toml(demo_app, max_unavailable=2, wait="1s")
+    ids = seed(fly_api, toml, demo_images["v1"], 5)
     fly_api.fail_checks("/demo-bad@")
-    assert deploy(toml, images["bad"]) == 1
+    assert deploy(toml, demo_images["bad"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # progress lines come first
     assert err.startswith("nixfly: machine ")
     assert "checks not passing" in err and "last events:" in err and "restored the previous config" in err
     machines = {m.id: m for m in fly_api.machines("demo")}
-    assert {m.image for m in machines.values()} == {images["v1"]}
+    assert {m.image for m in machines.values()} == {demo_images["v1"]}
     touched = [i for i in ids if len(machines[i].configs) > 1]
     # The first machine failed alone: it was the only one updated, and it got the old image back.
     assert len(touched) == 1 and [c["image"] for c in machines[touched[0]].configs] == [
-        images["v1"], images["bad"], images["v1"]
+        demo_images["v1"], demo_images["bad"], demo_images["v1"]
     ]  # fmt: skip
     assert touched[0] in err
     assert all(m.lease is None for m in machines.values())
 
 
 def test_failure_in_later_batch_restores_earlier_batches(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, max_unavailable=2, wait="1s")
-    seed(fly_api, toml, images["v1"], 4)
+    toml = write_toml(demo_app, max_unavailable=2, wait="1s")
+    seed(fly_api, toml, demo_images["v1"], 4)
     api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
     machines = api.list_machines("demo")
-    desired = machine_configs(load_fly_toml(toml), images["v2"])
+    desired = machine_configs(load_fly_toml(toml), demo_images["v2"])
     settings = DeploySettings(app="demo", max_unavailable=2, wait_timeout=1, poll_interval=0.1)
     plan = plan_deploy(machines, desired, settings)
     third = plan.of("update")[2].machine_id
@@ -156,7 +142,7 @@ def test_failure_in_later_batch_restores_earlier_batches(
         if (
             getattr(m, "id", None) == third
             and getattr(m, "state", "") == "replacing"
-            and images["v2"] in str(getattr(m, "image", ""))
+            and demo_images["v2"] in str(getattr(m, "image", ""))
         ):
             m.state = "stopped"  # type: ignore[attr-defined]
             fly_api.standin._event(m, "exit", "stopped", {"exit_event": {"exit_code": 137}})  # type: ignore[arg-type]
@@ -165,33 +151,35 @@ def test_failure_in_later_batch_restores_earlier_batches(
 
     fly_api.standin._tick = tick  # type: ignore[method-assign]
     with pytest.raises(Exception, match=rf"machine {third} crashed .*exit_code=137.*restored the previous config on 3"):
-        Deployer(api, plan, settings, state_dir=env / "state").run()
+        Deployer(api, plan, settings, state_dir=demo_app / "state").run()
     fly_api.standin._tick = original  # type: ignore[method-assign]
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
 
 
 def test_foreign_lease_stops_deploy_with_nothing_changed(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env)
-    ids = seed(fly_api, toml, images["v1"], 3)
+    toml = write_toml(demo_app)
+    ids = seed(fly_api, toml, demo_images["v1"], 3)
     fly_api.hold_lease("demo", ids[2], owner="alice@example.com")
-    assert deploy(toml, images["v2"]) == 1
+    assert deploy(toml, demo_images["v2"]) == 1
     err = capsys.readouterr().err
     assert f"machine {ids[2]} of app demo is leased by alice@example.com" in err and "nothing was changed" in err
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
     changed = [r for r in fly_api.mutations() if not r.path.endswith("/lease")]
     assert changed == []
     leases = {m.id: m.lease for m in fly_api.machines("demo")}
     assert leases[ids[0]] is None and leases[ids[1]] is None and leases[ids[2]].owner == "alice@example.com"
 
 
-def test_ctrl_c_mid_deploy_releases_leases(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
-    toml = write_toml(env)
-    seed(fly_api, toml, images["v1"], 3)
+def test_ctrl_c_mid_deploy_releases_leases(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
+) -> None:
+    toml = write_toml(demo_app)
+    seed(fly_api, toml, demo_images["v1"], 3)
     api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
     settings = DeploySettings(app="demo", max_unavailable=1, wait_timeout=5)
-    plan = plan_deploy(api.list_machines("demo"), machine_configs(load_fly_toml(toml), images["v2"]), settings)
+    plan = plan_deploy(api.list_machines("demo"), machine_configs(load_fly_toml(toml), demo_images["v2"]), settings)
 
     def progress(line: str) -> None:
         if line.startswith("updated machine"):
@@ -199,41 +187,41 @@ def test_ctrl_c_mid_deploy_releases_leases(fly_api: RunningStandin, env: Path, i
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Deployer(api, plan, settings, state_dir=env / "state", progress=progress).run()
+        Deployer(api, plan, settings, state_dir=demo_app / "state", progress=progress).run()
     assert all(m.lease is None for m in fly_api.machines("demo"))
-    assert LeaseStore(env / "state", "demo").load() == {}
+    assert LeaseStore(demo_app / "state", "demo").load() == {}
     # Exactly one machine got the new image before the interrupt; a re-run finishes the job.
-    assert sorted(m.image for m in fly_api.machines("demo")) == sorted([images["v1"]] * 2 + [images["v2"]])
-    assert deploy(toml, images["v2"]) == 0
-    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+    assert sorted(m.image for m in fly_api.machines("demo")) == sorted([demo_images["v1"]] * 2 + [demo_images["v2"]])
+    assert deploy(toml, demo_images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
 
 
 def test_rerun_recovers_leases_left_by_a_killed_deploy(
-    fly_api: RunningStandin, env: Path, images: dict[str, str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
 ) -> None:
-    toml = write_toml(env)
-    ids = seed(fly_api, toml, images["v1"], 2)
+    toml = write_toml(demo_app)
+    ids = seed(fly_api, toml, demo_images["v1"], 2)
     api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
     # A deploy killed with SIGKILL leaves its lease on the machine and its nonce in the store.
     nonce = api.acquire_lease("demo", ids[0], ttl=600, description="nixfly deploy").nonce
-    LeaseStore(env / "state", "demo").put(ids[0], nonce)
-    assert deploy(toml, images["v2"]) == 0
-    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
-    assert LeaseStore(env / "state", "demo").load() == {}
+    LeaseStore(demo_app / "state", "demo").put(ids[0], nonce)
+    assert deploy(toml, demo_images["v2"]) == 0
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
+    assert LeaseStore(demo_app / "state", "demo").load() == {}
 
 
 def test_secrets_change_sets_min_secrets_version(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str],
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    toml = write_toml(env)
-    seed(fly_api, toml, images["v1"], 2)
+    toml = write_toml(demo_app)
+    seed(fly_api, toml, demo_images["v1"], 2)
     secret = "hunter2-very-secret-value"
     assert main(["secrets", "set", "--stage", "--config", str(toml), f"DB_PASSWORD={secret}", "API_KEY=k-123456"]) == 0
     out = capsys.readouterr()
     assert secret not in out.out + out.err and "k-123456" not in out.out + out.err
     # Same image: only the secrets changed, and the machines must still roll onto them.
-    assert deploy(toml, images["v1"], "--json") == 0
+    assert deploy(toml, demo_images["v1"], "--json") == 0
     out = capsys.readouterr()
     assert secret not in out.out + out.err
     version = fly_api.apps["demo"].secrets_version
@@ -243,30 +231,30 @@ def test_secrets_change_sets_min_secrets_version(
 
 
 def test_dry_run_changes_nothing(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, extra='[processes]\napp = "serve"\nworker = "work"\n')
-    seed_cfg = machine_configs(load_fly_toml(write_toml(env / "..", strategy="rolling")), images["v1"])["app"]
+    toml = write_toml(demo_app, extra='[processes]\napp = "serve"\nworker = "work"\n')
+    seed_cfg = machine_configs(load_fly_toml(write_toml(demo_app / "..", strategy="rolling")), demo_images["v1"])["app"]
     m = fly_api.seed_machine("demo", seed_cfg)
     old = fly_api.seed_machine("demo", {**seed_cfg, "metadata": {"fly_process_group": "gone"}})
-    assert deploy(toml, images["v2"], "--dry-run") == 0
+    assert deploy(toml, demo_images["v2"], "--dry-run") == 0
     out = capsys.readouterr().out
     assert fly_api.mutations() == []
     assert f"update {m.id} [app]" in out and f"destroy {old.id} [gone]" in out
     assert "create new machine in ams [worker]" in out
-    assert f'- image: "{images["v1"]}"' in out and f'+ image: "{images["v2"]}"' in out
-    assert deploy(toml, images["v2"], "--dry-run", "--json") == 0
+    assert f'- image: "{demo_images["v1"]}"' in out and f'+ image: "{demo_images["v2"]}"' in out
+    assert deploy(toml, demo_images["v2"], "--dry-run", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
     assert sorted(a["action"] for a in plan["actions"]) == ["create", "destroy", "update"]
     assert fly_api.mutations() == []
 
 
 def test_tag_that_does_not_resolve_is_refused(
-    env: Path, capsys: pytest.CaptureFixture[str], fly_api: RunningStandin, registry: RunningRegistry
+    demo_app: Path, capsys: pytest.CaptureFixture[str], fly_api: RunningStandin, registry: RunningRegistry
 ) -> None:
     # A tag is resolved to its digest once (issue 11); one that the registry does not have stops the deploy
     # before any Machines API request, with one line. (Before: every tag was refused outright.)
-    toml = write_toml(env)
+    toml = write_toml(demo_app)
     assert deploy(toml, f"{registry.host}/demo:nope") == 1
     err = capsys.readouterr().err
     assert err.startswith("nixfly: ") and "cannot resolve image" in err and "not found" in err
@@ -275,10 +263,10 @@ def test_tag_that_does_not_resolve_is_refused(
 
 
 def test_image_missing_from_registry_fails_cleanly(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], registry: RunningRegistry,
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], registry: RunningRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    toml = write_toml(env)
+    toml = write_toml(demo_app)
     missing = f"{registry.host}/demo@sha256:" + "0" * 64
     assert deploy(toml, missing) == 1
     assert "does not resolve in the registry" in capsys.readouterr().err
@@ -287,13 +275,13 @@ def test_image_missing_from_registry_fails_cleanly(
 
 @pytest.mark.parametrize("strategy", ["canary", "bluegreen", "immediate"])
 def test_other_strategies_end_on_new_image(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], strategy: str
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], strategy: str
 ) -> None:
-    toml = write_toml(env, strategy=strategy)
-    ids = seed(fly_api, toml, images["v1"], 2)
-    assert deploy(toml, images["v2"]) == 0
+    toml = write_toml(demo_app, strategy=strategy)
+    ids = seed(fly_api, toml, demo_images["v1"], 2)
+    assert deploy(toml, demo_images["v2"]) == 0
     machines = fly_api.machines("demo")
-    assert len(machines) == 2 and {m.image for m in machines} == {images["v2"]}
+    assert len(machines) == 2 and {m.image for m in machines} == {demo_images["v2"]}
     if strategy == "bluegreen":
         assert not {m.id for m in machines} & set(ids)  # blue destroyed, green serving
         assert not any(m.cordoned for m in machines)
@@ -305,37 +293,40 @@ def test_other_strategies_end_on_new_image(
 
 @pytest.mark.parametrize("strategy", ["canary", "bluegreen"])
 def test_failed_canary_or_green_leaves_old_machines_untouched(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], strategy: str, capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], strategy: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    toml = write_toml(env, strategy=strategy, wait="1s")
-    ids = seed(fly_api, toml, images["v1"], 2)
+    toml = write_toml(demo_app, strategy=strategy, wait="1s")
+    ids = seed(fly_api, toml, demo_images["v1"], 2)
     fly_api.fail_checks("/demo-bad@")
-    assert deploy(toml, images["bad"]) == 1
+    assert deploy(toml, demo_images["bad"]) == 1
     assert "checks not passing" in capsys.readouterr().err
     machines = fly_api.machines("demo")
     assert sorted(m.id for m in machines) == sorted(ids)
-    assert all(m.image == images["v1"] and len(m.configs) == 1 for m in machines)
+    assert all(m.image == demo_images["v1"] and len(m.configs) == 1 for m in machines)
 
 
 @pytest.mark.parametrize(("code", "rc"), [(0, 0), (3, 1)])
 def test_release_command_exit_code_gates_deploy(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], code: int, rc: int,
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], code: int, rc: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    toml = write_toml(env, extra_deploy='release_command = "migrate --yes"')
-    seed(fly_api, toml, images["v1"], 1)
+    toml = write_toml(demo_app, extra_deploy='release_command = "migrate --yes"')
+    seed(fly_api, toml, demo_images["v1"], 1)
     fly_api.release_exit_code = code
-    assert deploy(toml, images["v2"]) == rc
+    assert deploy(toml, demo_images["v2"]) == rc
     machines = fly_api.machines("demo")
     assert len(machines) == 1  # the one-off release machine is gone either way
-    assert machines[0].image == (images["v2"] if code == 0 else images["v1"])
+    assert machines[0].image == (demo_images["v2"] if code == 0 else demo_images["v1"])
     if code:
         assert "exited with code 3; nothing was deployed" in capsys.readouterr().err
     release = [m for m in fly_api.apps["demo"].machines.values() if m.group == "fly_app_release_command"]
     assert len(release) == 1 and release[0].config["init"]["cmd"] == ["migrate", "--yes"]
 
 
-def test_real_sigint_to_cli_releases_leases(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
+def test_real_sigint_to_cli_releases_leases(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
+) -> None:
     """A real Ctrl-C (SIGINT) to a running `nixfly deploy` process: exit 130, every lease released."""
     import os
     import signal
@@ -343,13 +334,13 @@ def test_real_sigint_to_cli_releases_leases(fly_api: RunningStandin, env: Path, 
     import sys
     import threading
 
-    toml = write_toml(env, wait="30s")
-    seed(fly_api, toml, images["v1"], 2)
+    toml = write_toml(demo_app, wait="30s")
+    seed(fly_api, toml, demo_images["v1"], 2)
     fly_api.start_delay = 20.0  # the updated machine stays "replacing": the CLI sits in its /wait loop
     updated = threading.Event()
     fly_api.on_request = lambda r: updated.set() if r.method == "POST" and r.path.count("/") == 5 else None
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "nixfly"), "deploy", "--config", str(toml), "--image", images["v2"]],
+        [str(Path(sys.executable).parent / "nixfly"), "deploy", "--config", str(toml), "--image", demo_images["v2"]],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -362,4 +353,4 @@ def test_real_sigint_to_cli_releases_leases(fly_api: RunningStandin, env: Path, 
             proc.kill()
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "nixfly: interrupted"
     assert all(m.lease is None for m in fly_api.machines("demo"))
-    assert LeaseStore(env / "state", "demo").load() == {}
+    assert LeaseStore(demo_app / "state", "demo").load() == {}

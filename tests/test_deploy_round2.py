@@ -18,7 +18,7 @@ from nixfly.fly.api import AccessToken, MachinesAPI, resolve_api_url
 from nixfly.fly.deploy import Deployer, DeploySettings, plan_deploy
 from nixfly.fly.flytoml import load_fly_toml
 from nixfly.fly.machineconfig import machine_configs
-from tests.support.flystandin import RunningStandin, push_tiny_image
+from tests.support.flystandin import RunningStandin
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.slow  # real docker-registry + skopeo
@@ -40,21 +40,6 @@ timeout = "2s"
 path = "/health"
 {extra}
 """
-
-
-@pytest.fixture
-def env(fly_env: RunningStandin, tmp_path: Path) -> Path:
-    fly_env.create_app("demo")
-    return tmp_path
-
-
-@pytest.fixture
-def images(registry: RunningRegistry, tiny_oci_layout: Path, tmp_path: Path) -> dict[str, str]:
-    return {
-        "v1": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v1", tmp_path),
-        "v2": push_tiny_image(tiny_oci_layout, registry.host, "demo", "v2", tmp_path),
-        "bad": push_tiny_image(tiny_oci_layout, registry.host, "demo-bad", "v3", tmp_path),
-    }
 
 
 def write_toml(path: Path, *, strategy: str = "rolling", wait: str | None = "5s", extra: str = "") -> Path:
@@ -83,10 +68,10 @@ def machine_posts(fly_api: RunningStandin, ids: set[str] | None = None) -> list[
 
 
 def test_redeploying_the_running_image_touches_nothing(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env)
-    assert deploy(toml, images["v1"]) == 0
+    toml = write_toml(demo_app)
+    assert deploy(toml, demo_images["v1"]) == 0
     machines = fly_api.machines("demo")
     assert len(machines) == 2  # --ha: a service's first deploy makes two machines
     # The API answers autostop as a boolean although we sent "stop".
@@ -94,9 +79,9 @@ def test_redeploying_the_running_image_touches_nothing(
     assert api.get_machine("demo", machines[0].id).config["services"][0]["autostop"] is True
     capsys.readouterr()
     fly_api.requests.clear()
-    assert deploy(toml, images["v1"], "--dry-run") == 0
+    assert deploy(toml, demo_images["v1"], "--dry-run") == 0
     assert "no change" in capsys.readouterr().out
-    assert deploy(toml, images["v1"]) == 0
+    assert deploy(toml, demo_images["v1"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("no change: demo already runs ")
     assert fly_api.mutations() == []
@@ -104,19 +89,19 @@ def test_redeploying_the_running_image_touches_nothing(
 
 
 def test_dry_run_describes_bluegreen_canary_and_volumes(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, strategy="bluegreen")
-    assert deploy(toml, images["v1"], "--ha=false") == 0
+    toml = write_toml(demo_app, strategy="bluegreen")
+    assert deploy(toml, demo_images["v1"], "--ha=false") == 0
     (blue,) = fly_api.machines("demo")
     capsys.readouterr()
     fly_api.requests.clear()
-    assert deploy(toml, images["v2"], "--dry-run") == 0
+    assert deploy(toml, demo_images["v2"], "--dry-run") == 0
     out = capsys.readouterr().out
     assert "create green machine in ams [app] to replace " + blue.id in out
     assert f"destroy blue machine {blue.id} [app] once every green is healthy" in out
     assert f"update {blue.id}" not in out
-    assert deploy(toml, images["v2"], "--dry-run", "--strategy", "canary") == 0
+    assert deploy(toml, demo_images["v2"], "--dry-run", "--strategy", "canary") == 0
     out = capsys.readouterr().out
     assert "create canary machine in ams [app], destroyed once healthy" in out and f"update {blue.id} [app]" in out
     # A new group with a volume: the volume creation is in the plan; no create diff starts with "- : {}".
@@ -126,7 +111,7 @@ def test_dry_run_describes_bluegreen_canary_and_volumes(
         'processes = ["worker"]\ninitial_size = "3gb"\n'
     )
     toml.write_text(toml.read_text().replace("[http_service]\n", '[http_service]\nprocesses = ["app"]\n'))
-    assert deploy(toml, images["v2"], "--dry-run") == 0
+    assert deploy(toml, demo_images["v2"], "--dry-run") == 0
     out = capsys.readouterr().out
     assert "create volume data (3GB) in ams [worker]" in out and "create new machine in ams [worker]" in out
     assert "- : {}" not in out
@@ -137,17 +122,17 @@ def test_dry_run_describes_bluegreen_canary_and_volumes(
 
 
 def test_failing_rolling_deploy_and_rollback_are_spec_valid(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, wait="1s")
-    assert deploy(toml, images["v1"]) == 0
+    toml = write_toml(demo_app, wait="1s")
+    assert deploy(toml, demo_images["v1"]) == 0
     fly_api.fail_checks("/demo-bad@")
-    assert deploy(toml, images["bad"]) == 1
+    assert deploy(toml, demo_images["bad"]) == 1
     assert "restored the previous config on 1 machine" in capsys.readouterr().err
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
     updates = [json.loads(r.body) for r in fly_api.requests
                if r.method == "POST" and r.path.rstrip("/").split("/")[-2] == "machines"]  # fmt: skip
-    assert [u["config"]["image"] for u in updates] == [images["bad"], images["v1"]]  # the rollback is the 2nd
+    assert [u["config"]["image"] for u in updates] == [demo_images["bad"], demo_images["v1"]]  # the rollback is the 2nd
     assert updates[1]["config"]["services"][0]["autostop"] == "stop"
     assert fly_api.violations == []
 
@@ -156,13 +141,13 @@ def test_failing_rolling_deploy_and_rollback_are_spec_valid(
 
 
 def test_crash_loop_is_rolled_back_within_seconds(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, wait=None)  # the default wait_timeout (300 s) applies
-    assert deploy(toml, images["v1"]) == 0
+    toml = write_toml(demo_app, wait=None)  # the default wait_timeout (300 s) applies
+    assert deploy(toml, demo_images["v1"]) == 0
     fly_api.crash("/demo-bad@")
     fly_api.requests.clear()
-    assert deploy(toml, images["bad"]) == 1
+    assert deploy(toml, demo_images["bad"]) == 1
     done = time.time()
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "crashed: exited with code 1" in err and "restored the previous config on 1 machine" in err
@@ -170,7 +155,7 @@ def test_crash_loop_is_rolled_back_within_seconds(
              if e["type"] == "exit"]  # fmt: skip
     assert exits and done - min(exits) < 10
     assert len(fly_api.requests) < 60
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
 
 
 # -- defect 4: unknown keys and misspelt sections fail before any request ---------------------------------
@@ -184,17 +169,17 @@ def test_crash_loop_is_rolled_back_within_seconds(
     ],
 )
 def test_misspelt_keys_fail_before_any_request(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str],
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str],
     typo: str, message: str,
 ) -> None:  # fmt: skip
-    toml = write_toml(env, extra=typo)
+    toml = write_toml(demo_app, extra=typo)
     if not typo:
         toml.write_text(toml.read_text().replace("internal_port = 8080\n", "internal_port = 8080\nforce_http = true\n"))
-    assert deploy(toml, images["v1"]) == 2
+    assert deploy(toml, demo_images["v1"]) == 2
     err = capsys.readouterr().err
     assert message in err and "--allow-unknown-keys" in err and err.count("\n") == 1
     assert fly_api.requests == []
-    assert deploy(toml, images["v1"], "--allow-unknown-keys", "--ha=false") == 0
+    assert deploy(toml, demo_images["v1"], "--allow-unknown-keys", "--ha=false") == 0
     assert "unknown key, ignored" in capsys.readouterr().err
 
 
@@ -202,12 +187,12 @@ def test_misspelt_keys_fail_before_any_request(
 
 
 def test_api_url_without_v1_is_accepted(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host_only = fly_api.url.removesuffix("/v1")
     assert resolve_api_url(host_only) == fly_api.url and resolve_api_url(fly_api.url + "/") == fly_api.url
     monkeypatch.setenv("FLY_API_URL", host_only)
-    assert deploy(write_toml(env), images["v1"], "--ha=false") == 0
+    assert deploy(write_toml(demo_app), demo_images["v1"], "--ha=false") == 0
     monkeypatch.delenv("FLY_API_URL")
     monkeypatch.setenv("FLY_API_BASE_URL", host_only)  # flyctl's spelling
     assert main(["status", "-a", "demo"]) == 0
@@ -218,15 +203,15 @@ def test_api_url_without_v1_is_accepted(
 
 @pytest.mark.parametrize("rollback", [False, True])
 def test_interrupt_reports_images_and_can_roll_back(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], rollback: bool
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], rollback: bool
 ) -> None:
-    toml = write_toml(env)
-    config = machine_configs(load_fly_toml(toml), images["v1"])["app"]
+    toml = write_toml(demo_app)
+    config = machine_configs(load_fly_toml(toml), demo_images["v1"])["app"]
     for _ in range(3):
         fly_api.seed_machine("demo", config)
     api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
     settings = DeploySettings(app="demo", max_unavailable=1, wait_timeout=5, rollback_on_interrupt=rollback)
-    plan = plan_deploy(api.list_machines("demo"), machine_configs(load_fly_toml(toml), images["v2"]), settings)
+    plan = plan_deploy(api.list_machines("demo"), machine_configs(load_fly_toml(toml), demo_images["v2"]), settings)
     lines: list[str] = []
 
     def progress(line: str) -> None:
@@ -235,25 +220,26 @@ def test_interrupt_reports_images_and_can_roll_back(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Deployer(api, plan, settings, state_dir=env / "state", progress=progress).run()
+        Deployer(api, plan, settings, state_dir=demo_app / "state", progress=progress).run()
     said = "\n".join(lines)
-    assert f"interrupted: 2 machine(s) on the new image {images['v2']}" in said
-    assert f"interrupted: 1 machine(s) on the previous image {images['v1']}" in said
+    assert f"interrupted: 2 machine(s) on the new image {demo_images['v2']}" in said
+    assert f"interrupted: 1 machine(s) on the previous image {demo_images['v1']}" in said
     if rollback:
         assert "restored the previous config on 2 machine(s)" in said
-        assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+        assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
     else:
         assert "nixfly rollback" in said
-        assert sorted(m.image for m in fly_api.machines("demo")) == sorted([images["v1"]] + [images["v2"]] * 2)
+        on = sorted(m.image for m in fly_api.machines("demo"))
+        assert on == sorted([demo_images["v1"]] + [demo_images["v2"]] * 2)
     assert all(m.lease is None for m in fly_api.machines("demo"))
 
 
 def test_failed_deploy_json_prints_an_error_object(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, wait="1s")
+    toml = write_toml(demo_app, wait="1s")
     fly_api.fail_checks("/demo-bad@")
-    assert deploy(toml, images["bad"], "--json") == 1
+    assert deploy(toml, demo_images["bad"], "--json") == 1
     out = capsys.readouterr()
     body = json.loads(out.out)
     assert body["app"] is None or body["app"] == "demo"
@@ -264,12 +250,12 @@ def test_failed_deploy_json_prints_an_error_object(
 # -- defect 8: /wait names the instance the update returned ----------------------------------------------
 
 
-def test_wait_names_the_updated_instance(fly_api: RunningStandin, env: Path, images: dict[str, str]) -> None:
-    toml = write_toml(env)
-    assert deploy(toml, images["v1"], "--ha=false") == 0
+def test_wait_names_the_updated_instance(fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]) -> None:
+    toml = write_toml(demo_app)
+    assert deploy(toml, demo_images["v1"], "--ha=false") == 0
     fly_api.start_delay = 0.5  # long enough for a /wait without a version to get the old instance's answer
     fly_api.requests.clear()
-    assert deploy(toml, images["v2"]) == 0
+    assert deploy(toml, demo_images["v2"]) == 0
     (m,) = fly_api.machines("demo")
     update = next(r for r in fly_api.requests if r.method == "POST" and r.path.endswith(m.id))
     assert update
@@ -281,19 +267,19 @@ def test_wait_names_the_updated_instance(fly_api: RunningStandin, env: Path, ima
 
 
 def test_secrets_staged_elsewhere_reach_the_machines(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    toml = write_toml(env)
-    assert deploy(toml, images["v1"], "--ha=false") == 0
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(env / "laptop"))
+    toml = write_toml(demo_app)
+    assert deploy(toml, demo_images["v1"], "--ha=false") == 0
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(demo_app / "laptop"))
     assert main(["secrets", "set", "-a", "demo", "--stage", "DB_URL=postgres://x"]) == 0
-    monkeypatch.setenv("NIXFLY_STATE_DIR", str(env / "ci"))  # another host: it never saw the version
-    assert deploy(toml, images["v1"]) == 0
+    monkeypatch.setenv("NIXFLY_STATE_DIR", str(demo_app / "ci"))  # another host: it never saw the version
+    assert deploy(toml, demo_images["v1"]) == 0
     (m,) = fly_api.machines("demo")
     assert m.min_secrets_version == fly_api.apps["demo"].secrets_version == 1
     assert m.config["metadata"]["nixfly_secrets_version"] == "1"
     fly_api.requests.clear()
-    assert deploy(toml, images["v1"]) == 0  # and now nothing changes
+    assert deploy(toml, demo_images["v1"]) == 0  # and now nothing changes
     assert fly_api.mutations() == []
 
 
@@ -301,22 +287,22 @@ def test_secrets_staged_elsewhere_reach_the_machines(
 
 
 def test_tags_are_resolved_to_digests_in_the_real_registry(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], registry: RunningRegistry,
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], registry: RunningRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    toml = write_toml(env, extra=f'[build]\nimage = "{registry.host}/demo:v2"\n')
+    toml = write_toml(demo_app, extra=f'[build]\nimage = "{registry.host}/demo:v2"\n')
     assert main(["deploy", "-c", str(toml), "--ha=false"]) == 0
     err = capsys.readouterr().err
-    assert f"resolved {registry.host}/demo:v2 to {images['v2']}" in err
-    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+    assert f"resolved {registry.host}/demo:v2 to {demo_images['v2']}" in err
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
     assert deploy(toml, f"{registry.host}/demo:v1", "--json") == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["image"] == images["v1"] and summary["resolved_from"] == f"{registry.host}/demo:v1"
+    assert summary["image"] == demo_images["v1"] and summary["resolved_from"] == f"{registry.host}/demo:v1"
     # The digest is what skopeo (an independent client) says the tag points to.
     raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{registry.host}/demo:v1"],
                          capture_output=True, check=True).stdout  # fmt: skip
-    assert images["v1"].endswith(json.loads(raw)["Digest"])
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert demo_images["v1"].endswith(json.loads(raw)["Digest"])
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
     # A registry that does not answer: one line, and no Machines API request.
     from tests.support.registry import free_port
 
@@ -328,17 +314,17 @@ def test_tags_are_resolved_to_digests_in_the_real_registry(
 
 
 @pytest.mark.parametrize(("flag", "count"), [((), 2), (("--ha=false",), 1), (("--ha", "false"), 1)])
-def test_ha_machine_counts(fly_api: RunningStandin, env: Path, images: dict[str, str],
+def test_ha_machine_counts(fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str],
                            flag: tuple[str, ...], count: int) -> None:  # fmt: skip
-    toml = write_toml(env, extra='[processes]\napp = "serve"\nworker = "work"\n')
+    toml = write_toml(demo_app, extra='[processes]\napp = "serve"\nworker = "work"\n')
     toml.write_text(toml.read_text().replace("[http_service]\n", '[http_service]\nprocesses = ["app"]\n'))
-    assert deploy(toml, images["v1"], *flag) == 0
+    assert deploy(toml, demo_images["v1"], *flag) == 0
     groups = sorted(m.group for m in fly_api.machines("demo"))
     assert groups == ["app"] * count + ["worker"]  # a group without a service gets one machine
 
 
 def test_apps_create_and_deploy_create_app(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["apps", "create", "fresh-app", "--org", "acme"]) == 0
     assert "fresh-app" in fly_api.apps
@@ -346,19 +332,19 @@ def test_apps_create_and_deploy_create_app(
     assert json.loads(create.body) == {"name": "fresh-app", "org_slug": "acme"}
     assert main(["apps", "create", "fresh-app"]) == 2
     assert "already exists" in capsys.readouterr().err
-    toml = write_toml(env)
+    toml = write_toml(demo_app)
     toml.write_text(toml.read_text().replace('app = "demo"', 'app = "other-app"'))
-    assert deploy(toml, images["v1"]) == 1
+    assert deploy(toml, demo_images["v1"]) == 1
     assert "nixfly apps create other-app" in capsys.readouterr().err
-    assert deploy(toml, images["v1"], "--create-app", "--ha=false") == 0
-    assert [m.image for m in fly_api.machines("other-app")] == [images["v1"]]
+    assert deploy(toml, demo_images["v1"], "--create-app", "--ha=false") == 0
+    assert [m.image for m in fly_api.machines("other-app")] == [demo_images["v1"]]
 
 
 def test_secrets_set_rolls_each_machine_under_its_lease(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env)
-    assert deploy(toml, images["v1"]) == 0
+    toml = write_toml(demo_app)
+    assert deploy(toml, demo_images["v1"]) == 0
     ids = {m.id for m in fly_api.machines("demo")}
     fly_api.requests.clear()
     assert main(["secrets", "set", "-c", str(toml), "TOKEN=s3cr3t-abc"]) == 0
@@ -367,7 +353,7 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
     version = fly_api.apps["demo"].secrets_version
     for m in fly_api.machines("demo"):
         assert m.min_secrets_version == version and len(m.configs) == 2
-        assert m.configs[-1]["image"] == images["v1"]
+        assert m.configs[-1]["image"] == demo_images["v1"]
         reqs = [r for r in fly_api.requests if f"/machines/{m.id}" in r.path]
         lease_at = next(i for i, r in enumerate(reqs) if r.method == "POST" and r.path.endswith("/lease"))
         update_at = next(i for i, r in enumerate(reqs) if r.method == "POST" and r.path.endswith(m.id))
@@ -376,7 +362,7 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
     assert machine_posts(fly_api, ids).count(next(iter(ids))) == 1
     # The machines now run with those secrets: a deploy of the same image has nothing to do.
     fly_api.requests.clear()
-    assert deploy(toml, images["v1"]) == 0
+    assert deploy(toml, demo_images["v1"]) == 0
     assert fly_api.mutations() == []
     # --stage stores only.
     fly_api.requests.clear()
@@ -387,7 +373,7 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
     assert "restarted 2 machine(s)" in capsys.readouterr().out
     assert all("nixfly_secrets" not in m.config["metadata"] for m in fly_api.machines("demo"))
     fly_api.requests.clear()
-    assert deploy(toml, images["v1"]) == 0
+    assert deploy(toml, demo_images["v1"]) == 0
     assert fly_api.mutations() == []
 
 
@@ -395,35 +381,35 @@ def test_secrets_set_rolls_each_machine_under_its_lease(
 
 
 def test_status_releases_rollback_round_trip(
-    fly_api: RunningStandin, env: Path, images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = write_toml(env, strategy="canary")
-    assert deploy(toml, images["v1"]) == 0
-    assert deploy(toml, images["v2"]) == 0
+    toml = write_toml(demo_app, strategy="canary")
+    assert deploy(toml, demo_images["v1"]) == 0
+    assert deploy(toml, demo_images["v2"]) == 0
     capsys.readouterr()
     assert main(["status", "-c", str(toml), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
-    assert st["last_release"]["image"] == images["v2"] and st["last_release"]["version"] == 2
+    assert st["last_release"]["image"] == demo_images["v2"] and st["last_release"]["version"] == 2
     assert [(m["group"], m["image"], m["matches_last_release"]) for m in st["machines"]] == [
-        ("app", images["v2"], True)] * 2  # fmt: skip
+        ("app", demo_images["v2"], True)] * 2  # fmt: skip
     assert all(set(m["checks"].values()) == {"passing"} for m in st["machines"])
 
     assert main(["rollback", "-c", str(toml)]) == 0
-    assert {m.image for m in fly_api.machines("demo")} == {images["v1"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v1"]}
     capsys.readouterr()
     assert main(["releases", "-a", "demo", "--json"]) == 0
     rel = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["image"], r["command"], r["outcome"], r["strategy"]) for r in rel] == [
-        (3, images["v1"], "rollback", "deployed", "canary"),
-        (2, images["v2"], "deploy", "deployed", "canary"),
-        (1, images["v1"], "deploy", "deployed", "canary"),
+        (3, demo_images["v1"], "rollback", "deployed", "canary"),
+        (2, demo_images["v2"], "deploy", "deployed", "canary"),
+        (1, demo_images["v1"], "deploy", "deployed", "canary"),
     ]
     # The log is on every machine (metadata), so a host with no local state reads the same thing.
     for m in fly_api.machines("demo"):
         assert [r["version"] for r in json.loads(m.config["metadata"]["nixfly_releases"])] == [3, 2, 1]
     # --to names a release; rolling "back" to v2 moves forward again.
     assert main(["rollback", "-c", str(toml), "--to", "v2"]) == 0
-    assert {m.image for m in fly_api.machines("demo")} == {images["v2"]}
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
     assert main(["rollback", "-c", str(toml), "--to", "v9"]) == 2
     assert "no release 'v9'" in capsys.readouterr().err
     assert main(["status", "-a", "demo"]) == 0
