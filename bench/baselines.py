@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 TAR_FLAGS = "--sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner"
-COMPRESSORS = {"gzip": "igzip -1 -c -n", "zstd": "zstd -3 -c -q", "none": "cat"}
+# The same compressors at the same levels as nixfly's defaults: libdeflate level 2 (Debian libdeflate-tools;
+# one gzip member per layer where nixfly writes 1 MiB members, < 0.1 % apart) and libzstd level 3.
+COMPRESSORS = {"gzip": "libdeflate-gzip -2 -c", "zstd": "zstd -3 -c -q", "none": "cat"}
 
 # One layer: $1 is a list file of store paths relative to / (one a line); outputs sit next to it. The
 # two hashers read FIFOs fed by tee (like `tee >(sha256sum)`, but with PIDs we can wait for).
@@ -93,7 +95,7 @@ def tar_listing(blob: Path) -> list[tuple[str, str, int, int, str, str]]:
     """(name, type, mode, size, link target, content sha256) of each member of a gzip'd layer tar,
     without nixfly's ``nix`` and ``nix/store`` directory entries (GNU tar only adds what it is given)."""
     out: list[tuple[str, str, int, int, str, str]] = []
-    with tarfile.open(blob, "r|gz") as tf:
+    with tarfile.open(blob, "r:gz") as tf:  # "r|gz" would stop after the first gzip member
         for m in tf:
             name = m.name.rstrip("/")
             if name in ("nix", "nix/store"):

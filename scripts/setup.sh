@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 APT_PACKAGES=(docker-registry apache2-utils curl openssl skopeo umoci busybox-static runc bubblewrap
-  podman uidmap slirp4netns fuse-overlayfs catatonit nix-bin oci-image-tool jq zstd isal tar coreutils time
+  podman uidmap slirp4netns fuse-overlayfs catatonit nix-bin oci-image-tool jq zstd isal libdeflate-tools tar coreutils time
   runit s6 patchelf)
 
 missing=()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-TOOLS = ("nix", "nix-build", "skopeo", "igzip", "zstd", "tar", "busybox")
+TOOLS = ("nix", "nix-build", "skopeo", "libdeflate-gzip", "zstd", "tar", "busybox")
 
 pytestmark = [
     pytest.mark.slow,
