@@ -191,6 +191,11 @@ class CountingProxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
+    def set_rate(self, rate: float | None) -> None:
+        """Reshape the link (None: unshaped) for the requests that start from now on."""
+        self.rate = rate
+        self._bucket = TokenBucket(rate) if rate else None
+
     def reset(self) -> Counts:
         old, self.counts = self.counts, Counts()
         return old
