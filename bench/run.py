@@ -343,6 +343,7 @@ class Ctx:
     wire_rates: list[float] = field(default_factory=list)
     fresh_rates: list[float | None] = field(default_factory=list)
     plans: dict[str, list[list[str]]] = field(default_factory=dict)
+    rtt: float = 0.0  # seconds added to every request on the shaped link (0: none)
 
 
 def nixfly_build(ctx: Ctx, root: str, out: Path, tag: str, cache: Path, compression: str) -> Sample:
@@ -702,7 +703,10 @@ def scenario_wire(ctx: Ctx) -> None:
             for subj in subjects:
                 key = f"wire.{rate * 8 / 1e6:g}.{subj.replace(' ', '_')}"
                 repo = "bench/wire"
-                with Registry(ctx.work / "registry-wire") as reg, CountingProxy(reg.port, rate=rate) as px:
+                with (
+                    Registry(ctx.work / "registry-wire") as reg,
+                    CountingProxy(reg.port, rate=rate, latency=ctx.rtt) as px,
+                ):
                     ref = f"docker://127.0.0.1:{px.port}/{repo}:latest"
                     if subj == "usual":
                         s = usual_pipeline_push(ctx, ctx.c1.root, px.port, repo, "wire")
@@ -795,6 +799,7 @@ def scenario_fresh(ctx: Ctx) -> None:
                     old = registry_manifest(reg.port, repo, "latest")
                     old_layers = {str(x["digest"]) for x in old["layers"]}
                     px.set_rate(rate)
+                    px.latency = ctx.rtt
                     for kind, root in (("nochange", ctx.c1.root), ("app", app.root)):
                         px.reset()
                         s = push(root, kind)
@@ -809,6 +814,7 @@ def scenario_fresh(ctx: Ctx) -> None:
                         s.extra.update(info)
                         rep.add(f"fresh.{mb}.{kind}.{subj}", s)
                     px.set_rate(None)
+                    px.latency = 0.0
     for rate in ctx.fresh_rates:
         mb = f"{rate * 8 / 1e6:g}" if rate else "0"
         for kind, label in (("nochange", "unchanged"), ("app", "after app change")):
@@ -887,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--work-dir", type=Path, help="scratch directory (default: a fresh one in /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--rtt-ms", type=float, default=0.0, help="wire and fresh: latency added to every request")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     unknown = only - {"build", "rebuild", "push", "rss", "wire", "fresh"}
@@ -929,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         report.facts["source"] = snapshot_source(work / "src")
         env = base_env(work / "src")
         ctx = Ctx(work, args.runs, c1, c2, apps, report, env, wire_rates=wire_rates, fresh_rates=fresh_rates)
-        report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit)
+        ctx.rtt = max(0.0, args.rtt_ms) / 1000
+        report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit, wire_rtt_ms=ctx.rtt * 1000)
         steps: list[tuple[str, bool, Callable[[], None]]] = [
             (
                 "cold build gzip",
