@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -337,6 +338,12 @@ class Ctx:
     warm_cache: Path | None = None
     layout: Path | None = None
     plan: list[list[str]] = field(default_factory=list)
+    # the wire and fresh-runner scenarios: link rates (bytes/s; None: unshaped loopback), and nixfly's
+    # layer plan per root (from its own --json), which the usual pipeline's archive is made of
+    wire_rates: list[float] = field(default_factory=list)
+    fresh_rates: list[float | None] = field(default_factory=list)
+    plans: dict[str, list[list[str]]] = field(default_factory=dict)
+    rtt: float = 0.0  # seconds added to every request on the shaped link (0: none)
 
 
 def nixfly_build(ctx: Ctx, root: str, out: Path, tag: str, cache: Path, compression: str) -> Sample:
@@ -599,6 +606,260 @@ def scenario_rss(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the wire: cold push through a shaped link, and a fresh runner (empty cache) pushing to a registry
+# that already holds the image
+
+MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+
+def registry_manifest(port: int, repo: str, ref: str) -> dict[str, Any]:
+    """The image manifest under repo:ref, straight from the registry (not through the proxy)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        mf: dict[str, Any] = json.loads(r.read())
+    return mf
+
+
+def classify_upload(counts: Any, mf: dict[str, Any]) -> dict[str, Any]:
+    """Split the blob bytes a push sent into the image's layers, its config and the rest (nixfly's SBOM
+    and layer index); `layer_digests` are the layers that were uploaded at all."""
+    layers = {str(x["digest"]) for x in mf["layers"]}
+    cfg = str(mf["config"]["digest"])
+    by = dict(counts.by_digest)
+    up_layers = sorted(d for d in by if d in layers)
+    return {
+        "blob_bytes": counts.blob_bytes,
+        "layer_bytes": sum(by[d] for d in up_layers),
+        "config_bytes": by.get(cfg, 0),
+        "other_bytes": sum(v for d, v in by.items() if d not in layers and d != cfg),
+        "layers_uploaded": len(up_layers),
+        "layer_digests": up_layers,
+        "image_layers": len(layers),
+        "image_layer_bytes": sum(int(x["size"]) for x in mf["layers"]),
+        "config_size": int(mf["config"]["size"]),
+        "requests": counts.requests,
+    }
+
+
+def mbit_label(rate: float | None) -> str:
+    return "loopback" if not rate else f"{rate * 8 / 1e6:g} Mbit/s"
+
+
+def nixfly_build_push(ctx: Ctx, root: str, ref: str, cache: Path, compression: str = "gzip") -> Sample:
+    """The user's command on a runner: build and push, with the given (usually empty) layer cache."""
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = nixfly("build", root, "--push", ref, "--compression", compression, "--cache-dir", str(cache), "--json")
+    s = measure(cmd, env=ctx.env)
+    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        out = json.loads(s.stdout)
+        t = out.get("totals", {})
+        s.extra["built"] = int(t.get("built", -1))
+        s.extra["layers"] = int(t.get("layers", -1))
+        ctx.plans[root] = plan_from_build_json(s.stdout)[0]
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+        s.extra["built"] = -1
+    return s
+
+
+def usual_pipeline_push(ctx: Ctx, root: str, port: int, repo: str, name: str) -> Sample:
+    """The usual pipeline from nothing: write the uncompressed docker-archive of nixfly's layer plan for
+    `root` (what streamLayeredImage streams), then `skopeo copy docker-archive:… docker://…` with an
+    empty blob-info cache. Wall = both; the parts are in extra (archive_s, copy_s)."""
+    plan = ctx.plans.get(root)
+    if plan is None:
+        raise RuntimeError(f"no nixfly layer plan for {root} yet (nixfly runs first)")
+    plan_dir = ctx.work / f"plan-{name}"
+    archive = ctx.work / f"archive-{name}.tar"
+    baselines.write_plan(plan_dir, plan)
+    t0 = time.perf_counter()
+    baselines.write_docker_archive(plan_dir, archive, JOBS)
+    archive_s = time.perf_counter() - t0
+    env = baselines.fresh_blob_info_env(ctx.work / f"xdg-{name}")
+    copy = measure(baselines.skopeo_archive_push(archive, port, repo), env=env)
+    archive.unlink()
+    s = Sample(archive_s + copy.wall, copy.maxrss_mb, copy.rc, copy.stdout, copy.stderr)
+    s.extra.update(archive_s=archive_s, copy_s=copy.wall, cpu_s=float(copy.extra["cpu_s"]))
+    return s
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n:,.0f} B"
+
+
+def scenario_wire(ctx: Ctx) -> None:
+    """Cold push of the 1x closure, from nothing, through a loopback link shaped to each rate."""
+    rep = ctx.report
+    subjects = ("nixfly gzip", "nixfly zstd", "usual")
+    for i in range(ctx.runs):
+        for rate in ctx.wire_rates:
+            for subj in subjects:
+                key = f"wire.{rate * 8 / 1e6:g}.{subj.replace(' ', '_')}"
+                repo = "bench/wire"
+                with (
+                    Registry(ctx.work / "registry-wire") as reg,
+                    CountingProxy(reg.port, rate=rate, latency=ctx.rtt) as px,
+                ):
+                    ref = f"docker://127.0.0.1:{px.port}/{repo}:latest"
+                    if subj == "usual":
+                        s = usual_pipeline_push(ctx, ctx.c1.root, px.port, repo, "wire")
+                    else:
+                        comp = subj.split()[1]
+                        s = nixfly_build_push(ctx, ctx.c1.root, ref, ctx.work / f"cache-wire-{i}", comp)
+                    s.extra.update(classify_upload(px.counts, registry_manifest(reg.port, repo, "latest")))
+                wire_s = float(s.extra["blob_bytes"]) / rate
+                s.extra.update(wire_s=wire_s, wall_over_wire=s.wall / wire_s if wire_s else 0.0)
+                s.extra.pop("layer_digests", None)
+                rep.add(key, s)
+    for rate in ctx.wire_rates:
+        mb = f"{rate * 8 / 1e6:g}"
+        scen = f"wire: cold push at {mbit_label(rate)} (1x)"
+        for subj in subjects:
+            key = f"wire.{mb}.{subj.replace(' ', '_')}"
+            ser = rep.series.get(key)
+            if not ser or not ser.samples:
+                continue
+            label = "usual pipeline" if subj == "usual" else subj
+            b = ser.median("blob_bytes")
+            target, ok = "", None
+            if subj != "usual":
+                lim = 1.05 * b / rate + 1.0
+                target, ok = f"≤ 1.05 × bytes ÷ bw + 1 s = {lim:.1f} s", ser.median() <= lim
+            sm = ser.summary()
+            what = " (archive write + skopeo copy)" if subj == "usual" else ""
+            row = Row(scen, f"{label} wall{what}", f"{sm['median']:.2f} s", f"{sm['min']:.2f}–{sm['max']:.2f}")
+            if target:
+                row.target, row.met = target, "yes" if ok else "NO"
+                rep.targets[f"{scen}: {label}: wall ≤ 1.05 × bytes ÷ bw + 1 s"] = bool(ok)
+            rep.rows.append(row)
+            if subj == "usual":
+                a, c = ser.summary("archive_s"), ser.summary("copy_s")
+                rep.value_row(scen, f"{label}: the two parts", f"{a['median']:.2f} s + {c['median']:.2f} s")
+            lb = ser.median("layer_bytes")
+            rep.value_row(
+                scen,
+                f"{label} bytes",
+                f"{_fmt_bytes(b)} (layers {_fmt_bytes(lb)}), ÷ bw = {ser.median('wire_s'):.2f} s",
+            )
+            w = ser.summary("wall_over_wire")
+            rep.rows.append(
+                Row(scen, f"{label} wall ÷ (bytes ÷ bw)", f"{w['median']:.2f}", f"{w['min']:.2f}–{w['max']:.2f}")
+            )
+        g, z, u = (rep.series.get(f"wire.{mb}.{x}") for x in ("nixfly_gzip", "nixfly_zstd", "usual"))
+        if g and u and g.samples and u.samples:
+            gl, ul = g.median("layer_bytes"), u.median("layer_bytes")
+            rep.value_row(
+                scen,
+                "nixfly gzip layer bytes vs skopeo's",
+                f"{gl / ul:.3f}× ({gl - ul:+,.0f} B)",
+                "≤ 1.00×",
+                gl <= ul,
+            )
+        for ser, name, need in ((z, "zstd", 1.8), (g, "gzip", 1.4)):
+            if not ser or not u or not ser.samples or not u.samples:
+                continue
+            ratio = ser.median() / u.median()
+            row = Row(
+                scen, f"nixfly {name} vs usual pipeline", f"{1 / ratio:.2f}× faster", "", "usual", f"{ratio:.2f}×"
+            )
+            if abs(rate - 100e6 / 8) < 1:
+                row.target = f"≥ {need}× faster (ratio ≤ {1 / need:.2f}×)"
+                ok = 1 / ratio >= need
+                row.met = "yes" if ok else "NO"
+                rep.targets[f"{scen}: nixfly {name} ≥ {need}× faster than the usual pipeline"] = ok
+            rep.rows.append(row)
+
+
+def scenario_fresh(ctx: Ctx) -> None:
+    """A fresh runner (empty layer cache) pushing to a registry that already holds the image: unchanged,
+    and after an app change; the usual pipeline in the same situation."""
+    rep = ctx.report
+    repo = "bench/fresh"
+    for i in range(ctx.runs):
+        app = ctx.app_versions[i % len(ctx.app_versions)]
+        for rate in ctx.fresh_rates:
+            mb = f"{rate * 8 / 1e6:g}" if rate else "0"
+            for subj in ("nixfly", "usual"):
+                with Registry(ctx.work / "registry-fresh") as reg, CountingProxy(reg.port) as px:
+                    ref = f"docker://127.0.0.1:{px.port}/{repo}:latest"
+
+                    def push(root: str, tag: str, subj: str = subj, ref: str = ref, px: CountingProxy = px) -> Sample:
+                        if subj == "nixfly":
+                            return nixfly_build_push(ctx, root, ref, ctx.work / f"cache-fresh-{tag}")
+                        return usual_pipeline_push(ctx, root, px.port, repo, f"fresh-{tag}")
+
+                    push(ctx.c1.root, "prime")  # the image is there, pushed once, unshaped
+                    old = registry_manifest(reg.port, repo, "latest")
+                    old_layers = {str(x["digest"]) for x in old["layers"]}
+                    px.set_rate(rate)
+                    px.latency = ctx.rtt
+                    for kind, root in (("nochange", ctx.c1.root), ("app", app.root)):
+                        px.reset()
+                        s = push(root, kind)
+                        new = registry_manifest(reg.port, repo, "latest")
+                        info = classify_upload(px.counts, new)
+                        changed = sorted(str(x["digest"]) for x in new["layers"] if x["digest"] not in old_layers)
+                        info["changed_layers"] = len(changed)
+                        info["changed_layer_bytes"] = sum(
+                            int(x["size"]) for x in new["layers"] if x["digest"] not in old_layers
+                        )
+                        info["only_changed_uploaded"] = info.pop("layer_digests") == changed
+                        s.extra.update(info)
+                        rep.add(f"fresh.{mb}.{kind}.{subj}", s)
+                    px.set_rate(None)
+                    px.latency = 0.0
+    for rate in ctx.fresh_rates:
+        mb = f"{rate * 8 / 1e6:g}" if rate else "0"
+        for kind, label in (("nochange", "unchanged"), ("app", "after app change")):
+            scen = f"fresh runner, {label}, {mbit_label(rate)} (1x)"
+            n, u = (rep.series.get(f"fresh.{mb}.{kind}.{x}") for x in ("nixfly", "usual"))
+            for subj, ser in (("nixfly", n), ("usual", u)):
+                if not ser or not ser.samples:
+                    continue
+                name = "nixfly build --push" if subj == "nixfly" else "archive + skopeo copy"
+                sm = ser.summary()
+                row = Row(scen, f"{name} wall", f"{sm['median']:.3f} s", f"{sm['min']:.3f}–{sm['max']:.3f}")
+                xs = ser.samples
+                app_wire = statistics.median(float(x.extra["changed_layer_bytes"]) for x in xs) / rate if rate else 0.0
+                if subj == "nixfly":
+                    lim = 1.0 if kind == "nochange" else 1.5 + app_wire
+                    row.target = f"< {lim:.2f} s" + ("" if kind == "nochange" or not rate else " (1.5 s + layer ÷ bw)")
+                    ok = sm["median"] < lim
+                    row.met = "yes" if ok else "NO"
+                    rep.targets[f"{scen}: {name}: {row.target}"] = ok
+                if u is not None and u.samples and subj == "nixfly":
+                    row.vs, row.ratio = "usual", f"{sm['median'] / u.median():.2f}×"
+                rep.rows.append(row)
+                built = [int(x.extra.get("built", -1)) for x in xs]
+                lb = [int(x.extra["layer_bytes"]) for x in xs]
+                val = (
+                    f"{_fmt_bytes(statistics.median(float(x.extra['blob_bytes']) for x in xs))} blobs, "
+                    f"{statistics.median(int(x.extra['layers_uploaded']) for x in xs):g} layers "
+                    f"({_fmt_bytes(statistics.median(lb))}), config {_fmt_bytes(xs[0].extra['config_bytes'])}, "
+                    f"other {_fmt_bytes(statistics.median(float(x.extra['other_bytes']) for x in xs))}"
+                )
+                if subj == "nixfly":
+                    val += f"; {statistics.median(built):g} layers built"
+                target, ok2 = "", None
+                if subj == "nixfly" and kind == "nochange":
+                    target, ok2 = "0 layers built, 0 layer bytes", max(built) == 0 and max(lb) == 0
+                if subj == "nixfly" and kind == "app":
+                    ch = xs[0].extra["changed_layers"]
+                    target = f"only the {ch} changed layer(s) (+config) uploaded and built"
+                    ok2 = all(bool(x.extra["only_changed_uploaded"]) for x in xs) and all(
+                        b == int(x.extra["changed_layers"]) for b, x in zip(built, xs, strict=True)
+                    )
+                rep.value_row(scen, f"{name} uploaded", val, target, ok2)
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -620,11 +881,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small closure (~40 MB): a smoke test in under a minute")
     ap.add_argument("--runs", type=int, help="repetitions of each measurement (default 3; 1 with --quick)")
     ap.add_argument("--json", type=Path, help="write results here (default bench/results/<time>.json)")
-    ap.add_argument("--only", default="build,rebuild,push,rss", help="comma list of scenarios")
+    ap.add_argument(
+        "--only", default="build,rebuild,push,rss,wire,fresh", help="comma list of scenarios (default: all)"
+    )
+    ap.add_argument(
+        "--wire-mbit", help="link rates of the wire scenario, Mbit/s, comma list (default 100,1000; --quick: 100)"
+    )
+    ap.add_argument(
+        "--fresh-mbit",
+        help="link rates of the fresh-runner scenario, Mbit/s, 0 = unshaped loopback (default 0,100; --quick: 0)",
+    )
     ap.add_argument("--work-dir", type=Path, help="scratch directory (default: a fresh one in /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--rtt-ms", type=float, default=0.0, help="wire and fresh: latency added to every request")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
+    unknown = only - {"build", "rebuild", "push", "rss", "wire", "fresh"}
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    wire_mbit = args.wire_mbit or ("100" if args.quick else "100,1000")
+    fresh_mbit = args.fresh_mbit or ("0" if args.quick else "0,100")
+    try:
+        wire_rates = [float(x) * 1e6 / 8 for x in wire_mbit.split(",")]
+        fresh_rates = [float(x) * 1e6 / 8 or None for x in fresh_mbit.split(",")]
+    except ValueError:
+        ap.error("--wire-mbit and --fresh-mbit take comma lists of numbers")
+    if any(r <= 0 for r in wire_rates) or any(r is not None and r < 0 for r in fresh_rates):
+        ap.error("link rates must be positive (0 means unshaped, for --fresh-mbit only)")
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     s1, s2 = (0.03, 0.06) if args.quick else (1.0, 2.0)
@@ -632,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(f"generating closures (scale {s1:g}, {s2:g}) ...", file=sys.stderr)
     c1 = gen_closure(s1, 1)
-    apps = [gen_closure(s1, 2 + i) for i in range(args.runs)] if {"rebuild", "push"} & only else []
+    apps = [gen_closure(s1, 2 + i) for i in range(args.runs)] if {"rebuild", "push", "fresh"} & only else []
     c2 = gen_closure(s2, 1) if "rss" in only else None
     report = Report()
     report.facts.update(
@@ -652,7 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     with work_dir(args.work_dir, args.keep) as work:
         report.facts["source"] = snapshot_source(work / "src")
         env = base_env(work / "src")
-        ctx = Ctx(work, args.runs, c1, c2, apps, report, env)
+        ctx = Ctx(work, args.runs, c1, c2, apps, report, env, wire_rates=wire_rates, fresh_rates=fresh_rates)
+        ctx.rtt = max(0.0, args.rtt_ms) / 1000
+        report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit, wire_rtt_ms=ctx.rtt * 1000)
         steps: list[tuple[str, bool, Callable[[], None]]] = [
             (
                 "cold build gzip",
@@ -663,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
             ("rebuild", bool({"rebuild", "push"} & only), lambda: scenario_rebuild(ctx)),
             ("push", "push" in only, lambda: scenario_push(ctx)),
             ("peak RSS 2x", "rss" in only, lambda: scenario_rss(ctx)),
+            ("wire", "wire" in only, lambda: scenario_wire(ctx)),
+            ("fresh runner", "fresh" in only, lambda: scenario_fresh(ctx)),
         ]
         failed: list[str] = []
         for name, wanted, step in steps:
@@ -683,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nclosure 1x: {c1.paths} paths, {c1.nar_bytes / 2**30:.2f} GiB{c2txt}; runs={args.runs}; jobs={JOBS}")
     print(report.table())
     for k, v in report.facts.items():
-        if k.startswith(("build.", "rebuild.", "push.", "docker_")):
+        if k.startswith(("build.", "rebuild.", "push.", "docker_", "wire", "fresh")):
             print(f"  {k}: {v}")
     for n in report.notes:
         print(f"  note: {n}")
