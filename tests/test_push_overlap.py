@@ -22,6 +22,7 @@ from nixfly.sinks.registry import EarlyUploads, PushProgress
 from tests.support.cli import run_nixfly
 from tests.support.nixstore import TinyClosure
 from tests.support.registry_proxy import FaultProxy
+from tests.test_push_faults import skopeo_validate
 
 pytestmark = pytest.mark.slow
 
@@ -224,12 +225,7 @@ def test_build_push_streams_its_layers_and_pushes_what_skopeo_reads(
     assert fault_proxy.blob_uploads_completed() == len({b["digest"] for b in blobs + artifact})
     # ...and the big layers went in chunks, not in one PUT after their compression.
     assert fault_proxy.count("PATCH") > len(blobs)
-    layout = tmp_path / "check"
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:t"],
-                   check=True, capture_output=True)  # fmt: skip
-    v = subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=t", str(layout)],
-                       capture_output=True, text=True)  # fmt: skip
-    assert v.returncode == 0, v.stdout + v.stderr
+    assert skopeo_validate(ref, tmp_path) == s["digest"]  # copied by skopeo, validated by oci-image-tool
 
     # The same build again, with an empty cache: the layer index vouches for every layer, nothing is sent.
     fault_proxy.reset_counters()

@@ -269,8 +269,8 @@ def build_layers(
 
     # Cache hits first, serially: an unchanged rebuild then needs no thread pool at all.
     misses = []
-    # Largest first here too: ``on_done`` may start an upload of each hit (a push), and the wire should
-    # carry the long transfers first.
+    # Largest first, for hits and misses alike: the long poles start early so the cores stay busy to the
+    # end, and ``on_done`` may start an upload of each layer (a push), where the long transfers go first.
     order = sorted(range(len(specs)), key=lambda i: -(weights[i] if weights else 0))
     for i in order:
         spec = specs[i]
@@ -294,8 +294,6 @@ def build_layers(
             else:
                 still.append(i)
         misses = still
-    # Largest first, so the long poles start early and the cores stay busy to the end.
-    misses.sort(key=lambda i: -(weights[i] if weights else 0))
     if settings.workers <= 1 or len(misses) <= 1:
         for i in misses:
             one(i)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -379,22 +380,17 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
-        result = build_image(
-            spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
-            on_plan=on_plan,
-            on_layer_start=on_start if progress is not None else None,
-            on_layer_bytes=on_bytes if progress is not None else None,
-            caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
-            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
-            base=resolver, platform=single_platform,
-            known=layer_index.lookup if layer_index is not None else None, **layer_hooks,
-        )  # fmt: skip
-        if uploads is not None:
-            uploads.wait()
-    except BaseException:
-        if uploads is not None:
-            uploads.abort()
-        raise
+        with uploads or contextlib.nullcontext():
+            result = build_image(
+                spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
+                on_plan=on_plan,
+                on_layer_start=on_start if progress is not None else None,
+                on_layer_bytes=on_bytes if progress is not None else None,
+                caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
+                on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
+                base=resolver, platform=single_platform,
+                known=layer_index.lookup if layer_index is not None else None, **layer_hooks,
+            )  # fmt: skip
     finally:
         if spinner is not None:
             spinner.stop()
@@ -624,13 +620,8 @@ def build_pushing(spec: ImageSpec, destination: RegistryLocation, options: Regis
     from nixfly.cli.streaming import BuildUploads
 
     index = layer_index_for([destination], o, options)
-    uploads = BuildUploads(destination.reference, options)
-    try:
+    with BuildUploads(destination.reference, options) as uploads:
         result = build_image(spec, known=index.lookup if index is not None else None, **uploads.build_hooks())
-        uploads.wait()
-    except BaseException:
-        uploads.abort()
-        raise
     return result, uploads.early, index
 
 

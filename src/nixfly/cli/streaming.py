@@ -87,8 +87,13 @@ class BuildUploads:
 
         return {"on_layer": layer, "on_layer_blob": self.on_blob}
 
-    def wait(self) -> None:
-        self.early.finish()
+    def __enter__(self) -> BuildUploads:
+        return self
 
-    def abort(self) -> None:
-        self.early.abort()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """After the build: wait for the uploads (raising their first failure); after a failed or
+        interrupted build: abandon them at once."""
+        if exc_type is None:
+            self.early.finish()
+        else:
+            self.early.abort()

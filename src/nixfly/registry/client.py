@@ -534,28 +534,11 @@ class RegistryClient:
                         state.digest, state.size = blob.digest or "", have
                     if state.offset >= have:
                         break
-                    start, end = state.offset, min(have, state.offset + chunk)
-                    resp = self._attempt(
-                        "PATCH",
-                        state.location,
-                        self.push_scope(repo),
-                        headers={
-                            "Content-Type": "application/octet-stream",
-                            "Content-Length": str(end - start),
-                            "Content-Range": f"{start}-{end - 1}",
-                        },
-                        content=state.body(start, end),
-                        repeatable=True,
-                    )
-                    self._chunk_accepted(repo, resp, state, end)
+                    self._patch(repo, state, min(have, state.offset + chunk))
                     if progress is not None:
                         progress(state.offset)
                 state.check_complete()
-                resp = self._attempt(
-                    "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
-                    headers={"Content-Length": "0"}, content=b"", repeatable=True,
-                )  # fmt: skip
-                self._check_finished(repo, resp, state)
+                self._close_session(repo, state)
                 return state.sent
             except Transient:
                 state.failed = True
@@ -626,21 +609,30 @@ class RegistryClient:
     def _put_chunks(self, repo: str, state: _UploadState) -> None:
         assert state.location is not None
         while state.offset < state.size:
-            start = state.offset
-            end = min(state.size, start + self.options.chunk_size)
-            resp = self._attempt(
-                "PATCH",
-                state.location,
-                self.push_scope(repo),
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(end - start),
-                    "Content-Range": f"{start}-{end - 1}",
-                },
-                content=state.body(start, end),
-                repeatable=True,
-            )
-            self._chunk_accepted(repo, resp, state, end)
+            self._patch(repo, state, min(state.size, state.offset + self.options.chunk_size))
+        self._close_session(repo, state)
+
+    def _patch(self, repo: str, state: _UploadState, end: int) -> None:
+        """Send bytes [offset, end) of the blob as one PATCH; advance to what the registry then holds."""
+        assert state.location is not None
+        start = state.offset
+        resp = self._attempt(
+            "PATCH",
+            state.location,
+            self.push_scope(repo),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(end - start),
+                "Content-Range": f"{start}-{end - 1}",
+            },
+            content=state.body(start, end),
+            repeatable=True,
+        )
+        self._chunk_accepted(repo, resp, state, end)
+
+    def _close_session(self, repo: str, state: _UploadState) -> None:
+        """The empty PUT with the digest that commits a chunked upload."""
+        assert state.location is not None
         resp = self._attempt(
             "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
             headers={"Content-Length": "0"}, content=b"", repeatable=True,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, cast
 
@@ -208,9 +208,8 @@ def _push_blobs(
         totals[outcome] += 1
         totals["bytes"] += sent
 
-    for digest, (outcome, sent) in done.items():
-        if any(lyr.digest == digest for lyr in layers):
-            account(outcome, sent)
+    for digest in {lyr.digest for lyr in layers} & done.keys():
+        account(*done[digest])
     layers = [lyr for lyr in layers if lyr.digest not in done]
     workers = max(1, min(client.options.parallel, len(layers) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixfly-push") as pool:
@@ -284,7 +283,6 @@ class EarlyUploads:
         self._prog = progress or PushProgress()
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.client.options.parallel),
                                         thread_name_prefix="nixfly-early")  # fmt: skip
-        self._futures: list[Future[None]] = []
         self._done: dict[str, tuple[BlobOutcome, int]] = {}
         self._growing: list[GrowingBlob] = []
         self._lock = threading.Lock()
@@ -310,7 +308,7 @@ class EarlyUploads:
         with self._lock:
             if self._closed:
                 return
-            self._futures.append(self._pool.submit(run))
+            self._pool.submit(run)
 
     def _record(self, digest: str, outcome: BlobOutcome, sent: int) -> None:
         with self._lock:
@@ -342,8 +340,7 @@ class EarlyUploads:
             try:
                 blob.wait(self.client.options.chunk_size)
                 if blob.done and blob.digest is not None and blob.size is not None:
-                    size = blob.size
-                    outcome, sent = _push_blob(self.client, self.repository, blob.digest, size,
+                    outcome, sent = _push_blob(self.client, self.repository, blob.digest, blob.size,
                                                lambda: cast(BinaryIO, GrowingReader(blob)), None, (),
                                                self._prog)  # fmt: skip
                     self._record(blob.digest, outcome, sent)
