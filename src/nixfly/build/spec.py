@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from nixfly.build.compress import FAST, level_problem
-from nixfly.errors import ConfigError, UsageError
+from nixfly.errors import ConfigError, NixflyError, UsageError
+from nixfly.fsutil import CONFIG_FILE_MAX, NestingError, load_toml, read_text_file
 from nixfly.tomlpos import TomlPositions, dotted_path
 
 T = TypeVar("T")
@@ -33,13 +34,20 @@ class SpecError(ValueError):
 
 
 def _octal_mode(v: Any, key: str) -> int:
+    # A TOML integer is refused, not guessed at: `mode = 750` is decimal 750, i.e. mode 01356 (sticky,
+    # world-writable), almost surely meant as "0750"; and reading digits as octal would make `0o750` wrong.
+    if isinstance(v, int) and not isinstance(v, bool):
+        digits = str(v)
+        hint = f'"0{digits}"' if set(digits) <= set("01234567") and len(digits) <= 4 else f'"{v:04o}"'
+        why = f"the TOML integer {v} is decimal: mode 0{v:o}"
+        raise SpecError(key, f"must be a quoted octal string: write {hint} ({why})")
     if isinstance(v, str):
         try:
             v = int(v, 8)
         except ValueError:
             raise SpecError(key, f'mode {v!r} is not an octal number such as "0755"') from None
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o7777:
-        raise SpecError(key, "must be a mode between 0 and 07777")
+        raise SpecError(key, 'must be a mode between "0000" and "7777" (an octal string such as "0755")')
     return v
 
 
@@ -530,8 +538,8 @@ def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, s
     if not long_running or not fly_toml.is_file():
         return []
     try:
-        fly = tomllib.loads(fly_toml.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        fly = load_toml(read_text_file(fly_toml, CONFIG_FILE_MAX))
+    except (OSError, ValueError, NixflyError):
         return []  # fly.toml's own loader reports its problems
     limit = _seconds(fly.get("kill_timeout", 5))
     total = sum(p.stop_timeout for p in long_running)
@@ -546,12 +554,12 @@ def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> Image
     """Load ``nixfly.toml``; the ``[image]`` table (or the top level) is the image definition.
     Relative paths in ``roots``, ``closure_file`` and ``files.src`` are relative to the file."""
     try:
-        text = Path(path).read_text()
+        text = read_text_file(path, CONFIG_FILE_MAX, error=ConfigError)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        data = load_toml(text)
+    except (tomllib.TOMLDecodeError, NestingError) as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     table = data.get("image", data)
     prefix = "image" if "image" in data else ""

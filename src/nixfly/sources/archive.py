@@ -23,7 +23,6 @@ import collections
 import contextlib
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
@@ -42,6 +41,7 @@ from nixfly.build.cache import BlobCache, CachedLayer
 from nixfly.build.compress import Compressor, make_compressor
 from nixfly.build.tarwriter import HashingSink
 from nixfly.errors import ImageError, NixflyError, UsageError
+from nixfly.fsutil import NestingError, load_json
 from nixfly.image import BlobLayer, Image
 from nixfly.image.compression import decompressing_reader, sniff_compression
 from nixfly.transports import ArchiveLocation
@@ -257,7 +257,9 @@ def _short_name(repo_tag: str) -> str:
 
 def _json(data: bytes, what: str, where: str) -> Any:
     try:
-        return json.loads(data)
+        return load_json(data)
+    except NestingError as e:
+        raise ImageError(f"{where}: {what} is {e}") from None
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{where}: {what} is not valid JSON") from None
 
