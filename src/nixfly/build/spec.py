@@ -33,14 +33,25 @@ class SpecError(ValueError):
         self.msg = msg
 
 
+def _integer_modes(table: Any, prefix: str) -> None:
+    """Refuse a TOML integer as a mode, rather than guess: `mode = 750` is decimal 750, i.e. mode 01356
+    (sticky, world-writable), almost surely meant as "0750"; and reading its digits as octal would make
+    `mode = 0o750` wrong. (Parsed data, e.g. flags merged over a file, carries modes as integers.)"""
+    if not isinstance(table, dict):
+        return
+    for section in ("dirs", "perms"):
+        entries = table.get(section)
+        for i, e in enumerate(entries if isinstance(entries, list) else []):
+            v = e.get("mode") if isinstance(e, dict) else None
+            if isinstance(v, int) and not isinstance(v, bool):
+                digits = str(v)
+                hint = f'"0{digits}"' if set(digits) <= set("01234567") and len(digits) <= 4 else f'"{v:04o}"'
+                why = f"the TOML integer {v} is decimal: mode 0{v:o}"
+                key = f"{prefix}.{section}.{i}.mode" if prefix else f"{section}.{i}.mode"
+                raise SpecError(key, f"must be a quoted octal string: write {hint} ({why})")
+
+
 def _octal_mode(v: Any, key: str) -> int:
-    # A TOML integer is refused, not guessed at: `mode = 750` is decimal 750, i.e. mode 01356 (sticky,
-    # world-writable), almost surely meant as "0750"; and reading digits as octal would make `0o750` wrong.
-    if isinstance(v, int) and not isinstance(v, bool):
-        digits = str(v)
-        hint = f'"0{digits}"' if set(digits) <= set("01234567") and len(digits) <= 4 else f'"{v:04o}"'
-        why = f"the TOML integer {v} is decimal: mode 0{v:o}"
-        raise SpecError(key, f"must be a quoted octal string: write {hint} ({why})")
     if isinstance(v, str):
         try:
             v = int(v, 8)
@@ -500,8 +511,40 @@ def process_order(processes: list[ProcessSpec]) -> list[ProcessSpec]:
     return list(done.values())
 
 
+# Host paths may be any bytes (a file named in Latin-1); everything else ends up in the image's JSON.
+_HOST_PATH_KEYS = re.compile(r"^(roots\.\d+|closure_file|files\.\d+\.src|platforms\.\d+\.(roots\.\d+|closure_file))$")
+
+
+def _non_utf8_key(data: Any) -> str | None:
+    """The key of the first string in ``data`` (or dict key) that is not UTF-8 text: a command-line
+    argument whose bytes were not UTF-8 arrives with lone surrogates in place of those bytes."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, v = stack.pop()
+        items: list[tuple[Any, Any]] = []
+        if isinstance(v, dict):
+            items = list(v.items())
+        elif isinstance(v, list):
+            items = list(enumerate(v))
+        elif isinstance(v, str) and not _HOST_PATH_KEYS.match(key):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return key or "(value)"
+        for k, x in items:
+            sub = f"{key}.{k}" if key else str(k)
+            if isinstance(k, str) and _non_utf8_key(k) is not None:
+                return sub
+            stack.append((sub, x))
+    return None
+
+
 def validate_spec(data: dict[str, Any]) -> ImageSpec:
     """An ImageSpec from plain data (CLI flags merged over a file); bad values are a UsageError."""
+    bad = _non_utf8_key(data)
+    if bad is not None:
+        shown = bad.encode("utf-8", "backslashreplace").decode()
+        raise UsageError(f"{shown}: is not UTF-8 text (an argument holds bytes that are not UTF-8)")
     try:
         return check_processes(from_dict(ImageSpec, data))[0]
     except SpecError as e:
@@ -564,6 +607,7 @@ def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> Image
     table = data.get("image", data)
     prefix = "image" if "image" in data else ""
     try:
+        _integer_modes(table, prefix)
         spec, warnings = check_processes(from_dict(ImageSpec, table, prefix))
     except SpecError as e:
         raise ConfigError(located(path, text, e.key, e.msg)) from None
