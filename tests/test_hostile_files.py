@@ -221,6 +221,8 @@ CASES: dict[str, Case] = {
     "config-dev-zero": _layout_case(lambda r: _config(r, "zero"), "copy", "(a character device)"),
     "archive-manifest-deep": _archive_case("manifest"),
     "archive-config-deep": _archive_case("config"),
+    # /dev/zero reads as an empty tar archive followed by zeros for ever (a FIFO, though, is a way to stream one)
+    "archive-dev-zero": lambda d: (["inspect", "docker-archive:/dev/zero"], "not a docker-archive"),
 }  # fmt: skip
 
 
