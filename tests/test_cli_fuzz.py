@@ -70,7 +70,10 @@ class Worker:
             PYTHONPATH=str(root),
         )
         self.proc = subprocess.Popen(
-            ["unshare", "--net", "--", sys.executable, "-m", "tests.support.cli_worker"],
+            # An address-space cap: a command that reads an endless file (/dev/zero) ends in a MemoryError,
+            # an internal error this test reports, instead of the kernel's OOM killer on a shared machine.
+            ["prlimit", f"--as={8 << 30}", "--", "unshare", "--net", "--",
+             sys.executable, "-m", "tests.support.cli_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -424,6 +427,8 @@ def hostile_changes(draw: st.DrawFn) -> dict[str, Any]:
         "bytes": draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80abc", b"\xe9"])),
         # argv as a shell hands it over: bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
         "argv_bytes": draw(st.sampled_from([None, "\udcff", "\udce9t\udc80"])),
+        # an option's value as a deep JSON array (--entrypoint and --cmd take JSON arrays)
+        "argv_deep": draw(st.booleans()),
     }
 
 
@@ -471,6 +476,10 @@ def test_hostile_files_and_bytes_never_crash_nixfly(
         if changes["argv_bytes"] and len(argv) > 1:
             i = data.draw(st.integers(1, len(argv) - 1), label="argv index")
             argv[i] += changes["argv_bytes"]
+        values = [i for i in range(2, len(argv)) if argv[i - 1].startswith("--")]
+        if changes["argv_deep"] and values:
+            i = data.draw(st.sampled_from(values), label="deep value index")
+            argv[i] = "[" * 10_000 + "]" * 10_000
         check(worker, argv, Path(d))
 
 
