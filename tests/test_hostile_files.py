@@ -176,6 +176,17 @@ def _fly_case(content: bytes, expect: str) -> Case:
     return make
 
 
+def _init_over(how: str) -> Case:
+    def make(d: Path) -> tuple[list[str], str]:
+        if how == "zero":
+            (d / "fly.toml").symlink_to("/dev/zero")
+        else:
+            os.mkfifo(d / "fly.toml")
+        return ["init", "--app", "a", "--force"], "fly.toml is not a regular file"
+
+    return make
+
+
 def _nested_index(root: Path) -> None:
     _point_top_at(root, ('{"schemaVersion": 2, "manifests": ' + DEEP + "}").encode(),
                   "application/vnd.oci.image.index.v1+json")  # fmt: skip
@@ -202,6 +213,8 @@ CASES: dict[str, Case] = {
                                            'image.dirs.0.mode: must be a quoted octal string: write "0750"'),
     "fly.toml-deep": _fly_case(f'app = "a"\nx = {DEEP}\n'.encode(), NESTED),
     "fly.toml-latin1": _fly_case(b'app = "caf\xe9"\n', "fly.toml"),
+    "fly.toml-dev-zero-init": _init_over("zero"),  # init --force updates the fly.toml it reads
+    "fly.toml-fifo-init": _init_over("fifo"),
     "closure-deep": _closure_case("deep", NESTED),
     "closure-fifo": _closure_case("fifo", "is not a regular file (a FIFO)"),
     "closure-dev-zero": _closure_case("zero", "is not a regular file (a character device)"),
