@@ -190,6 +190,15 @@ def load_toml(text: str, limit: int = MAX_NESTING) -> dict[str, Any]:
     return doc
 
 
+def is_regular_file(path: Path | str) -> bool:
+    """Whether ``path`` names a regular file (symlinks followed). Never raises: a name too long for the
+    system, or one that is not a path at all, is simply not a file (``Path.is_file`` raises for those)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def read_regular(
     path: Path | str, limit: int, what: str | None = None, error: type[NixflyError] = NixflyError
 ) -> bytes:
