@@ -1,0 +1,177 @@
+"""The flags and output of a rehearsal (``nixfly run -c fly.toml IMAGE`` and ``nixfly deploy --rehearse``).
+
+Not a command of its own: ``cli/run.py`` and ``cli/deploy.py`` hand their flags here. The work is
+:mod:`nixfly.run.rehearse`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nixfly.errors import UsageError
+from nixfly.image import Image
+from nixfly.transports import Location, RegistryLocation
+
+REHEARSAL_OPTIONS = [
+    click.option("-c", "--config", "fly_config", type=click.Path(path_type=Path), default=None,
+                 help="Rehearse a Fly deploy: run IMAGE as this fly.toml's machines would run it, with its checks."),
+    click.option("--group", "groups", multiple=True, metavar="NAME",
+                 help="With -c: the process group to run (default: the one with the services)."),
+    click.option("--all-groups", is_flag=True, help="With -c: run every process group, each in its own container."),
+    click.option("--secret", "secret_args", multiple=True, metavar="NAME[=VALUE]",
+                 help="With -c: a secret as the machines would have it (NAME alone: from this environment)."),
+    click.option("--secrets-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="With -c: secrets from a dotenv file (NAME=VALUE lines)."),
+    click.option("--require-secrets", is_flag=True,
+                 help="With -c: a secret the app needs but that was not given here is an error."),
+    click.option("--for", "watch_for", default=None, metavar="DURATION",
+                 help="With -c: keep watching this long (e.g. 30s) before the verdict."),
+    click.option("--wait-timeout", "rehearse_wait", default=None, metavar="DURATION",
+                 help="With -c: give up on the checks after this long (default: grace period + two intervals)."),
+    click.option("--json", "as_json", is_flag=True, help="With -c: the verdict and every check's history as JSON."),
+    click.option("--region", default=None, help="With -c: FLY_REGION (default: primary_region)."),
+]  # fmt: skip
+
+
+def rehearsal_options(f: Any) -> Any:
+    for opt in reversed(REHEARSAL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def seconds(text: str | None, flag: str) -> float | None:
+    """``30s``, ``1m30s`` or a plain number of seconds."""
+    if text is None:
+        return None
+    from nixfly.fly.units import parse_go_duration
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return parse_go_duration(text).total_seconds()
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: give a duration like 30s, 2m or 45") from None
+
+
+def local_secrets(secret_args: tuple[str, ...], secrets_file: Path | None) -> dict[str, str]:
+    """Secrets from --secrets-file, then --secret NAME=VALUE (NAME alone: from the environment)."""
+    from nixfly.run.rehearse import parse_dotenv
+
+    out: dict[str, str] = {}
+    if secrets_file is not None:
+        try:
+            text = secrets_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise UsageError(f"--secrets-file {secrets_file}: cannot read: {why}") from None
+        out.update(parse_dotenv(text, str(secrets_file)))
+    for item in secret_args:
+        name, sep, value = item.partition("=")
+        if not name or not name.replace("_", "a").isalnum():
+            raise UsageError(f"--secret {name or '?'}: expected NAME=VALUE or NAME")
+        if not sep:
+            if name not in os.environ:
+                raise UsageError(f"--secret {name}: no value given and ${name} is not set")
+            value = os.environ[name]
+        out[name] = value
+    return out
+
+
+def volume_dirs(volumes: tuple[str, ...]) -> dict[str, Path]:
+    out = {}
+    for v in volumes:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--volume {v!r}: with -c, give NAME=DIR (a [[mounts]] source and a local directory)")
+        out[name] = Path(path)
+    return out
+
+
+def image_ref_for(loc: Location, image: Image) -> Callable[[str], str]:
+    """The reference the machine configs name: a registry image pinned to the digest that ran; a local one
+    as deploy --build would push it (registry.fly.io/APP, in the format that registry gets)."""
+
+    def ref(app: str) -> str:
+        from nixfly.registry.reference import parse_reference
+
+        if isinstance(loc, RegistryLocation):
+            return parse_reference(loc.reference).pinned(image.manifest_digest())
+        from nixfly.image.convert import with_format
+        from nixfly.sinks import format_for
+
+        dest = RegistryLocation(f"registry.fly.io/{app}")
+        return f"registry.fly.io/{app}@{with_format(image, format_for([dest], image)).manifest_digest()}"
+
+    return ref
+
+
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def run_rehearsal(
+    image: Image,
+    loc: Location,
+    *,
+    fly_config: Path,
+    groups: tuple[str, ...],
+    all_groups: bool,
+    secret_args: tuple[str, ...],
+    secrets_file: Path | None,
+    require_secrets: bool,
+    watch_for: str | None,
+    rehearse_wait: str | None,
+    as_json: bool,
+    region: str | None,
+    volumes: tuple[str, ...],
+    env: tuple[str, ...],
+    runtime: str,
+    cache_dir: Path | None,
+) -> int:
+    """Plan, rehearse, print; 0 when the rehearsal passed, 1 when it found a problem (named above)."""
+    from nixfly.run.rehearse import RehearsalOptions, RehearsalRequest, plan_rehearsal, rehearse
+
+    for e in env:
+        if "=" not in e:
+            raise UsageError(f"-e {e}: with -c give KEY=VALUE")
+    if all_groups and groups:
+        raise UsageError("--group and --all-groups: give one of them")
+    req = RehearsalRequest(
+        config_path=fly_config, image_ref=image_ref_for(loc, image), groups=groups, all_groups=all_groups,
+        secrets=local_secrets(secret_args, secrets_file), require_secrets=require_secrets,
+        volumes=volume_dirs(volumes), region=region, extra_env=env,
+    )  # fmt: skip
+    plans = plan_rehearsal(req, lambda line: _stderr(f"nixfly: warning: {line}"))
+    opts = RehearsalOptions(
+        runtime=runtime, cache_dir=cache_dir, watch_for=seconds(watch_for, "--for") or 0.0,
+        wait_timeout=seconds(rehearse_wait, "--wait-timeout"), log=_stderr,
+    )  # fmt: skip
+    result = rehearse(image, plans, opts)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for m in result.machines:
+            addrs = ", ".join(x.address for x in m.listeners) or "nothing"
+            click.echo(f"{m.group}: {len(m.exits)} exit(s), {m.restarts} restart(s); listening on {addrs}")
+            for c in m.checks:
+                last = c.history[-1].output if c.history else "never ran"
+                click.echo(f"  check {c.spec.name}: {c.status} ({last})")
+    problems = [p for m in result.machines for p in m.problems]
+    for p in problems:
+        _stderr(f"nixfly: {p}")
+    if result.interrupted:
+        _stderr("nixfly: rehearsal interrupted")
+        return 130
+    if problems:
+        _stderr(f"nixfly: rehearsal failed: {len(problems)} problem(s); this deploy would not be healthy on Fly")
+        return 1
+    _stderr("nixfly: rehearsal passed")
+    return 0
