@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,3 +125,233 @@ def test_a_healthy_app_passes_and_its_check_history_shows_passing(
     assert [h["status"] for h in check["history"]][-1] == "passing"
     assert check["history"][-1]["output"].startswith("GET /: 200 OK")
     assert r.stderr.endswith("nixfly: rehearsal passed\n")
+
+
+def test_an_app_on_loopback_only_gets_the_probe_line_and_fails(
+    httpd_layout: Path, cache: Path, tmp_path: Path, port_8080: None
+) -> None:
+    toml = fly_toml(tmp_path, f'[processes]\napp = "{HTTPD.format(addr="127.0.0.1:8080")}"\n' + web_service())
+    r = nixfly("--runtime", "bwrap", "-c", str(toml), str(httpd_layout), cache=cache)
+    assert r.returncode == 1, r.stderr
+    probe = [ln for ln in r.stderr.splitlines() if "listens on" in ln]
+    assert probe == [
+        "nixfly: app: the app listens on 127.0.0.1:8080 only: fly-proxy cannot reach a loopback address; "
+        "fly.toml expects 0.0.0.0:8080 (internal_port = 8080)"
+    ]
+    assert r.stderr.splitlines()[-1].startswith("nixfly: rehearsal failed: 1 problem(s)")
+
+
+def test_an_app_on_another_port_is_named_with_the_port_fly_toml_expects(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    # The image serves 8081; fly.toml says 8082 (ports of their own, so no lock on 8080 is needed).
+    toml = fly_toml(tmp_path, f'[processes]\napp = "{HTTPD.format(addr="8081")}"\n' + web_service(port=8082))
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 1, r.stderr
+    (m,) = json.loads(r.stdout)["machines"]
+    assert m["problems"][0] in (
+        f"app: the app listens on {a}, not on port 8082: fly.toml expects 0.0.0.0:8082 (internal_port = 8082)"
+        for a in ("0.0.0.0:8081", "[::]:8081")
+    )
+    assert m["problems"][0] in r.stderr
+    (check,) = m["checks"]
+    assert check["status"] == "critical" and "connection refused" in check["history"][-1]["output"]
+
+
+def test_a_check_on_a_path_that_404s_is_critical_with_the_status(
+    httpd_layout: Path, cache: Path, tmp_path: Path, port_8080: None
+) -> None:
+    toml = fly_toml(tmp_path, web_service(path="/healthz"))
+    r = nixfly("--runtime", "bwrap", "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 1, r.stderr
+    (m,) = json.loads(r.stdout)["machines"]
+    (check,) = m["checks"]
+    assert check["status"] == "critical"
+    assert {h["status"] for h in check["history"]} == {"critical"} and len(check["history"]) >= 2
+    assert check["history"][-1]["output"].startswith("GET /healthz: 404 Not Found")
+    assert m["problems"] == [
+        f"app: check servicecheck-00-http-8080 (GET http://127.0.0.1:8080/healthz) is critical: "
+        f"{check['history'][-1]['output']}"
+    ]
+    assert [x["address"] for x in m["listening"]] in (["0.0.0.0:8080"], ["[::]:8080"])  # the probe is content
+
+
+# Each group records what it was started with into the shared volume, checks the [[files]] entry is there
+# and writable, then stays up; the worker traps the kill signal to show it is what stops it.
+RECORD = (
+    "env > /data/$FLY_PROCESS_GROUP.env; echo $0 > /data/$FLY_PROCESS_GROUP.cmd; "
+    "cat /etc/app/settings.txt > /data/$FLY_PROCESS_GROUP.file; "
+    "echo appended >> /etc/app/settings.txt && echo writable >> /data/$FLY_PROCESS_GROUP.file; "
+)
+TRAP_USR1 = 'trap \\"echo stopped-by-usr1 > /data/worker.stop; exit 0\\" USR1;'
+SETTINGS_B64 = base64.b64encode(b"mode=rehearsal\n").decode()
+GROUPS = f"""
+kill_signal = "SIGUSR1"
+kill_timeout = 3
+[processes]
+web = "sh -c '{RECORD} exec httpd -f -p 8080 -h /www' web-cmd"
+worker = "sh -c '{RECORD} {TRAP_USR1} echo worker up; while :; do sleep 0.1; done' worker-cmd"
+[[files]]
+guest_path = "/etc/app/settings.txt"
+raw_value = "{SETTINGS_B64}"
+processes = ["web", "worker"]
+[[mounts]]
+source = "data"
+destination = "/data"
+processes = ["web", "worker"]
+""" + web_service(processes='"web"')
+
+
+@pytest.mark.parametrize("runtime", ["runc", "bwrap"])
+def test_all_groups_start_with_their_own_command_env_files_and_volume(
+    runtime: str, httpd_layout: Path, cache: Path, tmp_path: Path, port_8080: None
+) -> None:
+    toml = fly_toml(tmp_path, GROUPS, app="two-groups")
+    data = tmp_path / "data"
+    data.mkdir()
+    r = nixfly("--runtime", runtime, "-c", str(toml), "--all-groups", "--volume", f"data={data}", "--json",
+               str(httpd_layout), cache=cache)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [m["group"] for m in out["machines"]] == ["web", "worker"]
+    assert "[worker] worker up" in r.stderr.splitlines()
+    for group in ("web", "worker"):
+        env = dict(line.split("=", 1) for line in (data / f"{group}.env").read_text().splitlines() if "=" in line)
+        assert env["FLY_PROCESS_GROUP"] == group
+        assert (env["FLY_APP_NAME"], env["FLY_REGION"], env["PRIMARY_REGION"]) == ("two-groups", "fra", "fra")
+        assert env["FLY_MACHINE_ID"] == env["FLY_ALLOC_ID"] and len(env["FLY_MACHINE_ID"]) == 14
+        assert env["FLY_IMAGE_REF"].startswith("registry.fly.io/two-groups@sha256:")
+        assert env["FLY_VM_MEMORY_MB"] == "256" and env["FLY_PRIVATE_IP"] and env["FLY_PUBLIC_IP"]
+        assert (data / f"{group}.cmd").read_text() == f"{group}-cmd\n"
+        assert (data / f"{group}.file").read_text() == "mode=rehearsal\nwritable\n"
+    assert (data / "worker.stop").read_text() == "stopped-by-usr1\n"
+    web, worker = out["machines"]
+    assert worker["stop"]["app_signal_handling"] == "caught" and not worker["stop"]["killed_after_timeout"]
+    assert web["expected_ports"] == [8080] and worker["expected_ports"] == [] and worker["checks"] == []
+
+
+def test_mounts_default_to_a_directory_in_nixflys_state_kept_between_runs(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = fly_toml(tmp_path, '[processes]\nworker = "sh -c \'echo run >> /data/runs; sleep 30\'"\n'
+                    '[[mounts]]\nsource = "vol"\ndestination = "/data"\n', app="keeps")  # fmt: skip
+    state = tmp_path / "state"
+    for _ in range(2):
+        r = nixfly("--runtime", "runc", "-c", str(toml), str(httpd_layout), cache=cache,
+                   env=env_with(NIXFLY_STATE_DIR=str(state)))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    assert (state / "rehearse" / "keeps" / "volumes" / "vol" / "runs").read_text() == "run\nrun\n"
+
+
+def test_a_secret_backed_file_gets_the_secret_and_it_leaks_nowhere(
+    httpd_layout: Path, cache: Path, tmp_path: Path, port_8080: None
+) -> None:
+    value = b"s3cr3t-token-4f9a1c-do-not-print"
+    encoded = base64.b64encode(value).decode()
+    state = tmp_path / "state"
+    toml = fly_toml(
+        tmp_path,
+        "[processes]\n"
+        'app = "sh -c \'sha256sum /run/secrets/token; test -n \\"$API_TOKEN\\" && echo env-set; '
+        "exec httpd -f -p 8080 -h /www'\"\n"
+        '[[files]]\nguest_path = "/run/secrets/token"\nsecret_name = "API_TOKEN"\n' + web_service(),
+    )
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", "--secret", f"API_TOKEN={encoded}",
+               str(httpd_layout), cache=cache, env=env_with(NIXFLY_STATE_DIR=str(state)))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"[app] {hashlib.sha256(value).hexdigest()}  /run/secrets/token" in r.stderr.splitlines()
+    assert "[app] env-set" in r.stderr.splitlines()
+    (m,) = json.loads(r.stdout)["machines"]
+    assert m["machine_config"]["files"] == [{"guest_path": "/run/secrets/token", "secret_name": "API_TOKEN"}]
+    for needle in (value, encoded.encode()):
+        assert needle not in r.stdout.encode() and needle not in r.stderr.encode()
+        for root in (state, cache):
+            for p in root.rglob("*") if root.exists() else []:
+                if p.is_file() and not p.is_symlink():
+                    assert needle not in p.read_bytes(), p
+    # Not given: named in one line; --require-secrets makes it an error before anything starts.
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--require-secrets", str(httpd_layout), cache=cache)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "nixfly: secret API_TOKEN was not given here (it backs [[files]] /run/secrets/token): "
+        "pass --secret API_TOKEN=VALUE or --secrets-file FILE\n"
+    )
+    # A value that is not base64 (Fly decodes secret-backed files) is refused, without echoing it.
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--secret", "API_TOKEN=not base64!", str(httpd_layout),
+               cache=cache)  # fmt: skip
+    assert r.returncode == 2 and "not base64" in r.stderr and "not base64!" not in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_ctrl_c_stops_the_container_with_the_kill_signal(httpd_layout: Path, cache: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    toml = fly_toml(
+        tmp_path,
+        'kill_signal = "SIGTERM"\n[processes]\nworker = "sh -c \'trap \\"echo got-term > /data/stop; exit 0\\" '
+        'TERM; echo ready; while :; do sleep 0.1; done\'"\n[[mounts]]\nsource = "d"\ndestination = "/data"\n',
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nixfly", "run", "--cache-dir", str(cache), "--runtime", "bwrap", "-c", str(toml),
+         "--volume", f"d={data}", "--for", "60s", str(httpd_layout)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stderr is not None
+        while "[worker] ready" not in (line := p.stderr.readline()):
+            assert line, "nixfly ended before the container was ready"
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert (data / "stop").read_text() == "got-term\n"
+    assert err.endswith("nixfly: rehearsal interrupted\n")
+
+
+def test_a_crashing_process_is_restarted_by_policy_and_fails_the_rehearsal(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = fly_toml(tmp_path, '[processes]\nworker = "sh -c \'echo boom; exit 3\'"\n'
+                    '[[restart]]\npolicy = "on-failure"\nmax_retries = 2\n')  # fmt: skip
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 1
+    (m,) = json.loads(r.stdout)["machines"]
+    assert [e["exit_code"] for e in m["exits"]] == [3, 3, 3] and m["restarts"] == 2
+    assert r.stderr.count("[worker] boom") == 3
+    assert "nixfly: worker: the process exited with 3 after" in r.stderr
+
+
+def test_the_machine_config_is_the_one_deploy_dry_run_prints(
+    httpd_layout: Path, cache: Path, tmp_path: Path, registry: Any, fly_env: Any, port_8080: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from nixfly.cli import main
+    from nixfly.fly.plan import Action
+
+    ref = f"{registry.host}/rehearsal/web:1"
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{httpd_layout}:latest",
+                    f"docker://{ref}"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    toml = fly_toml(tmp_path, GROUPS.replace("kill_timeout = 3", 'kill_timeout = 3\n[[vm]]\nmemory = "512mb"\n'))
+    fly_env.create_app("rehearsal")
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--group", "web", "--volume", f"data={tmp_path}",
+               "--no-tls-verify", "--json", ref, cache=cache, env=dict(os.environ))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (m,) = json.loads(r.stdout)["machines"]
+    used = m["machine_config"]
+    pinned = used["image"]
+    assert pinned.startswith(f"{registry.host}/rehearsal/web@sha256:")
+    env = dict(line.split("=", 1) for line in (tmp_path / "web.env").read_text().splitlines() if "=" in line)
+    assert (env["FLY_IMAGE_REF"], env["FLY_VM_MEMORY_MB"]) == (pinned, "512")
+
+    capsys.readouterr()
+    assert main(["deploy", "-c", str(toml), "-i", pinned, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    creates = [a for a in plan["actions"] if a["action"] == "create" and a["group"] == "web"]
+    assert creates, plan
+    expected = Action("create", "web", None, "fra", new=used).diff()
+    assert any(line.startswith("+ checks") or line.startswith("+ services[0].checks") for line in expected)
+    for a in creates:
+        assert a["diff"] == expected
