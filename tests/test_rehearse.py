@@ -355,3 +355,33 @@ def test_the_machine_config_is_the_one_deploy_dry_run_prints(
     assert any(line.startswith("+ checks") or line.startswith("+ services[0].checks") for line in expected)
     for a in creates:
         assert a["diff"] == expected
+
+
+def test_secrets_the_app_has_on_fly_but_not_given_here_are_named(
+    httpd_layout: Path, cache: Path, tmp_path: Path, fly_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nixfly.cli import main
+
+    fly_env.create_app("with-secrets")
+    assert main(["secrets", "set", "-a", "with-secrets", "--stage", "DATABASE_URL=postgres://x", "SENTRY_DSN=y"]) == 0
+    toml = fly_toml(tmp_path, "[processes]\nworker = \"sh -c 'echo db=$DATABASE_URL; sleep 30'\"\n", app="with-secrets")
+    args = ("--runtime", "bwrap", "-c", str(toml), str(httpd_layout))
+    r = nixfly(*args, "--secret", "SENTRY_DSN=given", cache=cache, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(
+        "nixfly: warning: secret DATABASE_URL was not given here (the app has it on Fly): "
+        "pass --secret DATABASE_URL=VALUE or --secrets-file FILE\n"
+    )
+    assert "[worker] db=\n" in r.stderr
+    r = nixfly(*args, "--require-secrets", "--secret", "SENTRY_DSN=given", cache=cache, env=dict(os.environ))
+    assert (r.returncode, r.stderr.count("\n")) == (2, 1) and "secret DATABASE_URL was not given" in r.stderr
+    # From a dotenv file and this environment: nothing missing, and the container has the values.
+    dotenv = tmp_path / "secrets.env"
+    dotenv.write_text("# local values\nexport SENTRY_DSN='from-file'\n")
+    r = nixfly(*args, "--require-secrets", "--secrets-file", str(dotenv), cache=cache,
+               env={**os.environ, "DATABASE_URL": "from-env"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and "[worker] db=from-env\n" in r.stderr
+    # --offline asks Fly nothing.
+    r = nixfly(*args, "--offline", "--require-secrets", cache=cache, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr

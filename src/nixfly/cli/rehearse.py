@@ -36,6 +36,8 @@ REHEARSAL_OPTIONS = [
                  help="With -c: give up on the checks after this long (default: grace period + two intervals)."),
     click.option("--json", "as_json", is_flag=True, help="With -c: the verdict and every check's history as JSON."),
     click.option("--region", default=None, help="With -c: FLY_REGION (default: primary_region)."),
+    click.option("--offline", is_flag=True,
+                 help="With -c: do not ask Fly which secrets the app has (asked when a Fly token is found)."),
 ]  # fmt: skip
 
 
@@ -117,6 +119,30 @@ def _stderr(line: str) -> None:
     click.echo(line, err=True)
 
 
+def _warn(line: str) -> None:
+    _stderr(f"nixfly: warning: {line}")
+
+
+def fly_secret_names(app: str) -> list[str]:
+    """The names of the app's secrets on Fly (never values), when a Fly token is found; else none. A
+    failure is a warning: the rehearsal then checks only the secrets fly.toml names."""
+    from nixfly.errors import ConfigError, NixflyError
+    from nixfly.fly.api import resolve_token
+    from nixfly.fly.secrets import list_secrets
+    from nixfly.fly.service import Connection
+
+    try:
+        resolve_token(None)
+    except ConfigError:
+        return []
+    try:
+        with Connection().open() as api:
+            return [s.name for s in list_secrets(api, app)]
+    except NixflyError as e:
+        _warn(f"cannot list {app}'s secrets on Fly ({e}); only the secrets fly.toml names are checked")
+        return []
+
+
 def run_rehearsal(
     image: Image,
     loc: Location,
@@ -131,6 +157,7 @@ def run_rehearsal(
     rehearse_wait: str | None,
     as_json: bool,
     region: str | None,
+    offline: bool,
     volumes: tuple[str, ...],
     env: tuple[str, ...],
     runtime: str,
@@ -147,9 +174,10 @@ def run_rehearsal(
     req = RehearsalRequest(
         config_path=fly_config, image_ref=image_ref_for(loc, image), groups=groups, all_groups=all_groups,
         secrets=local_secrets(secret_args, secrets_file), require_secrets=require_secrets,
-        volumes=volume_dirs(volumes), region=region, extra_env=env,
+        volumes=volume_dirs(volumes), region=region, extra_env=env, environ=dict(os.environ),
+        fly_secret_names=None if offline else fly_secret_names,
     )  # fmt: skip
-    plans = plan_rehearsal(req, lambda line: _stderr(f"nixfly: warning: {line}"))
+    plans = plan_rehearsal(req, _warn)
     opts = RehearsalOptions(
         runtime=runtime, cache_dir=cache_dir, watch_for=seconds(watch_for, "--for") or 0.0,
         wait_timeout=seconds(rehearse_wait, "--wait-timeout"), log=_stderr,

@@ -99,7 +99,7 @@ def run_cmd(
 
 
 _REHEARSAL_KEYS = ("fly_config", "groups", "all_groups", "secret_args", "secrets_file", "require_secrets",
-                   "watch_for", "rehearse_wait", "as_json", "region")  # fmt: skip
+                   "watch_for", "rehearse_wait", "as_json", "region", "offline")  # fmt: skip
 _PUBLISH = re.compile(r"(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?")
 
 

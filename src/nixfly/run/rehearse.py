@@ -550,7 +550,9 @@ class RehearsalRequest:
     groups: tuple[str, ...] = ()  # empty: the group with the services
     all_groups: bool = False
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    fly_secret_names: tuple[str, ...] = ()  # names `nixfly secrets list` reports, when it was asked
+    # app → the secret names `nixfly secrets list` reports for it (None: Fly is not asked)
+    fly_secret_names: Callable[[str], Sequence[str]] | None = field(default=None, compare=False)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # where a needed secret may also come from
     require_secrets: bool = False
     volumes: Mapping[str, Path] = field(default_factory=dict)  # volume name → local directory
     state_dir: Path | None = None
@@ -606,9 +608,13 @@ def plan_rehearsal(req: RehearsalRequest, warn: Log) -> list[GroupPlan]:
     # Every secret Fly would hand the machines: the ones fly.toml's files name and the ones the app has.
     needed = {str(f["secret_name"]): str(f["guest_path"]) for g in groups for f in configs[g].get("files") or []
               if f.get("secret_name")}  # fmt: skip
-    for name in req.fly_secret_names:
+    for name in req.fly_secret_names(app) if req.fly_secret_names is not None else ():
         needed.setdefault(name, "")
     given = dict(req.secrets)
+    for name in needed:
+        # nixfly's own Fly credentials never go into a container unless passed by name (--secret NAME).
+        if name not in given and name in req.environ and name not in ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN"):
+            given[name] = req.environ[name]
     missing = sorted(n for n in needed if n not in given)
     for name in missing:
         where = f" (it backs [[files]] {needed[name]})" if needed[name] else " (the app has it on Fly)"
@@ -617,6 +623,11 @@ def plan_rehearsal(req: RehearsalRequest, warn: Log) -> list[GroupPlan]:
             raise UsageError(line)
         warn(line)
 
+    mounted = {str(m.get("name")) for g in groups for m in configs[g].get("mounts") or []}
+    for name in req.volumes:
+        if name not in mounted:
+            known = ", ".join(sorted(mounted)) or "none"
+            raise UsageError(f"--volume {name}=…: no [[mounts]] source {name!r} in the groups being run ({known})")
     region = req.region or cfg.primary_region or "ams"  # what deploy places new machines in
     state = (req.state_dir or default_state_dir()) / "rehearse" / app / "volumes"
     plans = []
