@@ -385,3 +385,29 @@ def test_secrets_the_app_has_on_fly_but_not_given_here_are_named(
     # --offline asks Fly nothing.
     r = nixfly(*args, "--offline", "--require-secrets", cache=cache, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
+
+
+def test_deploy_rehearse_deploys_only_what_passed(
+    httpd_layout: Path, tmp_path: Path, registry: Any, fly_env: Any, port_8080: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from nixfly.cli import main
+
+    tag = f"{registry.host}/rehearsal/deploy:1"
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{httpd_layout}:latest",
+                    f"docker://{tag}"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    fly_env.create_app("rehearsal")
+    bad = fly_toml(tmp_path, web_service(path="/healthz"))
+    assert main(["deploy", "-c", str(bad), "-i", tag, "--rehearse"]) == 1
+    err = capsys.readouterr().err
+    assert "check servicecheck-00-http-8080 (GET http://127.0.0.1:8080/healthz) is critical" in err
+    assert err.endswith("nixfly: rehearsal failed: 1 problem(s); nothing was deployed\n")
+    assert fly_env.mutations() == []
+
+    good = fly_toml(tmp_path, web_service(path="/"))
+    assert main(["deploy", "-c", str(good), "-i", tag, "--rehearse", "--ha=false"]) == 0
+    out, err = capsys.readouterr()
+    assert "==> rehearsal passed; deploying" in err
+    pinned = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}", f"docker://{tag}"],
+                            check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    assert f"deployed {registry.host}/rehearsal/deploy@{pinned} to rehearsal" in out

@@ -203,3 +203,74 @@ def run_rehearsal(
         return 1
     _stderr("nixfly: rehearsal passed")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nixfly deploy --rehearse
+
+Publish = Callable[[Path, str, bool, Callable[[str], None]], str]
+
+
+def _rehearse_or_stop(
+    image: Image, image_ref: Callable[[str], str], config_path: Path, allow_unknown_keys: bool
+) -> None:
+    """Rehearse every process group of the deploy; RehearsalError (after the findings) if any fails."""
+    from nixfly.run.rehearse import RehearsalError, RehearsalOptions, RehearsalRequest, plan_rehearsal, rehearse
+
+    req = RehearsalRequest(
+        config_path=config_path, image_ref=image_ref, all_groups=True, environ=dict(os.environ),
+        fly_secret_names=fly_secret_names, allow_unknown_keys=allow_unknown_keys,
+    )  # fmt: skip
+    result = rehearse(image, plan_rehearsal(req, _warn), RehearsalOptions(log=_stderr))
+    problems = [p for m in result.machines for p in m.problems]
+    for p in problems:
+        _stderr(f"nixfly: {p}")
+    if result.interrupted:
+        raise KeyboardInterrupt
+    if problems:
+        raise RehearsalError(f"rehearsal failed: {len(problems)} problem(s); nothing was deployed")
+    _stderr("==> rehearsal passed; deploying")
+
+
+def rehearse_before_deploy(
+    config_path: Path, image: str | None, build_path: Path | None, publish: Publish, allow_unknown_keys: bool
+) -> tuple[str | None, Publish]:
+    """``deploy --rehearse``: rehearse what deploy is about to deploy. An image given (or fly.toml's [build]
+    image) is rehearsed now and the digest that passed is what gets deployed; a build is rehearsed between
+    building and pushing. Returns the (image, publish) deploy continues with."""
+    from nixfly.registry.options import RegistryOptions
+    from nixfly.sources import open_image
+    from nixfly.transports import parse_location
+
+    if image is None and build_path is None:
+        from nixfly.fly.service import load_config
+
+        cfg = load_config(config_path, allow_unknown_keys=allow_unknown_keys)
+        if cfg.build is not None and cfg.build.image:
+            image = cfg.build.image
+    if image is not None:
+        loc = parse_location(image)
+        if not isinstance(loc, RegistryLocation):
+            raise UsageError(f"--image {image}: deploy takes a registry reference")
+        img = open_image(loc, RegistryOptions())
+        ref = image_ref_for(loc, img)
+        _rehearse_or_stop(img, ref, config_path, allow_unknown_keys)
+        return ref(""), publish
+
+    def rehearsed_publish(path: Path, repository: str, dry_run: bool, progress: Callable[[str], None]) -> str:
+        from nixfly.build.pipeline import build_image
+        from nixfly.build.spec import load_spec
+        from nixfly.image.convert import with_format
+        from nixfly.sinks import format_for
+
+        progress(f"building {path} to rehearse it")
+        built = build_image(load_spec(path)).image
+        dest = RegistryLocation(repository)
+
+        def ref(_app: str) -> str:
+            return f"{repository}@{with_format(built, format_for([dest], built)).manifest_digest()}"
+
+        _rehearse_or_stop(built, ref, config_path, allow_unknown_keys)
+        return publish(path, repository, dry_run, progress)
+
+    return None, rehearsed_publish

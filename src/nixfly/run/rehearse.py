@@ -375,25 +375,36 @@ def _drain(fd: int) -> None:
 # The rehearsal
 
 
+def _ports(plan: GroupPlan) -> set[int]:
+    return set(expected_ports(plan.machine_config)) | {c.port for c in checks_of(plan.machine_config)}
+
+
 def _check_ports_free(plans: Sequence[GroupPlan]) -> None:
     """The containers share this machine's network: a port something else already listens on would be
     answered by that something else, and the rehearsal would judge the wrong program."""
-    seen: dict[int, str] = {}
+    for port in sorted(set().union(*(_ports(p) for p in plans))):
+        busy = host_listeners_on(port)
+        if busy:
+            raise UsageError(
+                f"port {port} is already in use on this machine ({', '.join(busy)}); the rehearsal shares this "
+                "machine's network, so stop what listens there first"
+            )
+
+
+def batches(plans: Sequence[GroupPlan]) -> list[list[GroupPlan]]:
+    """Plans split into runs that can share this machine's network: groups that use the same port (each
+    machine has its own network on Fly) are rehearsed one after the other."""
+    out: list[tuple[set[int], list[GroupPlan]]] = []
     for plan in plans:
-        ports = set(expected_ports(plan.machine_config)) | {c.port for c in checks_of(plan.machine_config)}
-        for port in sorted(ports):
-            if port in seen and seen[port] != plan.group:
-                raise UsageError(
-                    f"process groups {seen[port]} and {plan.group} both use port {port}; the rehearsal runs them "
-                    f"on this machine's network, where only one can: rehearse them one at a time with --group"
-                )
-            seen[port] = plan.group
-            busy = host_listeners_on(port)
-            if busy:
-                raise UsageError(
-                    f"port {port} is already in use on this machine ({', '.join(busy)}); the rehearsal shares this "
-                    "machine's network, so stop what listens there first"
-                )
+        ports = _ports(plan)
+        for used, batch in out:
+            if not used & ports:
+                used |= ports
+                batch.append(plan)
+                break
+        else:
+            out.append((set(ports), [plan]))
+    return [b for _, b in out]
 
 
 @contextlib.contextmanager
@@ -422,6 +433,26 @@ def rehearse(image: Image, plans: Sequence[GroupPlan], opts: RehearsalOptions) -
     cache_dir = (opts.cache_dir or _default_cache()).absolute()
     rootfs = cached_rootfs(image, cache_dir, UnpackOptions.for_current_user(lambda m: opts.log(f"warning: {m}")))
     rt = select_runtime(opts.runtime)
+    result = RehearsalResult([])
+    t0 = time.monotonic()
+    with _interrupts() as interrupted:
+        for batch in batches(plans):
+            if len(batch) < len(plans):
+                opts.log(f"==> {', '.join(p.group for p in batch)}: rehearsing apart (other groups use the same ports)")
+            result.machines += _rehearse_batch(image, rootfs, rt, cache_dir, batch, opts, interrupted)
+            if interrupted.is_set():
+                break
+        result.interrupted = interrupted.is_set()
+    result.duration = time.monotonic() - t0
+    for rep in result.machines:
+        _judge(rep, result.interrupted)
+    return result
+
+
+def _rehearse_batch(
+    image: Image, rootfs: Path, rt: Probe, cache_dir: Path, plans: Sequence[GroupPlan], opts: RehearsalOptions,
+    interrupted: threading.Event,
+) -> list[MachineReport]:  # fmt: skip
     machines = [_Machine(image, rootfs, p, rt, cache_dir, opts.log) for p in plans]
     reports = [MachineReport(p.group, p.machine_config, rt.name) for p in plans]
     for rep, m in zip(reports, machines, strict=True):
@@ -433,23 +464,17 @@ def rehearse(image: Image, plans: Sequence[GroupPlan], opts: RehearsalOptions) -
         window = max(window, PROBE_WINDOW)
     wait = opts.wait_timeout if opts.wait_timeout is not None else max(window, MIN_UP)
     wait = max(wait, opts.watch_for)
-    result = RehearsalResult(reports)
     t0 = time.monotonic()
-    with _interrupts() as interrupted:
-        try:
-            for m in machines:
-                opts.log(f"==> {m.plan.group}: starting ({rt.name})")
-                m.launch()
-            _watch(machines, reports, opts, t0, wait, interrupted)
-        finally:
-            result.interrupted = interrupted.is_set()
-            for m, rep in zip(machines, reports, strict=True):
-                if m.proc is not None:
-                    rep.stop = m.stop()
-    result.duration = time.monotonic() - t0
-    for rep in reports:
-        _judge(rep, result.interrupted)
-    return result
+    try:
+        for m in machines:
+            opts.log(f"==> {m.plan.group}: starting ({rt.name})")
+            m.launch()
+        _watch(machines, reports, opts, t0, wait, interrupted)
+    finally:
+        for m, rep in zip(machines, reports, strict=True):
+            if m.proc is not None:
+                rep.stop = m.stop()
+    return reports
 
 
 def _default_cache() -> Path:
