@@ -110,10 +110,10 @@ def test_a_healthy_app_passes_and_its_check_history_shows_passing(
     runtime: str, httpd_layout: Path, cache: Path, tmp_path: Path, port_8080: None
 ) -> None:
     toml = fly_toml(tmp_path, web_service())
-    r = nixfly("--runtime", runtime, "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    r = nixfly("--runtime", runtime, "-c", str(toml), "--json", "--for", "3s", str(httpd_layout), cache=cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["passed"] is True
+    assert out["passed"] is True and out["duration"] >= 3
     (m,) = out["machines"]
     assert (m["group"], m["runtime"], m["exits"], m["problems"]) == ("app", runtime, [], [])
     assert [x["address"] for x in m["listening"]] == ["0.0.0.0:8080"] or [x["address"] for x in m["listening"]] == [
@@ -122,7 +122,9 @@ def test_a_healthy_app_passes_and_its_check_history_shows_passing(
     (check,) = m["checks"]
     assert check["name"] == "servicecheck-00-http-8080"
     assert check["status"] == "passing"
-    assert [h["status"] for h in check["history"]][-1] == "passing"
+    # Checked on its 1s interval for the 3s watched: every result in the history passing.
+    assert [h["status"] for h in check["history"]] == ["passing"] * len(check["history"])
+    assert len(check["history"]) >= 2
     assert check["history"][-1]["output"].startswith("GET /: 200 OK")
     assert r.stderr.endswith("nixfly: rehearsal passed\n")
 
@@ -411,3 +413,40 @@ def test_deploy_rehearse_deploys_only_what_passed(
     pinned = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}", f"docker://{tag}"],
                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     assert f"deployed {registry.host}/rehearsal/deploy@{pinned} to rehearsal" in out
+
+
+@pytest.mark.parametrize(
+    ("body", "args", "message"),
+    [
+        ('[[files]]\nguest_path = "/../../etc/shadow"\nraw_value = "eA=="\n', (),
+         "nixfly: fly.toml: [[files]] guest_path '/../../etc/shadow' must be an absolute path inside the machine, "
+         "without '..'\n"),
+        ('[[mounts]]\nsource = "../up"\ndestination = "/data"\n', (),
+         "nixfly: fly.toml: [[mounts]] source '../up' may hold only letters, digits, '-' and '_'\n"),
+        ("", ("--volume", "nope=/tmp"),
+         "nixfly: --volume nope=…: no [[mounts]] source 'nope' in the groups being run (none)\n"),
+        ("", ("--volume", "/tmp:/data"),
+         "nixfly: --volume '/tmp:/data': with -c, give NAME=DIR (a [[mounts]] source and a local directory)\n"),
+        ("", ("--secrets-file", "/dev/zero"), "nixfly: --secrets-file /dev/zero: cannot read: not a regular file\n"),
+        ("", ("--group", "nope"), "nixfly: fly.toml defines no process group 'nope' (groups: app)\n"),
+        ("", ("--for", "soon"), "nixfly: --for 'soon': give a duration like 30s, 2m or 45\n"),
+    ],
+    ids=["files-dotdot", "volume-name", "unknown-volume", "docker-volume", "dev-zero", "no-group", "bad-duration"],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_starts_nothing(
+    body: str, args: tuple[str, ...], message: str, httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = fly_toml(tmp_path, '[processes]\napp = "sleep 30"\n' + body)
+    r = nixfly("-c", str(toml), *args, str(httpd_layout), cache=cache)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", message)
+    assert not (cache / "runs").exists() or list((cache / "runs").iterdir()) == []
+
+
+def test_rehearsal_flags_without_a_fly_toml_and_a_command_with_one_are_refused(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    r = nixfly("--all-groups", str(httpd_layout), cache=cache)
+    assert r.returncode == 2 and r.stderr.startswith("nixfly: --group, --secret") and r.stderr.count("\n") == 1
+    toml = fly_toml(tmp_path, "")
+    r = nixfly("-c", str(toml), str(httpd_layout), "--", "sh", cache=cache)
+    assert r.returncode == 2 and "runs the process group's command from fly.toml" in r.stderr

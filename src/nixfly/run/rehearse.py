@@ -506,6 +506,8 @@ def _watch(
                     opts.log(f"==> {rep.group}: exited with {rc} after {up:.1f}s; restarting "
                              f"(restart policy {m.restart_policy}, {rep.restarts} of {m.max_retries})")  # fmt: skip
                     m.launch()
+                    for c in rep.checks:  # a restarted machine's checks start over after its grace period
+                        c.next_at = c.spec.grace_period
                 else:
                     opts.log(f"==> {rep.group}: exited with {rc} after {up:.1f}s; not restarted "
                              f"(restart policy {m.restart_policy})")  # fmt: skip
@@ -586,6 +588,19 @@ class RehearsalRequest:
     allow_unknown_keys: bool = False
 
 
+def _plain_path(path: str, what: str) -> None:
+    # These become mount targets inside the container: nothing may climb out of its root.
+    parts = path.split("/")
+    if not path.startswith("/") or ".." in parts or path.rstrip("/") == "":
+        raise UsageError(f"fly.toml: {what} must be an absolute path inside the machine, without '..'")
+
+
+def _plain_name(name: str, what: str) -> None:
+    # App and volume names name directories in nixfly's state: letters, digits, '-' and '_' only (as on Fly).
+    if not name or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+        raise UsageError(f"fly.toml: {what} {name!r} may hold only letters, digits, '-' and '_'")
+
+
 def parse_dotenv(text: str, source: str) -> dict[str, str]:
     """``NAME=VALUE`` lines (``export`` allowed, ``#`` comments, one level of matching quotes stripped).
     Errors name the file and line, never a value."""
@@ -653,6 +668,13 @@ def plan_rehearsal(req: RehearsalRequest, warn: Log) -> list[GroupPlan]:
         if name not in mounted:
             known = ", ".join(sorted(mounted)) or "none"
             raise UsageError(f"--volume {name}=…: no [[mounts]] source {name!r} in the groups being run ({known})")
+    for g in groups:
+        for f in configs[g].get("files") or []:
+            _plain_path(str(f.get("guest_path")), f"[[files]] guest_path {f.get('guest_path')!r}")
+        for m in configs[g].get("mounts") or []:
+            _plain_path(str(m.get("path")), f"[[mounts]] destination {m.get('path')!r}")
+            _plain_name(str(m.get("name")), "[[mounts]] source")
+    _plain_name(app, "app name")
     region = req.region or cfg.primary_region or "ams"  # what deploy places new machines in
     state = (req.state_dir or default_state_dir()) / "rehearse" / app / "volumes"
     plans = []
