@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from nixfly.image import Image
+from nixfly.run.checks import machine_address
 from nixfly.sinks.layout import write_layout
 from nixfly.transports import LayoutLocation
 from tests.test_unpack import Entry, busybox_entries, make_image
@@ -140,7 +141,10 @@ def test_an_app_on_loopback_only_gets_the_probe_line_and_fails(
         "nixfly: app: the app listens on 127.0.0.1:8080 only: fly-proxy cannot reach a loopback address; "
         "fly.toml expects 0.0.0.0:8080 (internal_port = 8080)"
     ]
-    assert r.stderr.splitlines()[-1].startswith("nixfly: rehearsal failed: 1 problem(s)")
+    # Fly's checks come to the machine's address, not its loopback: the check fails here too.
+    host = machine_address()
+    assert f"nixfly: app: check servicecheck-00-http-8080 (GET http://{host}:8080/) is critical: GET /: " in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("nixfly: rehearsal failed: 2 problem(s)")
 
 
 def test_an_app_on_another_port_is_named_with_the_port_fly_toml_expects(
@@ -172,7 +176,7 @@ def test_a_check_on_a_path_that_404s_is_critical_with_the_status(
     assert {h["status"] for h in check["history"]} == {"critical"} and len(check["history"]) >= 2
     assert check["history"][-1]["output"].startswith("GET /healthz: 404 Not Found")
     assert m["problems"] == [
-        f"app: check servicecheck-00-http-8080 (GET http://127.0.0.1:8080/healthz) is critical: "
+        f"app: check servicecheck-00-http-8080 (GET http://{machine_address()}:8080/healthz) is critical: "
         f"{check['history'][-1]['output']}"
     ]
     assert [x["address"] for x in m["listening"]] in (["0.0.0.0:8080"], ["[::]:8080"])  # the probe is content
@@ -318,10 +322,13 @@ def test_a_crashing_process_is_restarted_by_policy_and_fails_the_rehearsal(
 ) -> None:
     toml = fly_toml(tmp_path, '[processes]\nworker = "sh -c \'echo boom; exit 3\'"\n'
                     '[[restart]]\npolicy = "on-failure"\nmax_retries = 2\n')  # fmt: skip
-    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    # Watched until the policy gives up (the third exit), not only for the default two seconds.
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", "--wait-timeout", "60s", str(httpd_layout), cache=cache)
     assert r.returncode == 1
-    (m,) = json.loads(r.stdout)["machines"]
+    out = json.loads(r.stdout)
+    (m,) = out["machines"]
     assert [e["exit_code"] for e in m["exits"]] == [3, 3, 3] and m["restarts"] == 2
+    assert out["duration"] < 60
     assert r.stderr.count("[worker] boom") == 3
     assert "nixfly: worker: the process exited with 3 after" in r.stderr
 
@@ -402,7 +409,7 @@ def test_deploy_rehearse_deploys_only_what_passed(
     bad = fly_toml(tmp_path, web_service(path="/healthz"))
     assert main(["deploy", "-c", str(bad), "-i", tag, "--rehearse"]) == 1
     err = capsys.readouterr().err
-    assert "check servicecheck-00-http-8080 (GET http://127.0.0.1:8080/healthz) is critical" in err
+    assert f"check servicecheck-00-http-8080 (GET http://{machine_address()}:8080/healthz) is critical" in err
     assert err.endswith("nixfly: rehearsal failed: 1 problem(s); nothing was deployed\n")
     assert fly_env.mutations() == []
 

@@ -6,15 +6,20 @@ The checks come from the config ``nixfly deploy`` sends (``checks`` for [checks]
 exactly what Fly will. Status names are Fly's (Consul's): ``passing``, ``warning`` (HTTP 429), ``critical``.
 Service checks are named as Fly names them, ``servicecheck-NN-TYPE-PORT``.
 
-The container shares this machine's network, so checks connect to 127.0.0.1; whether fly-proxy could
-reach the app at all (a loopback-only listener) is the address probe's question (:mod:`nixfly.run.probe`).
+Fly's checks reach a machine at its own address, never over its loopback. The container shares this
+machine's network, so checks connect to this machine's first non-loopback IPv4 address (the packets never
+leave it), and only when it has none to 127.0.0.1: an app listening on 127.0.0.1 alone fails its checks here
+as it would on Fly. The address probe (:mod:`nixfly.run.probe`) says why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +34,23 @@ DEFAULT_INTERVAL = 15.0
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_GRACE = 1.0
 MAX_BODY = 64 * 1024  # what a check reads of a response body
-CHECK_HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFADDR = 0x8915
+_IFF_UP = 0x1
+
+
+def machine_address() -> str:
+    """This machine's first non-loopback IPv4 address on an interface that is up, else 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _index, name in sorted(socket.if_nameindex()):
+            req = struct.pack("256s", name.encode()[:15])
+            with contextlib.suppress(OSError):
+                flags = struct.unpack("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req)[16:18])[0]
+                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24])
+                if flags & _IFF_UP and not addr.startswith("127."):
+                    return addr
+    return LOOPBACK
 
 
 @dataclass(frozen=True)
@@ -48,11 +69,12 @@ class CheckSpec:
     headers: tuple[tuple[str, str], ...] = ()
     tls_skip_verify: bool = False
     tls_server_name: str | None = None
+    host: str = LOOPBACK  # where the check connects (see the module docstring)
 
     def describe(self) -> str:
         if self.type == "tcp":
-            return f"tcp {self.port}"
-        return f"{self.method} {self.protocol}://{CHECK_HOST}:{self.port}{self.path}"
+            return f"tcp {self.host}:{self.port}"
+        return f"{self.method} {self.protocol}://{self.host}:{self.port}{self.path}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,7 @@ def _seconds(value: Any, default: float) -> float:
         return default
 
 
-def _spec(name: str, raw: Mapping[str, Any], port: int) -> CheckSpec:
+def _spec(name: str, raw: Mapping[str, Any], port: int, host: str) -> CheckSpec:
     headers = []
     for h in raw.get("headers") or []:
         if isinstance(h, dict):
@@ -115,23 +137,25 @@ def _spec(name: str, raw: Mapping[str, Any], port: int) -> CheckSpec:
         headers=tuple(headers),
         tls_skip_verify=bool(raw.get("tls_skip_verify")),
         tls_server_name=raw.get("tls_server_name") if isinstance(raw.get("tls_server_name"), str) else None,
+        host=host,
     )
 
 
-def checks_of(machine_config: Mapping[str, Any]) -> list[CheckSpec]:
-    """Every check of a MachineConfig: the machine's own (by name), then each service's."""
+def checks_of(machine_config: Mapping[str, Any], host: str = LOOPBACK) -> list[CheckSpec]:
+    """Every check of a MachineConfig, connecting to ``host``: the machine's own (by name), then each
+    service's."""
     out = []
     for name, raw in sorted((machine_config.get("checks") or {}).items()):
         if isinstance(raw, dict) and isinstance(raw.get("port"), int):
-            out.append(_spec(name, raw, raw["port"]))
-    for si, svc in enumerate(machine_config.get("services") or []):
+            out.append(_spec(name, raw, raw["port"], host))
+    for svc in machine_config.get("services") or []:
         if not isinstance(svc, dict) or not isinstance(svc.get("internal_port"), int):
             continue
         for ci, raw in enumerate(svc.get("checks") or []):
             if isinstance(raw, dict):
                 kind = str(raw.get("type") or "tcp")
-                name = f"servicecheck-{si * 10 + ci:02d}-{kind}-{svc['internal_port']}"
-                out.append(_spec(name, raw, svc["internal_port"]))
+                name = f"servicecheck-{ci:02d}-{kind}-{svc['internal_port']}"
+                out.append(_spec(name, raw, svc["internal_port"], host))
     return out
 
 
@@ -145,8 +169,9 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def run_check(spec: CheckSpec, at: float, host: str = CHECK_HOST) -> CheckResult:
-    """Run ``spec`` once against ``host``; never raises."""
+def run_check(spec: CheckSpec, at: float) -> CheckResult:
+    """Run ``spec`` once; never raises."""
+    host = spec.host
     started = time.monotonic()
     if spec.type == "tcp":
         try:

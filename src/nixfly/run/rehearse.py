@@ -32,7 +32,7 @@ from typing import Any
 
 from nixfly.errors import NixflyError, RuntimeErrorNF, UsageError
 from nixfly.image import Image
-from nixfly.run.checks import CheckResult, CheckState, checks_of, run_check, settle_time
+from nixfly.run.checks import CheckResult, CheckState, checks_of, machine_address, run_check, settle_time
 from nixfly.run.probe import Listener, address_problems, container_pids, expected_ports, host_listeners_on, listeners
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runner import _set_pdeathsig, run_dir
@@ -455,9 +455,10 @@ def _rehearse_batch(
 ) -> list[MachineReport]:  # fmt: skip
     machines = [_Machine(image, rootfs, p, rt, cache_dir, opts.log) for p in plans]
     reports = [MachineReport(p.group, p.machine_config, rt.name) for p in plans]
+    host = machine_address()
     for rep, m in zip(reports, machines, strict=True):
         rep.expected_ports = expected_ports(m.plan.machine_config)
-        rep.checks = [CheckState(s, next_at=s.grace_period) for s in checks_of(m.plan.machine_config)]
+        rep.checks = [CheckState(s, next_at=s.grace_period) for s in checks_of(m.plan.machine_config, host)]
     all_checks = [c.spec for r in reports for c in r.checks]
     window = settle_time(all_checks).total_seconds()
     if any(r.expected_ports for r in reports) and not all_checks:
