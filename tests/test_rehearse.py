@@ -457,3 +457,16 @@ def test_rehearsal_flags_without_a_fly_toml_and_a_command_with_one_are_refused(
     toml = fly_toml(tmp_path, "")
     r = nixfly("-c", str(toml), str(httpd_layout), "--", "sh", cache=cache)
     assert r.returncode == 2 and "runs the process group's command from fly.toml" in r.stderr
+
+
+def test_an_app_that_listens_on_nothing_is_named_after_the_wait(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = fly_toml(tmp_path, '[processes]\napp = "sleep 60"\n[http_service]\ninternal_port = 8085\n')
+    r = nixfly("--runtime", "bwrap", "-c", str(toml), "--wait-timeout", "3", "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert 3 <= out["duration"] < 15
+    assert out["machines"][0]["problems"] == [
+        "app: the app listens on no TCP port: fly.toml expects 0.0.0.0:8085 (internal_port = 8085)"
+    ]

@@ -528,7 +528,10 @@ def _watch(
             return
         if elapsed >= opts.watch_for and all(_healthy(m, r) for m, r in zip(machines, reports, strict=True)):
             return
-        if elapsed >= wait:
+        # An app that has not opened any socket yet may still be starting (flyctl gives it 15 s), unless
+        # the deadline was set by hand.
+        silent = any(r.expected_ports and not r.listeners for r in reports) and opts.wait_timeout is None
+        if elapsed >= (max(wait, PROBE_WINDOW) if silent else wait):
             return
         interrupted.wait(0.05)
 
