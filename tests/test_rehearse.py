@@ -175,6 +175,9 @@ def test_a_check_on_a_path_that_404s_is_critical_with_the_status(
     assert check["status"] == "critical"
     assert {h["status"] for h in check["history"]} == {"critical"} and len(check["history"]) >= 2
     assert check["history"][-1]["output"].startswith("GET /healthz: 404 Not Found")
+    assert check["history"][-1]["output"].endswith(
+        "<BODY><H1>404 Not Found</H1> The requested URL was not found </BODY></HTML>"
+    )
     assert m["problems"] == [
         f"app: check servicecheck-00-http-8080 (GET http://{machine_address()}:8080/healthz) is critical: "
         f"{check['history'][-1]['output']}"
@@ -330,7 +333,7 @@ def test_a_crashing_process_is_restarted_by_policy_and_fails_the_rehearsal(
     assert [e["exit_code"] for e in m["exits"]] == [3, 3, 3] and m["restarts"] == 2
     assert out["duration"] < 60
     assert r.stderr.count("[worker] boom") == 3
-    assert "nixfly: worker: the process exited with 3 after" in r.stderr
+    assert "nixfly: worker: the process exited 3 times (exit codes 3, 3, 3), the first after " in r.stderr
 
 
 def test_the_machine_config_is_the_one_deploy_dry_run_prints(

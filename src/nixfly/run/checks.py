@@ -205,7 +205,9 @@ def run_check(spec: CheckSpec, at: float) -> CheckResult:
         conn.close()
     ms = (time.monotonic() - started) * 1000
     line = f"{what}: {resp.status} {resp.reason} ({ms:.0f}ms)"
-    snippet = body[:200].decode(errors="replace").strip()
+    # One line, printable, short: the body is the app's, and may hold anything.
+    text = "".join(c if c.isprintable() else " " for c in body[:400].decode(errors="replace"))
+    snippet = " ".join(text.split())[:160]
     if 200 <= resp.status < 300:
         return CheckResult(at, "passing", line)
     status = "warning" if resp.status == 429 else "critical"

@@ -556,8 +556,12 @@ def _healthy(m: _Machine, rep: MachineReport) -> bool:
 
 def _judge(rep: MachineReport, interrupted: bool) -> None:
     problems = []
-    for e in rep.exits:
-        problems.append(f"the process exited with {e['exit_code']} after {e['after']:.1f}s")
+    if len(rep.exits) == 1:
+        problems.append(f"the process exited with {rep.exits[0]['exit_code']} after {rep.exits[0]['after']:.1f}s")
+    elif rep.exits:
+        codes = ", ".join(str(e["exit_code"]) for e in rep.exits)
+        problems.append(f"the process exited {len(rep.exits)} times (exit codes {codes}), the first after "
+                        f"{rep.exits[0]['after']:.1f}s")  # fmt: skip
     if not interrupted:
         problems += address_problems(rep.expected_ports, rep.listeners)
         for c in rep.checks:
