@@ -215,7 +215,7 @@ def settings_for(
 def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path | None = None) -> DeployOutcome:
     """Plan and (unless a dry run, or nothing changed) carry out a deploy; see the module docstring."""
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
-    app = req.app or cfg.app
+    app = cfg.app_name(req.app)
     image, resolved_from = _image_for(req, cfg, app, progress)
     with req.connection.open() as api:
         machines = _machines_or_create(api, app, req, progress)
@@ -296,7 +296,7 @@ def rollback(req: DeployRequest, to: str | None, *, progress: Progress = _quiet,
              state_dir: Path | None = None) -> DeployOutcome:  # fmt: skip
     """Redeploy an earlier release (its image, with its strategy unless one is given) with fly.toml's checks."""
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
-    app = req.app or cfg.app
+    app = cfg.app_name(req.app)
     target = pick_release(list_releases(req.connection, app), to)
     progress(f"rolling back to release v{target.version}: {target.image} ({target.strategy})")
     again = replace(req, image=target.image, build_path=None, strategy=req.strategy or target.strategy,
