@@ -73,7 +73,8 @@ from nixfly.tomlpos import KeyPath, TomlPositions
 
 __all__ = [
     "DEFAULT_GPU_VM_SIZE", "DEFAULT_PROCESS_GROUP", "DEFAULT_VM_SIZE", "STOP_SIGNALS", "STRATEGIES", "VM_SIZES",
-    "Build", "Concurrency", "Deploy", "Experimental", "File", "FlyConfig", "HttpOptions", "HttpService", "Metrics", "Mount", "Port",
+    "Build", "Concurrency", "Deploy", "Experimental", "File", "FlyConfig", "HttpOptions", "HttpService", "Metrics",
+    "Mount", "Port",
     "ReleaseCommandVm", "Restart", "Service", "ServiceCheck", "Static", "TcpCheck", "TopLevelCheck", "Vm", "Warn",
     "go_duration_string", "go_text", "load_fly_toml", "parse_fly_toml", "parse_go_duration", "parse_memory_mb",
     "parse_size_gb",
