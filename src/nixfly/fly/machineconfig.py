@@ -198,6 +198,21 @@ def volume_request(mount: Mount, *, region: str, image: str, guest: JSON | None)
     return req
 
 
+def volume_requests(cfg: FlyConfig, image: str) -> dict[str, JSON]:
+    """For each [[mounts]] source, the CreateVolumeRequest fields (all but region) a deploy creates a
+    missing volume with (:func:`volume_request`), the guest being that of the first group the mount
+    serves: its [[vm]], else flyctl's default size."""
+    out: dict[str, JSON] = {}
+    for group in cfg.process_groups():
+        vm = cfg.vm_for(group)
+        guest = guest_for(vm, host_dedication_id=cfg.host_dedication_id) if vm else preset_guest(DEFAULT_VM_SIZE)
+        for m in mounts_for(cfg, group):
+            req = volume_request(m, region="", image=image, guest=guest)
+            del req["region"]
+            out.setdefault(m.source, req)
+    return out
+
+
 def preset_guest(size: str) -> JSON:
     """A size preset of fly-go's table as a ``fly.MachineGuest``."""
     p = VM_SIZES[size]

@@ -110,11 +110,12 @@ class Vm(_Model):
             _memory_steps(value)
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> Vm:
-        if self.size is not None and self.size not in VM_SIZES:
-            raise ValueError(f"unknown size {self.size!r}; known sizes: {', '.join(VM_SIZES)}")
-        return self
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and value not in VM_SIZES:
+            raise ValueError(f"unknown size {value!r}; known sizes: {', '.join(VM_SIZES)}")
+        return value
 
     def resolved_memory_mb(self) -> int | None:
         """The memory this section asks for, in MiB, or None to keep the size preset's. As in flyctl's
