@@ -209,8 +209,8 @@ def test_guest_follows_flyctl_compute_to_guest() -> None:
     assert guest('gpu_kind = "a100-pcie-40gb"\n') == {"cpu_kind": "performance", "cpus": 8, "memory_mb": 16384,
                                                      "gpu_kind": "a100-pcie-40gb"}  # fmt: skip
     # A preset's GPU fields are overridden field by field; cpus = 6 is fine (no schema list of counts).
-    assert guest('size = "l40s"\ngpus = 2\ncpus = 6\n') == {"cpu_kind": "performance", "cpus": 6,
-                                                          "memory_mb": 32768, "gpu_kind": "l40s", "gpus": 2}  # fmt: skip
+    l40s = {"cpu_kind": "performance", "cpus": 6, "memory_mb": 32768, "gpu_kind": "l40s", "gpus": 2}
+    assert guest('size = "l40s"\ngpus = 2\ncpus = 6\n') == l40s
 
 
 def test_vm_overrides_apply_after_the_preset() -> None:
