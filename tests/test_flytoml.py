@@ -487,3 +487,29 @@ def test_missing_app_is_asked_for_only_when_no_name_is_given(tmp_path: Path) -> 
 
 def test_containers_are_refused_in_one_line(tmp_path: Path) -> None:
     assert ":2: machine_config: flyctl's containers" in _error(tmp_path, 'app = "a"\nmachine_config = "m.json"\n')
+
+
+def test_max_unavailable_as_flyctl_counts_it() -> None:
+    from nixfly.fly.plan import DeploySettings
+
+    def batch(mu: float, n: int) -> int:
+        return DeploySettings(app="a", strategy="rolling", max_unavailable=mu).batch_size(n)
+
+    # getPoolSize: a fraction of the group rounds up; 1 or more is a count, a fractional count rounds down.
+    assert [batch(0.33, 4), batch(0.5, 3), batch(0.1, 3), batch(1.0, 5), batch(1.5, 5), batch(3, 5)] == [
+        2,
+        2,
+        1,
+        1,
+        1,
+        3,
+    ]
+
+
+def test_deploy_without_app_anywhere_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nixfly.cli import main
+
+    (tmp_path / "fly.toml").write_text('primary_region = "ams"\n')
+    image = "registry.example/a@sha256:" + "a" * 64
+    assert main(["deploy", "-c", str(tmp_path / "fly.toml"), "--image", image, "--api-url", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == 'nixfly: fly.toml has no `app = "NAME"`; pass -a/--app NAME\n'
