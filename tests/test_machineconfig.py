@@ -318,3 +318,34 @@ def test_output_is_deterministic() -> None:
     a = json.dumps(machine_configs(cfg, IMAGE), sort_keys=False)
     b = json.dumps(machine_configs(load_fly_toml(DATA / "full.toml"), IMAGE), sort_keys=False)
     assert a == b
+
+
+def test_zero_values_follow_gos_omitempty() -> None:
+    # Plain fly-go fields (force_https, hard_limit, https, max_retries) are left out when zero; pointer
+    # fields (autostart, min_machines_running, tls_skip_verify, compress) are sent even when false or 0.
+    cfg = _cfg(
+        'app = "a"\n[[services]]\nauto_start_machines = false\nmin_machines_running = 0\n'
+        "[services.concurrency]\nhard_limit = 0\nsoft_limit = 5\n"
+        "[[services.ports]]\nport = 80\nforce_https = false\n[services.ports.http_options]\ncompress = false\n"
+        '[[services.http_checks]]\npath = "/"\ntls_skip_verify = false\n'
+        '[metrics]\nport = 9091\nhttps = false\n[[restart]]\npolicy = "always"\nretries = 0\n'
+    )
+    mc = machine_config(cfg, "app", IMAGE)
+    assert_valid_machine_config(mc)
+    assert mc["services"] == [{
+        "ports": [{"port": 80, "http_options": {"compress": False}}],
+        "autostart": False, "min_machines_running": 0, "concurrency": {"soft_limit": 5},
+        "checks": [{"type": "http", "path": "/", "tls_skip_verify": False}],
+    }]  # fmt: skip
+    assert mc["metrics"] == {"port": 9091} and mc["restart"] == {"policy": "always"}
+
+
+def test_restart_applies_like_flyctl() -> None:
+    cfg = _cfg(
+        'app = "a"\n[processes]\napp = "a"\nworker = "w"\n'
+        '[[restart]]\npolicy = "always"\n[[restart]]\npolicy = "on-failure"\nretries = 2\nprocesses = ["app"]\n'
+    )
+    mcs = machine_configs(cfg, IMAGE)
+    # Without processes: the default group only; where several apply, the last wins.
+    assert mcs["app"]["restart"] == {"policy": "on-failure", "max_retries": 2}
+    assert "restart" not in mcs["worker"]
