@@ -423,11 +423,17 @@ def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
             hs["auto_stop_machines"] = autostop_string(hs["auto_stop_machines"])
         data["http_service"] = hs
     deploy = data.get("deploy")
-    if isinstance(deploy, dict) and isinstance(deploy.get("wait_timeout"), int | float):
-        wt = deploy["wait_timeout"]
-        if not isinstance(wt, bool):
+    if isinstance(deploy, dict):
+        deploy = dict(deploy)
+        wt = deploy.get("wait_timeout")
+        if isinstance(wt, int | float) and not isinstance(wt, bool):
             # The schema only knows the string form; an integer means seconds.
-            data["deploy"] = {**deploy, "wait_timeout": f"{wt}s"}
+            deploy["wait_timeout"] = f"{wt}s"
+        rvm = deploy.get("release_command_vm")
+        if isinstance(rvm, dict) and isinstance(rvm.get("memory"), int | float) and not isinstance(rvm["memory"], bool):
+            # flyctl casts [[vm]] memory only; an integer here is read the same way, not refused.
+            deploy["release_command_vm"] = {**rvm, "memory": go_text(rvm["memory"])}
+        data["deploy"] = deploy
     return data
 
 
