@@ -193,7 +193,6 @@ RECORD = (
     "echo appended >> /etc/app/settings.txt && echo writable >> /data/$FLY_PROCESS_GROUP.file; "
 )
 TRAP_USR1 = 'trap \\"echo stopped-by-usr1 > /data/worker.stop; exit 0\\" USR1;'
-SETTINGS_B64 = base64.b64encode(b"mode=rehearsal\n").decode()
 GROUPS = f"""
 kill_signal = "SIGUSR1"
 kill_timeout = 3
@@ -202,7 +201,7 @@ web = "sh -c '{RECORD} exec httpd -f -p 8080 -h /www' web-cmd"
 worker = "sh -c '{RECORD} {TRAP_USR1} echo worker up; while :; do sleep 0.1; done' worker-cmd"
 [[files]]
 guest_path = "/etc/app/settings.txt"
-raw_value = "{SETTINGS_B64}"
+raw_value = "mode=rehearsal\\n"  # plain text: flyctl base64-encodes it for the API
 processes = ["web", "worker"]
 [[mounts]]
 source = "data"
@@ -324,7 +323,7 @@ def test_a_crashing_process_is_restarted_by_policy_and_fails_the_rehearsal(
     httpd_layout: Path, cache: Path, tmp_path: Path
 ) -> None:
     toml = fly_toml(tmp_path, '[processes]\nworker = "sh -c \'echo boom; exit 3\'"\n'
-                    '[[restart]]\npolicy = "on-failure"\nmax_retries = 2\n')  # fmt: skip
+                    '[[restart]]\npolicy = "on-failure"\nretries = 2\n')  # fmt: skip
     # Watched until the policy gives up (the third exit), not only for the default two seconds.
     r = nixfly("--runtime", "runc", "-c", str(toml), "--json", "--wait-timeout", "60s", str(httpd_layout), cache=cache)
     assert r.returncode == 1

@@ -641,7 +641,7 @@ def plan_rehearsal(req: RehearsalRequest, warn: Log) -> list[GroupPlan]:
     from nixfly.fly.state import default_state_dir
 
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
-    app = req.app or cfg.app
+    app = cfg.app_name(req.app)
     configs = desired_configs(cfg, req.image_ref(app), ())
     if req.all_groups:
         groups = list(configs)
