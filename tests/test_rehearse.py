@@ -202,7 +202,6 @@ worker = "sh -c '{RECORD} {TRAP_USR1} echo worker up; while :; do sleep 0.1; don
 [[files]]
 guest_path = "/etc/app/settings.txt"
 raw_value = "mode=rehearsal\\n"  # plain text: flyctl base64-encodes it for the API
-processes = ["web", "worker"]
 [[mounts]]
 source = "data"
 destination = "/data"
@@ -222,7 +221,7 @@ def test_all_groups_start_with_their_own_command_env_files_and_volume(
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [m["group"] for m in out["machines"]] == ["web", "worker"]
-    assert "[worker] worker up" in r.stderr.splitlines()
+    assert "[worker] worker up" in r.stderr.splitlines() and "warning" not in r.stderr
     for group in ("web", "worker"):
         env = dict(line.split("=", 1) for line in (data / f"{group}.env").read_text().splitlines() if "=" in line)
         assert env["FLY_PROCESS_GROUP"] == group
