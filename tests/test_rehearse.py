@@ -471,3 +471,18 @@ def test_an_app_that_listens_on_nothing_is_named_after_the_wait(
     assert out["machines"][0]["problems"] == [
         "app: the app listens on no TCP port: fly.toml expects 0.0.0.0:8085 (internal_port = 8085)"
     ]
+
+
+def test_build_then_rehearse_a_nix_closure(tiny_closure: Any, cache: Path, tmp_path: Path) -> None:
+    bb = tiny_closure.bb
+    (tmp_path / "nixfly.toml").write_text(f'[image]\nroots = ["{bb}"]\n')
+    serve = "sh -c 'mkdir -p /tmp/www && echo built > /tmp/www/index.html && exec httpd -f -p 8086 -h /tmp/www'"
+    toml = fly_toml(tmp_path, f'[env]\nPATH = "{bb}/bin"\n[processes]\napp = "{serve}"\n' + web_service(port=8086))
+    r = nixfly("--runtime", "bwrap", "-c", str(toml), "--build", str(tmp_path / "nixfly.toml"), "--json",
+               cache=cache, env=env_with(XDG_CACHE_HOME=str(tmp_path / "xdg")))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (m,) = json.loads(r.stdout)["machines"]
+    assert m["checks"][0]["status"] == "passing" and m["machine_config"]["image"].startswith("registry.fly.io/")
+    assert r.stderr.startswith(f"==> building {tmp_path / 'nixfly.toml'}\n")
+    r = nixfly("-c", str(toml), "--build", str(tmp_path / "nixfly.toml"), "some-image", cache=cache)
+    assert (r.returncode, r.stderr) == (2, f"nixfly: give IMAGE or --build {tmp_path / 'nixfly.toml'}, not both\n")

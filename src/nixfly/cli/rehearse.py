@@ -21,6 +21,8 @@ from nixfly.transports import Location, RegistryLocation
 REHEARSAL_OPTIONS = [
     click.option("-c", "--config", "fly_config", type=click.Path(path_type=Path), default=None,
                  help="Rehearse a Fly deploy: run IMAGE as this fly.toml's machines would run it, with its checks."),
+    click.option("--build", "build_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="With -c: build this nixfly.toml (no push) and rehearse the result instead of IMAGE."),
     click.option("--group", "groups", multiple=True, metavar="NAME",
                  help="With -c: the process group to run (default: the one with the services)."),
     click.option("--all-groups", is_flag=True, help="With -c: run every process group, each in its own container."),
@@ -114,7 +116,7 @@ def volume_dirs(volumes: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-def image_ref_for(loc: Location, image: Image) -> Callable[[str], str]:
+def image_ref_for(loc: Location | None, image: Image) -> Callable[[str], str]:
     """The reference the machine configs name: a registry image pinned to the digest that ran; a local one
     as deploy --build would push it (registry.fly.io/APP, in the format that registry gets)."""
 
@@ -160,9 +162,20 @@ def fly_secret_names(app: str) -> list[str]:
         return []
 
 
+def rehearse_build(image: str | None, *, build_path: Path, **flags: Any) -> int:
+    """``nixfly run -c fly.toml --build nixfly.toml``: build (nothing is pushed), then rehearse the result."""
+    from nixfly.build.pipeline import build_image
+    from nixfly.build.spec import load_spec
+
+    if image is not None:
+        raise UsageError(f"give IMAGE or --build {build_path}, not both")
+    _stderr(f"==> building {build_path}")
+    return run_rehearsal(build_image(load_spec(build_path)).image, None, **flags)
+
+
 def run_rehearsal(
     image: Image,
-    loc: Location,
+    loc: Location | None,
     *,
     fly_config: Path,
     groups: tuple[str, ...],

@@ -21,7 +21,7 @@ from nixfly.transports import RegistryLocation, parse_location
 
 # Options may follow the image (people write them there); everything after "--" is the container's command.
 @cli.command("run")
-@click.argument("image")
+@click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option(
     "--runtime",
@@ -45,7 +45,7 @@ from nixfly.transports import RegistryLocation, parse_location
 @transport_options()
 @rehearsal_options
 def run_cmd(
-    image: str,
+    image: str | None,
     command: tuple[str, ...],
     runtime: str,
     env: tuple[str, ...],
@@ -70,6 +70,12 @@ def run_cmd(
     if rehearsal["fly_config"] is not None and (command or entrypoint or workdir or user or publish):
         raise UsageError("a rehearsal (-c) runs the process group's command from fly.toml as Fly would; "
                          "drop the command, --entrypoint, --workdir, --user and -p")  # fmt: skip
+    if rehearsal["build_path"] is not None and rehearsal["fly_config"] is not None:
+        from nixfly.cli.rehearse import rehearse_build
+
+        return rehearse_build(image, volumes=volumes, env=env, runtime=runtime, cache_dir=cache_dir, **rehearsal)
+    if image is None:
+        raise UsageError("missing IMAGE: nixfly run IMAGE [-- COMMAND ARGS...]")
     for spec in publish:
         _check_publish(spec)
     entry = parse_command(entrypoint, "--entrypoint")
@@ -84,6 +90,7 @@ def run_cmd(
     if rehearsal["fly_config"] is not None:
         from nixfly.cli.rehearse import run_rehearsal
 
+        del rehearsal["build_path"]
         return run_rehearsal(img, loc, volumes=volumes, env=env, runtime=runtime, cache_dir=cache_dir, **rehearsal)
     opts = RunOptions(
         runtime=runtime,
@@ -99,7 +106,7 @@ def run_cmd(
 
 
 _REHEARSAL_KEYS = ("fly_config", "groups", "all_groups", "secret_args", "secrets_file", "require_secrets",
-                   "watch_for", "rehearse_wait", "as_json", "region", "offline")  # fmt: skip
+                   "watch_for", "rehearse_wait", "as_json", "region", "offline", "build_path")  # fmt: skip
 _PUBLISH = re.compile(r"(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?")
 
 
