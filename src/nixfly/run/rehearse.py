@@ -254,6 +254,12 @@ class _Machine:
             info_read = info_write = None
             if self.rt.name == "bwrap":
                 info_read, info_write = os.pipe()
+
+            def close_info() -> None:  # the read end is ours until the drain thread owns it
+                if info_read is not None:
+                    os.close(info_read)
+
+            stack.callback(close_info)
             try:
                 prep = prepare(self.rt, spec, self.rootfs, volumes, d, cid, info_write)
                 try:
@@ -276,6 +282,7 @@ class _Machine:
                 # bwrap reports its child's pid here; the probe finds the container by namespace instead,
                 # but the pipe must be drained so bwrap's write never fails.
                 threading.Thread(target=_drain, args=(info_read,), daemon=True).start()
+                info_read = None
         except BaseException:
             stack.close()
             raise
