@@ -486,3 +486,71 @@ def test_build_then_rehearse_a_nix_closure(tiny_closure: Any, cache: Path, tmp_p
     assert r.stderr.startswith(f"==> building {tmp_path / 'nixfly.toml'}\n")
     r = nixfly("-c", str(toml), "--build", str(tmp_path / "nixfly.toml"), "some-image", cache=cache)
     assert (r.returncode, r.stderr) == (2, f"nixfly: give IMAGE or --build {tmp_path / 'nixfly.toml'}, not both\n")
+
+
+def test_checks_send_the_configured_method_path_and_headers_and_report_as_fly_does() -> None:
+    # A real HTTP server on loopback records what the checks send; the config is the Machines API shape.
+    import http.server
+    import threading
+
+    from nixfly.run.checks import checks_of, run_check
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append((self.command, self.path, self.headers.get("X-Probe")))
+            code = {"/ok": 200, "/busy": 429}.get(self.path, 500)
+            self.send_response(code)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(b"\x1b[31mline one\nline two\n")
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        mc = {
+            "checks": {
+                "head": {"type": "http", "port": port, "method": "HEAD", "path": "/ok", "timeout": "1s",
+                         "headers": [{"name": "X-Probe", "values": ["yes"]}]},
+                "busy": {"type": "http", "port": port, "path": "/busy"},
+                "broken": {"type": "http", "port": port, "path": "/broken"},
+            },
+            "services": [{"protocol": "tcp", "internal_port": port, "checks": [{"type": "tcp", "interval": "3s"}]}],
+        }  # fmt: skip
+        specs = {s.name: s for s in checks_of(mc, "127.0.0.1")}
+        assert sorted(specs) == ["broken", "busy", "head", f"servicecheck-00-tcp-{port}"]
+        assert (specs["head"].timeout, specs["busy"].interval, specs[f"servicecheck-00-tcp-{port}"].interval) == (
+            1.0, 15.0, 3.0)  # fmt: skip
+        results = {name: run_check(spec, 0.0) for name, spec in specs.items()}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ("HEAD", "/ok", "yes") in seen
+    assert results["head"].status == "passing" and results["head"].output.startswith("HEAD /ok: 200 OK")
+    assert results["busy"].status == "warning"
+    assert results["broken"].status == "critical"
+    assert results["broken"].output.endswith(": [31mline one line two")  # one printable line
+    assert results[f"servicecheck-00-tcp-{port}"].status == "passing"
+    # Nothing listens any more: critical, saying why.
+    after = run_check(specs[f"servicecheck-00-tcp-{port}"], 1.0)
+    assert (after.status, after.output) == ("critical", f"connect to 127.0.0.1:{port}: connection refused")
+
+
+def test_an_app_that_ignores_the_kill_signal_is_killed_after_kill_timeout(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = fly_toml(tmp_path, 'kill_signal = "SIGTERM"\nkill_timeout = 1\n[processes]\n'
+                    'worker = "sh -c \'trap \\"\\" TERM; while :; do sleep 0.1; done\'"\n')  # fmt: skip
+    r = nixfly("--runtime", "runc", "-c", str(toml), "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 0, r.stderr
+    (m,) = json.loads(r.stdout)["machines"]
+    assert m["stop"]["app_signal_handling"] == "ignored" and m["stop"]["killed_after_timeout"] is True
+    assert 1.0 <= m["stop"]["took"] < 10
+    assert "==> worker: did not stop within 1s of SIGTERM; killed" in r.stderr
