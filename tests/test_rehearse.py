@@ -554,3 +554,19 @@ def test_an_app_that_ignores_the_kill_signal_is_killed_after_kill_timeout(
     assert m["stop"]["app_signal_handling"] == "ignored" and m["stop"]["killed_after_timeout"] is True
     assert 1.0 <= m["stop"]["took"] < 10
     assert "==> worker: did not stop within 1s of SIGTERM; killed" in r.stderr
+
+
+def test_groups_on_the_same_port_are_rehearsed_one_after_the_other(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    # On Fly each machine has its own network; here they share one, so they take turns.
+    serve = HTTPD.format(addr="8088")
+    services = '[[services]]\ninternal_port = 8088\nprocesses = ["one", "two"]\n'
+    checks = '[[services.tcp_checks]]\ngrace_period = "1s"\ninterval = "1s"\n'
+    toml = fly_toml(tmp_path, f'[processes]\none = "{serve}"\ntwo = "{serve}"\n{services}{checks}')
+    r = nixfly("--runtime", "bwrap", "-c", str(toml), "--all-groups", "--json", str(httpd_layout), cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [(m["group"], m["checks"][0]["status"]) for m in out["machines"]] == [("one", "passing"), ("two", "passing")]
+    assert "==> one: rehearsing apart (other groups use the same ports)" in r.stderr
+    assert r.stderr.index("==> two: starting") > r.stderr.index("==> one: starting")
