@@ -1,0 +1,19 @@
+"""Closure diffs between two images, releases or store paths, in Nix terms (``nixfly diff``)."""
+
+from __future__ import annotations
+
+from nixfly.diff.model import ClosureDiff, ConfigChange, ImageFacts, PackageChange, Side, Wire, diff_sides
+from nixfly.diff.service import DiffOptions, describe_change, diff
+
+__all__ = [
+    "ClosureDiff",
+    "ConfigChange",
+    "DiffOptions",
+    "ImageFacts",
+    "PackageChange",
+    "Side",
+    "Wire",
+    "describe_change",
+    "diff",
+    "diff_sides",
+]
