@@ -43,11 +43,10 @@ def _short(v: str | None) -> str:
 def _config_line(c: ConfigChange) -> str:
     key = f" {c.key}" if c.key else ""
     if c.hidden:
-        verb = "added" if c.old is None and c.new is None else "changed"
-        return f"  {c.field}{key}: value hidden (looks secret), {verb}"
-    if c.old is None:
+        return f"  {c.field}{key}: value hidden (looks secret), {c.change}"
+    if c.change == "added":
         return f"  + {c.field}{key}" + ("" if c.field in ("ports", "volumes") else f" = {_short(c.new)}")
-    if c.new is None:
+    if c.change == "removed":
         return f"  - {c.field}{key}" + ("" if c.field in ("ports", "volumes") else f" (was {_short(c.old)})")
     return f"  {c.field}{key}: {_short(c.old)} → {_short(c.new)}"
 

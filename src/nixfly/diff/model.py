@@ -119,9 +119,11 @@ class ConfigChange:
     old: str | None
     new: str | None
     hidden: bool = False
+    change: Literal["added", "removed", "changed"] = "changed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"field": self.field, "key": self.key, "old": self.old, "new": self.new, "hidden": self.hidden}
+        return {"field": self.field, "key": self.key, "change": self.change, "old": self.old, "new": self.new,
+                "hidden": self.hidden}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -339,20 +341,24 @@ def diff_config(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[ConfigCh
     out: list[ConfigChange] = []
     for name, key in (("entrypoint", "Entrypoint"), ("cmd", "Cmd"), ("user", "User"), ("workdir", "WorkingDir"),
                       ("stop_signal", "StopSignal")):  # fmt: skip
-        a, b = _words(old.get(key)), _words(new.get(key))
-        if (a or None) != (b or None):
-            out.append(ConfigChange(name, None, a, b))
+        a, b = _words(old.get(key)) or None, _words(new.get(key)) or None
+        if a != b:
+            out.append(ConfigChange(name, None, a, b, False, _how(a, b)))
     for fld, a_map, b_map in (("env", _env(old), _env(new)), ("labels", _labels(old), _labels(new))):
         for k in sorted(a_map.keys() | b_map.keys()):
             a, b = a_map.get(k), b_map.get(k)
             if a != b:
                 hidden = looks_secret(k, a or "") or looks_secret(k, b or "")
-                out.append(ConfigChange(fld, k, None if hidden else a, None if hidden else b, hidden))
+                out.append(ConfigChange(fld, k, None if hidden else a, None if hidden else b, hidden, _how(a, b)))
     for fld, key in (("ports", "ExposedPorts"), ("volumes", "Volumes")):
         a_set, b_set = _keys(old.get(key)), _keys(new.get(key))
-        out += [ConfigChange(fld, p, p, None) for p in sorted(a_set - b_set)]
-        out += [ConfigChange(fld, p, None, p) for p in sorted(b_set - a_set)]
+        out += [ConfigChange(fld, p, p, None, False, "removed") for p in sorted(a_set - b_set)]
+        out += [ConfigChange(fld, p, None, p, False, "added") for p in sorted(b_set - a_set)]
     return out
+
+
+def _how(old: str | None, new: str | None) -> Literal["added", "removed", "changed"]:
+    return "added" if old is None else "removed" if new is None else "changed"
 
 
 # -- the whole diff ---------------------------------------------------------------------------------
