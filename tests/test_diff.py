@@ -1,4 +1,4 @@
-"""``nixfly diff``: two real Nix closures (tests/data/nix/diff.nix) that differ in exactly one version
+"""``nixfly diff``: two real Nix diff_closures (tests/data/nix/diff.nix) that differ in exactly one version
 (libgreet 2.1 → 2.2), one added path (newhelper-1.4), one removed path (oldhelper-0.9) and one rebuilt
 path (hello-app-1: same name and version, other inputs), as images in a real registry.
 
@@ -10,89 +10,22 @@ against what a real push then sends, counted by a proxy in front of the registry
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cli import run_nixfly
-from tests.support.nixstore import make_busybox_dir, nix_env, path_info
+from tests.support.nixdiff import Closures, closure_size, expected_packages
 from tests.support.registry import RunningRegistry, start_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import proxy
 
 pytestmark = pytest.mark.slow
-
-DIFF_NIX = Path(__file__).resolve().parent / "data" / "nix" / "diff.nix"
-
-
-@dataclass(frozen=True)
-class Closures:
-    old: str
-    new: str
-    sizes: dict[str, int]  # narSize of every path of both closures
-    old_paths: set[str]
-    new_paths: set[str]
-    work: Path
-
-
-def _nix_build(work: Path, variant: str) -> str:
-    bb = make_busybox_dir(work)
-    out = subprocess.run(
-        ["nix-build", str(DIFF_NIX), "--no-out-link", "--arg", "bbdir", str(bb), "--argstr", "variant", variant,
-         "-A", "app"], capture_output=True, text=True, env=nix_env(), check=True,
-    ).stdout.split()  # fmt: skip
-    return out[0]
-
-
-@pytest.fixture(scope="module")
-def closures(tmp_path_factory: pytest.TempPathFactory, nix_available: None) -> Closures:
-    work = tmp_path_factory.mktemp("diff-nix")
-    old, new = _nix_build(work, "old"), _nix_build(work, "new")
-    info_old, info_new = path_info([old]), path_info([new])
-    sizes = {str(i["path"]): int(str(i["narSize"])) for i in info_old + info_new}
-    os.environ.setdefault("NIX_CONFIG", nix_env()["NIX_CONFIG"])
-    return Closures(old, new, sizes, {str(i["path"]) for i in info_old}, {str(i["path"]) for i in info_new}, work)
-
-
-def _by_name(c: Closures, paths: set[str], name: str) -> str:
-    return next(p for p in paths if p.split("-", 1)[1] == name)
-
-
-def expected_packages(c: Closures) -> list[dict[str, Any]]:
-    """What the diff must say, worked out from `nix path-info` by hand."""
-    o, n, s = c.old_paths, c.new_paths, c.sizes
-
-    def pkg(name: str, kind: str, ov: list[str], nv: list[str], op: list[str], np: list[str]) -> dict[str, Any]:
-        old_size, new_size = sum(s[p] for p in op), sum(s[p] for p in np)
-        return {"name": name, "kind": kind, "old_versions": ov, "new_versions": nv, "old_paths": op,
-                "new_paths": np, "old_size": old_size, "new_size": new_size,
-                "nar_size_delta": new_size - old_size}  # fmt: skip
-
-    app_o, app_n = _by_name(c, o, "hello-app-1"), _by_name(c, n, "hello-app-1")
-    lib_o, lib_n = _by_name(c, o, "libgreet-2.1"), _by_name(c, n, "libgreet-2.2")
-    return [
-        pkg("hello-app", "rebuilt", ["1"], ["1"], [app_o], [app_n]),
-        pkg("libgreet", "changed", ["2.1"], ["2.2"], [lib_o], [lib_n]),
-        pkg("newhelper", "added", [], ["1.4"], [], [_by_name(c, n, "newhelper-1.4")]),
-        pkg("oldhelper", "removed", ["0.9"], [], [_by_name(c, o, "oldhelper-0.9")], []),
-    ]
-
-
-def closure_size(path: str) -> int:
-    """`nix path-info -S`: the closure's total NAR size, as Nix computes it."""
-    out = subprocess.run(["nix", "path-info", "-S", "--json", path], capture_output=True, text=True,
-                         env=nix_env(), check=True).stdout  # fmt: skip
-    data = json.loads(out)
-    item = data[0] if isinstance(data, list) else next(iter(data.values()))
-    return int(item["closureSize"])
-
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
@@ -113,12 +46,12 @@ def diff_json(*args: str) -> tuple[dict[str, Any], str]:
 
 
 @pytest.fixture(scope="module")
-def pushed(closures: Closures, reg: RunningRegistry) -> dict[str, str]:
-    """Both closures built by nixfly (SBOM attached) and pushed: registry references."""
+def pushed(diff_closures: Closures, reg: RunningRegistry) -> dict[str, str]:
+    """Both diff_closures built by nixfly (SBOM attached) and pushed: registry references."""
     refs = {}
-    for name, root in (("old", closures.old), ("new", closures.new)):
-        layout = closures.work / f"layout-{name}"
-        nixfly("build", root, "-o", f"oci:{layout}:{name}", "--cache-dir", str(closures.work / "cache"), "-q",
+    for name, root in (("old", diff_closures.old), ("new", diff_closures.new)):
+        layout = diff_closures.work / f"layout-{name}"
+        nixfly("build", root, "-o", f"oci:{layout}:{name}", "--cache-dir", str(diff_closures.work / "cache"), "-q",
                "--cmd", "/bin/hello")  # fmt: skip
         ref = f"{reg.host}/app:{name}"
         nixfly("push", f"oci:{layout}:{name}", f"docker://{ref}", "--tls-verify=false", "-q")
@@ -136,13 +69,13 @@ def _check_closure(d: dict[str, Any], c: Closures) -> None:
 
 
 def test_sbom_and_layers_give_exactly_the_changes_nix_path_info_gives(
-    closures: Closures, pushed: dict[str, str], reg: RunningRegistry
+    diff_closures: Closures, pushed: dict[str, str], reg: RunningRegistry
 ) -> None:
     before = len(reg.log_text())
     d, err = diff_json(f"docker://{pushed['old']}", f"docker://{pushed['new']}")
     assert (d["old"]["source"], d["new"]["source"]) == ("sbom", "sbom"), err
     assert d["notes"] == [] and "note:" not in err
-    _check_closure(d, closures)
+    _check_closure(d, diff_closures)
     # From the SBOM, no layer blob was fetched: only manifests, configs and the SBOM artifacts.
     log = reg.log_text()[before:]
     layer_digests = {lyr["digest"] for name in ("old", "new") for lyr in _manifest(reg, pushed[name])["layers"]}
@@ -150,7 +83,7 @@ def test_sbom_and_layers_give_exactly_the_changes_nix_path_info_gives(
 
     layers, err = diff_json(f"docker://{pushed['old']}", f"docker://{pushed['new']}", "--from-layers")
     assert (layers["old"]["source"], layers["new"]["source"]) == ("layers", "layers")
-    _check_closure(layers, closures)
+    _check_closure(layers, diff_closures)
     for key in ("packages", "counts", "closure", "image", "wire", "config"):
         assert layers[key] == d[key], key
 
@@ -162,24 +95,24 @@ def _manifest(reg: RunningRegistry, ref: str) -> dict[str, Any]:
     return m
 
 
-def test_store_paths_diff_from_the_local_store(closures: Closures, tmp_path: Path) -> None:
+def test_store_paths_diff_from_the_local_store(diff_closures: Closures, tmp_path: Path) -> None:
     link = tmp_path / "result"
-    link.symlink_to(closures.new)
-    d, _err = diff_json(closures.old, str(link))
+    link.symlink_to(diff_closures.new)
+    d, _err = diff_json(diff_closures.old, str(link))
     assert (d["old"]["source"], d["new"]["source"]) == ("store", "store")
-    _check_closure(d, closures)
+    _check_closure(d, diff_closures)
     assert d["wire"] is None and d["config"] is None and d["image"] is None
     assert d["notes"] == ["OLD: closure from the local Nix store (nix path-info)",
                           "NEW: closure from the local Nix store (nix path-info)"]  # fmt: skip
 
 
 def test_an_image_without_sbom_diffs_from_its_layers_and_predicts_the_push(
-    closures: Closures, reg: RunningRegistry, tmp_path: Path
+    diff_closures: Closures, reg: RunningRegistry, tmp_path: Path
 ) -> None:
     # Images from elsewhere: docker-archives pushed by skopeo (its own gzip; no SBOM anywhere).
-    for name, root, ref in (("old", closures.old, "plain:old"), ("new", closures.new, "staging:new")):
+    for name, root, ref in (("old", diff_closures.old, "plain:old"), ("new", diff_closures.new, "staging:new")):
         archive = tmp_path / f"{name}.tar"
-        nixfly("build", root, "-o", f"docker-archive:{archive}", "--cache-dir", str(closures.work / "cache"), "-q")
+        nixfly("build", root, "-o", f"docker-archive:{archive}", "--cache-dir", str(diff_closures.work / "cache"), "-q")
         subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-archive:{archive}",
                         f"docker://{reg.host}/{ref}"], check=True, capture_output=True)  # fmt: skip
     d, _err = diff_json(f"docker://{reg.host}/plain:old", f"docker://{reg.host}/staging:new")
@@ -187,7 +120,7 @@ def test_an_image_without_sbom_diffs_from_its_layers_and_predicts_the_push(
     assert [n.split(":", 2)[:2] for n in d["notes"]] == [["OLD", " no SBOM attached"], ["NEW", " no SBOM attached"]]
     human = nixfly("diff", f"docker://{reg.host}/plain:old", f"docker://{reg.host}/staging:new", "--tls-verify=false")
     assert human.err.count("note: ") == 2 and "read from its" in human.err
-    _check_closure(d, closures)
+    _check_closure(d, diff_closures)
     wire = d["wire"]
     assert 0 < wire["layers"] < wire["layers_total"]  # the unchanged store paths' layers are shared
 
@@ -215,7 +148,7 @@ def test_quiet_prints_the_summary_line_and_human_output_starts_with_it(pushed: d
     assert same.out.startswith("same image; ")
 
 
-def test_config_changes_hide_values_that_look_secret(closures: Closures, tmp_path: Path) -> None:
+def test_config_changes_hide_values_that_look_secret(diff_closures: Closures, tmp_path: Path) -> None:
     secret_old, secret_new = "hunter2-old-value-5f3a", "hunter2-new-value-9b1c"
     layouts = []
     for name, extra in (
@@ -225,11 +158,11 @@ def test_config_changes_hide_values_that_look_secret(closures: Closures, tmp_pat
                "--port", "9090", "--user", "1000:1000", "--label", "team=api", "--cmd", "/bin/hello --loud"]),
     ):  # fmt: skip
         layout = tmp_path / name
-        nixfly("build", closures.old, "-o", f"oci:{layout}:x", "--cache-dir", str(closures.work / "cache"), "-q",
-               *extra)  # fmt: skip
+        nixfly("build", diff_closures.old, "-o", f"oci:{layout}:x", "--cache-dir", str(diff_closures.work / "cache"),
+               "-q", *extra)  # fmt: skip
         layouts.append(f"oci:{layout}:x")
     d, _err = diff_json(*layouts)
-    assert d["packages"] == [] and d["counts"]["unchanged"] == len(closures.old_paths)
+    assert d["packages"] == [] and d["counts"]["unchanged"] == len(diff_closures.old_paths)
     changes = {(c["field"], c["key"]): c for c in d["config"]}
     assert changes[("env", "MODE")] == {"field": "env", "key": "MODE", "change": "changed", "old": "blue",
                                         "new": "green", "hidden": False}  # fmt: skip

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from nixfly.diff.model import ClosureDiff
 from nixfly.diff.service import DiffOptions, diff
 from nixfly.errors import NixflyError, UsageError
+from nixfly.fly.plan import Plan
 from nixfly.fly.releases import Release, last_deployed
 
 _WORD = re.compile(r"^(v?\d+|current|previous)$")
@@ -67,4 +68,26 @@ def release_diffs(releases: Sequence[Release], opts: DiffOptions | None = None) 
             out.append(ReleaseDiff(r, before, d))
         except NixflyError as e:
             out.append(ReleaseDiff(r, before, None, str(e)))
+    return out
+
+
+def running_images(plan: Plan) -> list[str]:
+    """The images the machines a deploy would update run now, most machines first (usually one)."""
+    counts: dict[str, int] = {}
+    for a in plan.of("update"):
+        image = a.old.get("image") if isinstance(a.old, dict) else None
+        if isinstance(image, str) and image != plan.image:
+            counts[image] = counts.get(image, 0) + 1
+    return sorted(counts, key=lambda i: (-counts[i], i))
+
+
+def plan_diffs(plan: Plan, opts: DiffOptions | None = None) -> list[tuple[str, ClosureDiff | None, str | None]]:
+    """For ``deploy --dry-run``: (running image, its diff to the image the plan deploys or None, why not)."""
+    out: list[tuple[str, ClosureDiff | None, str | None]] = []
+    for image in running_images(plan):
+        try:
+            out.append((image, diff(f"docker://{image}", f"docker://{plan.image}", opts, old_label=image,
+                                    new_label=plan.image), None))  # fmt: skip
+        except NixflyError as e:
+            out.append((image, None, str(e)))
     return out
