@@ -39,7 +39,8 @@ def _images(c: Closures, registry: RunningRegistry, work: Path) -> dict[str, str
         subprocess.run([*NIXFLY, "build", root, "-o", f"oci:{layout}:x", "--cache-dir", str(c.work / "cache"), "-q",
                         *extra], check=True, capture_output=True)  # fmt: skip
         digest = subprocess.run([*NIXFLY, "push", f"oci:{layout}:x", f"docker://{registry.host}/demo:{name}",
-                                 "--tls-verify=false", "-q"], check=True, capture_output=True, text=True).stdout  # fmt: skip
+                                 "--tls-verify=false", "-q"], check=True, capture_output=True,
+                                text=True).stdout  # fmt: skip
         out[name] = digest.strip().splitlines()[-1]
     return out
 
