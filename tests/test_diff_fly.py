@@ -34,7 +34,8 @@ FULL = "1 changed, 1 added, 1 removed, 1 rebuilt; closure "
 def _images(c: Closures, registry: RunningRegistry, work: Path) -> dict[str, str]:
     """old, new and new-again (NEW's closure with another env: same store paths, another image), pushed."""
     out = {}
-    for name, root, extra in (("old", c.old, []), ("new", c.new, []), ("again", c.new, ["-e", "MODE=again"])):
+    for name, root, extra in (("old", c.old, []), ("new", c.new, []), ("again", c.new, ["-e", "MODE=again"]),
+                              ("bare", c.new, ["--sbom", "none", "-e", "MODE=bare"])):
         layout = work / f"img-{name}"
         subprocess.run([*NIXFLY, "build", root, "-o", f"oci:{layout}:x", "--cache-dir", str(c.work / "cache"), "-q",
                         *extra], check=True, capture_output=True)  # fmt: skip
@@ -43,6 +44,13 @@ def _images(c: Closures, registry: RunningRegistry, work: Path) -> dict[str, str
                                 text=True).stdout  # fmt: skip
         out[name] = digest.strip().splitlines()[-1]
     return out
+
+
+def _manifest(ref: str) -> dict[str, Any]:
+    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], check=True,
+                         capture_output=True).stdout  # fmt: skip
+    m: dict[str, Any] = json.loads(out)
+    return m
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -71,6 +79,14 @@ def test_dry_run_shows_what_the_deploy_changes_in_nix_terms(
     assert change["running"] == images["old"] and change["error"] is None
     assert change["diff"]["counts"] == {"changed": 1, "added": 1, "removed": 1, "rebuilt": 1, "unchanged": 2}
     assert (change["diff"]["old"]["source"], change["diff"]["new"]["source"]) == ("sbom", "sbom")
+    # An image without an SBOM: the dry run says it cannot tell, and downloads no layer to find out.
+    before = len(registry.log_text())
+    out = _run(capsys, "deploy", "--config", str(toml), "--image", images["bare"], "--dry-run")
+    line = next(x for x in out.splitlines() if x.startswith("image change from "))
+    assert line.endswith("no SBOM attached (`nixfly diff` reads its layers instead))"), line
+    gets = [x for x in registry.log_text()[before:].splitlines() if "GET" in x and "/blobs/sha256:" in x]
+    layers = {lyr["digest"] for name in ("old", "bare") for lyr in _manifest(images[name])["layers"]}
+    assert gets and not [x for x in gets if any(d in x for d in layers)]  # configs only
 
 
 def test_releases_diff_after_three_deploys_lists_two_diffs_and_status_says_current(

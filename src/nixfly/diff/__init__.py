@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nixfly.diff.model import ClosureDiff, ConfigChange, ImageFacts, PackageChange, Side, Wire, diff_sides
-from nixfly.diff.service import DiffOptions, describe_change, diff
+from nixfly.diff.service import DiffOptions, diff
 
 __all__ = [
     "ClosureDiff",
@@ -13,7 +13,6 @@ __all__ = [
     "PackageChange",
     "Side",
     "Wire",
-    "describe_change",
     "diff",
     "diff_sides",
 ]

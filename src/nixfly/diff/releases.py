@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nixfly.diff.model import ClosureDiff
 from nixfly.diff.service import DiffOptions, diff
@@ -82,8 +82,10 @@ def running_images(plan: Plan) -> list[str]:
 
 
 def plan_diffs(plan: Plan, opts: DiffOptions | None = None) -> list[tuple[str, ClosureDiff | None, str | None]]:
-    """For ``deploy --dry-run``: (running image, its diff to the image the plan deploys or None, why not)."""
+    """For ``deploy --dry-run``: (running image, its diff to the image the plan deploys or None, why not).
+    From attached SBOMs only: a dry run reads manifests, configs and SBOMs, never two images' layers."""
     out: list[tuple[str, ClosureDiff | None, str | None]] = []
+    opts = replace(opts or DiffOptions(), sbom_only=True)
     for image in running_images(plan):
         try:
             out.append((image, diff(f"docker://{image}", f"docker://{plan.image}", opts, old_label=image,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from nixfly.diff.layers import LayerReader
 from nixfly.diff.model import ClosureDiff, ImageFacts, Side, diff_sides, size
 from nixfly.diff.sbomdoc import MEDIA_TYPES, SbomClosure, read_sbom
-from nixfly.errors import NixflyError, UsageError
+from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
 from nixfly.transports import LayoutLocation, Location, RegistryLocation, image_file_kind, parse_location
 
@@ -35,6 +35,7 @@ class DiffOptions:
     registry: RegistryOptions | None = None  # credentials, TLS: for registry sides
     platform: str | None = None  # which image of an index (default this machine's)
     from_layers: bool = False  # read the layers even when an SBOM is attached
+    sbom_only: bool = False  # never read layers (deploy --dry-run: a plan must not download two images)
     store_dir: str = "/nix/store"
 
 
@@ -161,6 +162,8 @@ def _image_side(label: str, loc: Location, opts: DiffOptions, session: _Session,
             return Side(label, "sbom", {p: s or 0 for p, s in found.sizes.items()}, facts)
         if found is not None:
             why = "its SBOM has no NarSize for some store paths"
+        if opts.sbom_only:
+            raise ImageError(f"{label}: {why} (`nixfly diff` reads its layers instead)")
     before = reader.read_bytes
     paths = reader.store_sizes(image.layers)
     read = reader.read_bytes - before
@@ -196,12 +199,3 @@ def diff(old: str, new: str, opts: DiffOptions | None = None, *, old_label: str 
         a = open_side(old_label or old, targets[0])
         b = open_side(new_label or new, targets[1])
     return diff_sides(a, b)
-
-
-def describe_change(old_image: str, new_image: str, opts: DiffOptions | None = None) -> ClosureDiff | None:
-    """For ``deploy --dry-run`` and ``releases --diff``: the diff between two registry references, or None
-    (with nothing raised) when either cannot be read — a missing diff must not stop a deploy's plan."""
-    try:
-        return diff(f"docker://{old_image}", f"docker://{new_image}", opts, old_label=old_image, new_label=new_image)
-    except NixflyError:
-        return None
