@@ -194,3 +194,25 @@ def test_bad_input_is_one_line(args: list[str]) -> None:
     assert r.code not in (0, 70), r
     assert r.err.startswith("nixfly: ") and len(r.err.strip().splitlines()) == 1, r.err
     assert "Traceback" not in r.err and r.out == ""
+
+
+@pytest.mark.parametrize("blob", [b"not json at all", b"[" * 100000, b'{"packages": 7}'])
+def test_an_unusable_sbom_falls_back_to_the_layers(diff_closures: Closures, tmp_path: Path,
+                                                    blob: bytes) -> None:  # fmt: skip
+    from nixfly.image import Descriptor
+    from nixfly.sinks.referrers import Artifact, attach_to_layout
+    from nixfly.sources.layout import read_index
+
+    layouts = []
+    for name in ("old", "new"):
+        layout = tmp_path / name
+        nixfly("build", getattr(diff_closures, name), "-o", f"oci:{layout}:x", "--cache-dir",
+               str(diff_closures.work / "cache"), "-q", "--sbom", "none")  # fmt: skip
+        entry = next(e for e in read_index(layout)["manifests"] if e.get("annotations"))
+        desc = Descriptor(entry["mediaType"], entry["digest"], entry["size"])
+        attach_to_layout(layout, Artifact("application/spdx+json", blob, desc))
+        layouts.append(f"oci:{layout}:x")
+    d, _err = diff_json(*layouts)
+    assert (d["old"]["source"], d["new"]["source"]) == ("layers", "layers")
+    assert all("its attached SBOM is unusable" in n for n in d["notes"]) and len(d["notes"]) == 2
+    _check_closure(d, diff_closures)

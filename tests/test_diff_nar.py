@@ -110,6 +110,17 @@ def test_hard_links_count_the_bytes_of_what_they_link(tree: Path) -> None:
     assert sizes(layer(members)) == {f"/{STORE}/{BASE}": nar_size(tree)}
 
 
+def test_a_hard_link_to_a_file_of_a_lower_layer(tree: Path) -> None:
+    members = _members(tree)
+    one = next(m for m in members if m[0].name.endswith("/copy-one"))
+    two = next(m for m in members if m[0].name.endswith("/copy-two"))
+    link = tarfile.TarInfo(two[0].name)
+    link.type, link.linkname, link.mode = tarfile.LNKTYPE, one[0].name, one[0].mode
+    lower = layer([m for m in members if m is not two])
+    assert one in [m for m in members if m is not two]
+    assert sizes(lower, layer([(link, b"")])) == {f"/{STORE}/{BASE}": nar_size(tree)}
+
+
 def test_a_path_split_over_layers_with_whiteouts_is_what_the_container_sees(tree: Path, tmp_path: Path) -> None:
     members = _members(tree)
     half = len(members) // 2

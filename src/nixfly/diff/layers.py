@@ -62,17 +62,19 @@ def entry_cost(name: str) -> int:
     return _ENTRY + _pad(_blen(name))
 
 
-# One change a layer makes under the store: put a node (base, path inside it, node cost) or white out
-# (base, path inside it; "" is the whole store path; opaque: keep the directory, drop what is under it).
+# One change a layer makes under the store: put a node (base, path inside it, node cost), white out
+# (base, path inside it; "" is the whole store path; opaque: keep the directory, drop what is under it), or
+# hard-link to a file of a lower layer (base, path inside it, (target base, target path)).
 _Put = tuple[str, str, int]
 _Out = tuple[str, str, bool]
+_Link = tuple[str, str, tuple[str, str]]
 
 
 @dataclass(frozen=True)
 class LayerScan:
-    """What one layer does to the store: its puts and whiteouts, in tar order."""
+    """What one layer does to the store: its puts, whiteouts and links, in tar order."""
 
-    ops: tuple[_Put | _Out, ...]
+    ops: tuple[_Put | _Out | _Link, ...]
 
 
 class StoreTree:
@@ -87,6 +89,9 @@ class StoreTree:
             if isinstance(third, bool):
                 self._whiteout(base, rel, third)
                 continue
+            if isinstance(third, tuple):  # a hard link: the NAR holds the file again, with its mode
+                found = self.nodes.get(third[0], {}).get(third[1])
+                third = found if found is not None and found != _DIR else file_cost(0, False)
             nodes = self.nodes.setdefault(base, {})
             old = nodes.get(rel)
             # Only a directory costs exactly _DIR (every file or link node costs more): a file that
@@ -148,7 +153,7 @@ def scan_layer(layer: Layer, store_dir: str = "/nix/store", on_bytes: Callable[[
     """Read ``layer``'s tar stream once (its digest and diff_id checked at the end) and keep what it does
     under ``store_dir``: NAR costs per node, whiteouts. File contents are skipped, never hashed twice."""
     store_rel = store_dir.strip("/") + "/"
-    ops: list[_Put | _Out] = []
+    ops: list[_Put | _Out | _Link] = []
     seen: dict[str, int] = {}  # member name → cost of a regular file in this layer (for hard links)
     where = f"layer {layer.digest}"
 
@@ -185,7 +190,13 @@ def scan_layer(layer: Layer, store_dir: str = "/nix/store", on_bytes: Callable[[
                     elif m.issym():
                         cost = link_cost(m.linkname)
                     elif m.islnk():  # the same bytes as the member it names (Nix stores the file again)
-                        linked = seen.get(_member_name(m.linkname))
+                        target = _member_name(m.linkname)
+                        linked = seen.get(target)
+                        if linked is None:  # a file of a lower layer: resolved when the layers are merged
+                            lower = locate(target)
+                            if lower is not None:
+                                ops.append((hit[0], hit[1], lower))
+                                continue
                         cost = linked if linked is not None else file_cost(0, bool(m.mode & 0o100))
                     else:  # devices and FIFOs cannot be in a NAR
                         continue

@@ -157,7 +157,10 @@ def _image_side(label: str, loc: Location, opts: DiffOptions, session: _Session,
     facts = image_facts(image)
     why = "--from-layers"
     if not opts.from_layers:
-        found, why = _attached_sbom(loc, facts.digest, session, opts.store_dir)
+        try:
+            found, why = _attached_sbom(loc, facts.digest, session, opts.store_dir)
+        except ImageError as e:  # not JSON, not ours, not matching its descriptor: the layers still tell
+            found, why = None, f"its attached SBOM is unusable ({e})"
         if found is not None and found.complete:
             return Side(label, "sbom", {p: s or 0 for p, s in found.sizes.items()}, facts)
         if found is not None:
