@@ -14,13 +14,13 @@ a layer two images share is read once.
 from __future__ import annotations
 
 import re
-import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 import zstandard
 
+from nixfly.diff.tarheaders import DIR, LNK, REG, SYM, members
 from nixfly.errors import ImageError
 from nixfly.image import Layer
 from nixfly.image.compression import decompressing_reader
@@ -169,45 +169,44 @@ def scan_layer(layer: Layer, store_dir: str = "/nix/store", on_bytes: Callable[[
         plain = VerifyingReader(decompressing_reader(layer.compression, counted), layer.diff_id, None,
                                 what=f"{where} (diff_id)")  # fmt: skip
         try:
-            with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
-                for m in tf:
-                    name = _member_name(m.name)
-                    parent, _, leaf = name.rpartition("/")
-                    if leaf.startswith(_WHITEOUT):
-                        target = parent if leaf == _OPAQUE else f"{parent}/{leaf[len(_WHITEOUT):]}".lstrip("/")
-                        hit = locate(target)
-                        if hit is not None:
-                            ops.append((hit[0], hit[1], leaf == _OPAQUE))
-                        continue
-                    hit = locate(name)
-                    if hit is None:
-                        continue
-                    if m.isreg():
-                        cost = file_cost(m.size, bool(m.mode & 0o100))
-                        seen[name] = cost
-                    elif m.isdir():
-                        cost = _DIR
-                    elif m.issym():
-                        cost = link_cost(m.linkname)
-                    elif m.islnk():  # the same bytes as the member it names (Nix stores the file again)
-                        target = _member_name(m.linkname)
-                        linked = seen.get(target)
-                        if linked is None:  # a file of a lower layer: resolved when the layers are merged
-                            lower = locate(target)
-                            if lower is not None:
-                                ops.append((hit[0], hit[1], lower))
-                                continue
-                        cost = linked if linked is not None else file_cost(0, bool(m.mode & 0o100))
-                    else:  # devices and FIFOs cannot be in a NAR
-                        continue
-                    ops.append((hit[0], hit[1], cost))
+            for m in members(cast(BinaryIO, plain)):
+                name = _member_name(m.name)
+                parent, _, leaf = name.rpartition("/")
+                if leaf.startswith(_WHITEOUT):
+                    target = parent if leaf == _OPAQUE else f"{parent}/{leaf[len(_WHITEOUT):]}".lstrip("/")
+                    hit = locate(target)
+                    if hit is not None:
+                        ops.append((hit[0], hit[1], leaf == _OPAQUE))
+                    continue
+                hit = locate(name)
+                if hit is None:
+                    continue
+                if m.kind == REG:
+                    cost = file_cost(m.size, bool(m.mode & 0o100))
+                    seen[name] = cost
+                elif m.kind == DIR:
+                    cost = _DIR
+                elif m.kind == SYM:
+                    cost = link_cost(m.linkname)
+                elif m.kind == LNK:  # the same bytes as the member it names (Nix stores the file again)
+                    target = _member_name(m.linkname)
+                    linked = seen.get(target)
+                    if linked is None:  # a file of a lower layer: resolved when the layers are merged
+                        lower = locate(target)
+                        if lower is not None:
+                            ops.append((hit[0], hit[1], lower))
+                            continue
+                    cost = linked if linked is not None else file_cost(0, bool(m.mode & 0o100))
+                else:  # devices and FIFOs cannot be in a NAR
+                    continue
+                ops.append((hit[0], hit[1], cost))
             while plain.read(_CHUNK):  # the end-of-archive padding counts towards the diff_id
                 pass
             while counted.read(_CHUNK):  # anything after the compressed stream: the digest check sees it
                 pass
         except ImageError as e:
             raise ImageError(f"{where}: {e}") from None
-        except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
+        except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:
             raise ImageError(f"{where}: not a readable {layer.compression} tar stream ({e})") from None
     finally:
         raw.close()
