@@ -9,11 +9,11 @@ import click
 
 from nixfly.cli.app import cli
 from nixfly.cli.common import emit_json, registry_options, show_progress, stderr_console, transport_options
-from nixfly.diff.model import ClosureDiff, ConfigChange, PackageChange, signed, size
+from nixfly.diff.model import ClosureDiff, ConfigChange, Kind, PackageChange, signed, size
 from nixfly.errors import UsageError
 
-_KINDS = (("changed", "changed"), ("added", "added"), ("removed", "removed"),
-          ("rebuilt", "rebuilt (same version, other inputs)"))  # fmt: skip
+_KINDS: tuple[tuple[Kind, str], ...] = (("changed", "changed"), ("added", "added"), ("removed", "removed"),
+                                        ("rebuilt", "rebuilt (same version, other inputs)"))  # fmt: skip
 _VALUE_MAX = 80
 
 
@@ -59,7 +59,7 @@ def print_diff(d: ClosureDiff) -> None:
         return
     name_w = max((len(p.name) for p in d.packages), default=0)
     for kind, title in _KINDS:
-        items = d.of(kind)  # type: ignore[arg-type]
+        items = d.of(kind)
         if items:
             say(f"{title}:")
             for p in items:
