@@ -1,0 +1,178 @@
+"""``nixfly run`` against hostile images, with the real runtimes: an image must not reach the machine that
+runs it. Each test plants the attack in an image (a static program doing the chroot-then-``..`` walk, a
+``/dev`` or working directory symlinked to a host directory) and asserts on the host: nothing written or
+created outside the container's root, nothing of the host read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixfly.image import Image
+from nixfly.sinks.layout import write_layout
+from nixfly.transports import LayoutLocation
+from tests.test_unpack import Entry, busybox_entries, make_image
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the attacks matter as root (no user namespace in any runtime)"),
+]
+
+RUNTIMES = ["runc", "bwrap", "chroot"]
+
+# The classic escape from chroot(2): with CAP_SYS_CHROOT, chroot into a subdirectory while the working
+# directory stays above it, walk ".." up to the real root, and chroot there. argv[1]: a file to create
+# there; then print what /etc/hostname says.
+ESCAPE_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char buf[256];
+    int fd, n, i;
+    chdir("/");
+    mkdir("/escape-dir", 0755);
+    if (chroot("/escape-dir") != 0) perror("chroot");
+    for (i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") != 0) perror("chroot .");
+    fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) { write(fd, "escaped\n", 8); close(fd); }
+    fd = open("/etc/hostname", O_RDONLY);
+    n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : 0;
+    buf[n > 0 ? n : 0] = 0;
+    printf("hostname=%s", buf);
+    return 0;
+}
+"""
+
+
+def nixfly(*args: str, cache: Path, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nixfly", "run", "--cache-dir", str(cache), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
+
+
+def layout_of(img: Image, where: Path) -> Path:
+    write_layout(img, LayoutLocation(where, "latest"))
+    return where
+
+
+@pytest.fixture(scope="module")
+def escape_program(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the static escape program")
+    d = tmp_path_factory.mktemp("escape-src")
+    (d / "escape.c").write_text(ESCAPE_C)
+    r = subprocess.run([cc, "-static", "-O1", "-o", str(d / "escape"), str(d / "escape.c")], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot link a static program here: {r.stderr.decode(errors='replace')[-200:]}")
+    return (d / "escape").read_bytes()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_chroot_then_dotdot_does_not_reach_the_host(runtime: str, escape_program: bytes, tmp_path: Path) -> None:
+    marker = tmp_path / "written-from-the-container"
+    img = make_image(
+        tmp_path / "blobs",
+        [
+            busybox_entries(),
+            [Entry("escape", data=escape_program, mode=0o755), Entry("etc/hostname", data=b"inside-the-image\n")],
+        ],
+        {"Entrypoint": ["/escape", str(marker)], "User": "0"},
+    )
+    r = nixfly("--runtime", runtime, str(layout_of(img, tmp_path / "layout")), cache=tmp_path / "cache")
+    assert not marker.exists(), f"{runtime}: the container wrote {marker} on the host"
+    assert r.stdout == "hostname=inside-the-image\n", (r.stdout, r.stderr)
+    assert r.returncode == 0, r.stderr
+
+
+# Files root may write in the host's /proc (kernel settings, the core dump helper, magic SysRq, IRQ routing).
+PROC_WRITABLE_BY_ROOT = [
+    "/proc/sys/vm/swappiness",
+    "/proc/sys/kernel/core_pattern",
+    "/proc/sysrq-trigger",
+    "/proc/irq/default_smp_affinity",
+]
+
+
+def test_proc_sys_and_sysrq_trigger_are_read_only_for_a_root_container(tmp_path: Path) -> None:
+    # Opening for writing changes nothing even where it is allowed (nothing is written): a harmless probe of
+    # files through which root in the host's namespaces could otherwise change the kernel's settings.
+    probe = (
+        f"for f in {' '.join(PROC_WRITABLE_BY_ROOT)}; do "
+        "{ true >> $f; } 2>/dev/null && echo writable:$f || echo read-only:$f; done"
+    )
+    img = make_image(tmp_path / "blobs", [busybox_entries()], {"Cmd": ["/bin/sh", "-c", probe], "Env": ["PATH=/bin"]})
+    layout = layout_of(img, tmp_path / "layout")
+    for runtime in RUNTIMES:
+        r = nixfly("--runtime", runtime, str(layout), cache=tmp_path / "cache")
+        expected = "".join(f"read-only:{f}\n" for f in PROC_WRITABLE_BY_ROOT)
+        assert (r.returncode, r.stdout) == (0, expected), (runtime, r.stderr)
+
+
+def _link_to(host_dir: Path, how: str) -> str:
+    # Relative: enough ".." to climb out of any rootfs (and of the run's overlay mount point) to "/".
+    return str(host_dir) if how == "absolute" else "../" * 40 + str(host_dir).lstrip("/")
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+@pytest.mark.parametrize("where", ["dev", "dev/shm", "dev/pts", "proc", "sys", "workdir"])
+def test_mount_points_symlinked_to_a_host_directory_create_nothing_there(where: str, how: str, tmp_path: Path) -> None:
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    config: dict[str, Any] = {"Cmd": ["/bin/sh", "-c", "test -c /dev/null && echo ok"], "Env": ["PATH=/bin"]}
+    if where == "workdir":
+        entries = [Entry("app", "symlink", link=_link_to(host_dir, how))]
+        config["WorkingDir"] = "/app/sub/dir"
+    else:
+        parent = where.rpartition("/")[0]
+        entries = [Entry(parent, "dir", mode=0o755)] if parent else []
+        entries.append(Entry(where, "symlink", link=_link_to(host_dir, how)))
+    img = make_image(tmp_path / "blobs", [busybox_entries(), entries], config)
+    layout = layout_of(img, tmp_path / "layout")
+    for runtime in RUNTIMES:
+        r = nixfly("--runtime", runtime, str(layout), cache=tmp_path / "cache")
+        assert sorted(p.name for p in host_dir.iterdir()) == [], f"{runtime} created these in {host_dir}"
+        assert (r.returncode, r.stdout) == (0, "ok\n"), (runtime, r.stderr)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_working_directory_through_a_symlink_inside_the_image_still_works(runtime: str, tmp_path: Path) -> None:
+    # The common, harmless case (e.g. /app -> /opt/app-1.2): the run starts in the directory the link names.
+    entries = [Entry("opt/app-1.2/marker", data=b"here\n"), Entry("app", "symlink", link="opt/app-1.2")]
+    img = make_image(
+        tmp_path / "blobs",
+        [busybox_entries(), entries],
+        {"Cmd": ["/bin/sh", "-c", "cat marker && pwd"], "Env": ["PATH=/bin"], "WorkingDir": "/app"},
+    )
+    r = nixfly("--runtime", runtime, str(layout_of(img, tmp_path / "layout")), cache=tmp_path / "cache")
+    assert (r.returncode, r.stdout) == (0, "here\n/opt/app-1.2\n"), r.stderr
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_volume_target_through_a_symlink_is_refused(how: str, tmp_path: Path) -> None:
+    host_dir, vol = tmp_path / "host-dir", tmp_path / "vol"
+    host_dir.mkdir()
+    vol.mkdir()
+    img = make_image(
+        tmp_path / "blobs",
+        [busybox_entries(), [Entry("data", "symlink", link=_link_to(host_dir, how))]],
+        {"Cmd": ["/bin/true"]},
+    )
+    r = nixfly("-v", f"{vol}:/data/sub", str(layout_of(img, tmp_path / "layout")), cache=tmp_path / "cache")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "goes through a symlink in the image (/data)" in r.stderr
+    assert list(host_dir.iterdir()) == []
