@@ -17,7 +17,7 @@ import pytest
 from nixfly.image import Image
 from nixfly.sinks.layout import write_layout
 from nixfly.transports import LayoutLocation
-from tests.test_unpack import Entry, busybox_entries, make_image
+from tests.test_unpack import CAP_SETUID_EP, Entry, busybox_entries, make_image
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,17 +69,37 @@ def layout_of(img: Image, where: Path) -> Path:
     return where
 
 
-@pytest.fixture(scope="module")
-def escape_program(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+SETUID0_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    if (setuid(0) != 0) { perror("setuid"); return 1; }
+    printf("uid=%d\n", (int)getuid());
+    return 0;
+}
+"""
+
+
+def static_program(d: Path, source: str) -> bytes:
+    """``source`` compiled and linked statically (it runs in an image without a C library)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        pytest.skip("no C compiler to build the static escape program")
-    d = tmp_path_factory.mktemp("escape-src")
-    (d / "escape.c").write_text(ESCAPE_C)
-    r = subprocess.run([cc, "-static", "-O1", "-o", str(d / "escape"), str(d / "escape.c")], capture_output=True)
+        pytest.skip("no C compiler to build the static test program")
+    (d / "prog.c").write_text(source)
+    r = subprocess.run([cc, "-static", "-O1", "-o", str(d / "prog"), str(d / "prog.c")], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot link a static program here: {r.stderr.decode(errors='replace')[-200:]}")
-    return (d / "escape").read_bytes()
+    return (d / "prog").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def escape_program(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return static_program(tmp_path_factory.mktemp("escape-src"), ESCAPE_C)
+
+
+@pytest.fixture(scope="module")
+def setuid0_program(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return static_program(tmp_path_factory.mktemp("setuid0-src"), SETUID0_C)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -176,3 +196,26 @@ def test_a_volume_target_through_a_symlink_is_refused(how: str, tmp_path: Path) 
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "goes through a symlink in the image (/data)" in r.stderr
     assert list(host_dir.iterdir()) == []
+
+
+def test_a_file_capability_in_a_layer_gives_no_privilege(setuid0_program: bytes, tmp_path: Path) -> None:
+    # `setcap cap_setuid+ep` on a program an unprivileged user of the container runs: setuid(0) must fail.
+    caps = (("security.capability", CAP_SETUID_EP),)
+    img = make_image(
+        tmp_path / "blobs",
+        [busybox_entries(), [Entry("bin/become-root", data=setuid0_program, mode=0o755, xattrs=caps)]],
+        {"Cmd": ["/bin/become-root"], "User": "65534"},
+    )
+    layout = layout_of(img, tmp_path / "layout")
+    for runtime in RUNTIMES:
+        r = nixfly("--runtime", runtime, str(layout), cache=tmp_path / "cache")
+        assert (r.returncode, r.stdout) == (1, ""), (runtime, r.stdout)
+        # bwrap runs a non-root user in a user namespace where uid 0 is not even mapped (EINVAL).
+        assert r.stderr.endswith(("setuid: Operation not permitted\n", "setuid: Invalid argument\n")), r.stderr
+        if runtime == RUNTIMES[0]:  # the first run unpacks, and says once what it dropped
+            assert r.stderr.startswith(
+                "nixfly: warning: dropped file capabilities or security attributes of 1 file(s) (/bin/become-root)"
+            ), r.stderr
+            assert r.stderr.count("nixfly: warning:") == 1
+        else:
+            assert "nixfly: warning" not in r.stderr
