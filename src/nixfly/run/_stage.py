@@ -302,7 +302,8 @@ def _container_child(plan: dict[str, Any]) -> None:
     os.makedirs(c["cwd"], exist_ok=True)
     os.chdir(c["cwd"])
     _drop_privileges(c["caps"])
-    os.setgroups(c["groups"])
+    if c["groups"] or not plan["userns"]:  # a user namespace denies setgroups(2): there are none to drop
+        os.setgroups(c["groups"])
     os.setgid(c["gid"])
     os.setuid(c["uid"])
     env = dict(e.split("=", 1) for e in c["env"])
