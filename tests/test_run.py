@@ -376,3 +376,28 @@ def test_a_digest_pinned_image_runs_again_without_its_registry(sh_layout: Path, 
     # A tag can move: it is always asked of the registry (which is gone now).
     tagged = nixfly(f"{reg.host}/run/pinned:1", "--", "true", cache=cache)
     assert tagged.returncode == 1 and tagged.stderr.startswith(f"nixfly: registry {reg.host}: cannot reach")
+
+
+def test_an_index_pinned_by_digest_runs_again_without_its_registry(work: Path, tmp_path: Path) -> None:
+    import json
+
+    from nixfly.image.index import ImageIndex, PlatformImage
+    from nixfly.registry.options import RegistryOptions
+    from nixfly.sinks.registry import push_index
+    from tests.support.registry import start_registry
+
+    amd = make_image(work / "idx-blobs", [busybox_entries()], {"Cmd": ["/bin/echo", "amd64"]})
+    arm_cfg = json.loads(amd.config_bytes) | {"architecture": "arm64"}
+    arm = Image(json.dumps(arm_cfg).encode(), amd.layers)
+    index = ImageIndex((PlatformImage("linux/amd64", amd), PlatformImage("linux/arm64", arm)))
+    cache = tmp_path / "cache"
+    with start_registry(tmp_path / "registry") as reg:
+        digest = push_index(index, [f"{reg.host}/run/multi:1"], options=RegistryOptions(plain_http=True)).digest
+        pinned = f"{reg.host}/run/multi@{digest}"
+        first = nixfly(pinned, cache=cache)
+        assert (first.returncode, first.stdout) == (0, "amd64\n"), first.stderr
+    again = nixfly("--platform", "linux/amd64", pinned, cache=cache)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "amd64\n", "")
+    # The arm64 entry was never fetched here: that one still needs the registry.
+    other = nixfly("--platform", "linux/arm64", pinned, cache=cache)
+    assert other.returncode == 1 and other.stderr.startswith(f"nixfly: registry {reg.host}: cannot reach")

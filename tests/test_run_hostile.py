@@ -219,3 +219,52 @@ def test_a_file_capability_in_a_layer_gives_no_privilege(setuid0_program: bytes,
             assert r.stderr.count("nixfly: warning:") == 1
         else:
             assert "nixfly: warning" not in r.stderr
+
+
+def _python_for(uid: int) -> str | None:
+    """A Python that ``uid`` may run (the test's own may live under /root): the stage needs only its
+    standard library."""
+    for py in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+        if py and subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", py, "-c", ""],
+                                 capture_output=True).returncode == 0:  # fmt: skip
+            return py
+    return None
+
+
+def test_chroot_runtime_without_root_does_not_escape_either(escape_program: bytes) -> None:
+    # Without root the chroot runtime runs in a user namespace: a chroot-and-".." walk would reach the host's
+    # tree with the user's rights. The stage is started as that user (uid 65534) on a plan nixfly prepared.
+    import json
+    import tempfile
+
+    from nixfly.run.process import build_process
+    from nixfly.run.runtimes import Probe, prepare
+    from nixfly.run.unpack import UnpackOptions, cached_rootfs
+
+    nobody = 65534
+    py = _python_for(nobody)
+    if py is None or shutil.which("setpriv") is None:
+        pytest.skip("no Python (or setpriv) an unprivileged user can run")
+    top = Path(tempfile.mkdtemp(prefix="nixfly-userns-"))  # pytest's tmp_path is private to root
+    try:
+        os.chmod(top, 0o777)
+        marker = top / "written-from-the-container"
+        planted = [Entry("escape", data=escape_program, mode=0o755), Entry("etc/hostname", data=b"in\n")]
+        img = make_image(top / "blobs", [busybox_entries(), planted], {"Entrypoint": ["/escape", str(marker)]})
+        rootfs = cached_rootfs(img, top / "cache", UnpackOptions(keep_owners=False))
+        subprocess.run(["chmod", "-R", "a+rX", str(top / "cache")], check=True)
+        run_dir = top / "run"
+        run_dir.mkdir()
+        spec = build_process(rootfs, img.config)
+        prep = prepare(Probe("chroot", py, None), spec, rootfs, (), run_dir, "nixfly-test")
+        plan_path = Path(prep.argv[-1])
+        plan = json.loads(plan_path.read_text())
+        plan["userns"] = True  # what prepare() writes when nixfly itself runs without root
+        plan_path.write_text(json.dumps(plan))
+        subprocess.run(["chown", "-R", str(nobody), str(run_dir)], check=True)
+        argv = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", py, *prep.argv[1:]]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert not marker.exists(), "the container wrote on the host"
+        assert (r.returncode, r.stdout) == (0, "hostname=in\n"), r.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(top)], check=False)
