@@ -354,6 +354,10 @@ def test_cache_is_reused_and_never_keeps_a_partial_tree(tmp_path: Path) -> None:
     dead = cache / "rootfs" / f".tmp-{cache_key(bad)}-999999999-x"
     dead.mkdir()
     (dead / "half").write_bytes(b"")
+    # So is a tree of an older unpack version (one of v2 may hold file capabilities): it is never used again.
+    old = cache / "rootfs" / f"v2-{'a' * 64}"
+    (old / "bin").mkdir(parents=True)
     fixed = make_image(tmp_path / "fixed", [[Entry("whole", data=b"w")]])
     got = cached_rootfs(fixed, cache)
-    assert not dead.exists() and _tree(got) == {"whole"}
+    assert not dead.exists() and not old.exists() and _tree(got) == {"whole"}
+    assert sorted(p.name for p in (cache / "rootfs").iterdir()) == sorted([first.name, got.name])

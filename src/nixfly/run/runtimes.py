@@ -1,9 +1,9 @@
 """Container runtimes nixfly can start an unpacked image with, how to probe them, and how to invoke them.
 
 Preference order: ``runc`` (a full OCI runtime, needs root), ``bwrap`` (bubblewrap), ``chroot`` (our own
-stage: unshare(2) + pivot_root(2), the last resort; named after what it replaces). All share the host's network. Every run goes through
-``_stage.py``, which mounts a per-run writable overlay over the cached rootfs inside a private mount
-namespace, so no runtime ever writes into the cache.
+stage: unshare(2) + pivot_root(2), the last resort; named after what it replaces). All share the host's
+network. Every run goes through ``_stage.py``, which mounts a per-run writable overlay over the cached
+rootfs inside a private mount namespace, so no runtime ever writes into the cache.
 """
 
 from __future__ import annotations

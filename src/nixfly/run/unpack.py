@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -373,6 +374,12 @@ def _sweep_partials(base: Path) -> None:
         if owner_gone(pid, mtime):
             with contextlib.suppress(OSError):
                 remove_tree(p)
+    # Trees of an older unpack version are never used again (and a v2 tree may hold file capabilities).
+    for p in base.glob("v*-*"):
+        if re.fullmatch(r"v\d+-[0-9a-f]{64}", p.name) and not p.name.startswith(f"{UNPACK_VERSION}-"):
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    remove_tree(p)
 
 
 def cached_rootfs(image: Image, cache_dir: Path | None = None, opts: UnpackOptions | None = None) -> Path:
