@@ -48,7 +48,9 @@ PROBE_WINDOW = 15.0
 MIN_UP = 2.0  # a group with nothing to check must at least stay up this long
 DEFAULT_KILL_SIGNAL = "SIGINT"  # Fly's default stop signal and timeout (fly.toml reference: kill_signal, kill_timeout)
 DEFAULT_KILL_TIMEOUT = 5.0
-# Without a [[restart]] section Fly restarts a machine whose process fails, up to 10 times.
+# Without a [[restart]] section Fly restarts a machine whose process exits non-zero, up to 10 times
+# (https://fly.io/docs/machines/guides-examples/machine-restart-policy/: on-fail is the default for machines
+# fly deploy creates).
 DEFAULT_RESTART = {"policy": "on-failure", "max_retries": 10}
 DEFAULT_MEMORY_MB = 256  # shared-cpu-1x, the guest a machine gets when fly.toml has no [[vm]]
 FLY_PRIVATE_IP = "::1"  # the machine's 6PN address does not exist here; loopback stands in for it
