@@ -212,7 +212,11 @@ def secrets_set(
     from nixfly.fly.state import default_state_dir
 
     args = [a for a in assignments if a != "-"]
-    stdin_text = sys.stdin.read() if (not args or "-" in assignments) else None
+    # As bytes: a value that is not UTF-8 is refused by name in one line, not a decoding crash.
+    stdin_text = None
+    if not args or "-" in assignments:
+        raw = getattr(sys.stdin, "buffer", None)  # a text-only stdin (an embedding program's) is read as text
+        stdin_text = raw.read().decode("utf-8", "surrogateescape") if raw is not None else sys.stdin.read()
     values = parse_assignments(args, stdin_text)
     app = app_from(app_name, config_path)
     with Connection(api_url, access_token).open() as api:
