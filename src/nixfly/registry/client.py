@@ -846,7 +846,7 @@ class RegistryClient:
 
 
 # A tags list that pages on for ever (each page naming a new next page) ends here, not at memory's end.
-_MAX_PAGES = 10_000
+_MAX_PAGES = 1_000
 _MAX_TAGS = 1_000_000
 
 
