@@ -55,7 +55,7 @@ from nixfly.build.closure import (
 )
 from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
-from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.errors import ClosureError, NixflyError, UsageError, add_secret
 from nixfly.fsutil import atomic_write_text
 from nixfly.limits import ACCEPT_ENCODING, CACHE_INFO_MAX, NAR_LISTING_MAX, NARINFO_MAX, check_encoding, read_limited
 from nixfly.retry import RetryPolicy, Transient, classify_transport, retry_after_seconds, status_is_transient
@@ -337,6 +337,8 @@ class BinaryCache:
 
     def __init__(self, url: str, store_dir: str = STORE_DIR, client: httpx.Client | None = None) -> None:
         u = urlsplit(url)
+        if u.password:  # https://user:password@cache/: never shown, whatever a server echoes
+            add_secret(unquote(u.password))
         self.url = _redact(url).rstrip("/")
         self.store_dir = store_dir
         self._checked = False
