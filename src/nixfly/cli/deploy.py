@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import NixflyError, UsageError
+from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
 from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
@@ -37,7 +37,7 @@ def with_api_options(f: Any) -> Any:
 
 
 def progress(line: str) -> None:
-    click.echo(f"==> {line}", err=True)
+    click.echo(f"==> {redact(line)}", err=True)  # lines may quote what the API said: no secret of ours
 
 
 def app_from(app_name: str | None, config_path: Path) -> str:

@@ -306,7 +306,7 @@ class MachinesAPI:
     def _json(resp: httpx.Response, what: str) -> Any:
         try:
             return resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FlyAPIError(f"Fly API {what}: answer is not JSON") from None
 
     @staticmethod
