@@ -28,7 +28,7 @@ def one_line(r: Measured) -> str:
     assert len(lines) == 1 and lines[0].startswith("nixfly: "), r.err
     assert "Traceback" not in r.err and "internal error" not in r.err
     assert r.max_rss_mb < MAX_RSS_MB, f"peak RSS {r.max_rss_mb:.0f} MB"
-    print(f"peak RSS {r.max_rss_mb:.0f} MB, {r.seconds:.1f} s: {lines[0][:100]}")  # shown with -s
+    print(f"peak RSS {r.max_rss_mb:.1f} MB, {r.seconds:.1f} s: {lines[0][:100]}")  # shown with -s
     return lines[0]
 
 
