@@ -69,6 +69,7 @@ def test_endless_tags_list() -> None:
     assert "tags/list" in line and "larger than the 16 MiB" in line, line
 
 
+@pytest.mark.slow  # a thousand small pages
 def test_endless_tags_pagination_ends() -> None:
     # Every page is small and names a new next page: the pages, not one body, go on for ever.
     pages = itertools.count()
