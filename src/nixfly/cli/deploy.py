@@ -180,21 +180,32 @@ def build_and_push(build_path: Path, repository: str, dry_run: bool, progress: C
 )
 @click.option("--create-app", is_flag=True, help="Create the app (POST /apps) if it does not exist.")
 @click.option("--org", default="personal", show_default=True, help="Organization for --create-app.")
+@click.option("--rehearse", is_flag=True,
+              help="First run the image here as its machines would, with fly.toml's checks (nixfly run -c); "
+              "deploy only if that passes.")  # fmt: skip
 @deploy_options
 def deploy(
     image: str | None, build_path: Path | None, push_to: str | None, ha: bool, create_app: bool, org: str,
     config_path: Path, app_name: str | None, strategy: str | None, wait_timeout: float | None, dry_run: bool,
     as_json: bool, allow_unknown_keys: bool, rollback_on_interrupt: bool, api_url: str | None,
-    access_token: str | None,
+    access_token: str | None, rehearse: bool = False,
 ) -> None:  # fmt: skip
     """Deploy an image to the app's Fly Machines with the fly.toml deploy strategy."""
     from nixfly.fly.service import deploy as deploy_service
+
+    publish = build_and_push
+    if rehearse:
+        from nixfly.cli.rehearse import rehearse_before_deploy
+
+        rehearsed, publish = run_reporting_json(as_json, app_name, lambda: rehearse_before_deploy(
+            config_path, image, build_path, build_and_push, allow_unknown_keys))  # fmt: skip
+        image = rehearsed or image
 
     req = DeployRequest(
         config_path=config_path, image=image, build_path=build_path, push_to=push_to, strategy=strategy,
         app=app_name, wait_timeout=wait_timeout, dry_run=dry_run, ha=ha, create_app=create_app, org=org,
         allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
-        connection=Connection(api_url, access_token), publish=build_and_push,
+        connection=Connection(api_url, access_token), publish=publish,
     )  # fmt: skip
     outcome = run_reporting_json(as_json, app_name, lambda: deploy_service(req, progress=progress))
     print_outcome(outcome, as_json, dry_run)
