@@ -448,8 +448,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     t = summary["totals"]
     if not quiet:
         click.echo(
-            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
-            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
+            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths"
+            + (f" ({len(result.from_base)} already in the base)" if result.from_base else "")
+            + f", {human_size(t['size'])} compressed, in {result.seconds:.2f}s"
             + (f" → {dest}" if dest else ""),
             err=True,
         )
@@ -476,7 +477,9 @@ def _push_location(text: str) -> RegistryLocation:
 def _base_summary(result: BuildResult) -> dict[str, Any]:
     if result.base is None:
         return {}
-    return {"base": {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}}
+    b = result.base
+    held = len(result.from_base)  # store paths of the closure the base holds (not packed again)
+    return {"base": {"name": b.name, "digest": b.digest, "layers": n_base(result), "store_paths": held}}
 
 
 def n_base(result: BuildResult) -> int:
