@@ -426,3 +426,33 @@ def test_the_layer_plan_leaves_out_what_the_base_provides(algorithm: str) -> Non
     assert all(g.kind != "explicit" for g in plan.groups)
     full = plan_layers(c, algorithm=algorithm, explicit=[["busybox"]])
     assert sorted(p for g in full.groups for p in g.paths) == sorted(refs)
+
+
+def test_a_base_layer_read_killed_half_way_leaves_nothing_after_the_next_open(tmp_path: Path) -> None:
+    """kill -9 while a base layer streams into the cache: the next build's cache sweep removes the partial file
+    (its name carries the dead reader's pid) instead of keeping it for a day."""
+    import random
+    import sys
+
+    cache_dir = tmp_path / "cache"
+    data = random.Random(11).randbytes(4 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    script = f"""
+import hashlib, os, signal
+from pathlib import Path
+from nixfly.build.base import cache_backed
+from nixfly.build.cache import BlobCache
+from nixfly.image.mediatypes import OCI_LAYER
+from nixfly.image.model import BytesLayer
+data = Path({str(tmp_path / "blob")!r}).read_bytes()
+d = "sha256:" + hashlib.sha256(data).hexdigest()
+stream = cache_backed(BytesLayer(data, d, d, OCI_LAYER), BlobCache(Path({str(cache_dir)!r}))).compressed()
+stream.read(1 << 20)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert r.returncode == -9, r.stderr
+    left = list((cache_dir / "tmp").iterdir())
+    assert len(left) == 1 and left[0].stat().st_size == 1 << 20  # the half-read layer, as the kill left it
+    BlobCache(cache_dir)  # the next build opens the cache
+    assert list((cache_dir / "tmp").iterdir()) == [] and not list((cache_dir / "blobs" / "sha256").iterdir())

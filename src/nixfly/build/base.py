@@ -45,7 +45,9 @@ class _TeeToCache:
     def __init__(self, src: BinaryIO, cache: BlobCache, digest: str, size: int) -> None:
         self._src = VerifyingReader(src, digest, size, what=f"base layer {digest}")
         self._cache, self._digest, self._size = cache, digest, size
-        fd, name = tempfile.mkstemp(prefix="base.", dir=cache.tmp)
+        # The pid in the name lets the next BlobCache sweep this file if we are killed mid-read (every base layer
+        # is read in full once, to list its store paths: a large one would otherwise stay for a day).
+        fd, name = tempfile.mkstemp(prefix=f"base.{os.getpid()}.", dir=cache.tmp)
         self._tmp = Path(name)
         self._out = os.fdopen(fd, "wb")
         self._pos = 0
