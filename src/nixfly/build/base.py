@@ -284,7 +284,8 @@ def _cached_effect(layer: Layer, store_dir: str, cache: BlobCache) -> StoreEffec
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         rec = json.loads(where.read_bytes())
         added, removed, cleared = rec["added"], rec["removed"], rec["cleared"]
-        if all(isinstance(n, str) for n in (*added, *removed)) and isinstance(cleared, bool):
+        lists = isinstance(added, list) and isinstance(removed, list)
+        if lists and all(isinstance(n, str) for n in (*added, *removed)) and isinstance(cleared, bool):
             return StoreEffect(frozenset(added), frozenset(removed), cleared)
     effect = _store_effect(layer, store_dir)
     with contextlib.suppress(OSError, ImageError):  # a cache: a failed write only means scanning again
