@@ -15,7 +15,7 @@ import click
 
 from nixfly.cli.app import cli
 from nixfly.cli.common import DURATION
-from nixfly.errors import NixflyError, UsageError
+from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
 from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
@@ -38,7 +38,7 @@ def with_api_options(f: Any) -> Any:
 
 
 def progress(line: str) -> None:
-    click.echo(f"==> {line}", err=True)
+    click.echo(f"==> {redact(line)}", err=True)  # lines may quote what the API said: no secret of ours
 
 
 def app_from(app_name: str | None, config_path: Path) -> str:
@@ -224,7 +224,11 @@ def secrets_set(
     from nixfly.fly.state import default_state_dir
 
     args = [a for a in assignments if a != "-"]
-    stdin_text = sys.stdin.read() if (not args or "-" in assignments) else None
+    # As bytes: a value that is not UTF-8 is refused by name in one line, not a decoding crash.
+    stdin_text = None
+    if not args or "-" in assignments:
+        raw = getattr(sys.stdin, "buffer", None)  # a text-only stdin (an embedding program's) is read as text
+        stdin_text = raw.read().decode("utf-8", "surrogateescape") if raw is not None else sys.stdin.read()
     values = parse_assignments(args, stdin_text)
     app = app_from(app_name, config_path)
     with Connection(api_url, access_token).open() as api:
