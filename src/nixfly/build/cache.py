@@ -10,9 +10,10 @@ The stat shortcut cannot see bytes changed in place with the mtime put back (or 
 sink verifies a cached blob's digest before hard-linking it into an output (once per process; blobs
 this process wrote are known good: :func:`nixfly.fsutil.sha256_matches`).
 
-Temp files carry their writer's pid (``blob.<pid>.<random>``); opening the cache removes the ones whose
-writer is gone (a ``kill -9`` leftover, up to a whole layer's size) — or whose pid now belongs to a
-process started after the file was last written, which therefore cannot be its writer.
+Temp files carry their writer's pid (``blob.<pid>.<random>``, and the directories of NAR downloads,
+``nars.<pid>.<random>``); opening the cache removes the ones whose writer is gone (a ``kill -9`` leftover,
+up to a whole layer's size, or GBs of NARs) — or whose pid now belongs to a process started after the
+file was last written, which therefore cannot be its writer.
 """
 
 from __future__ import annotations

@@ -11,11 +11,13 @@ import importlib
 import click
 
 from nixfly import __version__
+from nixfly.cli.common import insecure_policy_option
 
 # command → (module under nixfly.cli, one-line help for `nixfly --help` without importing it)
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("build", "Build a Nix closure into a reproducible layered image."),
     "inspect": ("inspect", "Show an image's layers, sizes and largest store paths."),
+    "diff": ("diff", "Compare two images, releases or closures: packages, sizes, push bytes, config."),
     "push": ("registry", "Push an image to a registry; print the digest-pinned reference."),
     "pull": ("registry", "Pull a registry image into an OCI layout or archive."),
     "copy": ("registry", "Copy an image between registries, layouts and archives."),
@@ -49,5 +51,6 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nixfly")
 @click.option("--debug", is_flag=True, help="On an internal error, print the traceback (else it goes to a crash file).")
+@insecure_policy_option
 def cli(debug: bool) -> None:
     """Ship Nix closures as layered OCI images to any registry and onto Fly.io — no Docker daemon."""

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import NixflyError, UsageError
+from nixfly.cli.common import DURATION
+from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
 from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
@@ -37,7 +38,7 @@ def with_api_options(f: Any) -> Any:
 
 
 def progress(line: str) -> None:
-    click.echo(f"==> {line}", err=True)
+    click.echo(f"==> {redact(line)}", err=True)  # lines may quote what the API said: no secret of ours
 
 
 def app_from(app_name: str | None, config_path: Path) -> str:
@@ -49,7 +50,7 @@ def app_from(app_name: str | None, config_path: Path) -> str:
     if is_regular_file(config_path):
         from nixfly.fly.flytoml import load_fly_toml
 
-        return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app
+        return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app_name()
     raise UsageError("which app? pass -a/--app NAME or run next to a fly.toml (-c/--config PATH)")
 
 
@@ -57,7 +58,7 @@ _SHARED_DEPLOY_OPTIONS = [
     _config_option,
     _app_option,
     click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy."),
-    click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for each machine to be healthy."),
+    click.option("--wait-timeout", type=DURATION, default=None, help="Seconds to wait for each machine to be healthy."),
     click.option("--dry-run", is_flag=True, help="Print the plan (every step, with diffs); change nothing."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (or the JSON plan with --dry-run)."),
     click.option("--allow-unknown-keys", is_flag=True, help="Warn about unknown fly.toml keys instead of failing."),
@@ -74,11 +75,14 @@ def deploy_options(f: Any) -> Any:
 
 def print_outcome(outcome: DeployOutcome, as_json: bool, dry_run: bool) -> None:
     if dry_run:
+        changes = _image_changes(outcome)
         if as_json:
-            click.echo(json.dumps({"dry_run": True, **outcome.plan.to_json()}, indent=2))
+            click.echo(json.dumps({"dry_run": True, **outcome.plan.to_json(), "image_changes": changes}, indent=2))
         else:
             for line in outcome.plan.render():
                 click.echo(line)
+            for c in changes:
+                click.echo(f"image change from {c['running']}: {c['summary'] or 'cannot tell (' + c['error'] + ')'}")
         return
     if as_json:
         click.echo(json.dumps(outcome.to_json(), indent=2))
@@ -91,6 +95,14 @@ def print_outcome(outcome: DeployOutcome, as_json: bool, dry_run: bool) -> None:
             f"deployed {r.image} to {outcome.app}{release}: {len(r.created)} created, {len(r.updated)} updated, "
             f"{len(r.destroyed)} destroyed"
         )
+
+
+def _image_changes(outcome: DeployOutcome) -> list[dict[str, Any]]:
+    """What the deploy changes in Nix terms, per image the machines run now (see ``nixfly diff``)."""
+    from nixfly.diff.releases import plan_diffs
+
+    return [{"running": image, "summary": d.summary() if d else None, "diff": d.to_json() if d else None,
+             "error": err} for image, d, err in plan_diffs(outcome.plan)]  # fmt: skip
 
 
 def run_reporting_json(as_json: bool, app: str | None, work: Any) -> Any:
@@ -171,21 +183,32 @@ def build_and_push(build_path: Path, repository: str, dry_run: bool, progress: C
 )
 @click.option("--create-app", is_flag=True, help="Create the app (POST /apps) if it does not exist.")
 @click.option("--org", default="personal", show_default=True, help="Organization for --create-app.")
+@click.option("--rehearse", is_flag=True,
+              help="First run the image here as its machines would, with fly.toml's checks (nixfly run -c); "
+              "deploy only if that passes.")  # fmt: skip
 @deploy_options
 def deploy(
     image: str | None, build_path: Path | None, push_to: str | None, ha: bool, create_app: bool, org: str,
     config_path: Path, app_name: str | None, strategy: str | None, wait_timeout: float | None, dry_run: bool,
     as_json: bool, allow_unknown_keys: bool, rollback_on_interrupt: bool, api_url: str | None,
-    access_token: str | None,
+    access_token: str | None, rehearse: bool = False,
 ) -> None:  # fmt: skip
     """Deploy an image to the app's Fly Machines with the fly.toml deploy strategy."""
     from nixfly.fly.service import deploy as deploy_service
+
+    publish = build_and_push
+    if rehearse:
+        from nixfly.cli.rehearse import rehearse_before_deploy
+
+        rehearsed, publish = run_reporting_json(as_json, app_name, lambda: rehearse_before_deploy(
+            config_path, image, build_path, build_and_push, allow_unknown_keys))  # fmt: skip
+        image = rehearsed or image
 
     req = DeployRequest(
         config_path=config_path, image=image, build_path=build_path, push_to=push_to, strategy=strategy,
         app=app_name, wait_timeout=wait_timeout, dry_run=dry_run, ha=ha, create_app=create_app, org=org,
         allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
-        connection=Connection(api_url, access_token), publish=build_and_push,
+        connection=Connection(api_url, access_token), publish=publish,
     )  # fmt: skip
     outcome = run_reporting_json(as_json, app_name, lambda: deploy_service(req, progress=progress))
     print_outcome(outcome, as_json, dry_run)
@@ -201,7 +224,7 @@ def secrets() -> None:
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only store the secrets; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_set(
@@ -214,7 +237,11 @@ def secrets_set(
     from nixfly.fly.state import default_state_dir
 
     args = [a for a in assignments if a != "-"]
-    stdin_text = sys.stdin.read() if (not args or "-" in assignments) else None
+    # As bytes: a value that is not UTF-8 is refused by name in one line, not a decoding crash.
+    stdin_text = None
+    if not args or "-" in assignments:
+        raw = getattr(sys.stdin, "buffer", None)  # a text-only stdin (an embedding program's) is read as text
+        stdin_text = raw.read().decode("utf-8", "surrogateescape") if raw is not None else sys.stdin.read()
     values = parse_assignments(args, stdin_text)
     app = app_from(app_name, config_path)
     with Connection(api_url, access_token).open() as api:
@@ -233,7 +260,7 @@ def secrets_set(
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only remove them; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_unset(
