@@ -57,7 +57,11 @@ def init_command(
     """Write a starter fly.toml: the app, an http_service on the image's exposed port and, with
     --check-path, a health check."""
     existing: str | None = None
-    if output.exists():
+    try:
+        exists = output.exists()
+    except OSError as e:  # e.g. a name too long for the system
+        raise UsageError(f"{output}: {e.strerror}") from None
+    if exists:
         if not force:
             raise UsageError(f"{output} already exists; pass --force to update it (comments and layout are kept)")
         from nixfly.fsutil import CONFIG_FILE_MAX, read_text_file  # a regular file, bounded (not /dev/zero)
