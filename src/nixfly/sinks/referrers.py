@@ -288,6 +288,7 @@ def attach_once(
     options: RegistryOptions | None = None,
     *,
     look_first: bool = True,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> list[tuple[str, AttachResult, Descriptor]]:
     """In every repository ``refs`` name: the artifact already attached there (see
     :func:`find_registry_artifact`, with ``look_first``), else ``make()``'s artifact attached — made at
@@ -301,11 +302,14 @@ def attach_once(
         ref = parse_reference(r)
         repos.setdefault((ref.registry, ref.repository), None)
     out: list[tuple[str, AttachResult, Descriptor]] = []
-    clients: dict[str, RegistryClient] = {}
+    given = dict(clients or {})  # the caller's: kept open
+    mine: dict[str, RegistryClient] = {}
     made: list[Artifact] = []
     try:
         for registry, repo in repos:
-            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, options))
+            client = given.get(registry) or mine.get(registry) or mine.setdefault(
+                registry, RegistryClient(registry, options)
+            )
             found = find_registry_artifact(client, repo, subject_digest, artifact_type, match) if look_first else None
             if found is not None:
                 out.append((f"{registry}/{repo}", *found))
@@ -315,7 +319,7 @@ def attach_once(
             art = made[0]
             out.append((f"{registry}/{repo}", attach_to_registry(client, repo, art), art.blob_descriptor))
     finally:
-        for c in clients.values():
+        for c in mine.values():
             c.close()
     return out
 
