@@ -108,6 +108,11 @@ class Clients:
             client = self._clients[registry] = RegistryClient(registry, self._options)
         return client
 
+    def pushing(self, refs: Sequence[Reference]) -> None:
+        """The repositories pushed to: their clients ask one token for reads and writes there."""
+        for r in refs:
+            self.get(r.registry).auth.push_session(r.repository)
+
     def mapping(self) -> dict[str, RegistryClient]:
         return dict(self._clients)
 
@@ -208,6 +213,7 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
 
     spec = req.spec
     pushes = _refs(req.destinations)
+    clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
     hooks: dict[str, Any] = dict(events.build_hooks)
     uploads = None
@@ -264,6 +270,7 @@ def _ship_index(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     from nixfly.sinks import publish_index
 
     pushes = _refs(req.destinations)
+    clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
     b = req.build
     hooks: dict[str, Any] = {**events.build_hooks, "caches": b.caches, "verify": b.verify,
