@@ -31,7 +31,7 @@ from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
-from nixfly.sinks import Written, publish
+from nixfly.sinks import publish
 from nixfly.sinks.layer_index import INDEX_TAG
 from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
 from nixfly.sources import open_image
@@ -117,26 +117,6 @@ def _progress_bar() -> Progress:
     )  # fmt: skip
 
 
-def publish_with_progress(
-    image: Image,
-    destinations: list[Location],
-    *,
-    fmt: ManifestFormat | None,
-    options: RegistryOptions,
-    mount_from: list[str] | None = None,
-    o: dict[str, Any],
-) -> tuple[Image, list[Written]]:
-    """``nixfly.sinks.publish`` with upload bars on a terminal (pushes) — the one publish path of the CLI."""
-    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and any(
-        isinstance(d, RegistryLocation) for d in destinations
-    ):
-        bar = _progress_bar()
-        with bar:
-            return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (),
-                           progress=_RichPushProgress(bar))  # fmt: skip
-    return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or ())
-
-
 def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") -> None:
     if o.get("json_out"):
         emit_json(result.to_json())
@@ -200,23 +180,22 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         _push_spec(Path(source), dests, fmt, options, tuple(mount_from), o)
         return
+    from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
+
     loc = parse_location(source, bare_paths=True)
     if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
         image = _read_archive_with_progress(loc)
     else:
         image = open_image(loc, options)
-    _, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o)
-    assert written[-1].push is not None
-    pushed = written[-1].push
-    refs = [d.reference for d in dests if isinstance(d, RegistryLocation)]
-    notes: list[str] = []  # the image's SBOM goes along
-    if isinstance(loc, LayoutLocation):
-        from nixfly.sinks.referrers import carry_layout_referrers
-
-        notes = carry_layout_referrers(loc.path, image.manifest_digest(), pushed.digest, refs, options)
-    for note in notes if not o.get("quiet") and not o.get("json_out") else []:
+    # The image's SBOM goes along from a layout.
+    request = PublishRequest(image, tuple(dests), fmt=fmt, options=options, mount_from=tuple(mount_from),
+                             referrers_from=loc.path if isinstance(loc, LayoutLocation) else None)  # fmt: skip
+    with _push_bars(o) as bars:
+        outcome = publish_image(request, ShipEvents(push=bars))
+    for note in outcome.notes if not o.get("quiet") and not o.get("json_out") else []:
         click.echo(f"note: {note}", err=True)
-    _report_push(pushed, o)
+    assert outcome.written[-1].push is not None
+    _report_push(outcome.written[-1].push, o)
 
 
 def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, options: RegistryOptions,
@@ -335,9 +314,12 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
     src_opts, dest_opts = registry_options(o, "src"), registry_options(o, "dest")
     image = open_image(src, src_opts, platform=platform)
     if isinstance(dest, RegistryLocation):
-        _, written = publish_with_progress(image, [dest], fmt=fmt, options=dest_opts, o=o)
-        assert written[0].push is not None
-        _report_push(written[0].push, o, "copied to")
+        from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
+
+        with _push_bars(o) as bars:
+            outcome = publish_image(PublishRequest(image, (dest,), fmt=fmt, options=dest_opts), ShipEvents(push=bars))
+        assert outcome.written[0].push is not None
+        _report_push(outcome.written[0].push, o, "copied to")
         return
     digest = _write_local(image, _local_destination(dest), o, fmt)
     if o.get("json_out"):

@@ -206,6 +206,41 @@ def ship(req: ShipRequest, events: ShipEvents | None = None) -> ShipOutcome:
         return _ship_image(req, events, clients)
 
 
+@dataclass(frozen=True)
+class PublishRequest:
+    """An image that exists already (``push``/``copy`` of a layout, an archive, a registry image) to publish."""
+
+    image: Image
+    destinations: tuple[Location, ...]
+    fmt: ManifestFormat | None = None
+    options: RegistryOptions | None = None
+    mount_from: tuple[str, ...] = ()
+    referrers_from: Path | None = None  # the source layout: its referrers (the SBOM) go along
+
+
+def publish_image(req: PublishRequest, events: ShipEvents | None = None) -> ShipOutcome:
+    """Publish an existing image to every destination (one client per registry), taking the source layout's
+    SBOM along when the manifest pushed is the layout's."""
+    from nixfly.sinks import publish
+
+    events = events or ShipEvents()
+    pushes = _refs(req.destinations)
+    with _clients(req.options) as clients:
+        clients.pushing(pushes)
+        image, written = publish(req.image, req.destinations, fmt=req.fmt, options=req.options,
+                                 mount_from=req.mount_from, progress=events.push,
+                                 clients=clients.mapping())  # fmt: skip
+        notes: list[str] = []
+        if req.referrers_from is not None and pushes:
+            from nixfly.sinks.referrers import carry_layout_referrers
+
+            refs = [loc.reference for loc in req.destinations if isinstance(loc, RegistryLocation)]
+            notes = carry_layout_referrers(req.referrers_from, req.image.manifest_digest(), written[-1].digest, refs,
+                                           _options(req), clients.mapping())  # fmt: skip
+    pinned = written[-1].reference if pushes else None
+    return ShipOutcome(image.manifest_digest(), pinned, tuple(written), tuple(notes), (), image, None, None)
+
+
 def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipOutcome:
     from nixfly.build.pipeline import build_image
     from nixfly.image.convert import with_format
@@ -297,7 +332,7 @@ def _ship_index(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     return ShipOutcome(digest, pinned, tuple(written), tuple(notes), res.results, None, written_index, None)
 
 
-def _options(req: ShipRequest) -> RegistryOptions:
+def _options(req: ShipRequest | PublishRequest) -> RegistryOptions:
     from nixfly.registry.client import RegistryOptions
 
     return req.options or RegistryOptions()

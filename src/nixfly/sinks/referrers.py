@@ -271,11 +271,12 @@ def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) ->
 
 
 def attach_to_references(
-    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None
-) -> list[tuple[str, AttachResult]]:
+    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
+) -> list[tuple[str, AttachResult]]:  # fmt: skip
     """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
     done = attach_once(refs, artifact.artifact_type, artifact.subject.digest, {}, lambda: artifact, options,
-                       look_first=False)  # fmt: skip
+                       look_first=False, clients=clients)  # fmt: skip
     return [(repo, res) for repo, res, _blob in done]
 
 
@@ -443,8 +444,9 @@ def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
 
 
 def carry_layout_referrers(
-    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions
-) -> list[str]:
+    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions,
+    clients: Mapping[str, RegistryClient] | None = None,
+) -> list[str]:  # fmt: skip
     """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the
     registry too. A push that changed the manifest (another format) cannot: the SBOM names the layout's
     digest. Returns notes for the user."""
@@ -457,7 +459,7 @@ def carry_layout_referrers(
     notes = []
     for art in arts:
         try:
-            done = attach_to_references(refs, art, options)
+            done = attach_to_references(refs, art, options, clients)
         except NixflyError as e:  # the image is pushed: say so
             raise NixflyError(f"pushed {pushed_digest}, but attaching its {art.artifact_type} failed: {e}") from None
         notes += [f"attached {art.artifact_type} {r.digest} to {repo} ({r.tag or r.method})" for repo, r in done]
