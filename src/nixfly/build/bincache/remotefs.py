@@ -12,36 +12,19 @@ import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nixfly.build.bincache.narinfo import BinaryCacheError
-from nixfly.build.tarwriter import TreeEntry
+from nixfly.build.bincache.store import RemoteStore, listing_item
 from nixfly.errors import NixflyError
 from nixfly.fsutil import atomic_write_text
 from nixfly.limits import NAR_LISTING_MAX
-
-if TYPE_CHECKING:
-    from nixfly.build.bincache.store import RemoteStore
 
 # ---------------------------------------------------------------------------------------------------
 # a look at remote paths without unpacking them
 
 
 _HEAD = 64
-_KINDS = {b"0": "f", b"2": "l", b"5": "d"}
-
-
-def _listing_item(e: TreeEntry, root: bytes) -> tuple[str, list[str]] | None:
-    """(relative path, [kind, symlink target]) for entries a listing keeps: two levels deep, and
-    ``etc/`` five (the CA bundle paths); None for the others."""
-    rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
-    parts = rel.split("/") if rel else []
-    if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
-        return None
-    kind = _KINDS[e.type]
-    if e.type == b"0" and e.mode & 0o111:
-        kind = "x"
-    return rel, [kind, os.fsdecode(e.target) if e.type == b"2" else ""]
 
 
 class RemoteFS:
@@ -119,7 +102,7 @@ class RemoteFS:
                 if not full and e.name != root and e.name[len(root) + 1 :].split(b"/", 1)[0] > b"etc":
                     complete = False
                     break
-                item = _listing_item(e, root)
+                item = listing_item(e, root)
                 if item is None:
                     continue
                 rel, (kind, extra) = item

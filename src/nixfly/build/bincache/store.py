@@ -5,21 +5,40 @@ decompressor and the NAR parser, FileHash/FileSize and NarHash/NarSize checked w
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
 import threading
 from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from nixfly.build.bincache.fetch import BinaryCache, _Counting, _Decompressor
 from nixfly.build.bincache.narinfo import BinaryCacheError, NarInfo, nix_hash
-from nixfly.build.bincache.remotefs import RemoteFS, _listing_item
 from nixfly.build.bincache.resolve import FETCH_JOBS, RemoteClosure
 from nixfly.build.nar import NarReader
 from nixfly.build.tarwriter import TreeEntry
 
+if TYPE_CHECKING:  # the listings a streamed NAR leaves behind; remotefs imports this module at run time
+    from nixfly.build.bincache.remotefs import RemoteFS
+
 # ---------------------------------------------------------------------------------------------------
 # fetching and streaming NARs
+
+
+_KINDS = {b"0": "f", b"2": "l", b"5": "d"}
+
+
+def listing_item(e: TreeEntry, root: bytes) -> tuple[str, list[str]] | None:
+    """(relative path, [kind, symlink target]) for entries a listing keeps: two levels deep, and
+    ``etc/`` five (the CA bundle paths); None for the others."""
+    rel = os.fsdecode(e.name[len(root) + 1 :]) if e.name != root else ""
+    parts = rel.split("/") if rel else []
+    if len(parts) > 2 and not (parts[0] == "etc" and len(parts) <= 5):
+        return None
+    kind = _KINDS[e.type]
+    if e.type == b"0" and e.mode & 0o111:
+        kind = "x"
+    return rel, [kind, os.fsdecode(e.target) if e.type == b"2" else ""]
 
 
 class RemoteStore:
@@ -87,7 +106,7 @@ class RemoteStore:
             reader = NarReader(_Decompressor(counted, ni.compression, where), where, ni.nar_size)
             for e in reader.entries(name):
                 if noting:
-                    item = _listing_item(e, name)
+                    item = listing_item(e, name)
                     if item is not None:
                         noted[item[0]] = item[1]
                 yield e
