@@ -15,7 +15,16 @@ import click
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, PlatformSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import (
+    FileSpec,
+    ImageSpec,
+    PlatformSpec,
+    SpecError,
+    check_processes,
+    from_dict,
+    load_spec,
+    to_dict,
+)
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -109,7 +118,40 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
     merged.update(upd)
     if lay:
         merged["layers"] = {**to_dict(base.layers), **lay}
-    return validate_spec(merged)
+    try:
+        return check_processes(from_dict(ImageSpec, merged))[0]
+    except SpecError as e:
+        given = {**upd, **{f"layers.{k}": v for k, v in lay.items()}}
+        raise UsageError(f"{_flag_or_key(e.key, given, to_dict(base))}: {e.msg}") from None
+
+
+# The flag that sets each key of the spec: an error about a value typed on the command line names the flag
+# (`--max-layers: …`), not the nixfly.toml key the flag is merged into.
+_FLAG_OF = {
+    "roots": "ROOTS", "closure_file": "--closure-file", "name": "--name", "workdir": "--workdir", "user": "--user",
+    "stop_signal": "--stop-signal", "architecture": "--arch", "os": "--os", "format": "--format", "sbom": "--sbom",
+    "entrypoint": "--entrypoint", "cmd": "--cmd", "env": "--env", "labels": "--label", "annotations": "--annotation",
+    "ports": "--port", "volumes": "--volume", "files": "--add", "perms": "--perm", "from": "--from",
+    "base_etc": "--base-etc", "platforms": "--platform", "layers.max_layers": "--max-layers",
+    "layers.algorithm": "--layering", "layers.compression": "--compression", "layers.level": "--level",
+    "layers.explicit": "--layer",
+}  # fmt: skip
+
+
+def _flag_or_key(key: str, given: dict[str, Any], base: dict[str, Any]) -> str:
+    """The flag that gave the value ``key`` names, else ``key`` itself (the value came from the file)."""
+    parts = key.split(".")
+    n = 2 if parts[0] == "layers" and len(parts) > 1 else 1
+    head, rest = ".".join(parts[:n]), parts[n:]
+    flag = _FLAG_OF.get(head)
+    if flag is None or head not in given:
+        return key
+    before = base.get(parts[0]) if n == 1 else (base.get("layers") or {}).get(parts[1])
+    if rest and isinstance(before, list) and rest[0].isdigit() and int(rest[0]) < len(before):
+        return key  # an entry of the file's list; the flags' entries come after it
+    if rest and isinstance(before, dict) and before.get(rest[0]) == given[head].get(rest[0]):
+        return key  # a file's entry the flags left alone
+    return flag
 
 
 def _label(spec: LayerSpec) -> str:
@@ -448,8 +490,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     t = summary["totals"]
     if not quiet:
         click.echo(
-            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
-            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
+            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths"
+            + (f" ({len(result.from_base)} already in the base)" if result.from_base else "")
+            + f", {human_size(t['size'])} compressed, in {result.seconds:.2f}s"
             + (f" → {dest}" if dest else ""),
             err=True,
         )
@@ -476,7 +519,9 @@ def _push_location(text: str) -> RegistryLocation:
 def _base_summary(result: BuildResult) -> dict[str, Any]:
     if result.base is None:
         return {}
-    return {"base": {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}}
+    b = result.base
+    held = len(result.from_base)  # store paths of the closure the base holds (not packed again)
+    return {"base": {"name": b.name, "digest": b.digest, "layers": n_base(result), "store_paths": held}}
 
 
 def n_base(result: BuildResult) -> int:

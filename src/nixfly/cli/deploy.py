@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
+from nixfly.cli.common import DURATION
 from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
@@ -55,7 +56,7 @@ _SHARED_DEPLOY_OPTIONS = [
     _config_option,
     _app_option,
     click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy."),
-    click.option("--wait-timeout", type=float, default=None, help="Seconds to wait for each machine to be healthy."),
+    click.option("--wait-timeout", type=DURATION, default=None, help="Seconds to wait for each machine to be healthy."),
     click.option("--dry-run", is_flag=True, help="Print the plan (every step, with diffs); change nothing."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (or the JSON plan with --dry-run)."),
     click.option("--allow-unknown-keys", is_flag=True, help="Warn about unknown fly.toml keys instead of failing."),
@@ -221,7 +222,7 @@ def secrets() -> None:
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only store the secrets; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_set(
@@ -257,7 +258,7 @@ def secrets_set(
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only remove them; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_unset(
