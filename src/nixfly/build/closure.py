@@ -75,7 +75,6 @@ class Closure:
         return seen
 
 
-
 def is_store_path(p: str, store_dir: str = STORE_DIR) -> bool:
     head, _, base = p.rstrip("/").rpartition("/")
     return head == store_dir and bool(_STORE_NAME.match(base))

@@ -124,9 +124,7 @@ def image_config(
         cfg["StopSignal"] = spec.stop_signal
     history = []
     for b in layers:
-        what = (
-            f"store paths: {_describe(b.spec.store_paths)}" if b.spec.store_paths else f"nixfly {b.spec.kind} layer"
-        )
+        what = f"store paths: {_describe(b.spec.store_paths)}" if b.spec.store_paths else f"nixfly {b.spec.kind} layer"
         history.append({"created": created, "created_by": f"nixfly ({b.spec.kind} layer)", "comment": what})
     return canonical_json(
         {

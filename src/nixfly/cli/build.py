@@ -216,7 +216,7 @@ def _check_destinations(dest: object) -> None:
 @click.option("--level", help='Compression level: gzip 1-12 (default 2) or "fast" (ISA-L), zstd 1-19 (default 3).')
 @click.option("--format", "format", type=click.Choice(["oci", "v2s2"]), help="Manifest format (default oci).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Layer cache (default $XDG_CACHE_HOME/nixfly).")
-@click.option("--entrypoint", help='Entrypoint, as shell words or a JSON array.')
+@click.option("--entrypoint", help="Entrypoint, as shell words or a JSON array.")
 @click.option("--cmd", help="Cmd, as shell words or a JSON array.")
 @click.option("-e", "--env", multiple=True, help="KEY=VALUE environment variable (repeatable).")
 @click.option("--workdir", help="Working directory.")
@@ -233,14 +233,25 @@ def _check_destinations(dest: object) -> None:
 @click.option("--bin-sh", is_flag=True, help="Link /bin/sh to a shell from the closure.")
 @click.option("--usr-bin-env", is_flag=True, help="Link /usr/bin/env from the closure.")
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
-@click.option("--from", "from_ref", metavar="LOCATION",
-              help="Base image: docker://REF (a tag or @sha256:…), oci:DIR[:TAG] or docker-archive:FILE.")
-@click.option("--base-etc", type=click.Choice(["merge", "replace"]),
-              help="merge (default): keep the base's /etc/passwd and /etc/group entries beside ours; "
-                   "replace: ours only.")
-@click.option("--platform", "platform", multiple=True, metavar="OS/ARCH[=ROOT]",
-              help="OS/ARCH=ROOT: build ROOT for that platform (repeat for an index); OS/ARCH alone picks one "
-                   "of the declared platforms, or the platform of a single image.")
+@click.option(
+    "--from",
+    "from_ref",
+    metavar="LOCATION",
+    help="Base image: docker://REF (a tag or @sha256:…), oci:DIR[:TAG] or docker-archive:FILE.",
+)
+@click.option(
+    "--base-etc",
+    type=click.Choice(["merge", "replace"]),
+    help="merge (default): keep the base's /etc/passwd and /etc/group entries beside ours; replace: ours only.",
+)
+@click.option(
+    "--platform",
+    "platform",
+    multiple=True,
+    metavar="OS/ARCH[=ROOT]",
+    help="OS/ARCH=ROOT: build ROOT for that platform (repeat for an index); OS/ARCH alone picks one "
+    "of the declared platforms, or the platform of a single image.",
+)
 @click.option("--allow-index", is_flag=True, help="Push a multi-platform index even to registry.fly.io.")
 @transport_options("from")
 @click.option("--name", help="Image name (for archives' RepoTags).")
@@ -449,8 +460,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     if not quiet:
         click.echo(
             f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
-            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s"
-            + (f" → {dest}" if dest else ""),
+            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s" + (f" → {dest}" if dest else ""),
             err=True,
         )
         if "pushed" in summary:
@@ -599,6 +609,8 @@ def _build_index(
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
+
+
 def layer_index_for(push_locations: list[RegistryLocation], o: dict[str, Any],
                  options: RegistryOptions | None = None) -> RegistryLayerIndex | None:  # fmt: skip
     """The first push destination's layer index (what it already holds), unless --no-layer-index."""
