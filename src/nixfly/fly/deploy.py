@@ -193,6 +193,19 @@ class Deployer:
         except LeaseConflict:
             held = self.api.get_lease(self.app, machine_id)
             holder = Holder.parse(held.description) if held is not None else None
+            if held is not None and holder is None:
+                # A lease without a holder's name: one a create took (lease_ttl). If this host's store says a
+                # nixfly run that is gone got it, it is taken over; else, when it runs out soon, wait for it.
+                mine = self.store.holder_of(machine_id, held.nonce)
+                if mine is not None and mine.gone():
+                    holder = mine
+                elif held.expires_at and 0 < held.expires_at - time.time() <= self.s.lease_ttl + 1:
+                    self.progress(f"machine {machine_id} is leased by a run that did not say who it is; waiting "
+                                  f"{held.expires_at - time.time():.0f}s for the lease to run out")  # fmt: skip
+                    time.sleep(max(0.0, held.expires_at - time.time()) + 0.5)
+                    lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+                    self._hold(machine_id, lease.nonce)
+                    return lease.nonce
             if held is not None and (holder is None or not holder.gone()):
                 who = holder.where() if holder else (f"by {held.owner}" if held.owner else "by someone else")
                 who = f" by {who}" if holder else f" {who}"
@@ -205,9 +218,8 @@ class Deployer:
             if held is not None:
                 assert holder is not None
                 self.progress(f"taking over the lease on {machine_id} left by {holder.where()}, which is gone")
-                nonce = self.store.load().get(machine_id) or held.nonce
                 with contextlib.suppress(NotFound):
-                    self.api.release_lease(self.app, machine_id, nonce=nonce)
+                    self.api.release_lease(self.app, machine_id, nonce=held.nonce)
             lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
         self._hold(machine_id, lease.nonce)
         return lease.nonce
@@ -215,7 +227,7 @@ class Deployer:
     def _hold(self, machine_id: str, nonce: str) -> None:
         with self._lease_lock:
             self._leases[machine_id] = nonce
-        self.store.put(machine_id, nonce)
+        self.store.put(machine_id, nonce, self.s.holder.describe())
 
     def _nonce(self, machine_id: str) -> str:
         with self._lease_lock:

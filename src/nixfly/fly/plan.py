@@ -404,16 +404,23 @@ def plan_ips(desired: Mapping[str, JSON], existing: Sequence[JSON], mode: str) -
     """The IP address types a first deploy allocates, and a note for the user (flyctl: internal/command/
     deploy/deploy_first.go, provisionIpsOnFirstDeploy; internal/appconfig/config.go, DetermineIPType).
 
-    Nothing when no group has services, when ``mode`` is "none", or when the app has any address already.
-    "private": one private IPv6 (flycast). "public": a dedicated IPv6 and a shared IPv4, unless a service
-    needs a dedicated IPv4 (UDP, or ports other than 80 with ["http"] and 443 with ["tls","http"]): flyctl
-    asks before allocating that one (it costs money), so nixfly allocates the IPv6 only and says how to
-    add the IPv4."""
+    Nothing when no group has services or ``mode`` is "none". "private": one private IPv6 (flycast), unless
+    the app has an address. "public": a dedicated IPv6 and a shared IPv4, unless a service needs a dedicated
+    IPv4 (UDP, or ports other than 80 with ["http"] and 443 with ["tls","http"]): flyctl asks before
+    allocating that one (it costs money), so nixfly allocates the IPv6 only and says how to add the IPv4.
+    flyctl allocates nothing once the app has any address; nixfly allocates what is still missing of that
+    set, so a first deploy interrupted between the two allocations ends with both after a re-run (an app
+    with a private address is left alone)."""
     services = [s for c in desired.values() for s in c.get("services") or [] if isinstance(s, dict)]
-    if not services or mode == "none" or existing:
+    if not services or mode == "none":
         return (), None
+    addresses = [str(i.get("ip", "")).lower() for i in existing]
     if mode == "private":
-        return ("private_v6",), None
+        return ((), None) if addresses else (("private_v6",), None)
+    if any(a.startswith("fdaa:") for a in addresses):
+        return (), None
+    has_v6 = any(":" in a for a in addresses)
+    has_v4 = any(a and ":" not in a for a in addresses)
     dedicated = False
     for svc in services:
         if svc.get("protocol") == "udp":
@@ -427,10 +434,14 @@ def plan_ips(desired: Mapping[str, JSON], existing: Sequence[JSON], mode: str) -
             tls_http = number == 443 and sorted(handlers) == ["http", "tls"]
             if not (plain_http or tls_http):  # a range (no single port) counts as non-HTTP too
                 dedicated = True
-    if dedicated:
-        return ("v6",), ("a service needs a dedicated IPv4 (UDP, or ports other than HTTP on 80 and TLS+HTTP on "
-                         "443): only an IPv6 is allocated; add the IPv4 with `fly ips allocate-v4`")  # fmt: skip
-    return ("v6", "shared_v4"), None
+    kinds = [] if has_v6 else ["v6"]
+    note = None
+    if dedicated and not has_v4:
+        note = ("a service needs a dedicated IPv4 (UDP, or ports other than HTTP on 80 and TLS+HTTP on 443): only "
+                "an IPv6 is allocated; add the IPv4 with `fly ips allocate-v4`")  # fmt: skip
+    elif not has_v4:
+        kinds.append("shared_v4")
+    return tuple(kinds), note
 
 
 def _selected(m: Machine, settings: DeploySettings) -> bool:

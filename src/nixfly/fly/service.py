@@ -355,6 +355,7 @@ def _plan(
     volumes = api.list_volumes(app) if cfg.mounts and not create_app else []
     ips: tuple[str, ...] = ()
     notes: list[str] = []
+    # A first deploy (no machine yet): flyctl's isFirstDeploy (internal/command/deploy/machines.go).
     first = not [m for m in machines if m.process_group != RELEASE_GROUP]
     if first and not settings.filtered:
         has_services = any(c.get("services") for c in desired.values())

@@ -112,28 +112,49 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class LeaseStore:
-    """Nonces of leases this host holds, per app, on disk, for crash recovery."""
+    """Leases this host's nixfly runs hold, per app, on disk: machine id → nonce and holder (the
+    :meth:`Holder.describe` line), so that a lease a killed run took by creating a machine (which names no
+    holder on the API side) can be recognised and taken over."""
 
     def __init__(self, state_dir: Path, app: str) -> None:
         self.path = state_dir / "leases" / f"{app}.json"
         self._lock = threading.Lock()
 
-    def load(self) -> dict[str, str]:
+    def _read(self) -> dict[str, dict[str, str]]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for k, v in data.items():
+            if isinstance(v, str):  # the older form: machine id → nonce
+                out[str(k)] = {"nonce": v, "holder": ""}
+            elif isinstance(v, dict) and isinstance(v.get("nonce"), str):
+                out[str(k)] = {"nonce": v["nonce"], "holder": str(v.get("holder") or "")}
+        return out
 
-    def put(self, machine_id: str, nonce: str) -> None:
+    def load(self) -> dict[str, str]:
+        """Machine id → nonce."""
+        return {k: v["nonce"] for k, v in self._read().items()}
+
+    def holder_of(self, machine_id: str, nonce: str) -> Holder | None:
+        """Who on this host took the lease ``nonce`` on the machine, if this store knows."""
+        entry = self._read().get(machine_id)
+        if entry is None or entry["nonce"] != nonce:
+            return None
+        return Holder.parse(entry["holder"])
+
+    def put(self, machine_id: str, nonce: str, holder: str = "") -> None:
         with self._lock:
-            data = self.load()
-            data[machine_id] = nonce
+            data = self._read()
+            data[machine_id] = {"nonce": nonce, "holder": holder}
             _write_json(self.path, data)
 
     def drop(self, machine_id: str) -> None:
         with self._lock:
-            data = self.load()
+            data = self._read()
             if data.pop(machine_id, None) is not None:
                 _write_json(self.path, data)
 
