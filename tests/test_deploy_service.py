@@ -33,7 +33,9 @@ def test_each_group_keeps_its_own_current_guest() -> None:
     desired = desired_configs(with_vm, IMAGE, machines)
     assert desired["app"]["guest"] == BIG
     assert desired["worker"]["guest"] == {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512}
-    assert "guest" not in desired_configs(parse_fly_toml(TOML), IMAGE, [])["app"]
+    # A new group gets flyctl's default size (its --vm-size default, shared-cpu-1x).
+    assert desired_configs(parse_fly_toml(TOML), IMAGE, [])["app"]["guest"] == {"cpu_kind": "shared", "cpus": 1,
+                                                                                "memory_mb": 256}  # fmt: skip
 
 
 @pytest.mark.slow

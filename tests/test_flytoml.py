@@ -44,7 +44,10 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_full_reference_file_loads_every_section() -> None:
     warnings: list[str] = []
     cfg = load_fly_toml(DATA / "full.toml", warn=warnings.append)
-    assert warnings == []
+    assert warnings == [
+        f"{DATA / 'full.toml'}: flyctl ignores these keys, so they have no effect: files[1].processes (line 113) "
+        "(flyctl writes every [[files]] entry on every group)"
+    ]
     assert cfg.app == "nixfly-demo"
     assert cfg.primary_region == "ams"
     assert cfg.build is not None and cfg.build.image is not None and cfg.build.image.endswith("0" * 64)
@@ -109,10 +112,9 @@ def test_wait_timeout_accepts_duration_string_and_integer_seconds(tmp_path: Path
         # unknown strategy
         ('app = "a"\n\n[deploy]\n  strategy = "fast"\n', ":4: deploy.strategy: must be one of 'canary', 'rolling'"),
         # bad sizes
-        ('app = "a"\n[[vm]]\n  size = "shared-cpu-3x"\n', ":3: vm[0].size: must be one of 'shared-cpu-1x'"),
+        ('app = "a"\n[[vm]]\n  size = "shared-cpu-3x"\n', ":3: vm[0].size: unknown size 'shared-cpu-3x'; known"),
         ('app = "a"\n[[vm]]\n  memory = "300mb"\n', ":3: vm[0].memory: memory 300 MB is not a multiple of 256 MB"),
         ('app = "a"\n[[vm]]\n  memory = "lots"\n', ":3: vm[0].memory: 'lots' is not a memory size"),
-        ('app = "a"\n[[vm]]\n  cpus = 3\n', ":3: vm[0].cpus: must be one of 1, 2, 4, 8, 16 (got integer 3)"),
         # duplicate mounts for one group
         (
             'app = "a"\n[[mounts]]\nsource = "d1"\ndestination = "/d1"\n\n[[mounts]]\nsource = "d2"\n'
@@ -135,7 +137,7 @@ def test_wait_timeout_accepts_duration_string_and_integer_seconds(tmp_path: Path
         # deploy section
         (
             'app = "a"\n[deploy]\nstratgy = "rolling"\n',
-            ":3: deploy.stratgy: unknown key 'stratgy' in this section (did you mean 'strategy'?)",
+            ":3: deploy.stratgy: unknown key (did you mean 'strategy'?); pass --allow-unknown-keys",
         ),
         ('app = "a"\n[deploy]\nmax_unavailable = 0\n', "deploy: max_unavailable must be > 0"),
         ('app = "a"\n[deploy]\nwait_timeout = "soon"\n', "deploy.wait_timeout: 'soon' is not a duration"),
@@ -162,8 +164,7 @@ def test_wait_timeout_accepts_duration_string_and_integer_seconds(tmp_path: Path
         ('app = "a"\n[[restart]]\npolicy = "sometimes"\n', "restart[0].policy: must be 'always', 'never'"),
         ('app = "a"\n[[files]]\nguest_path = "/x"\n', ":2: files[0]: set exactly one of raw_value, secret_name"),
         ('app = "a"\n[[files]]\nguest_path = "/x"\nlocal_path = "nope.txt"\n', ":4: files[0].local_path: cannot read"),
-        # required app, TOML syntax
-        ('primary_region = "ams"\n', "(top level): missing required key 'app'"),
+        # TOML syntax
         ('app = "a"\napp = "b"\n', ": invalid TOML: Cannot overwrite a value (at line 2, column 10)"),
         ('app = "a"\n[env]\nX = { y = 1 }\n', ":3: env.X: must be a string (got table)"),
     ],
@@ -195,7 +196,7 @@ def test_unknown_keys_warn_with_did_you_mean(tmp_path: Path) -> None:
     assert warnings == [
         f"{where}:2: primary_regoin: unknown key, ignored (did you mean 'primary_region'?)",
         f"{where}:4: http_service.internal_prot: unknown key, ignored (did you mean 'internal_port'?)",
-        f"{where}:7: vm[0].zzz: unknown key, ignored",
+        f"{where}: flyctl ignores these keys, so they have no effect: vm[0].zzz (line 7)",
     ]
 
 
@@ -203,7 +204,9 @@ def test_default_warning_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFi
     p = tmp_path / "fly.toml"
     p.write_text('app = "a"\nfoo = 1\n')
     load_fly_toml(p, allow_unknown_keys=True)
-    assert capsys.readouterr().err == f"nixfly: warning: {p}:2: foo: unknown key, ignored\n"
+    assert capsys.readouterr().err == (
+        f"nixfly: warning: {p}: flyctl ignores these keys, so they have no effect: foo (line 2)\n"
+    )
 
 
 def test_line_numbers_follow_dotted_keys_and_nested_arrays(tmp_path: Path) -> None:
@@ -215,9 +218,9 @@ def test_line_numbers_follow_dotted_keys_and_nested_arrays(tmp_path: Path) -> No
         "    port = 80\n"
         "  [[services.ports]]\n"
         "    port = 443\n"
-        "    handlers = ['tls', 'bogus']\n"
+        "    handlers = ['tls', 5]\n"
     )
-    assert ":8: services[0].ports[1].handlers[1]: must be one of 'http'" in _error(tmp_path, text)
+    assert ":8: services[0].ports[1].handlers[1]: must be a string (got integer 5)" in _error(tmp_path, text)
     multiline = 'app = "a"\nconsole_command = """\nfoo = 1\n"""\n[deploy]\nstrategy = "x"\n'
     assert _error(tmp_path, multiline).startswith(":6: deploy.strategy")
     dotted = 'app = "a"\ndeploy.strategy = "x"\n'
@@ -233,8 +236,8 @@ def test_local_path_files_are_read_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "motd").write_bytes(b"hello\x00world\n")
     cfg = _load(tmp_path, 'app = "a"\n[[files]]\nguest_path = "/etc/motd"\nlocal_path = "conf/motd"\n')
-    assert cfg.files[0].raw_value is not None
-    assert base64.b64decode(cfg.files[0].raw_value) == b"hello\x00world\n"
+    assert cfg.files[0].raw_value is None
+    assert base64.b64decode(cfg.files[0].machine_file()["raw_value"]) == b"hello\x00world\n"
 
 
 def test_parse_from_text_names_the_source() -> None:
@@ -331,3 +334,182 @@ def test_shared_toml_positions() -> None:
     assert pos.line_of(("http_service", "concurrency", "a", "b", "c.d")) == 15
     assert pos.line_of(("nowhere",)) is None
     assert dotted_path("image.users.0.uid") == ("image", "users", 0, "uid")
+
+
+# -- flyctl's reading of older and looser spellings (issue 21 §1) -------------------------------------------
+
+
+def _quiet(tmp_path: Path, text: str) -> tuple[FlyConfig, list[str]]:
+    """Load without --allow-unknown-keys, collecting the warnings."""
+    p = tmp_path / "fly.toml"
+    p.write_text(text)
+    notes: list[str] = []
+    return load_fly_toml(p, warn=notes.append), notes
+
+
+@pytest.mark.parametrize(
+    ("processes", "groups"),
+    [
+        ("processes = []\n", ["app"]),
+        ('processes = ["app"]\n', ["app"]),  # plain names are dropped: no [processes]
+        ('processes = [{ name = "web", command = "srv -p 80" }, { name = "worker" }]\n', ["web", "worker"]),
+    ],
+)
+def test_processes_array_is_upgraded_like_flyctl(tmp_path: Path, processes: str, groups: list[str]) -> None:
+    cfg, notes = _quiet(
+        tmp_path, f'app = "a"\n{processes}[[services]]\ninternal_port = 80\nprocesses = ["{groups[0]}"]\n'
+    )
+    assert cfg.process_groups() == groups and notes == []
+    if "web" in groups:
+        assert cfg.command_for("web") == ["srv", "-p", "80"] and cfg.command_for("worker") is None
+
+
+def test_keys_flyctl_drops_are_reported_once_and_have_no_effect(tmp_path: Path) -> None:
+    text = (
+        'app = "a"\n[experimental]\nallowed_public_ports = []\nprivate_network = true\nauto_rollback = true\n'
+        "[http_service]\ninternal_port = 8080\nmax_machines_running = 3\nenable_ha = false\n"
+        "[[services]]\ninternal_port = 9000\nscript_checks = []\n[[services.ports]]\nport = 9000\nprotocol = 'tcp'\n"
+        "[[redis]]\nplan = 'x'\n[scale]\ncount = 2\n"
+    )
+    cfg, notes = _quiet(tmp_path, text)
+    assert len(notes) == 1, notes
+    for key in ("experimental.allowed_public_ports (line 3)", "http_service.max_machines_running (line 8)",
+                "http_service.enable_ha (line 9)", "services[0].script_checks (line 12)",
+                "services[0].ports[0].protocol (line 15)", "redis (line 16)", "scale (line 18)"):  # fmt: skip
+        assert key in notes[0]
+    assert notes[0].startswith(f"{tmp_path / 'fly.toml'}: flyctl ignores these keys, so they have no effect: ")
+    assert cfg.services[0].ports[0].model_extra == {"protocol": "tcp"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'app = "a"\n[http_servce]\ninternal_port = 80\n',
+            ":2: http_servce: unknown key (did you mean 'http_service'?)",
+        ),
+        ('app = "a"\n[[services]]\ninternal_prot = 80\n', "services[0].internal_prot: unknown key (did you mean"),
+        ('app = "a"\n[[restart]]\npolicy = "always"\nretires = 3\n', ":4: restart[0].retires: unknown key (did you"),
+    ],
+)
+def test_typos_of_known_keys_are_still_refused(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in _error(tmp_path, text)
+
+
+def test_string_ports_are_cast_and_bad_ones_refused(tmp_path: Path) -> None:
+    cfg, _ = _quiet(tmp_path, 'app = "a"\n[[services]]\ninternal_port = "8080"\n[[services.ports]]\nport = "80"\n')
+    assert cfg.services[0].internal_port == 8080 and cfg.services[0].ports[0].port == 80
+    assert ":5: services[0].ports[0].port: must be an integer (got string 'eighty')" in _error(
+        tmp_path, 'app = "a"\n[[services]]\ninternal_port = 80\n[[services.ports]]\nport = "eighty"\n'
+    )
+
+
+def test_singular_mount_and_compute_are_merged(tmp_path: Path) -> None:
+    cfg, notes = _quiet(
+        tmp_path,
+        'app = "a"\n[processes]\nweb = "w"\nworker = "k"\n[mount]\nsource = "one"\ndestination = "/one"\n'
+        'processes = ["web"]\n[[mounts]]\nsource = "two"\ndestination = "/two"\nprocesses = ["worker"]\n'
+        '[[compute]]\nsize = "shared-cpu-2x"\n[[vm]]\nmemory = 1024\nprocesses = ["worker"]\n',
+    )
+    assert [(m.source, m.processes) for m in cfg.mounts] == [("one", ["web"]), ("two", ["worker"])]
+    assert [(v.size, v.memory) for v in cfg.vm] == [("shared-cpu-2x", None), (None, "1024")]
+    assert notes == []
+    # An error inside the singular [mount] still names the line where it is written.
+    assert _error(tmp_path, 'app = "a"\n[mount]\nsource = "d"\ndestination = "rel"\n').startswith(":2: mounts[0]:")
+
+
+def test_keys_flyctl_knows_are_accepted(tmp_path: Path) -> None:
+    cfg, notes = _quiet(
+        tmp_path,
+        'app = "a"\n[experimental]\nenable_consul = true\n[build]\nimage = "r/x:1"\nbuild_target = "worker"\n'
+        'settings = { a = 1 }\nbuiltin = "node"\ncompression = "zstd"\ncompression_level = 3\n'
+        '[deploy]\nrelease_command = "migrate"\nrelease_command_timeout = "10m"\nseed_command = "seed"\n'
+        '[[mounts]]\nsource = "d"\ndestination = "/d"\nscheduled_snapshots = true\nsnapshot_retention = 7\n'
+        '[[statics]]\nguest_path = "/s"\nurl_prefix = "/"\ntigris_bucket = "b"\nindex_document = "index.html"\n'
+        '[[vm]]\nsize = "a100-40gb"\ngpu_kind = "a100-pcie-40gb"\ncpus = 6\n'
+        '[[restart]]\npolicy = "on-failure"\nretries = 5\n',
+    )
+    assert cfg.build is not None and cfg.build.build_target == "worker"
+    assert cfg.deploy.release_command_timeout == timedelta(minutes=10)
+    assert cfg.restart[0].retries == 5 and cfg.vm[0].cpus == 6
+    assert cfg.mounts[0].scheduled_snapshots is True
+    # Only the Docker-build keys get a line: they are flyctl's, but mean nothing for an image nixfly deploys.
+    assert notes == [
+        f"{tmp_path / 'fly.toml'}: [build] build-target, settings, builtin, compression, compression_level: "
+        "for flyctl's Docker build; nixfly deploys an image it is given, so not used"
+    ]
+
+
+def test_restart_max_retries_is_not_flyctls_key(tmp_path: Path) -> None:
+    cfg, notes = _quiet(tmp_path, 'app = "a"\n[[restart]]\npolicy = "always"\nmax_retries = 3\n')
+    assert cfg.restart[0].retries is None
+    assert notes == [f"{tmp_path / 'fly.toml'}: flyctl ignores these keys, so they have no effect: "
+                     "restart[0].max_retries (line 4) (flyctl's key is `retries`)"]  # fmt: skip
+
+
+def test_an_array_of_concurrency_tables_is_refused_as_flyctl_refuses_it(tmp_path: Path) -> None:
+    text = 'app = "a"\n[[services]]\ninternal_port = 80\n[[services.concurrency]]\nhard_limit = 25\n'
+    msg = _error(tmp_path, text)
+    assert msg.startswith(":4: services[0].concurrency: must be one table [services.concurrency]"), msg
+    assert "flyctl refuses this too" in msg
+
+
+def test_old_forms_of_concurrency_headers_checks_and_experimental(tmp_path: Path) -> None:
+    cfg, notes = _quiet(
+        tmp_path,
+        'app = "a"\n[experimental]\nkill_timeout = 30\nmetrics_port = 9091\nmetrics_path = "/m"\n'
+        '[[services]]\ninternal_port = 80\nconcurrency = "20,25"\n[[services.http_checks]]\npath = "/"\n'
+        'headers = [{ name = "Host", value = "x" }]\n'
+        '[[checks]]\nname = "alive"\ntype = "tcp"\nport = 80\n',
+    )
+    assert notes == []
+    assert cfg.kill_timeout == timedelta(seconds=30)
+    assert [(m.port, m.path) for m in cfg.metrics] == [(9091, "/m")]
+    svc = cfg.services[0]
+    assert svc.concurrency is not None and (svc.concurrency.type, svc.concurrency.soft_limit) == ("requests", 20)
+    assert svc.concurrency.hard_limit == 25 and svc.http_checks[0].headers == {"Host": "x"}
+    assert list(cfg.checks) == ["alive"]
+
+
+def test_keys_match_case_insensitively_like_gos_json_decoder(tmp_path: Path) -> None:
+    cfg, notes = _quiet(tmp_path, 'App = "a"\n[HTTP_Service]\nInternal_Port = 80\n[env]\nMixed_Case = "kept"\n')
+    assert cfg.app == "a" and cfg.http_service is not None and cfg.http_service.internal_port == 80
+    assert cfg.env == {"Mixed_Case": "kept"} and notes == []
+
+
+def test_missing_app_is_asked_for_only_when_no_name_is_given(tmp_path: Path) -> None:
+    cfg, _ = _quiet(tmp_path, 'primary_region = "ams"\n')
+    assert cfg.app is None and cfg.app_name("from-flag") == "from-flag"
+    assert _quiet(tmp_path, 'app = "in-file"\n')[0].app_name("from-flag") == "from-flag"  # --app wins
+    with pytest.raises(ConfigError, match=r"fly.toml has no `app = \"NAME\"`; pass -a/--app NAME"):
+        cfg.app_name()
+
+
+def test_containers_are_refused_in_one_line(tmp_path: Path) -> None:
+    assert ":2: machine_config: flyctl's containers" in _error(tmp_path, 'app = "a"\nmachine_config = "m.json"\n')
+
+
+def test_max_unavailable_as_flyctl_counts_it() -> None:
+    from nixfly.fly.plan import DeploySettings
+
+    def batch(mu: float, n: int) -> int:
+        return DeploySettings(app="a", strategy="rolling", max_unavailable=mu).batch_size(n)
+
+    # getPoolSize: a fraction of the group rounds up; 1 or more is a count, a fractional count rounds down.
+    assert [batch(0.33, 4), batch(0.5, 3), batch(0.1, 3), batch(1.0, 5), batch(1.5, 5), batch(3, 5)] == [
+        2,
+        2,
+        1,
+        1,
+        1,
+        3,
+    ]
+
+
+def test_deploy_without_app_anywhere_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nixfly.cli import main
+
+    (tmp_path / "fly.toml").write_text('primary_region = "ams"\n')
+    image = "registry.example/a@sha256:" + "a" * 64
+    assert main(["deploy", "-c", str(tmp_path / "fly.toml"), "--image", image, "--api-url", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == 'nixfly: fly.toml has no `app = "NAME"`; pass -a/--app NAME\n'

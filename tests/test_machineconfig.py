@@ -149,8 +149,15 @@ def test_full_file_maps_each_process_group_like_flyctl() -> None:
     assert app["stop_config"] == worker["stop_config"] == {"signal": "SIGTERM", "timeout": "10s"}
     assert app["restart"] == {"policy": "on-failure", "max_retries": 3}
     assert worker["restart"] == {"policy": "no"}  # fly.toml "never" is the API's "no"
-    assert app["files"] == [{"guest_path": "/etc/demo/motd", "raw_value": "aGVsbG8K"}]
-    assert worker["files"] == [{"guest_path": "/etc/demo/key", "secret_name": "DEMO_KEY"}]
+    # Every [[files]] entry on every group (flyctl merges them once for the app), raw_value base64-encoded.
+    assert (
+        app["files"]
+        == worker["files"]
+        == [
+            {"guest_path": "/etc/demo/motd", "raw_value": "aGVsbG8K"},
+            {"guest_path": "/etc/demo/key", "secret_name": "DEMO_KEY"},
+        ]
+    )
 
 
 def test_flyctl_style_file_maps_to_valid_config() -> None:
@@ -168,15 +175,42 @@ def test_flyctl_style_file_maps_to_valid_config() -> None:
     assert mount_initial_size_gb(mount) == 3
 
 
-@pytest.mark.parametrize("size", list(VM_SIZES))
+# fly-go's MachinePresets (machine_types.go), written out: 256 MB per shared CPU, 2048 MB per performance
+# CPU, and the GPU sizes with 8 performance CPUs, 16 x 2048 MB and one GPU.
+_GPU = {"a100-40gb": "a100-pcie-40gb", "a100-80gb": "a100-sxm4-80gb", "l40s": "l40s", "a10": "a10"}
+PRESETS = {
+    **{f"shared-cpu-{n}x": {"cpu_kind": "shared", "cpus": n, "memory_mb": 256 * n} for n in (1, 2, 4, 6, 8)},
+    **{f"performance-{n}x": {"cpu_kind": "performance", "cpus": n, "memory_mb": 2048 * n}
+       for n in (1, 2, 4, 6, 8, 10, 12, 14, 16)},
+    **{size: {"cpu_kind": "performance", "cpus": 8, "memory_mb": 32768, "gpu_kind": kind, "gpus": 1}
+       for size, kind in _GPU.items()},
+}  # fmt: skip
+
+
+def test_every_fly_go_preset_is_known() -> None:
+    assert set(VM_SIZES) == set(PRESETS)
+
+
+@pytest.mark.parametrize("size", list(PRESETS))
 def test_size_presets(size: str) -> None:
     (mc,) = machine_configs(_cfg(f'app = "a"\n[[vm]]\nsize = "{size}"\n'), IMAGE).values()
     assert_valid_machine_config(mc)
-    n = int(size.rsplit("-", 1)[1].removesuffix("x"))
-    if size.startswith("shared"):
-        assert mc["guest"] == {"cpu_kind": "shared", "cpus": n, "memory_mb": 256 * n}
-    else:
-        assert mc["guest"] == {"cpu_kind": "performance", "cpus": n, "memory_mb": 2048 * n}
+    assert mc["guest"] == PRESETS[size]
+
+
+def test_guest_follows_flyctl_compute_to_guest() -> None:
+    def guest(vm: str) -> object:
+        return machine_config(_cfg(f'app = "a"\n[[vm]]\n{vm}'), "app", IMAGE)["guest"]
+
+    # memory_mb (a guest field) wins over memory, whichever comes first.
+    assert guest('memory = "1gb"\nmemory_mb = 2048\n') == {"cpu_kind": "shared", "cpus": 1, "memory_mb": 2048}
+    assert guest('memory_mb = 2048\nmemory = "1gb"\n')["memory_mb"] == 2048  # type: ignore[index]
+    # gpu_kind without size starts from performance-8x (fly-go DefaultGPUVMSize).
+    assert guest('gpu_kind = "a100-pcie-40gb"\n') == {"cpu_kind": "performance", "cpus": 8, "memory_mb": 16384,
+                                                     "gpu_kind": "a100-pcie-40gb"}  # fmt: skip
+    # A preset's GPU fields are overridden field by field; cpus = 6 is fine (no schema list of counts).
+    l40s = {"cpu_kind": "performance", "cpus": 6, "memory_mb": 32768, "gpu_kind": "l40s", "gpus": 2}
+    assert guest('size = "l40s"\ngpus = 2\ncpus = 6\n') == l40s
 
 
 def test_vm_overrides_apply_after_the_preset() -> None:
@@ -204,7 +238,8 @@ def test_without_vm_the_current_guest_is_kept() -> None:
     cfg = _cfg('app = "a"\n')
     current = {"cpu_kind": "performance", "cpus": 4, "memory_mb": 8192}
     assert machine_config(cfg, "app", IMAGE, current_guest=current)["guest"] == current
-    assert "guest" not in machine_config(cfg, "app", IMAGE)
+    # A new group's machines get flyctl's --vm-size default, shared-cpu-1x.
+    assert machine_config(cfg, "app", IMAGE)["guest"] == {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}
 
 
 def test_sections_without_processes_apply_to_the_default_group_only() -> None:
@@ -218,15 +253,17 @@ def test_sections_without_processes_apply_to_the_default_group_only() -> None:
     assert cfg.default_process_group() == "web"
     mcs = machine_configs(cfg, IMAGE)
     assert [m["name"] for m in mcs["web"]["mounts"]] == ["d"] and "mounts" not in mcs["worker"]
-    assert "files" in mcs["web"] and "files" not in mcs["worker"]
     assert "checks" in mcs["web"] and "checks" not in mcs["worker"]
+    # [[files]] and [[statics]] are the exceptions: flyctl puts them on every group.
+    assert mcs["web"]["files"] == mcs["worker"]["files"] == [{"guest_path": "/f", "secret_name": "S"}]
     assert mounts_for(cfg, "worker") == []
 
 
 def test_experimental_cmd_is_used_only_without_a_process_command() -> None:
     cfg = _cfg('app = "a"\n[experimental]\ncmd = ["/bin/serve", "-v"]\nexec = "/bin/init --x"\n')
     init = machine_config(cfg, "app", IMAGE)["init"]
-    assert init == {"cmd": ["/bin/serve", "-v"], "exec": ["/bin/init", "--x"]}
+    # A string is one argument to flyctl (patches.go stringOrSliceToSlice), not a shell line.
+    assert init == {"cmd": ["/bin/serve", "-v"], "exec": ["/bin/init --x"]}
     cfg2 = _cfg('app = "a"\n[processes]\napp = "run it"\n[experimental]\ncmd = ["/bin/serve"]\n')
     assert machine_config(cfg2, "app", IMAGE)["init"]["cmd"] == ["run", "it"]
 
@@ -281,3 +318,34 @@ def test_output_is_deterministic() -> None:
     a = json.dumps(machine_configs(cfg, IMAGE), sort_keys=False)
     b = json.dumps(machine_configs(load_fly_toml(DATA / "full.toml"), IMAGE), sort_keys=False)
     assert a == b
+
+
+def test_zero_values_follow_gos_omitempty() -> None:
+    # Plain fly-go fields (force_https, hard_limit, https, max_retries) are left out when zero; pointer
+    # fields (autostart, min_machines_running, tls_skip_verify, compress) are sent even when false or 0.
+    cfg = _cfg(
+        'app = "a"\n[[services]]\nauto_start_machines = false\nmin_machines_running = 0\n'
+        "[services.concurrency]\nhard_limit = 0\nsoft_limit = 5\n"
+        "[[services.ports]]\nport = 80\nforce_https = false\n[services.ports.http_options]\ncompress = false\n"
+        '[[services.http_checks]]\npath = "/"\ntls_skip_verify = false\n'
+        '[metrics]\nport = 9091\nhttps = false\n[[restart]]\npolicy = "always"\nretries = 0\n'
+    )
+    mc = machine_config(cfg, "app", IMAGE)
+    assert_valid_machine_config(mc)
+    assert mc["services"] == [{
+        "ports": [{"port": 80, "http_options": {"compress": False}}],
+        "autostart": False, "min_machines_running": 0, "concurrency": {"soft_limit": 5},
+        "checks": [{"type": "http", "path": "/", "tls_skip_verify": False}],
+    }]  # fmt: skip
+    assert mc["metrics"] == {"port": 9091} and mc["restart"] == {"policy": "always"}
+
+
+def test_restart_applies_like_flyctl() -> None:
+    cfg = _cfg(
+        'app = "a"\n[processes]\napp = "a"\nworker = "w"\n'
+        '[[restart]]\npolicy = "always"\n[[restart]]\npolicy = "on-failure"\nretries = 2\nprocesses = ["app"]\n'
+    )
+    mcs = machine_configs(cfg, IMAGE)
+    # Without processes: the default group only; where several apply, the last wins.
+    assert mcs["app"]["restart"] == {"policy": "on-failure", "max_retries": 2}
+    assert "restart" not in mcs["worker"]

@@ -327,3 +327,77 @@ def test_publish_is_checked_against_the_shared_network(sh_layout: Path, cache: P
     bad = nixfly("-p", "9090:8080", str(sh_layout), "--", "sh", "-c", "echo ran", cache=cache)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "shares this machine's network" in bad.stderr
+
+
+def test_platform_other_than_the_images_is_refused(sh_layout: Path, cache: Path) -> None:
+    # A single-platform image has nothing else to offer: it must not run as if it were the one asked for.
+    r = nixfly("--platform", "linux/arm64", str(sh_layout), "--", "sh", "-c", "echo ran", cache=cache)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.startswith("nixfly: the image is for linux/amd64, not linux/arm64 (--platform)")
+    assert r.stderr.count("\n") == 1
+    ok = nixfly("--platform", "linux/amd64", str(sh_layout), "--", "sh", "-c", "echo ran", cache=cache)
+    assert (ok.returncode, ok.stdout) == (0, "ran\n"), ok.stderr
+
+
+def _push(layout: Path, ref: str, digest_file: Path | None = None) -> None:
+    extra = ["--digestfile", str(digest_file)] if digest_file else []
+    subprocess.run(
+        ["skopeo", "copy", "--dest-tls-verify=false", *extra, f"oci:{layout}:latest", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_explicit_tls_verify_true_never_falls_back_to_plain_http(registry: Any, sh_layout: Path, cache: Path) -> None:
+    ref = f"{registry.host}/run/tls:1"
+    _push(sh_layout, ref)
+    implicit = nixfly(ref, "--", "sh", "-c", "echo ran", cache=cache)  # loopback: plain HTTP as a fallback
+    assert (implicit.returncode, implicit.stdout) == (0, "ran\n"), implicit.stderr
+    explicit = nixfly("--tls-verify=true", ref, "--", "sh", "-c", "echo ran", cache=cache)
+    assert (explicit.returncode, explicit.stdout) == (1, "")
+    assert explicit.stderr.startswith(f"nixfly: registry {registry.host}: cannot reach https://{registry.host}/v2/")
+    assert explicit.stderr.count("\n") == 1
+
+
+def test_a_digest_pinned_image_runs_again_without_its_registry(sh_layout: Path, tmp_path: Path) -> None:
+    from tests.support.registry import start_registry
+
+    cache = tmp_path / "cache"
+    with start_registry(tmp_path / "registry") as reg:
+        _push(sh_layout, f"{reg.host}/run/pinned:1", tmp_path / "digest")
+        pinned = f"{reg.host}/run/pinned@{(tmp_path / 'digest').read_text().strip()}"
+        first = nixfly(pinned, "--", "sh", "-c", "echo ran", cache=cache)
+        assert (first.returncode, first.stdout) == (0, "ran\n"), first.stderr
+    again = nixfly(pinned, "--", "sh", "-c", "echo ran again", cache=cache)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "ran again\n", "")
+    wrong = nixfly("--platform", "linux/arm64", pinned, "--", "true", cache=cache)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("nixfly: the image is for linux/amd64, not linux/arm64")
+    # A tag can move: it is always asked of the registry (which is gone now).
+    tagged = nixfly(f"{reg.host}/run/pinned:1", "--", "true", cache=cache)
+    assert tagged.returncode == 1 and tagged.stderr.startswith(f"nixfly: registry {reg.host}: cannot reach")
+
+
+def test_an_index_pinned_by_digest_runs_again_without_its_registry(work: Path, tmp_path: Path) -> None:
+    import json
+
+    from nixfly.image.index import ImageIndex, PlatformImage
+    from nixfly.registry.options import RegistryOptions
+    from nixfly.sinks.registry import push_index
+    from tests.support.registry import start_registry
+
+    amd = make_image(work / "idx-blobs", [busybox_entries()], {"Cmd": ["/bin/echo", "amd64"]})
+    arm_cfg = json.loads(amd.config_bytes) | {"architecture": "arm64"}
+    arm = Image(json.dumps(arm_cfg).encode(), amd.layers)
+    index = ImageIndex((PlatformImage("linux/amd64", amd), PlatformImage("linux/arm64", arm)))
+    cache = tmp_path / "cache"
+    with start_registry(tmp_path / "registry") as reg:
+        digest = push_index(index, [f"{reg.host}/run/multi:1"], options=RegistryOptions(plain_http=True)).digest
+        pinned = f"{reg.host}/run/multi@{digest}"
+        first = nixfly(pinned, cache=cache)
+        assert (first.returncode, first.stdout) == (0, "amd64\n"), first.stderr
+    again = nixfly("--platform", "linux/amd64", pinned, cache=cache)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "amd64\n", "")
+    # The arm64 entry was never fetched here: that one still needs the registry.
+    other = nixfly("--platform", "linux/arm64", pinned, cache=cache)
+    assert other.returncode == 1 and other.stderr.startswith(f"nixfly: registry {reg.host}: cannot reach")

@@ -6,12 +6,14 @@ The helpers here also build the busybox images ``test_run.py`` runs.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import json
 import os
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import Sequence
@@ -42,6 +44,7 @@ class Entry:
     gid: int = 0
     link: str = ""
     mtime: int = 1_000_000
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # written as PAX SCHILY.xattr.* headers, as GNU tar does
 
 
 def layer_tar(entries: Sequence[Entry]) -> bytes:
@@ -51,6 +54,7 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
         for e in entries:
             ti = tarfile.TarInfo(e.name)
             ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
+            ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in e.xattrs}
             if e.kind == "file":
                 ti.size = len(e.data)
                 tf.addfile(ti, io.BytesIO(e.data))
@@ -270,6 +274,37 @@ def test_unprivileged_unpack_drops_set_id_bits(tmp_path: Path) -> None:
     assert stat.S_IMODE((root / "d").stat().st_mode) == 0o700
 
 
+# struct vfs_cap_data, revision 2, effective: cap_setuid (7) permitted, i.e. `setcap cap_setuid+ep`.
+CAP_SETUID_EP = struct.pack("<IIIII", 0x02000001, 1 << 7, 0, 0, 0)
+
+
+@pytest.mark.skipif(not ROOT, reason="only root could write security.capability")
+def test_file_capabilities_and_security_xattrs_are_dropped_with_one_note(tmp_path: Path) -> None:
+    caps = (("security.capability", CAP_SETUID_EP),)
+    layers = [
+        [Entry("bin/tool", data=b"t", mode=0o755, xattrs=caps), Entry("bin/su", data=b"s", mode=0o4755)],
+        [Entry("bin/other", data=b"o", xattrs=(("security.selinux", b"x"), ("trusted.overlay.opaque", b"y")))],
+        [Entry("bin/plain", data=b"p", xattrs=(("user.note", b"kept"),))],
+    ]
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    notes: list[str] = []
+    unpack(make_image(tmp_path / "blobs", layers), root, UnpackOptions.for_current_user(notes.append))
+    for name, attr in (
+        ("tool", "security.capability"),
+        ("other", "security.selinux"),
+        ("other", "trusted.overlay.opaque"),
+    ):
+        with pytest.raises(OSError) as ei:
+            os.getxattr(root / "bin" / name, attr)
+        assert ei.value.errno == errno.ENODATA, (name, attr)
+    assert os.getxattr(root / "bin/plain", "user.note") == b"kept"
+    assert notes == [
+        "dropped set-uid/set-gid bits of 1 file(s) and file capabilities or security attributes of 2 file(s) "
+        "(/bin/other, /bin/su, /bin/tool): an image's files grant no privileges here"
+    ]
+
+
 def test_zstd_and_uncompressed_layers(tmp_path: Path) -> None:
     for kind in ("zstd", "none"):
         root = _unpacked(tmp_path / kind, [[Entry("f", data=kind.encode())]], compression=kind)
@@ -319,6 +354,10 @@ def test_cache_is_reused_and_never_keeps_a_partial_tree(tmp_path: Path) -> None:
     dead = cache / "rootfs" / f".tmp-{cache_key(bad)}-999999999-x"
     dead.mkdir()
     (dead / "half").write_bytes(b"")
+    # So is a tree of an older unpack version (one of v2 may hold file capabilities): it is never used again.
+    old = cache / "rootfs" / f"v2-{'a' * 64}"
+    (old / "bin").mkdir(parents=True)
     fixed = make_image(tmp_path / "fixed", [[Entry("whole", data=b"w")]])
     got = cached_rootfs(fixed, cache)
-    assert not dead.exists() and _tree(got) == {"whole"}
+    assert not dead.exists() and not old.exists() and _tree(got) == {"whole"}
+    assert sorted(p.name for p in (cache / "rootfs").iterdir()) == sorted([first.name, got.name])

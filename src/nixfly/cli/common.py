@@ -122,6 +122,7 @@ def registry_options(o: Mapping[str, Any], prefix: str = "") -> RegistryOptions:
     return RegistryOptions(
         credentials=creds,
         tls_verify=True if tls is None else bool(tls),
+        plain_http=False if tls is True else None,  # only the implicit default falls back to plain HTTP locally
         cert_dir=cert_dir,
         timeout=float(o.get("timeout") or 60.0),
         retries=int(o["retries"] if o.get("retries") is not None else 5),

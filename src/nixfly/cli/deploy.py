@@ -88,7 +88,7 @@ def app_from(app_name: str | None, config_path: Path) -> str:
     if config_path.is_file():
         from nixfly.fly.flytoml import load_fly_toml
 
-        return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app
+        return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app_name()
     raise UsageError("which app? pass -a/--app NAME or run next to a fly.toml (-c/--config PATH)")
 
 

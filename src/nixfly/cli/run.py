@@ -14,7 +14,6 @@ from nixfly.errors import UsageError
 from nixfly.run.process import parse_volume
 from nixfly.run.runner import RunOptions, run_image
 from nixfly.run.runtimes import RUNTIMES
-from nixfly.sources import open_image
 from nixfly.transports import RegistryLocation, parse_location
 
 
@@ -83,10 +82,12 @@ def run_cmd(
     if o.get("creds") and not isinstance(loc, RegistryLocation):
         raise UsageError("--creds only applies to registry references")
     from nixfly.image.platform import normalise_platform
+    from nixfly.run.pinned import open_run_image
 
     platform = o.get("platform")
-    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None,
-                     platform=normalise_platform(platform, "--platform") if platform else None)  # fmt: skip
+    img = open_run_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None,
+                         platform=normalise_platform(platform, "--platform") if platform else None,
+                         cache_dir=cache_dir.absolute() if cache_dir else None)  # fmt: skip
     opts = RunOptions(
         runtime=runtime,
         command=command,

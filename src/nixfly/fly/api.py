@@ -486,12 +486,12 @@ class MachinesAPI:
         body = self._json(self.request("GET", self._p("apps", app, "volumes"), idempotent=True), "volumes")
         return [v for v in body if isinstance(v, dict)] if isinstance(body, list) else []
 
-    def create_volume(self, app: str, *, name: str, region: str, size_gb: int) -> JSON:
+    def create_volume(self, app: str, *, name: str, region: str, size_gb: int, extra: JSON | None = None) -> JSON:
         resp = self.request(
             "POST",
             self._p("apps", app, "volumes"),
             idempotent=False,
-            json={"name": name, "region": region, "size_gb": size_gb},
+            json={**(extra or {}), "name": name, "region": region, "size_gb": size_gb},
         )
         body = self._json(resp, "create volume")
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):

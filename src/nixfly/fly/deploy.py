@@ -381,7 +381,8 @@ class Deployer:
             match = next((v for v in free if v.get("name") == name), None)
             if match is None:
                 size = dict(self.s.volume_sizes).get(name, 1)
-                match = self.api.create_volume(self.app, name=name, region=region, size_gb=int(size))
+                extra = dict(self.s.volume_extra).get(name)
+                match = self.api.create_volume(self.app, name=name, region=region, size_gb=int(size), extra=extra)
                 self.result.volumes_created.append(str(match["id"]))
                 self.progress(f"created volume {match['id']} ({name}, {size}GB, {region})")
             else:

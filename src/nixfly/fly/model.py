@@ -1,8 +1,11 @@
-"""The fly.toml models: frozen pydantic models of every section nixfly maps onto the Machines API.
+"""The fly.toml models: frozen pydantic models with the keys of flyctl's own config structs.
 
-Field validators hold the rules that belong to one section (port ranges, memory steps, check timings);
-rules that span sections live in :mod:`nixfly.fly.validation`. ``extra="allow"`` keeps unknown keys so
-the loader can refuse them (or, when asked, warn) with a "did you mean" suggestion.
+The sections and keys are those of flyctl's ``appconfig.Config`` (internal/appconfig/config.go,
+service.go, toplevelcheck.go) and the fly-go types it embeds (machine_types.go): a key is "known" here
+exactly when flyctl's decoder keeps it. Field validators hold the rules that belong to one section (port
+ranges, memory steps, check timings); rules that span sections live in :mod:`nixfly.fly.validation`.
+``extra="allow"`` keeps the other keys so the loader can say what becomes of them (a typo is refused, a
+key flyctl drops is reported as having no effect).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from nixfly.errors import ConfigError
 from nixfly.fly.units import VM_SIZES, duration, go_duration_string, parse_memory_mb, parse_size_gb
 
 DEFAULT_PROCESS_GROUP = "app"
@@ -45,21 +49,92 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
 
+class BuildCompose(_Model):
+    file: str | None = None
+
+
 class Build(_Model):
+    """[build]: only ``image`` means something to nixfly; the rest configures flyctl's own image build."""
+
     image: str | None = None
     dockerfile: str | None = None
     builder: str | None = None
     buildpacks: list[str] | None = None
-    args: dict[str, str] | None = None
+    args: dict[str, Any] | None = None
     build_target: str | None = Field(default=None, alias="build-target")
     ignorefile: str | None = None
+    settings: dict[str, Any] | None = None
+    builtin: str | None = None
+    compose: BuildCompose | None = None
+    compression: str | None = None
+    compression_level: int | None = None
 
 
-class ReleaseCommandVm(_Model):
+def _as_argv(value: Any) -> Any:
+    # flyctl (internal/appconfig/patches.go, stringOrSliceToSlice) turns a lone string into a one-element
+    # list: `cmd = "a b"` runs the program "a b", it is not split like a shell would.
+    return [value] if isinstance(value, str) else value
+
+
+Argv = Annotated[list[str], BeforeValidator(_as_argv)]
+
+
+class Vm(_Model):
+    """One [[vm]] section (flyctl also reads [[compute]]/[[computes]]): a size preset, ``memory`` and the
+    Machines API guest fields, which win over both (flyctl's appconfig.Compute)."""
+
     size: str | None = None
-    memory: int | str | None = None
+    memory: str | None = None
+    cpu_kind: Literal["shared", "performance"] | None = None
     cpus: int | None = None
-    cpu_kind: str | None = None
+    memory_mb: int | None = None
+    max_memory_mb: int | None = None
+    gpus: int | None = None
+    gpu_kind: str | None = None
+    host_dedication_id: str | None = None
+    persist_rootfs: Literal["never", "always", "restart"] | None = None
+    kernel_args: Command | None = None
+    processes: list[str] | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            _memory_steps(parse_memory_mb(value))
+        return value
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory_mb(cls, value: int | None) -> int | None:
+        if value is not None:
+            _memory_steps(value)
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and value not in VM_SIZES:
+            raise ValueError(f"unknown size {value!r}; known sizes: {', '.join(VM_SIZES)}")
+        return value
+
+    def resolved_memory_mb(self) -> int | None:
+        """The memory this section asks for, in MiB, or None to keep the size preset's. As in flyctl's
+        computeToGuest, ``memory_mb`` (a guest field) wins over ``memory``."""
+        if self.memory_mb:
+            return self.memory_mb
+        if self.memory is not None:
+            return parse_memory_mb(self.memory)
+        return None
+
+
+def _memory_steps(mb: int) -> None:
+    # The Machines API allocates memory in 256 MB steps and rejects anything else.
+    if mb % 256:
+        raise ValueError(f"memory {mb} MB is not a multiple of 256 MB")
+
+
+# Kept for callers that named the release-command section's type.
+ReleaseCommandVm = Vm
 
 
 class Deploy(_Model):
@@ -68,7 +143,9 @@ class Deploy(_Model):
     # Seconds; fly.toml may say "5m" or 300.
     wait_timeout: Annotated[float, BeforeValidator(lambda v: duration(v, "s").total_seconds())] = 300.0
     release_command: str | None = None
-    release_command_vm: ReleaseCommandVm | None = None
+    release_command_timeout: SecondsDuration | None = None
+    release_command_vm: Vm | None = None
+    seed_command: str | None = None
 
     def release_command_argv(self) -> list[str] | None:
         """``release_command`` split like a shell would, or None."""
@@ -78,8 +155,6 @@ class Deploy(_Model):
     def _check(self) -> Deploy:
         if self.max_unavailable <= 0:
             raise ValueError("max_unavailable must be > 0 (a fraction like 0.33 or a count like 2)")
-        if isinstance(self.max_unavailable, float) and self.max_unavailable > 1:
-            raise ValueError("max_unavailable as a fraction must be at most 1.0; use an integer for a count")
         if self.release_command is not None:
             _split_command(self.release_command)
         return self
@@ -93,15 +168,24 @@ class Concurrency(_Model):
 
 class HttpResponseOptions(_Model):
     pristine: bool | None = None
-    headers: dict[str, bool | str | list[str]] | None = None
+    headers: dict[str, Any] | None = None
+
+
+class ReplayCache(_Model):
+    path_prefix: str | None = None
+    ttl_seconds: int | None = None
+    type: str | None = None
+    name: str | None = None
+    allow_bypass: bool | None = None
 
 
 class HttpOptions(_Model):
     compress: bool | None = None
+    response: HttpResponseOptions | None = None
     h2_backend: bool | None = None
     idle_timeout: int | None = None
     headers_read_timeout: int | None = None
-    response: HttpResponseOptions | None = None
+    replay_cache: list[ReplayCache] | None = None
 
 
 class TlsOptions(_Model):
@@ -120,8 +204,8 @@ class Port(_Model):
     end_port: int | None = None
     handlers: list[str] | None = None
     force_https: bool | None = None
-    http_options: HttpOptions | None = None
     tls_options: TlsOptions | None = None
+    http_options: HttpOptions | None = None
     proxy_proto_options: ProxyProtoOptions | None = None
 
     @model_validator(mode="after")
@@ -137,19 +221,33 @@ class Port(_Model):
         return self
 
 
-class ServiceCheck(_Model):
-    """A check inside [[services]] (tcp_checks/http_checks) or [[http_service.checks]]."""
+class TcpCheck(_Model):
+    """A [[services.tcp_checks]] entry: flyctl's ServiceTCPCheck knows only the timings."""
 
     interval: MillisDuration | None = None
     timeout: MillisDuration | None = None
     grace_period: MillisDuration | None = None
-    restart_limit: int | None = None
+
+
+class ServiceCheck(TcpCheck):
+    """An HTTP check inside [[services]] (http_checks) or [[http_service.checks]]."""
+
     method: str | None = None
     path: str | None = None
-    protocol: Literal["http", "https"] | None = None
+    protocol: str | None = None
     tls_skip_verify: bool | None = None
     tls_server_name: str | None = None
     headers: dict[str, str] | None = None
+
+
+class MachineCheck(_Model):
+    """[[services.machine_checks]]: run by flyctl in a throwaway machine; nixfly does not run them."""
+
+    command: list[str] | None = None
+    image: str | None = None
+    entrypoint: list[str] | None = None
+    kill_signal: str | None = None
+    kill_timeout: SecondsDuration | None = None
 
 
 def autostop_string(value: Any) -> Any:
@@ -164,23 +262,24 @@ def autostop_string(value: Any) -> Any:
 AutoStop = Annotated[Literal["off", "stop", "suspend"], BeforeValidator(autostop_string)]
 
 
-def _check_internal_port(port: int) -> None:
-    if not 1 <= port <= 65535:
+def _check_internal_port(port: int | None) -> None:
+    if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"internal_port {port} is outside 1-65535")
 
 
 class HttpService(_Model):
-    internal_port: int = 8080
+    # No default: flyctl sends no internal_port when fly.toml sets none (the docs' "8080" is not its code).
+    internal_port: int | None = None
     force_https: bool = False
     auto_stop_machines: AutoStop | None = None
     auto_start_machines: bool | None = None
     min_machines_running: int | None = None
     processes: list[str] | None = None
     concurrency: Concurrency | None = None
-    http_options: HttpOptions | None = None
     tls_options: TlsOptions | None = None
+    http_options: HttpOptions | None = None
     checks: list[ServiceCheck] = []
-    machine_checks: list[dict[str, Any]] | None = None
+    machine_checks: list[MachineCheck] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> HttpService:
@@ -189,18 +288,17 @@ class HttpService(_Model):
 
 
 class Service(_Model):
-    protocol: Literal["tcp", "udp"] = "tcp"
-    internal_port: int = 8080
+    protocol: Literal["tcp", "udp"] | None = None
+    internal_port: int | None = None
     auto_stop_machines: AutoStop | None = None
     auto_start_machines: bool | None = None
     min_machines_running: int | None = None
     ports: list[Port] = []
     concurrency: Concurrency | None = None
-    tcp_checks: list[ServiceCheck] = []
+    tcp_checks: list[TcpCheck] = []
     http_checks: list[ServiceCheck] = []
+    machine_checks: list[MachineCheck] | None = None
     processes: list[str] | None = None
-    machine_checks: list[dict[str, Any]] | None = None
-    script_checks: Any = None
 
     @model_validator(mode="after")
     def _check(self) -> Service:
@@ -209,17 +307,16 @@ class Service(_Model):
 
 
 class TopLevelCheck(_Model):
-    """A [checks.NAME] table: a machine-level health check."""
+    """A [checks.NAME] table: a machine-level health check (flyctl's ToplevelCheck)."""
 
-    type: Literal["http", "tcp"]
     port: int | None = None
+    type: Literal["http", "tcp"]
     interval: MillisDuration | None = None
     timeout: MillisDuration | None = None
     grace_period: MillisDuration | None = None
-    kind: Literal["informational", "readiness"] | None = None
     method: str | None = None
     path: str | None = None
-    protocol: Literal["http", "https"] | None = None
+    protocol: str | None = None
     tls_skip_verify: bool | None = None
     tls_server_name: str | None = None
     headers: dict[str, str] | None = None
@@ -227,7 +324,8 @@ class TopLevelCheck(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> TopLevelCheck:
-        # The Machines API (flaps) refuses intervals under 2 s and timeouts over 60 s; say so now.
+        # The Machines API (flaps) refuses intervals under 2 s and timeouts over 60 s; flyctl says so
+        # before deploying (validation.go, validateChecksSection), and so do we.
         if self.interval is not None and self.interval < timedelta(seconds=2):
             raise ValueError(f"interval {go_duration_string(self.interval)} is too short (minimum 2s)")
         if self.timeout is not None and self.timeout > timedelta(seconds=60):
@@ -237,51 +335,16 @@ class TopLevelCheck(_Model):
         return self
 
 
-class Vm(_Model):
-    """One [[vm]] (flyctl also calls it [[compute]]) section."""
-
-    size: str | None = None
-    memory: int | str | None = None
-    memory_mb: int | None = None
-    cpus: int | None = None
-    cpu_kind: Literal["shared", "performance"] | None = None
-    gpus: int | None = None
-    gpu_kind: str | None = None
-    kernel_args: Command | None = None
-    host_dedication_id: str | None = None
-    persist_rootfs: Literal["never", "always", "restart"] | None = None
-    processes: list[str] | None = None
-
-    @field_validator("memory", "memory_mb")
-    @classmethod
-    def _memory_steps(cls, value: int | str | None) -> int | str | None:
-        # The Machines API allocates memory in 256 MB steps and rejects anything else.
-        if value is not None and (mb := parse_memory_mb(value)) % 256:
-            raise ValueError(f"memory {mb} MB is not a multiple of 256 MB")
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> Vm:
-        if self.size is not None and self.size not in VM_SIZES:
-            raise ValueError(f"unknown size {self.size!r}; known sizes: {', '.join(VM_SIZES)}")
-        return self
-
-    def resolved_memory_mb(self) -> int | None:
-        """The memory this section asks for, in MiB, or None to keep the size preset's."""
-        if self.memory is not None:
-            return parse_memory_mb(self.memory)
-        return self.memory_mb
-
-
 class Mount(_Model):
     source: str
     destination: str
-    processes: list[str] | None = None
-    initial_size: int | str | None = None
+    initial_size: str | None = None
     snapshot_retention: int | None = None
+    scheduled_snapshots: bool | None = None
     auto_extend_size_threshold: int | None = None
     auto_extend_size_increment: str | None = None
     auto_extend_size_limit: str | None = None
+    processes: list[str] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Mount:
@@ -291,6 +354,9 @@ class Mount(_Model):
             raise ValueError("destination cannot be '/'")
         if self.initial_size is not None and parse_size_gb(self.initial_size) < 1:
             raise ValueError(f"initial_size {self.initial_size!r} is smaller than 1GB")
+        # flyctl's validateMounts (internal/appconfig/validation.go).
+        if self.snapshot_retention is not None and not 1 <= self.snapshot_retention <= 60:
+            raise ValueError("snapshot_retention must be between 1 and 60 days")
         for name in ("auto_extend_size_increment", "auto_extend_size_limit"):
             v = getattr(self, name)
             if v is not None:
@@ -300,16 +366,20 @@ class Mount(_Model):
 
 class Restart(_Model):
     policy: Literal["always", "never", "on-failure"]
-    max_retries: int | None = None
+    # flyctl's key (and the docs') is `retries`; it becomes the API's max_retries.
+    retries: int | None = None
     processes: list[str] | None = None
 
 
 class File(_Model):
     guest_path: str
-    raw_value: str | None = None
-    secret_name: str | None = None
     local_path: str | None = None
+    secret_name: str | None = None
+    # Plain text: flyctl base64-encodes it itself (appconfig.File.toMachineFile).
+    raw_value: str | None = None
     processes: list[str] | None = None
+    # The base64 of local_path's bytes, read by load_fly_toml relative to the fly.toml.
+    _local_b64: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> File:
@@ -318,35 +388,49 @@ class File(_Model):
             raise ValueError("set exactly one of raw_value, secret_name or local_path")
         if not self.guest_path.startswith("/"):
             raise ValueError(f"guest_path {self.guest_path!r} must be an absolute path")
-        if self.raw_value is not None:
-            try:
-                base64.b64decode(self.raw_value, validate=True)
-            except ValueError:
-                raise ValueError("raw_value is not valid base64") from None
         return self
+
+    def machine_file(self) -> dict[str, str]:
+        """The ``fly.File`` this entry becomes: raw_value and local_path contents base64-encoded."""
+        if self.secret_name is not None:
+            return {"guest_path": self.guest_path, "secret_name": self.secret_name}
+        if self.raw_value is not None:
+            encoded = base64.b64encode(self.raw_value.encode("utf-8")).decode("ascii")
+            return {"guest_path": self.guest_path, "raw_value": encoded}
+        if self._local_b64 is None:
+            raise ValueError(f"[[files]] {self.guest_path}: local_path was not read; use load_fly_toml")
+        return {"guest_path": self.guest_path, "raw_value": self._local_b64}
+
+    def with_local_content(self, content: bytes) -> File:
+        out = self.model_copy()
+        out._local_b64 = base64.b64encode(content).decode("ascii")
+        return out
 
 
 class Static(_Model):
     guest_path: str
     url_prefix: str
-    index_document: str | None = None
     tigris_bucket: str | None = None
-    processes: list[str] | None = None
+    index_document: str | None = None
 
 
 class Metrics(_Model):
-    port: int
-    path: str = "/metrics"
+    port: int | None = None
+    path: str | None = None
     https: bool | None = None
     processes: list[str] | None = None
 
 
 class Experimental(_Model):
-    cmd: Command | None = None
-    entrypoint: Command | None = None
-    exec: Command | None = None
+    cmd: Argv | None = None
+    entrypoint: Argv | None = None
+    exec: Argv | None = None
     auto_rollback: bool | None = None
-    private_network: bool | None = None
+    enable_consul: bool | None = None
+    enable_etcd: bool | None = None
+    lazy_load_images: bool | None = None
+    attached: dict[str, Any] | None = None
+    machine_config: str | None = None
 
 
 def env_value(value: Any) -> Any:
@@ -361,7 +445,7 @@ def env_value(value: Any) -> Any:
 class FlyConfig(_Model):
     """A validated fly.toml. Section lists are always lists (a single table is read as a one-item list)."""
 
-    app: str
+    app: str | None = None  # flyctl lets --app name it instead (and prefers --app)
     primary_region: str | None = None
     build: Build | None = None
     deploy: Deploy = Deploy()
@@ -382,7 +466,18 @@ class FlyConfig(_Model):
     swap_size_mb: int | None = None
     host_dedication_id: str | None = None
     console_command: str | None = None
-    http_checks: Any = None
+    # flyctl's containers (Pilot): a machine config file, or the container the image goes into.
+    machine_config: str | None = None
+    container: str | None = None
+    machine_checks: list[MachineCheck] | None = None
+
+    def app_name(self, given: str | None = None) -> str:
+        """The app to deploy: ``given`` (-a/--app) wins over fly.toml's ``app``, as in flyctl (deploy.go:
+        "Always prefer the app name passed via --app")."""
+        name = given or self.app
+        if not name:
+            raise ConfigError('fly.toml has no `app = "NAME"`; pass -a/--app NAME')
+        return name
 
     def process_groups(self) -> list[str]:
         """The process groups to run: the [processes] keys sorted, or ``["app"]`` without [processes]."""
@@ -407,17 +502,19 @@ class FlyConfig(_Model):
         return shlex.split(cmd) if cmd else None
 
     def vm_for(self, group: str) -> Vm | None:
-        """The [[vm]] that applies to a group: one naming it wins over one without ``processes``."""
-        specific = [v for v in self.vm if v.processes and group in v.processes]
-        if specific:
-            return specific[0]
-        general = [v for v in self.vm if not v.processes]
-        return general[0] if general else None
+        """The [[vm]] for a group, as flyctl's ComputeForGroup picks it: among the sections without
+        ``processes`` and those naming the group, the first, unless a later one names the group."""
+        best: Vm | None = None
+        for v in self.vm:
+            names = bool(v.processes) and group in (v.processes or ())
+            if v.processes and not names:
+                continue
+            if best is None or names:
+                best = v
+        return best
 
     def restart_for(self, group: str) -> Restart | None:
-        """The [[restart]] that applies to a group (a specific one wins over one without ``processes``)."""
-        specific = [r for r in self.restart if r.processes and group in r.processes]
-        if specific:
-            return specific[0]
-        general = [r for r in self.restart if not r.processes]
-        return general[0] if general else None
+        """The [[restart]] for a group: as in flyctl's updateMachineConfig, the last of those that apply
+        (one without ``processes`` applies to the default group only)."""
+        mine = [r for r in self.restart if self.applies_to(r.processes, group)]
+        return mine[-1] if mine else None

@@ -98,6 +98,8 @@ class DeploySettings:
     release_config: JSON | None = None
     # Size (GB) to create each missing volume with, by volume name; 1 GB when not listed.
     volume_sizes: tuple[tuple[str, int], ...] = ()
+    # The other CreateVolumeRequest fields by volume name (encrypted, compute, snapshot settings).
+    volume_extra: tuple[tuple[str, JSON], ...] = ()
     # First deploy of a group with services (and no volume): two machines, as flyctl's --ha.
     ha: bool = True
     # A new machine that exits non-zero this many times before it is healthy fails the deploy.
@@ -119,10 +121,11 @@ class DeploySettings:
 
     def batch_size(self, n: int) -> int:
         """How many machines may be updated at once after the first one."""
-        if isinstance(self.max_unavailable, float) and self.max_unavailable <= 1.0:
-            # A fraction bounds how many may be down, so round down (but always make progress).
-            return max(1, math.floor(self.max_unavailable * n))
-        return max(1, int(self.max_unavailable))
+        # flyctl (machines_deploymachinesapp.go, getPoolSize): 1 or more is a count (1.5 is 1), a fraction
+        # of the group's machines rounds up.
+        if self.max_unavailable >= 1:
+            return int(self.max_unavailable)
+        return max(1, math.ceil(self.max_unavailable * n))
 
 
 @dataclass(frozen=True)

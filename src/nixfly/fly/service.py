@@ -168,20 +168,6 @@ def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress)
     return pinned, image, True
 
 
-def _machines_or_create(api: MachinesAPI, app: str, req: DeployRequest, progress: Progress) -> list[Machine]:
-    try:
-        return api.list_machines(app)
-    except NotFound:
-        if not req.create_app or req.dry_run:
-            raise DeployError(
-                f"app {app} does not exist on Fly.io; create it with `nixfly apps create {app}` "
-                "or deploy with --create-app"
-            ) from None
-    api.create_app(app, req.org)
-    progress(f"created app {app} in org {req.org}")
-    return api.list_machines(app)
-
-
 def current_guests(machines: Sequence[Machine]) -> dict[str, JSON]:
     """Each process group's current guest (its first machine's), kept where fly.toml has no [[vm]]."""
     guests: dict[str, JSON] = {}
@@ -233,9 +219,17 @@ def secrets_state(
 
 
 def settings_for(
-    cfg: FlyConfig, app: str, image: str, req: DeployRequest, secrets_version: int | None
-) -> DeploySettings:
-    from nixfly.fly.machineconfig import mount_initial_size_gb, release_command_config
+    cfg: FlyConfig, app: str, image: str, req: DeployRequest, secrets_version: int | None,
+    machines: Sequence[Machine] = (),
+) -> DeploySettings:  # fmt: skip
+    from nixfly.fly.machineconfig import release_command_config, volume_requests
+
+    # The release command runs on the largest guest of the default group's machines (flyctl's
+    # inferReleaseCommandGuest), and a missing volume is created as flyctl's first deploy creates it.
+    default_group = cfg.default_process_group()
+    app_guests = [m.config["guest"] for m in machines
+                  if m.process_group == default_group and isinstance(m.config.get("guest"), dict)]  # fmt: skip
+    volumes = volume_requests(cfg, image)
 
     deploy_cfg = cfg.deploy
     argv = None if req.skip_release_command else deploy_cfg.release_command_argv()
@@ -256,8 +250,9 @@ def settings_for(
         release_command=tuple(argv) if argv else None,
         region=cfg.primary_region or "ams",
         min_secrets_version=secrets_version,
-        release_config=release_command_config(cfg, image),
-        volume_sizes=tuple((m.source, mount_initial_size_gb(m)) for m in cfg.mounts),
+        release_config=release_command_config(cfg, image, app_guests=app_guests),
+        volume_sizes=tuple((name, int(v["size_gb"])) for name, v in volumes.items()),
+        volume_extra=tuple((name, {k: x for k, x in v.items() if k != "size_gb"}) for name, v in volumes.items()),
         ha=req.ha,
         rollback_on_interrupt=req.rollback_on_interrupt,
         start_stopped=req.start_stopped,
@@ -308,7 +303,7 @@ def _with_env(desired: dict[str, JSON], env: Sequence[tuple[str, str]]) -> dict[
 def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path | None = None) -> DeployOutcome:
     """Plan and (unless a dry run, or nothing changed) carry out a deploy; see the module docstring."""
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
-    app = req.app or cfg.app
+    app = cfg.app_name(req.app)
     image, resolved_from, checkable = _image_for(req, cfg, app, progress)
     if not checkable:
         req = replace(req, check_image=False)
@@ -349,7 +344,7 @@ def _plan(
         secrets_version, digest = None, None
     else:
         secrets_version, digest = secrets_state(api, app, machines, progress=progress, state_dir=state)
-    settings = settings_for(cfg, app, image, req, secrets_version)
+    settings = settings_for(cfg, app, image, req, secrets_version, machines)
     desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
     desired = _with_env(desired, req.env)
     volumes = api.list_volumes(app) if cfg.mounts and not create_app else []
@@ -429,7 +424,7 @@ def rollback(req: DeployRequest, to: str | None, *, progress: Progress = _quiet,
              state_dir: Path | None = None) -> DeployOutcome:  # fmt: skip
     """Redeploy an earlier release (its image, with its strategy unless one is given) with fly.toml's checks."""
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
-    app = req.app or cfg.app
+    app = cfg.app_name(req.app)
     target = pick_release(list_releases(req.connection, app), to)
     progress(f"rolling back to release v{target.version}: {target.image} ({target.strategy})")
     again = replace(req, image=target.image, build_path=None, strategy=req.strategy or target.strategy,

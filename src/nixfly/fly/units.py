@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _NS_PER_UNIT = {
@@ -123,17 +123,24 @@ def parse_size_gb(value: int | str) -> int:
     return int(number * 1000 ** _BINARY_POWER[unit] / 1000**3)
 
 
-# VM size presets: name → (cpu_kind, cpus, memory_mb). flyctl's fly-go preset table, the part the
-# fly.toml schema lists.
-VM_SIZES: dict[str, tuple[str, int, int]] = {
-    "shared-cpu-1x": ("shared", 1, 256),
-    "shared-cpu-2x": ("shared", 2, 512),
-    "shared-cpu-4x": ("shared", 4, 1024),
-    "shared-cpu-8x": ("shared", 8, 2048),
-    "performance-1x": ("performance", 1, 2048),
-    "performance-2x": ("performance", 2, 4096),
-    "performance-4x": ("performance", 4, 8192),
-    "performance-8x": ("performance", 8, 16384),
-    "performance-16x": ("performance", 16, 32768),
+class VmPreset(NamedTuple):
+    cpu_kind: str
+    cpus: int
+    memory_mb: int
+    gpu_kind: str | None = None
+    gpus: int = 0
+
+
+# VM size presets: name → guest. fly-go's MachinePresets table (machine_types.go), every entry: shared
+# CPUs come with 256 MB each, performance CPUs with 2048 MB each, the GPU sizes with 8 performance CPUs,
+# 32 GB and one GPU of their kind.
+VM_SIZES: dict[str, VmPreset] = {
+    **{f"shared-cpu-{n}x": VmPreset("shared", n, 256 * n) for n in (1, 2, 4, 6, 8)},
+    **{f"performance-{n}x": VmPreset("performance", n, 2048 * n) for n in (1, 2, 4, 6, 8, 10, 12, 14, 16)},
+    "a100-40gb": VmPreset("performance", 8, 32768, "a100-pcie-40gb", 1),
+    "a100-80gb": VmPreset("performance", 8, 32768, "a100-sxm4-80gb", 1),
+    "l40s": VmPreset("performance", 8, 32768, "l40s", 1),
+    "a10": VmPreset("performance", 8, 32768, "a10", 1),
 }
-DEFAULT_VM_SIZE = "shared-cpu-1x"
+DEFAULT_VM_SIZE = "shared-cpu-1x"  # fly-go DefaultVMSize
+DEFAULT_GPU_VM_SIZE = "performance-8x"  # fly-go DefaultGPUVMSize: a [[vm]] with gpu_kind and no size

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -97,7 +98,37 @@ def _schema() -> dict[str, Any]:
     # our model checks kill_signal against the API's own list instead.
     props["kill_signal"] = {"type": "string"}
     # The schema's default strategy ("canary") is not flyctl's ("rolling"); we never read defaults from it.
+    # Where the schema is stricter than flyctl, flyctl decides: closed sections (unknown keys are our own
+    # policy, see check_unknown), size/CPU/GPU lists shorter than fly-go's presets (units.VM_SIZES checks
+    # sizes), handler names, machine_checks fields flyctl does not require, a non-empty buildpacks list.
+    _relax(schema)
+    for section in (props["vm"]["items"], props["deploy"]["properties"]["release_command_vm"]):
+        for key in ("size", "cpus", "gpus", "gpu_kind"):
+            section["properties"].get(key, {}).pop("enum", None)
+    props["deploy"]["properties"]["wait_timeout"] = {"type": ["string", "number"]}
     return schema
+
+
+def _relax(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            del node["additionalProperties"]
+        props = node.get("properties")
+        if isinstance(props, dict):
+            handlers = props.get("handlers")
+            if isinstance(handlers, dict) and isinstance(handlers.get("items"), dict):
+                handlers["items"].pop("enum", None)
+            if isinstance(props.get("buildpacks"), dict):
+                props["buildpacks"].pop("minItems", None)
+            checks = props.get("machine_checks")
+            if isinstance(checks, dict) and isinstance(checks.get("items"), dict):
+                checks["items"].pop("required", None)
+                checks["items"].get("properties", {}).pop("kill_timeout", None)
+        for v in node.values():
+            _relax(v)
+    elif isinstance(node, list):
+        for v in node:
+            _relax(v)
 
 
 def schema_check(data: dict[str, Any], source: str, lines: TomlPositions) -> None:
@@ -199,13 +230,61 @@ def where(source: str, lines: TomlPositions, loc: KeyPath) -> str:
     return f"{at}: {dotted(loc)}: "
 
 
+def _field_key(name: str, field: Any) -> str:
+    return str(field.alias or name)
+
+
+def _nested(annotation: Any) -> tuple[str, type[BaseModel]] | None:
+    """("model" | "list" | "dict", the model class) when a field holds models, else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    origin = get_origin(annotation)
+    if origin in (list, tuple) and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return "list", args[0]
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+        return "dict", args[1]
+    if origin in (Union, UnionType) and len(args) == 1:
+        return _nested(args[0])
+    return None
+
+
+def fold_case(data: Any, model: type[BaseModel]) -> Any:
+    """``data`` with each key that differs from a key of ``model`` only in case renamed to that key.
+
+    flyctl decodes its config with Go's encoding/json, which matches struct fields case-insensitively:
+    ``Internal_Port`` is ``internal_port`` to flyctl, so it is to us. Map-valued sections ([env],
+    [processes], header tables) keep their keys as written.
+    """
+    if not isinstance(data, dict):
+        return data
+    fields = {_field_key(n, f): f for n, f in model.model_fields.items()}
+    lower = {k.lower(): k for k in fields}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields and key.lower() in lower and lower[key.lower()] not in data:
+            key = lower[key.lower()]
+        field = fields.get(key)
+        nested = _nested(field.annotation) if field is not None else None
+        if nested is not None:
+            kind, sub = nested
+            if kind == "model":
+                value = fold_case(value, sub)
+            elif kind == "list" and isinstance(value, list):
+                value = [fold_case(v, sub) for v in value]
+            elif kind == "dict" and isinstance(value, dict):
+                value = {k: fold_case(v, sub) for k, v in value.items()}
+        out[key] = value
+    return out
+
+
 def unknown_keys(model: BaseModel, loc: KeyPath = ()) -> list[tuple[KeyPath, list[str]]]:
-    """Keys our models do not know, with the keys that section does know, in document order."""
-    known = [f.alias or name for name, f in type(model).model_fields.items()]
+    """Keys our models (flyctl's config) do not know, with the keys that section does know."""
+    known = [_field_key(name, f) for name, f in type(model).model_fields.items()]
     out: list[tuple[KeyPath, list[str]]] = [((*loc, key), known) for key in model.model_extra or {}]
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        key = field.alias or name
+        key = _field_key(name, field)
         if isinstance(value, BaseModel):
             out += unknown_keys(value, (*loc, key))
         elif isinstance(value, list):
@@ -219,24 +298,111 @@ def unknown_keys(model: BaseModel, loc: KeyPath = ()) -> list[tuple[KeyPath, lis
     return out
 
 
-def check_unknown(model: BaseModel, source: str, lines: TomlPositions, warn: Warn | None) -> None:
-    """Refuse keys nobody knows (a misspelt ``[http_servce]`` would otherwise deploy no services), naming
-    the first with a "did you mean"; with ``warn`` (``--allow-unknown-keys``) report each and go on."""
+# Keys real fly.toml files carry that flyctl's decoder drops, with what became of them. Their own entry,
+# because some are close enough to a key flyctl knows to pass for a typo (max_machines_running).
+IGNORED_BY_FLYCTL: dict[str, str] = {
+    "experimental.allowed_public_ports": "Nomad-era (apps v1) keys",
+    "experimental.private_network": "every machine is on the private network",
+    "services.script_checks": "Nomad-era (apps v1) keys",
+    "services.tcp_checks.restart_limit": "Nomad-era (apps v1) keys",
+    "services.http_checks.restart_limit": "Nomad-era (apps v1) keys",
+    "http_service.checks.restart_limit": "Nomad-era (apps v1) keys",
+    "checks.*.restart_limit": "Nomad-era (apps v1) keys",
+    "services.ports.protocol": "a port has no protocol of its own; the service's protocol applies",
+    "http_service.max_machines_running": "not a fly.toml key; machine counts are set with fly scale count",
+    "http_service.enable_ha": "not a fly.toml key; see deploy --ha",
+    "redis": "not a fly.toml section",
+    "scale": "not a fly.toml section; machine counts are set with fly scale count",
+    "restart.max_retries": "flyctl's key is `retries`",
+    "statics.processes": "flyctl serves [[statics]] from every process group",
+    "checks.*.kind": "flyctl's [checks] have no kind",
+    "http_checks": "not a top-level section; checks go in [[services.http_checks]] or [checks]",
+}
+# [build] keys for flyctl's own image build: nixfly deploys the image it is given.
+DOCKER_BUILD_KEYS = ("dockerfile", "builder", "buildpacks", "args", "build-target", "ignorefile", "settings",
+                     "builtin", "compression", "compression_level")  # fmt: skip
+
+
+def _pattern(loc: KeyPath) -> str:
+    """A key path without its array indices, and with [checks] names as ``*``."""
+    parts: list[str] = [p for p in loc if isinstance(p, str)]
+    if len(parts) > 2 and parts[0] == "checks":
+        parts[1] = "*"
+    return ".".join(parts)
+
+
+def _typo_of(key: str, known: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def check_unknown(
+    model: BaseModel, source: str, lines: TomlPositions, warn: Warn, *, allow_unknown_keys: bool = False
+) -> None:
+    """Say what becomes of the keys flyctl would not use.
+
+    A key that looks like a typo of one this section knows (``[http_servce]``, ``stratgy``) is refused
+    with a "did you mean" (it would silently deploy something else), or with ``allow_unknown_keys``
+    reported and ignored. Keys flyctl's decoder drops (listed in :data:`IGNORED_BY_FLYCTL`, or resembling
+    nothing flyctl knows) have no effect: one warning names them all. So does one line for the Docker-build
+    keys of [build], and for [[files]] ``processes`` (flyctl writes every file on every group).
+    """
     found = unknown_keys(model)
     found.sort(key=lambda item: lines.line_of(item[0]) or 0)
+    typos: list[tuple[KeyPath, str]] = []
+    ignored: list[tuple[KeyPath, str]] = []
     for loc, known in found:
-        hint = did_you_mean(str(loc[-1]), known)
-        if warn is None:
-            more = f" (and {len(found) - 1} more unknown keys)" if len(found) > 1 else ""
+        reason = IGNORED_BY_FLYCTL.get(_pattern(loc))
+        guess = None if reason is not None else _typo_of(str(loc[-1]), known)
+        if guess is not None:
+            typos.append((loc, guess))
+        else:
+            ignored.append((loc, reason or ""))
+    for loc, guess in typos:
+        hint = f" (did you mean {guess!r}?)"
+        if not allow_unknown_keys:
+            more = f" (and {len(typos) - 1} more unknown keys)" if len(typos) > 1 else ""
             raise ConfigError(
                 f"{where(source, lines, loc)}unknown key{hint}{more}; pass --allow-unknown-keys to deploy anyway"
             )
         warn(f"{where(source, lines, loc)}unknown key, ignored{hint}")
+    if isinstance(model, FlyConfig):
+        for i, f in enumerate(model.files):
+            if f.processes:
+                ignored.append((("files", i, "processes"), "flyctl writes every [[files]] entry on every group"))
+    if ignored:
+        reasons: dict[str, list[str]] = {}
+        for loc, why in ignored:
+            reasons.setdefault(why, []).append(_at(lines, loc))
+        shown = "; ".join(", ".join(keys) + (f" ({why})" if why else "") for why, keys in reasons.items())
+        warn(f"{source}: flyctl ignores these keys, so they have no effect: {shown}")
+    build = model.build if isinstance(model, FlyConfig) else None
+    unused = [k for k in DOCKER_BUILD_KEYS if build is not None and getattr(build, k.replace("-", "_")) is not None]
+    if unused:
+        keys = ", ".join(unused)
+        warn(f"{source}: [build] {keys}: for flyctl's Docker build; nixfly deploys an image it is given, so not used")
 
 
-def check_groups(cfg: FlyConfig, source: str, lines: TomlPositions) -> None:
+def _at(lines: TomlPositions, loc: KeyPath) -> str:
+    line = lines.line_of(loc)
+    return f"{dotted(loc)} (line {line})" if line else dotted(loc)
+
+
+def check_groups(cfg: FlyConfig, source: str, lines: TomlPositions, warn: Warn | None = None) -> None:
     """Cross-section rules flyctl enforces: sections name defined groups, services say which group they
-    serve when there are several, at most one mount per group, no canary deploys with volumes."""
+    serve when there are several, at most one mount per group, no canary deploys with volumes; and no
+    containers (flyctl's machine_config/compose), which nixfly does not deploy."""
+    containers: list[KeyPath] = [("machine_config",), ("container",), ("experimental", "machine_config"),
+                                 ("build", "compose")]  # fmt: skip
+    for at in containers:
+        section: Any = cfg
+        for part in at:
+            section = getattr(section, str(part), None) if section is not None else None
+        if section:
+            raise ConfigError(
+                f"{where(source, lines, at)}flyctl's containers (machine_config, compose) are not supported by "
+                "nixfly deploy: it runs one image per machine"
+            )
     groups = cfg.process_groups()
     for name, cmd in cfg.processes.items():
         try:
@@ -247,7 +413,7 @@ def check_groups(cfg: FlyConfig, source: str, lines: TomlPositions) -> None:
     sections: list[tuple[KeyPath, Sequence[str] | None]] = []
     if cfg.http_service is not None:
         sections.append((("http_service",), cfg.http_service.processes))
-    for key in ("services", "mounts", "vm", "restart", "files", "statics", "metrics"):
+    for key in ("services", "mounts", "vm", "restart", "files", "metrics"):
         for i, item in enumerate(getattr(cfg, key)):
             sections.append(((key, i), item.processes))
     for name, check in cfg.checks.items():
@@ -256,10 +422,13 @@ def check_groups(cfg: FlyConfig, source: str, lines: TomlPositions) -> None:
         for p in procs or ():
             if p not in groups:
                 have = ", ".join(repr(g) for g in groups)
-                raise ConfigError(
-                    f"{where(source, lines, (*loc, 'processes'))}process group {p!r} is not defined "
-                    f"(groups: {have}){did_you_mean(p, groups)}"
-                )
+                problem = (f"{where(source, lines, (*loc, 'processes'))}process group {p!r} is not defined "
+                           f"(groups: {have}){did_you_mean(p, groups)}")  # fmt: skip
+                # flyctl refuses this for services and restart policies (validateServicesSection,
+                # validateRestartPolicy); elsewhere the name just matches no group.
+                if loc[0] in ("http_service", "services", "restart") or warn is None:
+                    raise ConfigError(problem)
+                warn(f"{problem}; that entry applies to none of them")
         if len(cfg.processes) > 1 and not procs and loc[0] in ("http_service", "services"):
             raise ConfigError(
                 f"{where(source, lines, loc)}the app has {len(cfg.processes)} process groups; "
@@ -273,16 +442,6 @@ def check_groups(cfg: FlyConfig, source: str, lines: TomlPositions) -> None:
                 f"{where(source, lines, ('mounts', mine[1]))}process group {group!r} has more than one "
                 f"[[mounts]] (mounts[{mine[0]}] and mounts[{mine[1]}]); a machine can mount one volume"
             )
-        for key in ("vm", "restart"):
-            items = getattr(cfg, key)
-            specific = [i for i, x in enumerate(items) if x.processes and group in x.processes]
-            general = [i for i, x in enumerate(items) if not x.processes]
-            for dup in (specific, general):
-                if len(dup) > 1:
-                    raise ConfigError(
-                        f"{where(source, lines, (key, dup[1]))}more than one [[{key}]] applies to process "
-                        f"group {group!r} ({key}[{dup[0]}] and {key}[{dup[1]}])"
-                    )
     if cfg.deploy.strategy == "canary" and cfg.mounts:
         raise ConfigError(
             f"{where(source, lines, ('deploy', 'strategy'))}the canary strategy cannot be used with "

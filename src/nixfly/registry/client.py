@@ -264,7 +264,7 @@ class RegistryClient:
         schemes = ["https"]
         if self.options.plain_http:
             schemes = ["http"]
-        elif self.local or not self.options.tls_verify:
+        elif not self.options.tls_verify or (self.local and self.options.plain_http is None):
             schemes = ["https", "http"]  # like docker/skopeo for insecure registries: TLS, then plain
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
@@ -276,8 +276,9 @@ class RegistryClient:
                 f = classify_transport(e)
                 if f.kind == "plain-http" and scheme != schemes[-1]:
                     continue  # the TLS handshake got a plain-HTTP reply: speak plain HTTP
-                if self._final(f, url) or f.kind in ("timeout", "connect-timeout"):
-                    # A host that does not answer its first request within the timeout is not retried.
+                if self._final(f, url) or f.kind in ("timeout", "connect-timeout", "plain-http"):
+                    # A host that does not answer its first request within the timeout (or answers TLS with
+                    # plain HTTP, where that is not allowed) is not retried.
                     raise self.fail(f"cannot reach {url}: {f.text}") from None
                 raise Transient(f"cannot reach {url}: {f.text}") from None
             if status_is_transient(resp.status_code, repeatable=True):

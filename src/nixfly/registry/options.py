@@ -22,7 +22,8 @@ class RegistryOptions:
     credentials: Credentials | None = None  # explicit (--creds); None means look them up
     tls_verify: bool = True
     cert_dir: Path | None = None  # a directory of *.crt CA files (skopeo/docker certs.d layout)
-    plain_http: bool | None = None  # True: always http; None: http only as a fallback for local hosts
+    # True: always http; False: never (an explicit --tls-verify=true); None: http only as a fallback for local hosts
+    plain_http: bool | None = None
     timeout: float = 60.0  # seconds for connect and for each read/write to make progress
     retries: int = 5  # per request, counted since the last progress
     backoff: float = 0.5  # first backoff in seconds; doubles per attempt

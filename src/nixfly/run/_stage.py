@@ -2,9 +2,12 @@
 
 It enters a private mount namespace (and a user namespace when not root), mounts the run's writable
 overlay (the cached rootfs read-only below, a per-run upper directory above) so the cache is never
-written, and then either execs runc/bwrap, or (the ``chroot`` runtime) forks the container as PID 1 of a
-new PID namespace, chroots it and forwards signals to it. Everything it mounts vanishes with its
-namespace, so a crash can leave no mount behind on the host.
+written, turns every path a runtime will mount onto into a real directory of the overlay (a symlink there,
+e.g. an image's ``/dev -> /home/you``, would make the runtime create files wherever it points), and then
+either execs runc/bwrap, or (the ``chroot`` runtime) forks the container as PID 1 of new PID, UTS and IPC
+namespaces, which moves into the overlay with pivot_root(2) in a mount namespace of its own and detaches
+the host's tree (so no chroot(2)-and-``..`` walk can climb back out), and forwards signals to it.
+Everything it mounts vanishes with its namespace, so a crash can leave no mount behind on the host.
 
 Exit status: the container's (128+N when it died of signal N); 125 when setting up failed.
 """
@@ -15,12 +18,16 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import signal
+import stat
 import subprocess
 import sys
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MS_RDONLY = 0x1
@@ -34,6 +41,7 @@ MS_PRIVATE = 0x40000
 MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_RELATIME = 0x200000
+MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -41,6 +49,12 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SETUP_FAILED = 125
+# runc's defaults (and docker's): parts of /proc through which root could change the host's kernel (sysctls,
+# the core dump helper, magic SysRq, IRQ routing) are read-only; those that leak or need no reading are hidden.
+PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+PROC_MASKED = ("acpi", "kcore", "keys", "latency_stats", "timer_list", "sched_debug", "scsi")
+# pivot_root(2) has no wrapper in older C libraries: its syscall number per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "i686": 217, "ppc64le": 203, "s390x": 217}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -113,6 +127,36 @@ def mount_rootfs(plan: dict[str, Any]) -> None:
         subprocess.run(["cp", "-a", "--reflink=auto", f"{lower}/.", merged], check=True)
         _mount(merged, merged, None, MS_BIND)
         _mount(None, merged, None, MS_BIND | MS_REMOUNT | MS_NODEV | _locked_flags(merged))
+
+
+def make_mount_points(merged: str, points: list[list[Any]]) -> None:
+    """Make each ``[path, replace_files]`` a directory of ``merged``, component by component, never
+    following a symlink: a symlink on the way is replaced by an empty directory (so are other non-directories
+    when ``replace_files``; else they are an error), a missing component is created. Runtimes then mount
+    onto exactly these directories instead of wherever a link in the image points (on the host, for runc's
+    /dev entries and bwrap's directories)."""
+    for path, replace_files in points:
+        fd = os.open(merged, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in (c for c in path.split("/") if c not in ("", ".")):
+                if comp == "..":
+                    raise SetupError(f"mount point {path}: '..' is not allowed")
+                try:
+                    st: os.stat_result | None = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    if not (stat.S_ISLNK(st.st_mode) or replace_files):
+                        raise SetupError(f"{path}: {comp} in the image is not a directory")
+                    os.unlink(comp, dir_fd=fd)
+                    st = None
+                if st is None:
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                nxt = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        finally:
+            os.close(fd)
 
 
 def _locked_flags(path: str) -> int:
@@ -196,6 +240,44 @@ def _mount_dev(merged: str, tty: bool) -> None:
     _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV)
 
 
+def _mount_proc(merged: str) -> None:
+    """A /proc of the container's PID namespace, with runc's read-only and masked paths."""
+    proc = f"{merged}/proc"
+    _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        if os.path.exists(f"{proc}/{name}"):
+            _bind(f"{proc}/{name}", f"{proc}/{name}", True)
+    for name in PROC_MASKED:
+        p = f"{proc}/{name}"
+        if os.path.isdir(p):
+            _mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        elif os.path.exists(p):
+            _mount("/dev/null", p, None, MS_BIND)
+
+
+def _pivot_root(new_root: str) -> None:
+    """Make ``new_root`` (a mount point) the root of this mount namespace and detach the old root, so that
+    nothing of the host's tree stays reachable: after this, ``..`` at "/" is "/" whatever chroot(2) does."""
+    old = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    new = os.open(new_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(new)
+        if hasattr(_libc, "pivot_root"):
+            rc = _libc.pivot_root(b".", b".")
+        elif platform.machine() in _SYS_PIVOT_ROOT:
+            rc = _libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT[platform.machine()]), b".", b".")
+        else:
+            raise SetupError(f"pivot_root is not known on {platform.machine()}")
+        _check(rc, "pivot_root")
+        # The old root is now stacked on the new one; "." (reached through the old root's descriptor) is it.
+        os.fchdir(old)
+        _check(_libc.umount2(b".", ctypes.c_int(MNT_DETACH)), "detaching the host's root")
+        os.chdir("/")
+    finally:
+        os.close(old)
+        os.close(new)
+
+
 def _default_signals() -> None:
     # Python ignores SIGPIPE/SIGXFSZ and exec keeps ignored signals ignored: the container must not inherit that.
     for s in (signal.SIGPIPE, signal.SIGXFSZ):
@@ -207,16 +289,21 @@ def _container_child(plan: dict[str, Any]) -> None:
     c = plan["chroot"]
     merged = plan["merged"]
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the stage, whatever kills it
-    os.makedirs(f"{merged}/proc", exist_ok=True)
-    _mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # A mount namespace of its own: pivot_root below must not move the stage's root too.
+    _unshare(CLONE_NEWNS)
+    name = b"nixfly"
+    _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    _mount_proc(merged)
     _mount_dev(merged, bool(c.get("tty")))
     for host, ctr, ro in c["volumes"]:
         _bind(host, merged + ctr, ro, restrict=True)
-    os.chroot(merged)
-    os.makedirs(c["cwd"], exist_ok=True)  # docker creates a missing working directory too
+    _pivot_root(merged)
+    # Inside the container's own root now: a missing directory (under a volume, say) is made as docker does.
+    os.makedirs(c["cwd"], exist_ok=True)
     os.chdir(c["cwd"])
     _drop_privileges(c["caps"])
-    os.setgroups(c["groups"])
+    if c["groups"] or not plan["userns"]:  # a user namespace denies setgroups(2): there are none to drop
+        os.setgroups(c["groups"])
     os.setgid(c["gid"])
     os.setuid(c["uid"])
     env = dict(e.split("=", 1) for e in c["env"])
@@ -230,7 +317,7 @@ def _container_child(plan: dict[str, Any]) -> None:
 
 
 def run_chroot(plan: dict[str, Any]) -> int:
-    _unshare(CLONE_NEWPID)
+    _unshare(CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
     pid = os.fork()
     if pid == 0:
         try:
@@ -258,7 +345,7 @@ def main(argv: list[str]) -> int:
     if plan.get("probe"):
         try:
             enter_namespaces(plan["userns"])
-            _unshare(CLONE_NEWPID)
+            _unshare(CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
         except (SetupError, OSError) as e:
             sys.stderr.write(f"{e}\n")
             return 1
@@ -266,6 +353,7 @@ def main(argv: list[str]) -> int:
     try:
         enter_namespaces(plan["userns"])
         mount_rootfs(plan)
+        make_mount_points(plan["merged"], plan.get("mount_points", []))
         if plan.get("exec"):
             argv_ = plan["exec"]
             _default_signals()

@@ -12,7 +12,7 @@ from typing import Any
 
 from nixfly.errors import RuntimeErrorNF, UsageError
 from nixfly.image.config import DEFAULT_PATH, env_path
-from nixfly.run.rootfs import find_in_root
+from nixfly.run.rootfs import find_in_root, resolve_dir
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,13 @@ def build_process(
     cwd = workdir or cfg.get("WorkingDir") or "/"
     if not cwd.startswith("/"):
         raise UsageError(f"working directory {cwd!r} must be an absolute path")
+    # The runtimes get the directory without symlinks: one pointing at a host path must not make them
+    # create (or enter) that host path. Under a volume the directory is the user's own, not the image's.
+    if not any(cwd == v.container or cwd.startswith(v.container.rstrip("/") + "/") for v in volumes):
+        real_cwd = resolve_dir(root, cwd)
+        if real_cwd is None:
+            raise RuntimeErrorNF(f"working directory {cwd} is not a directory in the image")
+        cwd = real_cwd
     uid, gid, extra = resolve_user(root, user if user is not None else str(cfg.get("User") or ""))
     full_env = merge_env(list(cfg.get("Env") or []), env, os.environ if host_env is None else host_env)
     keys = {e.partition("=")[0] for e in full_env}

@@ -82,3 +82,47 @@ def find_in_root(root: Path, path: str) -> Path | None:
 def strictly_inside(root: Path, path: Path) -> bool:
     """Whether ``path`` is a proper descendant of ``root`` (lexically; callers resolve first)."""
     return root in path.parents
+
+
+def resolve_dir(root: Path, path: str) -> str | None:
+    """``path`` (absolute, as seen inside the container) with every symlink that exists in ``root`` resolved
+    the way the container would (``..`` stops at the root): the same directory, as a path without symlinks,
+    so a runtime can make and enter it without following one (a link to ``/home/you`` is then
+    ``<root>/home/you``, not the host's). Components that do not exist yet are kept as written; None when
+    one that exists is not a directory, or the links loop."""
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    cur: list[str] = []
+    missing_from: int | None = None  # cur[missing_from:] does not exist: nothing below it can be a link
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if cur:
+                cur.pop()
+            if missing_from is not None and len(cur) <= missing_from:
+                missing_from = None
+            continue
+        if missing_from is not None:
+            cur.append(comp)
+            continue
+        try:
+            st = os.lstat(root.joinpath(*cur, comp))
+        except (FileNotFoundError, NotADirectoryError):
+            missing_from = len(cur)
+            cur.append(comp)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return None
+            target = os.readlink(root.joinpath(*cur, comp))
+            if target.startswith("/"):
+                cur = []
+            todo = [t for t in target.split("/") if t] + todo
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        cur.append(comp)
+    return "/" + "/".join(cur)

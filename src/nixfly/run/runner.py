@@ -20,6 +20,7 @@ from types import FrameType
 from nixfly.build.cache import default_cache_dir, owner_gone, pid_alive
 from nixfly.errors import NixflyError, RuntimeErrorNF
 from nixfly.image import Image
+from nixfly.run.pinned import remember_image
 from nixfly.run.process import Volume, build_process
 from nixfly.run.runtimes import Prepared, Probe, prepare, select_runtime
 from nixfly.run.unpack import UnpackOptions, cached_rootfs, remove_tree
@@ -187,6 +188,7 @@ def run_image(image: Image, opts: RunOptions) -> int:
     # Absolute: runc resolves a relative rootfs against its bundle, not against our working directory.
     cache_dir = (opts.cache_dir or default_cache_dir()).absolute()
     rootfs = cached_rootfs(image, cache_dir, UnpackOptions.for_current_user(_warn))
+    remember_image(image, cache_dir)  # so that a digest-pinned reference to it runs again offline
     tty = opts.tty if opts.tty is not None else (sys.stdin.isatty() and sys.stdout.isatty())
     spec = build_process(
         rootfs,

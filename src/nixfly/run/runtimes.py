@@ -1,9 +1,9 @@
 """Container runtimes nixfly can start an unpacked image with, how to probe them, and how to invoke them.
 
 Preference order: ``runc`` (a full OCI runtime, needs root), ``bwrap`` (bubblewrap), ``chroot`` (our own
-stage: unshare(2) + chroot(2), the last resort). All share the host's network. Every run goes through
-``_stage.py``, which mounts a per-run writable overlay over the cached rootfs inside a private mount
-namespace, so no runtime ever writes into the cache.
+stage: unshare(2) + pivot_root(2), the last resort; named after what it replaces). All share the host's
+network. Every run goes through ``_stage.py``, which mounts a per-run writable overlay over the cached
+rootfs inside a private mount namespace, so no runtime ever writes into the cache.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from nixfly.errors import RuntimeErrorNF
 from nixfly.run import _stage
+from nixfly.run._stage import PROC_READ_ONLY
 from nixfly.run.process import ProcessSpec, Volume
 
 RuntimeName = Literal["runc", "bwrap", "chroot"]
@@ -199,7 +200,7 @@ def runc_config(spec: ProcessSpec, root: str, volumes: Sequence[Volume]) -> dict
                 "/sys/firmware",
                 "/proc/scsi",
             ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "readonlyPaths": [f"/proc/{p}" for p in PROC_READ_ONLY],
         },
     }
 
@@ -208,6 +209,10 @@ def bwrap_args(bwrap: str, spec: ProcessSpec, root: str, volumes: Sequence[Volum
     """The bwrap command line: the rootfs bound at /, fresh /proc and /dev, all namespaces but the network.
     ``--as-pid-1`` makes the command PID 1 so signals reach it directly (via ``--info-fd``'s child-pid)."""
     argv = [bwrap, "--bind", root, "/", "--proc", "/proc", "--dev", "/dev", "--ro-bind-try", "/sys", "/sys"]
+    # bwrap covers /proc/sys and the like only where its unprivileged setup cannot write them: as root it
+    # leaves them writable (core_pattern, sysctls). Read-only, as runc's readonlyPaths.
+    for p in PROC_READ_ONLY:
+        argv += ["--ro-bind-try", f"/proc/{p}", f"/proc/{p}"]
     argv += ["--unshare-all", "--share-net", "--die-with-parent", "--as-pid-1", "--info-fd", str(info_fd)]
     argv += ["--hostname", "nixfly"]
     if (spec.uid, spec.gid) != (0, 0):
@@ -222,6 +227,16 @@ def bwrap_args(bwrap: str, spec: ProcessSpec, root: str, volumes: Sequence[Volum
         argv += ["--ro-bind" if v.read_only else "--bind", str(v.host), v.container]
     argv += ["--dir", spec.cwd, "--chdir", spec.cwd, "--", *spec.args]
     return argv
+
+
+def mount_points(spec: ProcessSpec, volumes: Sequence[Volume]) -> list[list[Any]]:
+    """``[path, replace_files]`` for every path of the rootfs a runtime mounts onto or enters: the stage
+    makes each a real directory of the run's overlay before any runtime starts (see ``_stage``)."""
+    points: list[list[Any]] = [[p, True] for p in ("/proc", "/dev", "/sys", "/dev/pts", "/dev/shm", "/dev/mqueue")]
+    for v in volumes:
+        points.append([v.container if v.host.is_dir() else str(PurePosixPath(v.container).parent), False])
+    points.append([spec.cwd, False])
+    return points
 
 
 @dataclass(frozen=True)
@@ -249,6 +264,7 @@ def prepare(
         (run_dir / d).mkdir()
     os.chmod(merged, 0o755)
     plan: dict[str, Any] = {
+        "mount_points": mount_points(spec, volumes),
         "lower": str(rootfs),
         "upper": str(run_dir / "upper"),
         "work": str(run_dir / "work"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -33,8 +34,12 @@ from nixfly.run.rootfs import strictly_inside, walk
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 # Bumped when unpacking changes in a way that makes older cached trees wrong (v2: no device nodes, no
-# set-id bits in the cache).
-UNPACK_VERSION = "v2"
+# set-id bits in the cache; v3: no file capabilities or other security.*/trusted.* attributes).
+UNPACK_VERSION = "v3"
+# Extended attributes an image never brings along: file capabilities (``security.capability``) grant
+# privileges as set-uid bits do, the rest of ``security.*`` is the host's security modules' business, and
+# ``trusted.*`` is read by the kernel (overlayfs keeps its own metadata there).
+_PRIVILEGED_XATTRS = ("security.", "trusted.")
 _BLOCK = 1 << 20
 
 
@@ -48,8 +53,9 @@ class UnpackOptions:
 
     ``keep_setid``: keep set-uid/set-gid bits. Off for the cache: when nixfly runs as root its runtimes
     have no user namespace, so a set-uid root file in the cache would be a real one on the host; without
-    root the files are ours and the bits would hand out our identity. ``warn`` hears what was skipped
-    (device nodes, one line per layer)."""
+    root the files are ours and the bits would hand out our identity. File capabilities and other
+    ``security.*``/``trusted.*`` attributes are never applied. ``warn`` hears what was skipped (device
+    nodes, one line per layer) and what was dropped (set-id bits, capabilities: one line per unpack)."""
 
     keep_owners: bool
     keep_setid: bool = False
@@ -58,6 +64,26 @@ class UnpackOptions:
     @staticmethod
     def for_current_user(warn: Callable[[str], None] | None = None) -> UnpackOptions:
         return UnpackOptions(keep_owners=os.geteuid() == 0, keep_setid=False, warn=warn)
+
+
+@dataclass
+class _Stripped:
+    """What unpacking took away from an image's files for safety, told once per unpack."""
+
+    setid: list[str] = field(default_factory=list)
+    xattrs: list[str] = field(default_factory=list)
+
+    def tell(self, warn: Callable[[str], None] | None) -> None:
+        if warn is None or not (self.setid or self.xattrs):
+            return
+        names = sorted({*self.setid, *self.xattrs})
+        shown = ", ".join("/" + n for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = []
+        if self.setid:
+            what.append(f"set-uid/set-gid bits of {len(self.setid)} file(s)")
+        if self.xattrs:
+            what.append(f"file capabilities or security attributes of {len(self.xattrs)} file(s)")
+        warn(f"dropped {' and '.join(what)} ({shown}): an image's files grant no privileges here")
 
 
 def entry_parts(name: str, where: str) -> tuple[str, ...]:
@@ -113,10 +139,11 @@ def remove_tree(path: Path) -> None:
 class _LayerApplier:
     """Applies one layer's tar stream to the rootfs."""
 
-    def __init__(self, root: Path, where: str, opts: UnpackOptions) -> None:
+    def __init__(self, root: Path, where: str, opts: UnpackOptions, stripped: _Stripped | None = None) -> None:
         self.root = root
         self.where = where
         self.opts = opts
+        self.stripped = stripped if stripped is not None else _Stripped()
         self.written: set[str] = set()  # host paths this layer wrote (incl. directories it created)
         self.whiteouts: list[Path] = []
         self.opaque: list[Path] = []
@@ -160,7 +187,7 @@ class _LayerApplier:
                 os.mkdir(dest, 0o700)
             self.dir_meta.append((dest, ti))
         elif ti.isreg():
-            self._write_file(dest, ti, tf)
+            self._write_file(dest, ti, tf, "/".join(parts))
         elif ti.issym():
             os.symlink(ti.linkname, dest)
             self._owner(dest, ti)
@@ -169,7 +196,7 @@ class _LayerApplier:
                 return
         elif ti.isfifo():
             os.mkfifo(dest, 0o600)
-            self._finish(dest, ti)
+            self._finish(dest, ti, "/".join(parts))
         elif ti.ischr() or ti.isblk():
             # Never a device node from an image (as rootless unpackers do): as root it would be a real
             # door into the host's devices. The runtimes give the container its own minimal /dev.
@@ -191,13 +218,13 @@ class _LayerApplier:
             return
         _remove(dest)
 
-    def _write_file(self, dest: Path, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def _write_file(self, dest: Path, ti: tarfile.TarInfo, tf: tarfile.TarFile, name: str) -> None:
         src = tf.extractfile(ti)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             if src is not None:
                 shutil.copyfileobj(src, out, _BLOCK)
-        self._finish(dest, ti)
+        self._finish(dest, ti, name)
 
     def _hardlink(self, dest: Path, ti: tarfile.TarInfo) -> bool:
         what = f"{self.where}: hard link {ti.name!r} -> {ti.linkname!r}"
@@ -220,24 +247,36 @@ class _LayerApplier:
         if self.opts.keep_owners:
             os.chown(dest, ti.uid, ti.gid, follow_symlinks=False)
 
-    def _finish(self, dest: Path, ti: tarfile.TarInfo) -> None:
+    def _finish(self, dest: Path, ti: tarfile.TarInfo, name: str) -> None:
         # Order matters: chown clears set-id bits and file capabilities, so owner first, then mode, then xattrs.
         self._owner(dest, ti)
         mode = ti.mode & 0o7777
         if not (self.opts.keep_owners and self.opts.keep_setid):
             # Without root the file is ours, and a set-id bit would hand out *our* identity; as root (no
             # user namespace in any runtime) it would be a real set-uid file on the host.
+            if mode & (stat.S_ISUID | stat.S_ISGID) and ti.isreg():
+                self.stripped.setid.append(name)
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         os.chmod(dest, mode)
-        if self.opts.keep_owners:
-            self._xattrs(dest, ti)
+        self._xattrs(dest, ti, name)
 
-    def _xattrs(self, dest: Path, ti: tarfile.TarInfo) -> None:
+    def _xattrs(self, dest: Path, ti: tarfile.TarInfo, name: str) -> None:
+        dropped = False
         for key, value in ti.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                # Best effort: file capabilities and the like; a filesystem without xattrs just loses them.
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            attr = key[len("SCHILY.xattr.") :]
+            if attr.startswith(_PRIVILEGED_XATTRS):
+                # Never applied, for the reason set-id bits are not: a file capability (cap_setuid+ep) would
+                # let any user of the container become root, and as root nixfly's runtimes share the host's.
+                dropped = True
+                continue
+            if self.opts.keep_owners:
+                # Best effort (user.* and ACLs); a filesystem without xattrs just loses them.
                 with contextlib.suppress(OSError):
-                    os.setxattr(dest, key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape"))
+                    os.setxattr(dest, attr, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+        if dropped:
+            self.stripped.xattrs.append(name)
 
     def finish_layer(self) -> None:
         if self.skipped_devices and self.opts.warn is not None:
@@ -279,9 +318,9 @@ class _LayerApplier:
                 self._hide_lower(Path(e.path))
 
 
-def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions) -> None:
+def apply_layer(layer: Layer, root: Path, where: str, opts: UnpackOptions, stripped: _Stripped | None = None) -> None:
     """Apply one layer to the rootfs at ``root`` and check its bytes against the layer's diff_id."""
-    applier = _LayerApplier(root, where, opts)
+    applier = _LayerApplier(root, where, opts, stripped)
     try:
         with layer.compressed() as raw:
             hashing = HashingReader(decompressing_reader(layer.compression, raw))
@@ -313,8 +352,10 @@ def unpack(image: Image, dest_root: Path, opts: UnpackOptions | None = None) -> 
     raises UnpackError (the caller discards the partial tree). Owners are kept when running as root."""
     o = opts or UnpackOptions.for_current_user()
     n = len(image.layers)
+    stripped = _Stripped()
     for i, layer in enumerate(image.layers, 1):
-        apply_layer(layer, dest_root, f"layer {i} of {n} ({layer.digest[:19]})", o)
+        apply_layer(layer, dest_root, f"layer {i} of {n} ({layer.digest[:19]})", o, stripped)
+    stripped.tell(o.warn)
     return dest_root
 
 
@@ -333,6 +374,12 @@ def _sweep_partials(base: Path) -> None:
         if owner_gone(pid, mtime):
             with contextlib.suppress(OSError):
                 remove_tree(p)
+    # Trees of an older unpack version are never used again (and a v2 tree may hold file capabilities).
+    for p in base.glob("v*-*"):
+        if re.fullmatch(r"v\d+-[0-9a-f]{64}", p.name) and not p.name.startswith(f"{UNPACK_VERSION}-"):
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    remove_tree(p)
 
 
 def cached_rootfs(image: Image, cache_dir: Path | None = None, opts: UnpackOptions | None = None) -> Path:
