@@ -124,3 +124,22 @@ def test_lease_holders_are_told_apart() -> None:
     # A holder on another host is never gone as far as this host can tell.
     assert not replace(me, host="elsewhere", pid=os.getpid() + 10_000_000).gone()
     assert DeploySettings(app="x").lease_ttl == 13  # flyctl's default
+
+
+def test_filters_limit_what_the_plan_touches() -> None:
+    worker = {"image": IMAGE, "metadata": {"fly_process_group": "worker"}}
+    old_worker = {"image": OLD, "metadata": {"fly_process_group": "worker"}}
+    ms = [machine("a1", config(OLD)), machine("a2", config(OLD)) , Machine("w1", "w1", "started", "fra", old_worker),
+          machine("g1", config(OLD) | {"metadata": {"fly_process_group": "gone"}})]  # fmt: skip
+    desired = {"app": config(), "worker": worker, "new": {"image": IMAGE, "metadata": {"fly_process_group": "new"}}}
+    only = plan_deploy(ms, desired, replace(S, only_machines=("a2",)))
+    assert [(a.kind, a.machine_id) for a in only.actions] == [("update", "a2")]  # no creates, no destroys
+    groups = plan_deploy(ms, desired, replace(S, process_groups=("worker",)))
+    assert [(a.kind, a.machine_id) for a in groups.actions] == [("update", "w1")]
+    regions = plan_deploy(ms, desired, replace(S, regions=("fra",)))
+    assert [(a.kind, a.machine_id) for a in regions.actions] == [("update", "w1")]
+    assert [(a.kind, a.group) for a in plan_deploy(ms, desired, replace(S, process_groups=("new",))).actions] == [
+        ("create", "new"), ("create", "new")]  # fmt: skip
+    # Unfiltered: the new group is created, the gone group destroyed.
+    kinds = sorted((a.kind, a.group) for a in plan_deploy(ms, desired, S).actions)
+    assert ("destroy", "gone") in kinds and ("create", "new") in kinds

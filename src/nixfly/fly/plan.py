@@ -513,7 +513,9 @@ def plan_deploy(
         regular = [m for m in regular if m.id not in switching]
         sizes = [int(v) for m in current if (v := _meta(m.config, GROUP_SIZE_KEY)) and v.isdigit()]
         target = max(sizes) if sizes else (0 if current else initial_count(want, settings.ha))
-        missing = max(0, target - len(regular) - len(switching)) if group_selected and not settings.only_machines else 0
+        # A filter by machine or region never creates machines; --process-groups creates the named groups'.
+        may_create = group_selected and not settings.only_machines and not settings.regions
+        missing = max(0, target - len(regular) - len(switching)) if may_create else 0
         if missing:
             standbys = sum(1 for m in regular if m.config.get("standbys"))
             for i in range(missing):
