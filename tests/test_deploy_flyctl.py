@@ -146,6 +146,8 @@ def test_renamed_mount_replaces_the_machine(
     assert deploy(toml, demo_images["v1"]) == 0
     (new,) = fly_api.machines("demo")
     assert new.id != old.id and new.config["mounts"][0]["name"] == "store"
+    # The new machine names the one it replaced: a re-run after a kill before the old one went finishes it.
+    assert new.config["metadata"]["nixfly_green_for"] == old.id
     volumes = {v["id"]: v for v in fly_api.apps["demo"].volumes.values()}
     assert volumes[new.config["mounts"][0]["volume"]]["name"] == "store"
     # An update in place could not have done it: the API cannot swap a machine's volume.

@@ -143,3 +143,11 @@ def test_filters_limit_what_the_plan_touches() -> None:
     # Unfiltered: the new group is created, the gone group destroyed.
     kinds = sorted((a.kind, a.group) for a in plan_deploy(ms, desired, S).actions)
     assert ("destroy", "gone") in kinds and ("create", "new") in kinds
+
+
+def test_a_replacement_interrupted_before_the_old_machine_went_is_finished() -> None:
+    old = machine("m1", config(mounts=[{"name": "data", "path": "/data", "volume": "vol_1"}]))
+    want = config(mounts=[{"name": "store", "path": "/data"}])
+    new = machine("m2", config(mounts=[{"name": "store", "path": "/data", "volume": "vol_2"}]), **{GREEN_FOR_KEY: "m1"})
+    plan = plan_deploy([old, new], {"app": want}, S)
+    assert [(a.kind, a.machine_id, a.green_for) for a in plan.actions] == [("switch", "m2", "m1")]

@@ -598,7 +598,11 @@ class Deployer:
         goes (a volume is never shared: the new machine gets one of its own)."""
         assert a.new is not None and a.machine_id is not None
         self.progress(f"replacing machine {a.machine_id} [{a.group}]: {a.reason}")
-        w = self._create(a.group, a.new, a.region, skip_launch=a.skip_launch)
+        config = copy.deepcopy(a.new)
+        # Tagged like a green: a re-run after a kill between the create and the destroy finishes the switch
+        # instead of replacing the old machine a second time.
+        config.setdefault("metadata", {})[GREEN_FOR_KEY] = a.machine_id
+        w = self._create(a.group, config, a.region, skip_launch=a.skip_launch)
         if not a.skip_launch:
             try:
                 self._wait_healthy(w)
