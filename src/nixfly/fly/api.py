@@ -7,7 +7,10 @@ Promises:
 - request shapes follow the published OpenAPI document strictly (lease acquire with a JSON body,
   one ``state`` query parameter per wanted state, secret delete by path);
 - both shapes of a lease answer (flat ``Lease`` and ``{"status": ..., "data": Lease}``) are accepted,
-  and a body where the spec documents none is ignored.
+  and a body where the spec documents none is ignored;
+- every call ends within ``timeout`` seconds, retries included (a /wait gets its own wait on top);
+- a lease request is retried after a 5xx or a broken connection, and a lease granted whose answer was lost
+  is recognised as the caller's by its description.
 """
 
 from __future__ import annotations

@@ -1,17 +1,24 @@
 """Carry out a deploy :class:`~nixfly.fly.plan.Plan` against the Machines API, one strategy at a time.
 
-``Deployer.run`` leases every machine it will touch before touching any (a lease held by someone else
-stops the deploy with nothing changed), refreshes the leases in the background, and releases them on
-every exit path, Ctrl-C included. Leases are also recorded on disk (:mod:`nixfly.fly.state`) so that a
-re-run after a hard kill can release the ones it left.
+``Deployer.run`` leases every machine it will touch before touching any, and every machine it creates is
+leased by its create (``lease_ttl``); the leases are refreshed in the background and released on every exit
+path, Ctrl-C included. Each lease names its holder (:class:`~nixfly.fly.state.Holder`: pid, host, process
+start) in its description and is recorded on disk (:mod:`nixfly.fly.state`): a lease whose holder is a
+nixfly process of this host that is gone (killed) is taken over; one whose holder runs, or that someone
+else holds, stops the deploy with nothing changed.
+
+Order: first-deploy addresses, the release command, new machines (a standby created stopped), greens an
+interrupted bluegreen deploy left (their switch is finished), each group's updates by strategy (machines
+that were stopped are updated with skip_launch and not waited on), replacements, destroys.
 
 Waiting on a machine means: ``/wait`` on the instance the update returned until it is started, then
-reading its checks and events every ``poll_interval``. A machine that exits non-zero before it is
-healthy fails at once (a crash loop shows ``exit`` events within a second, long before any timeout).
-Beyond flyctl: when an updated machine crashes or fails its checks during a rolling or canary deploy,
-every machine already updated gets its previous config back (sent in the spec's request shape), and the
-error names the failing machine with its last events. On Ctrl-C the deploy says which machines run which
-image, and with ``rollback_on_interrupt`` restores the ones it changed.
+reading its checks and events every ``poll_interval``; a machine without checks must stay up
+``smoke_period`` seconds (flyctl's smoke check). A machine that exits non-zero before it is healthy fails
+at once (a crash loop shows ``exit`` events within a second, long before any timeout). Beyond flyctl: when
+an updated machine crashes or fails its checks during a rolling or canary deploy, every machine already
+updated gets its previous config back (sent in the spec's request shape), and the error names the failing
+machine with its last events. On Ctrl-C the deploy says which machines run which image, and with
+``rollback_on_interrupt`` restores the ones it changed.
 """
 
 from __future__ import annotations

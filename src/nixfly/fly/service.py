@@ -3,11 +3,13 @@ only parses flags and prints.
 
 :func:`deploy` reads fly.toml (refusing unknown keys before any request is sent), finds the image (built
 and pushed, given, or ``[build] image``; a tag is resolved to its digest once), connects to the Machines
-API, creates the app if asked, assembles one MachineConfig per process group (keeping each group's
-current guest when fly.toml has no [[vm]]), works out the secrets the machines must run with (from the
-API, not from this host), plans, and — unless it is a dry run or nothing changed — carries the plan out
-and records the release in the machines' metadata. :func:`rollback`, :func:`status`,
-:func:`list_releases`, :func:`roll_secrets` and :func:`create_app` are the other Fly commands' services.
+API, reads the app (machines, secrets, volumes, and on a first deploy its addresses: nothing is written to
+learn anything), assembles one MachineConfig per process group (keeping each group's current guest when
+fly.toml has no [[vm]]), plans, checks the image in its registry, and — unless it is a dry run or nothing
+changed — carries the plan out under the app's deploy lock (one deploy per app at a time from one state
+directory), the release riding in the metadata of every machine it creates or updates.
+:func:`rollback`, :func:`status`, :func:`list_releases`, :func:`roll_secrets` and :func:`create_app` are
+the other Fly commands' services.
 """
 
 from __future__ import annotations
