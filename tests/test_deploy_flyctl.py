@@ -282,3 +282,16 @@ def test_create_app_dry_run_plans_a_new_app(
     assert [r for r in fly_api.requests if r.method != "GET"] == [] and "brand-new" not in fly_api.apps
     assert deploy(toml, demo_images["v1"], "--create-app") == 0
     assert len(fly_api.machines("brand-new")) == 2
+
+
+def test_image_in_a_registry_this_host_cannot_reach(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.registry import free_port
+
+    toml = write_toml(demo_app)
+    unreachable = f"127.0.0.1:{free_port()}/demo@" + demo_images["v1"].split("@", 1)[1]
+    assert deploy(toml, unreachable) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nixfly: cannot read image {unreachable}: ") and err.count("\n") == 1
+    assert "--no-image-check" in err and fly_api.mutations() == []

@@ -86,7 +86,7 @@ def inspect_image(image: str, options: RegistryOptions | None = None) -> ImageFa
             raw = client.get_blob_bytes(ref.repository, digest, max_size=4 * 1024 * 1024)
     except RegistryError as e:
         msg = str(e)
-        if not msg.startswith(("registry ", "image ")):
+        if not (msg.startswith("image ") or " does not have image " in msg):
             msg = f"cannot read image {image}: {msg}"
         raise RegistryError(msg) from None
     except httpx.HTTPError as e:

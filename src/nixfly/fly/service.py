@@ -272,9 +272,15 @@ def check_image(image: str, desired: dict[str, JSON], cfg: FlyConfig, req: Deplo
     """Before any write: the registry must have the image (by digest), each group must have something to
     run (the image's entrypoint or cmd, or a command from fly.toml), and a service's internal_port should
     be one the image exposes (a warning: images need not declare their ports)."""
+    from nixfly.errors import RegistryError
     from nixfly.fly.resolve import inspect_image
 
-    facts = inspect_image(image, req.registry)
+    try:
+        facts = inspect_image(image, req.registry)
+    except RegistryError as e:
+        if str(e).startswith("cannot read image"):  # unreachable or refused, not "does not have"
+            raise RegistryError(f"{e} (--no-image-check deploys without reading it; nothing was changed)") from None
+        raise
     for group, config in sorted(desired.items()):
         init = config.get("init") if isinstance(config.get("init"), dict) else {}
         assert isinstance(init, dict)
