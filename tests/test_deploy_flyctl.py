@@ -295,3 +295,25 @@ def test_image_in_a_registry_this_host_cannot_reach(
     err = capsys.readouterr().err
     assert err.startswith(f"nixfly: cannot read image {unreachable}: ") and err.count("\n") == 1
     assert "--no-image-check" in err and fly_api.mutations() == []
+
+
+def test_creds_reach_a_registry_that_needs_them(
+    fly_env: RunningStandin, basic_registry: RunningRegistry, tiny_oci_layout: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import subprocess
+
+    fly_env.create_app("demo")
+    digest_file = tmp_path / "digest"
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"--digestfile={digest_file}",
+                    f"--dest-creds={basic_registry.username}:{basic_registry.password}", f"oci:{tiny_oci_layout}:v1",
+                    f"docker://{basic_registry.host}/demo:v1"], check=True, capture_output=True)  # fmt: skip
+    image = f"{basic_registry.host}/demo@{digest_file.read_text().strip()}"
+    toml = write_toml(tmp_path)
+    assert deploy(toml, image, "--ha=false") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nixfly: cannot read image {image}") and "--creds USER:PASS" in err
+    assert err.count("\n") == 1 and fly_env.mutations() == []
+    assert deploy(toml, image, "--ha=false", "--creds", f"{basic_registry.username}:{basic_registry.password}") == 0
+    assert basic_registry.password not in capsys.readouterr().err
+    assert [m.image for m in fly_env.machines("demo")] == [image]

@@ -279,7 +279,8 @@ def check_image(image: str, desired: dict[str, JSON], cfg: FlyConfig, req: Deplo
         facts = inspect_image(image, req.registry)
     except RegistryError as e:
         if str(e).startswith("cannot read image"):  # unreachable or refused, not "does not have"
-            raise RegistryError(f"{e} (--no-image-check deploys without reading it; nothing was changed)") from None
+            raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
+                                "reading it; nothing was changed)") from None  # fmt: skip
         raise
     for group, config in sorted(desired.items()):
         init = config.get("init") if isinstance(config.get("init"), dict) else {}
