@@ -328,6 +328,8 @@ BASES: dict[str, list[list[str]]] = {
     "build": [["{store}", "-o", "oci:{dir}/out"], ["--config", "{toml}", "-o", "oci:{dir}/out:t"],
               ["{store}", "-o", "docker-archive:{dir}/out.tar"], ["{store}", "-o", "-"], ["--config", "{toml}"]],
     "inspect": [["{layout}"], ["oci:{layout}"], ["{archive}"], ["docker-archive:{archive}"], ["{bin}"]],
+    "diff": [["{layout}", "{archive}"], ["oci:{layout}", "{store}"], ["{store}", "{store}"], ["{archive}", "{bin}"],
+             ["-a", "x", "v1", "--api-url", "http://127.0.0.1:1", "--access-token", "t0k3n"]],
     "push": [["oci:{layout}", "127.0.0.1:1/r:t"], ["{archive}", "docker://127.0.0.1:1/r"]],
     "pull": [["127.0.0.1:1/r:t", "oci:{dir}/out"], ["registry.invalid/r", "docker-archive:{dir}/o.tar"]],
     "copy": [["oci:{layout}", "oci:{dir}/out"], ["docker-archive:{archive}", "oci:{dir}/o"],

@@ -16,6 +16,7 @@ from nixfly import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("build", "Build a Nix closure into a reproducible layered image."),
     "inspect": ("inspect", "Show an image's layers, sizes and largest store paths."),
+    "diff": ("diff", "Compare two images, releases or closures: packages, sizes, push bytes, config."),
     "push": ("registry", "Push an image to a registry; print the digest-pinned reference."),
     "pull": ("registry", "Pull a registry image into an OCI layout or archive."),
     "copy": ("registry", "Copy an image between registries, layouts and archives."),

@@ -118,11 +118,14 @@ def deploy_options(f: Any) -> Any:
 
 def print_outcome(outcome: DeployOutcome, as_json: bool, dry_run: bool) -> None:
     if dry_run:
+        changes = _image_changes(outcome)
         if as_json:
-            click.echo(json.dumps({"dry_run": True, **outcome.plan.to_json()}, indent=2))
+            click.echo(json.dumps({"dry_run": True, **outcome.plan.to_json(), "image_changes": changes}, indent=2))
         else:
             for line in outcome.plan.render():
                 click.echo(line)
+            for c in changes:
+                click.echo(f"image change from {c['running']}: {c['summary'] or 'cannot tell (' + c['error'] + ')'}")
         return
     if as_json:
         click.echo(json.dumps(outcome.to_json(), indent=2))
@@ -135,6 +138,14 @@ def print_outcome(outcome: DeployOutcome, as_json: bool, dry_run: bool) -> None:
             f"deployed {r.image} to {outcome.app}{release}: {len(r.created)} created, {len(r.updated)} updated, "
             f"{len(r.destroyed)} destroyed"
         )
+
+
+def _image_changes(outcome: DeployOutcome) -> list[dict[str, Any]]:
+    """What the deploy changes in Nix terms, per image the machines run now (see ``nixfly diff``)."""
+    from nixfly.diff.releases import plan_diffs
+
+    return [{"running": image, "summary": d.summary() if d else None, "diff": d.to_json() if d else None,
+             "error": err} for image, d, err in plan_diffs(outcome.plan)]  # fmt: skip
 
 
 def run_reporting_json(as_json: bool, app: str | None, work: Any) -> Any:

@@ -66,6 +66,10 @@ def status(
         click.echo("addresses: " + ", ".join(f"{i['ip']} ({i['type']})" for i in st.ips))
     else:
         click.echo("addresses: none (not reachable from the internet)")
+    if last is not None and st.machines:
+        on = sum(m.matches_last_release for m in st.machines)
+        click.echo(f"all {on} machines run the last release, v{last.version}" if on == len(st.machines) else
+                   f"{on} of {len(st.machines)} machines run the last release, v{last.version}")  # fmt: skip
     group = None
     for m in st.machines:
         if m.group != group:
@@ -81,25 +85,31 @@ def status(
 @_app_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (newest first).")
+@click.option("--diff", "with_diff", is_flag=True, help="Under each release, what it changed against the one before.")
 @with_api_options
 def releases(
-    app_name: str | None,
-    config_path: Path,
-    as_json: bool,
-    api_url: str | None,
-    access_token: str | None,
-    timeout: float,
-) -> None:
+    app_name: str | None, config_path: Path, as_json: bool, with_diff: bool, api_url: str | None,
+    access_token: str | None, timeout: float,
+) -> None:  # fmt: skip
     """Every deploy nixfly made to the app, newest first (kept in the machines' metadata)."""
     from nixfly.fly.service import list_releases
 
     app = app_from(app_name, config_path)
     items = list_releases(Connection(api_url, access_token, timeout), app)
+    diffs = {}
+    if with_diff:
+        from nixfly.diff.releases import release_diffs
+
+        diffs = {d.release.version: d for d in release_diffs(items)}
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in items], indent=2))
+        click.echo(json.dumps([{**r.to_json(), **({"diff": diffs[r.version].to_json() if r.version in diffs else None}
+                                                  if with_diff else {})} for r in items], indent=2))  # fmt: skip
         return
     for r in items:
         click.echo(f"v{r.version}\t{r.at}\t{r.command}\t{r.strategy}\t{r.outcome}\t{r.image}")
+        d = diffs.get(r.version)
+        if d is not None:
+            click.echo(f"  vs v{d.before.version}: " + (d.diff.summary() if d.diff else f"cannot tell ({d.error})"))
 
 
 @cli.command()
