@@ -62,14 +62,14 @@ def status(
         return
     last = st.last_release
     click.echo(f"app {app}: " + (f"release v{last.version} {last.image} ({last.at})" if last else "no release yet"))
-    if st.ips:
-        click.echo("addresses: " + ", ".join(f"{i['ip']} ({i['type']})" for i in st.ips))
-    else:
-        click.echo("addresses: none (not reachable from the internet)")
     if last is not None and st.machines:
         on = sum(m.matches_last_release for m in st.machines)
         click.echo(f"all {on} machines run the last release, v{last.version}" if on == len(st.machines) else
                    f"{on} of {len(st.machines)} machines run the last release, v{last.version}")  # fmt: skip
+    if st.ips:
+        click.echo("addresses: " + ", ".join(f"{i['ip']} ({i['type']})" for i in st.ips))
+    else:
+        click.echo("addresses: none (not reachable from the internet)")
     group = None
     for m in st.machines:
         if m.group != group:
