@@ -28,7 +28,8 @@ from tests.support.bincache import (
     new_marker,
     nix,
 )
-from tests.support.cli import Result, run_nixfly
+from tests.support.cli import NIXFLY, Result, run_nixfly
+from tests.support.hostile_http import run_measured, tree_size, wait_path
 from tests.support.nixstore import make_busybox_dir, nix_env
 
 pytestmark = pytest.mark.slow
@@ -420,3 +421,73 @@ def test_platform_guard_refuses_foreign_executables_in_a_root(
     delete_paths(root)
     r = nixfly("build", root, *base, "--cache-dir", fresh(tmp_path), "--from-cache", f"file://{cache}", "--no-verify")
     assert f"{root}/bin/app is {what} executable" in one_line_error(r)
+
+
+# ---------------------------------------------------------------------------------------------------
+# hostile caches: bounded downloads, a full disk, a killed download
+
+
+def _drop_field(narinfo: Path, key: str) -> None:
+    """Remove an unsigned narinfo field (FileSize, FileHash): the signature still verifies."""
+    os.chmod(narinfo, 0o644)
+    narinfo.write_text("".join(ln + "\n" for ln in narinfo.read_text().splitlines() if not ln.startswith(key + ": ")))
+
+
+def test_endless_nar_without_file_size_stops_at_what_its_nar_size_allows(
+    cached: CachedClosure, tmp_path: Path
+) -> None:
+    cache = copy_cache(cached, "xz", tmp_path / "c")
+    ni = narinfo_of(cache, cached.paths["sh"])
+    nar_size = int(field(ni, "NarSize"))
+    _drop_field(ni, "FileSize")
+    cache_dir = Path(fresh(tmp_path))
+    with StaticServer(cache, {"/" + field(ni, "URL"): "endless"}) as srv:
+        r = run_measured("build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir",
+                         str(cache_dir), "--from-cache", srv.url, "--trusted-public-key", cached.public_key,
+                         env=nix_env(), file_size_mb=256)  # fmt: skip
+        sent = srv.sent
+    assert r.code not in (0, 70), r.err
+    line = one_line_error(Result(r.code, r.out, r.err))
+    assert cached.paths["sh"] in line and f"any xz compression of its {nar_size}-byte NAR" in line, line
+    # It stopped right after the bound (plus what sat in the sockets' buffers), and left nothing behind.
+    assert sent < nar_size + (64 << 20), sent
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not (tmp_path / "img").exists()
+
+
+def test_a_full_disk_during_a_download_is_one_line(cached: CachedClosure, tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root to mount a small tmpfs in a private mount namespace")
+    cache_dir = tmp_path / "small"
+    cache_dir.mkdir()
+    with StaticServer(cached.caches["none"]) as srv:  # uncompressed: the NAR of sh alone is > 256 KiB
+        r = run_measured("build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir",
+                         str(cache_dir), "--from-cache", srv.url, "--trusted-public-key", cached.public_key,
+                         env=nix_env(), prefix=("unshare", "-m", "sh", "-c",
+                         f'mount -t tmpfs -o size=256k nixfly-test "{cache_dir}" && exec "$0" "$@"'))  # fmt: skip
+    line = one_line_error(Result(r.code, r.out, r.err))
+    assert r.code != 70 and "No space left on device" in line and "cannot store the download" in line, line
+
+
+def test_a_download_killed_mid_way_is_swept_by_the_next_build(cached: CachedClosure, tmp_path: Path) -> None:
+    cache = cached.caches["none"]
+    cache_dir = Path(fresh(tmp_path))
+    nar_url = "/" + field(narinfo_of(cache, cached.paths["sh"]), "URL")
+    with StaticServer(cache, {nar_url: "stall"}) as srv:
+        proc = subprocess.Popen(
+            [*NIXFLY, "build", cached.paths["app"], "-o", f"oci:{tmp_path / 'img'}:t", "--cache-dir", str(cache_dir),
+             "--from-cache", srv.url, "--trusted-public-key", cached.public_key],
+            env={**os.environ, **nix_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_path(lambda: any(f.stat().st_size > 0 for f in (cache_dir / "tmp").glob("nars.*/*")))
+        finally:
+            proc.kill()
+            proc.wait()
+        left = list((cache_dir / "tmp").glob("nars.*"))
+        assert left and tree_size(cache_dir / "tmp") > 0  # what a kill -9 leaves
+    # The next build (here from the file:// cache, which downloads nothing) removes the dead one's downloads.
+    d = build_digest(cached.paths["app"], "-o", f"oci:{tmp_path / 'img2'}:t", "--cache-dir", str(cache_dir),
+                     "--from-cache", f"file://{cache}", "--trusted-public-key", cached.public_key)  # fmt: skip
+    assert d == cached.local_digest
+    assert not any(p.exists() for p in left)

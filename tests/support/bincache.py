@@ -78,6 +78,29 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             if mode == "503":
                 self.send_error(503)
                 return
+            if mode == "endless":  # 200 and zeros until the client hangs up (no length: the body never ends)
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                chunk = bytes(64 << 10)
+                try:
+                    while not srv.release.is_set():  # type: ignore[attr-defined]
+                        self.wfile.write(chunk)
+                        srv.sent += len(chunk)  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+                return
+            if mode == "stall":  # full Content-Length, half the body, then nothing until released
+                data = Path(self.translate_path(self.path)).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                srv.release.wait(120)  # type: ignore[attr-defined]
+                self.close_connection = True
+                return
             if mode == "cut":  # full Content-Length, half the body, then the connection drops
                 data = Path(self.translate_path(self.path)).read_bytes()
                 self.send_response(200)
@@ -94,13 +117,16 @@ class StaticServer:
     """A static file server over a directory on 127.0.0.1 (an ephemeral port), recording request paths."""
 
     def __init__(self, root: Path, faults: dict[str, str] | None = None) -> None:
-        """``faults``: request path → "503" (the first GET answers 503) or "cut" (the first GET's body
-        stops halfway)."""
+        """``faults``: request path → "503" (the first GET answers 503), "cut" (the first GET's body
+        stops halfway), "endless" (200 and zeros for ever; ``sent`` counts them) or "stall" (half the
+        body, then silence until the server is closed)."""
         handler = functools.partial(_Handler, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.requests = []  # type: ignore[attr-defined]
         self.httpd.faults = dict(faults or {})  # type: ignore[attr-defined]
         self.httpd.faulted = set()  # type: ignore[attr-defined]
+        self.httpd.sent = 0  # type: ignore[attr-defined]
+        self.httpd.release = threading.Event()  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -113,7 +139,14 @@ class StaticServer:
         self._t.start()
         return self
 
+    @property
+    def sent(self) -> int:
+        """Bytes written by "endless" answers."""
+        n: int = self.httpd.sent  # type: ignore[attr-defined]
+        return n
+
     def __exit__(self, *exc: object) -> None:
+        self.httpd.release.set()  # type: ignore[attr-defined]
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -10,6 +10,12 @@ keys. NARs are downloaded with bounded parallelism into a private directory (HTT
 (``file://``), then streamed through the decompressor and the NAR parser into the layer's tar writer;
 FileHash/FileSize and NarHash/NarSize are checked when the stream ends, before the layer is committed.
 Installables are evaluated for their store path (``nix eval``), never built.
+
+Bounds: FileSize and URL are not signed, NarSize is. A download (or an in-place read) stops at FileSize
+when given, and in any case at the most a compressor can make of NarSize bytes (``compressed_limit``),
+so a cache that streams without end fills neither memory nor disk. Downloads go into a directory named
+after this process (``nars.<pid>.…`` in the cache's tmp dir); the next build removes one whose process
+died (``nixfly.build.cache.sweep_stale_temps``). A full disk is one line naming the directory.
 """
 
 from __future__ import annotations
@@ -49,15 +55,16 @@ from nixfly.build.closure import (
 )
 from nixfly.build.nar import CHUNK, NarError, NarReader, Readable
 from nixfly.build.tarwriter import TreeEntry
-from nixfly.errors import ClosureError, NixflyError, UsageError
+from nixfly.errors import ClosureError, NixflyError, UsageError, add_secret
 from nixfly.fsutil import atomic_write_text
+from nixfly.limits import ACCEPT_ENCODING, CACHE_INFO_MAX, NAR_LISTING_MAX, NARINFO_MAX, check_encoding, read_limited
 from nixfly.retry import RetryPolicy, Transient, classify_transport, retry_after_seconds, status_is_transient
 
 FETCH_JOBS = 8
 # The project's retry policy, with a short budget: a cache that does not answer is one line within seconds.
 RETRY = RetryPolicy(retries=2, backoff=0.2, max_backoff=2.0)
 TIMEOUT = 30.0
-MAX_NARINFO = 1 << 20
+MAX_NARINFO = NARINFO_MAX
 _NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
 _NIX32_INDEX = {c: i for i, c in enumerate(_NIX32)}
 COMPRESSIONS = ("xz", "zstd", "bzip2", "none")
@@ -161,6 +168,20 @@ class NarInfo:
     sigs: tuple[str, ...]
     system: str | None
     cache: str  # the URL of the cache it came from
+
+    def compressed_limit(self) -> int:
+        """The most bytes the compressed NAR may have: FileSize if given, never more than its compressor's
+        worst case for the signed NarSize (incompressible input stored, plus framing): xz stores such data
+        in 64 KiB chunks with a 3-byte header, zstd's bound is n + n/256 (ZSTD_COMPRESSBOUND), bzip2's
+        1% + 600 bytes (bzip2's manual); n/128 and a fixed 64 KiB cover block and stream headers."""
+        n = self.nar_size
+        if self.compression == "none":
+            bound = n
+        elif self.compression == "bzip2":
+            bound = n + n // 100 + 600 + (64 << 10)
+        else:
+            bound = n + n // 128 + (64 << 10)
+        return bound if self.file_size is None else min(self.file_size, bound)
 
     def fingerprint(self) -> bytes:
         return f"1;{self.store_path};{nix_hash(self.nar_hash)};{self.nar_size};{','.join(self.references)}".encode()
@@ -316,6 +337,8 @@ class BinaryCache:
 
     def __init__(self, url: str, store_dir: str = STORE_DIR, client: httpx.Client | None = None) -> None:
         u = urlsplit(url)
+        if u.password:  # https://user:password@cache/: never shown, whatever a server echoes
+            add_secret(unquote(u.password))
         self.url = _redact(url).rstrip("/")
         self.store_dir = store_dir
         self._checked = False
@@ -340,7 +363,8 @@ class BinaryCache:
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(timeout=TIMEOUT, follow_redirects=True)
+                self._client = httpx.Client(timeout=TIMEOUT, follow_redirects=True,
+                                            headers={"Accept-Encoding": ACCEPT_ENCODING})  # fmt: skip
             return self._client
 
     def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -374,8 +398,8 @@ class BinaryCache:
 
         return RETRY.run(attempt, give_up=give_up)
 
-    def get(self, rel: str, limit: int = MAX_NARINFO) -> bytes | None:
-        """A small file of the cache, or None if it has none."""
+    def get(self, rel: str, limit: int = MAX_NARINFO, kind: str = "narinfo") -> bytes | None:
+        """A small file of the cache (at most ``limit`` bytes, else one line), or None if it has none."""
         if self.dir is not None:
             try:
                 with open(self.dir / rel, "rb") as f:
@@ -387,18 +411,21 @@ class BinaryCache:
         else:
 
             def once() -> bytes | None:
-                r = self._http().get(f"{self._base}/{rel}")
+                r = self._http().send(self._http().build_request("GET", f"{self._base}/{rel}"), stream=True)
                 if r.status_code in (404, 410):
+                    r.close()
                     return None
-                r.raise_for_status()
-                return r.content
+                if r.status_code >= 400:
+                    r.close()
+                    r.raise_for_status()
+                return read_limited(r, limit, f"{self.url}/{rel}", BinaryCacheError)
 
             got: bytes | None = self._retrying(f"GET {rel}", once)
             if got is None:
                 return None
             data = got
         if len(data) > limit:
-            raise BinaryCacheError(f"{self.url}/{rel}: larger than {limit} bytes; not a narinfo")
+            raise BinaryCacheError(f"{self.url}/{rel}: larger than {limit} bytes; not a {kind}")
         return data
 
     def check(self) -> None:
@@ -406,7 +433,7 @@ class BinaryCache:
         with self._lock:
             if self._checked:
                 return
-        data = self.get("nix-cache-info")
+        data = self.get("nix-cache-info", CACHE_INFO_MAX, "nix-cache-info")
         if data is None:
             raise BinaryCacheError(f"{self.url} is not a binary cache (it has no nix-cache-info)")
         store = None
@@ -450,9 +477,11 @@ class BinaryCache:
             raise BinaryCacheError(f"{ni.store_path}: cannot read {self.url}/{ni.url}: {e.strerror}") from None
 
     def download(self, ni: NarInfo, dest: Path, on_bytes: Callable[[int], None] | None = None) -> None:
-        """Download the compressed NAR to ``dest``, checking FileSize and FileHash; a failed attempt is
-        thrown away whole and started again (nothing half-trusted is resumed)."""
+        """Download the compressed NAR to ``dest``, checking FileSize and FileHash, and stopping at
+        ``ni.compressed_limit()`` bytes; a failed attempt is thrown away whole and started again (nothing
+        half-trusted is resumed). A full disk is one line; ``dest`` is removed after any failure."""
         src = f"{self._base}/{ni.url}"
+        limit = ni.compressed_limit()
 
         def once() -> None:
             h = hashlib.sha256()
@@ -461,21 +490,31 @@ class BinaryCache:
                 if r.status_code in (404, 410):
                     raise BinaryCacheError(f"{ni.store_path}: {self.url}/{ni.url} is missing (HTTP {r.status_code})")
                 r.raise_for_status()
+                check_encoding(r, f"{self.url}/{ni.url}", BinaryCacheError)
                 with open(dest, "wb") as f:
                     for chunk in r.iter_bytes(CHUNK):
                         n += len(chunk)
-                        if ni.file_size is not None and n > ni.file_size:
+                        if n > limit:
                             raise BinaryCacheError(
-                                f"{ni.store_path} from {self.url}: the download is longer than its FileSize"
-                                f" ({ni.file_size} bytes)"
-                            )
+                                f"{ni.store_path} from {self.url}: the download is longer than "
+                                + (f"its FileSize ({ni.file_size} bytes)" if ni.file_size == limit else
+                                   f"any {ni.compression} compression of its {ni.nar_size}-byte NAR can be")
+                            )  # fmt: skip
                         h.update(chunk)
                         f.write(chunk)
                         if on_bytes is not None:
                             on_bytes(len(chunk))
             _check_file(ni, self.url, n, h.digest())
 
-        self._retrying(f"GET {ni.url}", once)
+        try:
+            self._retrying(f"GET {ni.url}", once)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            if isinstance(e, OSError):  # the download's own file: a full disk, a quota, a read-only dir
+                raise BinaryCacheError(f"cannot store the download of {ni.store_path} in {dest.parent}: "
+                                       f"{e.strerror or type(e).__name__}") from None  # fmt: skip
+            raise
 
 
 def _check_file(ni: NarInfo, cache: str, size: int, digest: bytes) -> None:
@@ -504,12 +543,15 @@ class _Counting:
         self.size = 0
 
     def read(self, n: int = -1, /) -> bytes:
-        data = self._fp.read(n)
+        # Never an unbounded read: a file:// cache's NAR may be /dev/zero or a FIFO that never ends.
+        data = self._fp.read(CHUNK if n is None or n < 0 else min(n, CHUNK))
         self.size += len(data)
-        if self._ni.file_size is not None and self.size > self._ni.file_size:
+        if self.size > self._ni.compressed_limit():
             raise BinaryCacheError(
-                f"{self._ni.store_path} from {self._ni.cache}: the compressed NAR is longer than its FileSize"
-            )
+                f"{self._ni.store_path} from {self._ni.cache}: the compressed NAR is longer than "
+                + ("its FileSize" if self._ni.file_size is not None else
+                   f"any {self._ni.compression} compression of its {self._ni.nar_size}-byte NAR can be")
+            )  # fmt: skip
         self.hash.update(data)
         return data
 
@@ -954,11 +996,11 @@ class RemoteFS:
         ni = self.store.narinfos[path]
         cache = self.store._cache(ni)
         try:
-            data = cache.get(path.rsplit("/", 1)[-1].split("-", 1)[0] + ".ls", limit=64 << 20)
+            data = cache.get(path.rsplit("/", 1)[-1].split("-", 1)[0] + ".ls", NAR_LISTING_MAX, "NAR listing")
             if data is None:
                 return None
             root = json.loads(data)["root"]
-        except (BinaryCacheError, ValueError, KeyError, TypeError):
+        except (BinaryCacheError, ValueError, KeyError, TypeError, RecursionError):
             return None
         entries: dict[str, list[str]] = {}
         kinds = {"regular": "f", "symlink": "l", "directory": "d"}

@@ -6,9 +6,10 @@ mtime), which blob that layer is. Every write is temp file + atomic rename, so c
 ``kill -9`` never leave a truncated blob under a final name; on reuse the blob's size is checked, and
 its digest too unless its inode/size/mtime are exactly those recorded right after it was written.
 
-Temp files carry their writer's pid (``blob.<pid>.<random>``); opening the cache removes the ones whose
-writer is gone (a ``kill -9`` leftover, up to a whole layer's size) — or whose pid now belongs to a
-process started after the file was last written, which therefore cannot be its writer.
+Temp files carry their writer's pid (``blob.<pid>.<random>``, and the directories of NAR downloads,
+``nars.<pid>.<random>``); opening the cache removes the ones whose writer is gone (a ``kill -9`` leftover,
+up to a whole layer's size, or GBs of NARs) — or whose pid now belongs to a process started after the
+file was last written, which therefore cannot be its writer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -91,7 +93,10 @@ def sweep_stale_temps(directory: Path) -> list[Path]:
             continue
         m = _TEMP_PID.match(e.name)
         stale = owner_gone(int(m.group(1)), mtime) if m else now - mtime > _ANONYMOUS_TEMP_AGE
-        if stale and not e.is_dir(follow_symlinks=False):
+        if stale and e.is_dir(follow_symlinks=False):  # a dead build's NAR downloads (bincache)
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(Path(e.path))
+        elif stale:
             with contextlib.suppress(OSError):
                 os.unlink(e.path)
                 removed.append(Path(e.path))

@@ -179,7 +179,9 @@ def build_image(
 
         remote = resolve_from_caches(spec.roots, caches, narinfo_cache=cache.root / "narinfo")
         closure = remote.closure
-        store: RemoteStore | None = RemoteStore(remote, Path(tempfile.mkdtemp(prefix="nars.", dir=cache.tmp)))
+        # The pid in the name lets the next build sweep the downloads of one that was killed.
+        nars = Path(tempfile.mkdtemp(prefix=f"nars.{os.getpid()}.", dir=cache.tmp))
+        store: RemoteStore | None = RemoteStore(remote, nars)
     else:
         closure = resolve_closure(
             spec.roots,

@@ -5,7 +5,9 @@ The last line of defence: any other exception is a bug in nixfly. It becomes one
 error: …, please report``) and exit status 70; the traceback goes to stderr only with ``nixfly --debug``
 (or ``NIXFLY_DEBUG=1``), else into a private crash file whose path the line names. Neither the line nor the
 crash file carries a secret: the line holds only the exception's type and where it was raised, and the
-crash file has credentials from the environment and the command line replaced by ``<redacted>``.
+crash file has replaced by ``<redacted>``: every secret value this process was given
+(``nixfly.errors.add_secret``), credential-like environment variables and option values, and the value of
+every ``NAME=VALUE`` argument (``secrets set API_KEY=…``), whatever its name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import NixflyError
+from nixfly.errors import NixflyError, redact
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,6 +45,8 @@ def _secrets(argv: Sequence[str]) -> list[str]:
     found = [v for k, v in os.environ.items() if any(w in k.upper() for w in _SECRET_WORDS) and len(v) >= 4]
     for i, a in enumerate(argv):
         name, eq, value = a.partition("=")
+        if eq and not name.startswith("-"):  # NAME=VALUE: a secret's value, a label, … all hidden alike
+            found.append(value)
         if not any(w.lower() in name.lower() for w in ("creds", "token", "password", "secret")):
             continue
         if not eq:
@@ -94,7 +98,7 @@ def _write_crash_file(text: str) -> Path | None:
         try:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, name = tempfile.mkstemp(prefix=f"nixfly-crash-{stamp}-", suffix=".txt", dir=d)
-            with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+            with os.fdopen(fd, "w", errors="backslashreplace") as f:  # mkstemp: mode 0600
                 f.write(text)
             return Path(name)
         except OSError:
@@ -117,6 +121,8 @@ def internal_error(exc: BaseException, argv: Sequence[str]) -> int:
     text = f"nixfly {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n{tb}"
     for s in _secrets(argv):
         text = text.replace(s, "<redacted>")
+        text = text.replace(repr(s)[1:-1], "<redacted>")  # as repr() shows it (argv, with escapes)
+    text = redact(text)
     path = _write_crash_file(text)
     where = f"details in {path}" if path else "run again with --debug for details"
     click.echo(f"nixfly: internal error: {what}, please report ({where})", err=True)
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=args, prog_name="nixfly", standalone_mode=False)
     except NixflyError as e:
-        click.echo(f"nixfly: {e}", err=True)
+        click.echo(f"nixfly: {redact(str(e))}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("nixfly: interrupted", err=True)

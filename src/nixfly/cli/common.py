@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from nixfly.errors import UsageError
+from nixfly.errors import UsageError, redact
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,7 +32,7 @@ def show_progress(json_out: bool, quiet: bool) -> bool:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    click.echo(redact(json.dumps(obj, indent=2, sort_keys=True)))  # no secret this process holds, ever
 
 
 def parse_kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -135,4 +135,4 @@ def _show_retry(line: str) -> None:
     """A retry about to wait, on a terminal: people should see why nothing moves."""
     from rich.markup import escape
 
-    stderr_console().print(f"[yellow]{escape(line)}[/yellow]", highlight=False)
+    stderr_console().print(f"[yellow]{escape(redact(line))}[/yellow]", highlight=False)

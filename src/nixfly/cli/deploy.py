@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import NixflyError, UsageError
+from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
 from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
@@ -78,7 +78,7 @@ def with_api_options(f: Any) -> Any:
 
 
 def progress(line: str) -> None:
-    click.echo(f"==> {line}", err=True)
+    click.echo(f"==> {redact(line)}", err=True)  # lines may quote what the API said: no secret of ours
 
 
 def app_from(app_name: str | None, config_path: Path) -> str:
@@ -250,6 +250,9 @@ def build_and_push(
 @click.option("--creds", default=None, metavar="USER:PASS", help="Credentials for the image's registry.")
 @click.option("--no-image-check", is_flag=True,
               help="Do not read the image from its registry first (a registry this host cannot reach).")  # fmt: skip
+@click.option("--rehearse", is_flag=True,
+              help="First run the image here as its machines would, with fly.toml's checks (nixfly run -c); "
+              "deploy only if that passes.")  # fmt: skip
 @deploy_options
 def deploy(
     image: str | None, build_path: Path | None, push_to: str | None, ha: bool, create_app: bool, org: str,
@@ -259,7 +262,7 @@ def deploy(
     smoke_checks: bool, smoke_period: float | None, creds: str | None, no_image_check: bool,
     config_path: Path, app_name: str | None, strategy: str | None, wait_timeout: float | None, dry_run: bool,
     as_json: bool, allow_unknown_keys: bool, rollback_on_interrupt: bool, api_url: str | None,
-    access_token: str | None, timeout: float,
+    access_token: str | None, timeout: float, rehearse: bool = False,
 ) -> None:  # fmt: skip
     """Deploy an image to the app's Fly Machines with the fly.toml deploy strategy."""
     import functools
@@ -284,12 +287,20 @@ def deploy(
         from nixfly.registry.options import RegistryOptions
 
         registry = RegistryOptions(credentials=parse_creds(creds, "--creds"))
+    publish = functools.partial(build_and_push, label=image_label)
+    if rehearse:
+        from nixfly.cli.rehearse import rehearse_before_deploy
+
+        rehearsed, publish = run_reporting_json(as_json, app_name, lambda: rehearse_before_deploy(
+            config_path, image, build_path, publish, allow_unknown_keys))  # fmt: skip
+        image = rehearsed or image
+
     req = DeployRequest(
         config_path=config_path, image=image, build_path=build_path, push_to=push_to, strategy=strategy,
         app=app_name, wait_timeout=wait_timeout, dry_run=dry_run, ha=ha, create_app=create_app, org=org,
         allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
         connection=Connection(api_url, access_token, timeout),
-        publish=functools.partial(build_and_push, label=image_label),
+        publish=publish,
         lease_timeout=max(1, round(lease_timeout)), max_unavailable=max_unavailable, detach=detach,
         regions=_listed(regions), only_machines=_listed(only_machines), process_groups=_listed(process_groups),
         skip_release_command=skip_release_command, env=tuple(env),
@@ -328,7 +339,11 @@ def secrets_set(
     from nixfly.fly.state import default_state_dir
 
     args = [a for a in assignments if a != "-"]
-    stdin_text = sys.stdin.read() if (not args or "-" in assignments) else None
+    # As bytes: a value that is not UTF-8 is refused by name in one line, not a decoding crash.
+    stdin_text = None
+    if not args or "-" in assignments:
+        raw = getattr(sys.stdin, "buffer", None)  # a text-only stdin (an embedding program's) is read as text
+        stdin_text = raw.read().decode("utf-8", "surrogateescape") if raw is not None else sys.stdin.read()
     values = parse_assignments(args, stdin_text)
     app = app_from(app_name, config_path)
     with Connection(api_url, access_token, timeout).open() as api:

@@ -10,6 +10,7 @@ import click
 
 from nixfly.cli.app import cli
 from nixfly.cli.common import parse_command, registry_options, transport_options
+from nixfly.cli.rehearse import rehearsal_options
 from nixfly.errors import UsageError
 from nixfly.run.process import parse_volume
 from nixfly.run.runner import RunOptions, run_image
@@ -19,7 +20,7 @@ from nixfly.transports import RegistryLocation, parse_location
 
 # Options may follow the image (people write them there); everything after "--" is the container's command.
 @cli.command("run")
-@click.argument("image")
+@click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option(
     "--runtime",
@@ -55,8 +56,9 @@ from nixfly.transports import RegistryLocation, parse_location
     help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).",
 )
 @transport_options()
+@rehearsal_options
 def run_cmd(
-    image: str,
+    image: str | None,
     command: tuple[str, ...],
     runtime: str,
     env: tuple[str, ...],
@@ -75,6 +77,18 @@ def run_cmd(
     """
     if command[:1] == ("--",):
         command = command[1:]
+    rehearsal = {k: o.pop(k) for k in list(o) if k in _REHEARSAL_KEYS}
+    if rehearsal["fly_config"] is None and any(v not in (None, False, ()) for v in rehearsal.values()):
+        raise UsageError("--group, --secret, --for and the other rehearsal flags need -c/--config fly.toml")
+    if rehearsal["fly_config"] is not None and (command or entrypoint or workdir or user or publish):
+        raise UsageError("a rehearsal (-c) runs the process group's command from fly.toml as Fly would; "
+                         "drop the command, --entrypoint, --workdir, --user and -p")  # fmt: skip
+    if rehearsal["build_path"] is not None and rehearsal["fly_config"] is not None:
+        from nixfly.cli.rehearse import rehearse_build
+
+        return rehearse_build(image, volumes=volumes, env=env, runtime=runtime, cache_dir=cache_dir, **rehearsal)
+    if image is None:
+        raise UsageError("missing IMAGE: nixfly run IMAGE [-- COMMAND ARGS...]")
     for spec in publish:
         _check_publish(spec)
     entry = parse_command(entrypoint, "--entrypoint")
@@ -88,6 +102,11 @@ def run_cmd(
     img = open_run_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None,
                          platform=normalise_platform(platform, "--platform") if platform else None,
                          cache_dir=cache_dir.absolute() if cache_dir else None)  # fmt: skip
+    if rehearsal["fly_config"] is not None:
+        from nixfly.cli.rehearse import run_rehearsal
+
+        del rehearsal["build_path"]
+        return run_rehearsal(img, loc, volumes=volumes, env=env, runtime=runtime, cache_dir=cache_dir, **rehearsal)
     opts = RunOptions(
         runtime=runtime,
         command=command,
@@ -101,6 +120,8 @@ def run_cmd(
     return run_image(img, opts)
 
 
+_REHEARSAL_KEYS = ("fly_config", "groups", "all_groups", "secret_args", "secrets_file", "require_secrets",
+                   "watch_for", "rehearse_wait", "as_json", "region", "offline", "build_path")  # fmt: skip
 _PUBLISH = re.compile(r"(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?")
 
 

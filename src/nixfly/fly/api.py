@@ -27,8 +27,9 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from nixfly.errors import ConfigError, DeployError
+from nixfly.errors import ConfigError, DeployError, add_secret, excerpt
 from nixfly.flytoken import find_fly_token
+from nixfly.limits import ACCEPT_ENCODING, JSON_MAX, read_response
 from nixfly.retry import RetryPolicy, Transient, retry_after_seconds, status_is_transient
 
 DEFAULT_API_URL = "https://api.machines.dev/v1"
@@ -76,6 +77,8 @@ class AccessToken:
             raise ConfigError("the Fly API token is empty")
         if not self._value.isascii() or any(c in self._value for c in "\r\n"):
             raise ConfigError("the Fly API token has characters no token has (non-ASCII or a line break)")
+        for piece in {self._value.strip(), *self._value.split(",")}:  # no output may show it (errors.redact)
+            add_secret(piece.strip())
 
     def __str__(self) -> str:
         return "<redacted token>"
@@ -227,7 +230,7 @@ class MachinesAPI:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
-            headers={"User-Agent": "nixfly"},
+            headers={"User-Agent": "nixfly", "Accept-Encoding": ACCEPT_ENCODING},
         )
         self.retries = 0  # how many retried attempts this client made (for progress reporting and tests)
 
@@ -276,8 +279,10 @@ class MachinesAPI:
             if remaining <= 0.05:
                 raise FlyAPIError(f"Fly API {what}: no answer within {budget:g}s (--timeout to wait longer)")
             try:
-                resp = self._client.request(method, path, json=json, params=params, headers=headers,
-                                            timeout=httpx.Timeout(remaining))  # fmt: skip
+                req = self._client.build_request(method, path, json=json, params=params, headers=headers,
+                                                 timeout=httpx.Timeout(remaining))  # fmt: skip
+                # Read whole, but never more than JSON_MAX (nixfly.limits): an endless answer is one line.
+                resp = read_response(self._client.send(req, stream=True), JSON_MAX, f"Fly API {what}", FlyAPIError)
             except httpx.TimeoutException:
                 raise FlyAPIError(f"Fly API {what}: no answer within {budget:g}s (--timeout to wait longer)") from None
             except httpx.HTTPError as e:
@@ -308,8 +313,8 @@ class MachinesAPI:
             body = resp.json()
             if isinstance(body, dict) and body.get("error"):
                 detail = str(body["error"])
-        except ValueError:
-            detail = resp.text[:200]
+        except (ValueError, RecursionError):
+            detail = excerpt(resp.text, 200)  # redacted before it is cut: no prefix of a secret survives
         msg = self._token.scrub(f"Fly API {what}: HTTP {resp.status_code}" + (f": {detail}" if detail else ""))
         if resp.status_code == 404:
             return NotFound(msg, status=404)
@@ -323,7 +328,7 @@ class MachinesAPI:
     def _json(resp: httpx.Response, what: str) -> Any:
         try:
             return resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FlyAPIError(f"Fly API {what}: answer is not JSON") from None
 
     @staticmethod

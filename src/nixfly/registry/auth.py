@@ -6,7 +6,9 @@ Credentials come, in this order, from: the command line (``--creds``), the envir
 (``credHelpers``, ``auths``, ``credsStore`` through ``docker-credential-*`` programs).
 
 Secrets never leave this module in text form except in an Authorization header: ``Credentials`` redacts
-itself, and every error message names the *source* of the credentials, never their value.
+itself, and every error message names the *source* of the credentials, never their value. Passwords,
+their Basic header and every token a token service issues are announced to ``nixfly.errors.add_secret``,
+so no output of this process can carry them even if a server echoes them back.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nixfly.errors import RegistryError, UsageError
+from nixfly.errors import RegistryError, UsageError, add_secret
 from nixfly.flytoken import find_fly_token
 
 if TYPE_CHECKING:  # only in annotations: parsing --creds must not load the HTTP stack
@@ -45,8 +47,13 @@ class Credentials:
 
     __str__ = __repr__
 
+    def __post_init__(self) -> None:
+        add_secret(self.password)
+        add_secret(self.basic_header().split(" ", 1)[1])
+
     def basic_header(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
+        # surrogateescape: a password given as non-UTF-8 bytes (argv, environment) goes out as those bytes
+        raw = f"{self.username}:{self.password}".encode("utf-8", "surrogateescape")
         return "Basic " + base64.b64encode(raw).decode()
 
 
@@ -253,8 +260,9 @@ class Authenticator:
             data = resp.json()
             token = data.get("token") or data.get("access_token")
             ttl = float(data.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raise RegistryError(f"registry {self.registry}: token service answered garbage") from None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"registry {self.registry}: token service answered without a token")
+        add_secret(token)
         return token, ttl

@@ -40,10 +40,11 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from nixfly.errors import ImageError, RegistryError, UsageError
+from nixfly.errors import ImageError, RegistryError, UsageError, excerpt
 from nixfly.image.digest import VerifyingReader, sha256_digest
 from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixfly.limits import ACCEPT_ENCODING, DEFAULT_MAX, MANIFEST_MAX, TAGS_MAX, TOKEN_MAX, read_response
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.options import RegistryOptions as RegistryOptions  # re-exported: its old home
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
@@ -87,8 +88,8 @@ def registry_error_text(resp: httpx.Response) -> str:
         errs = body.get("errors") if isinstance(body, dict) else None
         if isinstance(errs, list) and errs and isinstance(errs[0], dict):
             e = errs[0]
-            return f"{e.get('code', 'UNKNOWN')}: {str(e.get('message', ''))[:200]}"
-    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+            return f"{e.get('code', 'UNKNOWN')}: {excerpt(str(e.get('message', '')), 200)}"
+    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
         pass
     return f"HTTP {resp.status_code}"
 
@@ -104,7 +105,7 @@ class Manifest:
     def json(self) -> dict[str, Any]:
         try:
             obj = json.loads(self.data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ImageError(f"manifest {self.digest} is not valid JSON") from None
         if not isinstance(obj, dict):
             raise ImageError(f"manifest {self.digest} is not a JSON object")
@@ -158,6 +159,7 @@ class RegistryClient:
             timeout=httpx.Timeout(t, connect=min(t, 30.0)),
             limits=limits,
             follow_redirects=False,
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
         self._base: str | None = None
         self._dead: RegistryError | None = None  # the ping's verdict when it was final (shared by all workers)
@@ -200,7 +202,7 @@ class RegistryClient:
         """The one-line meaning of an httpx failure: Transient if another try may help, else RegistryError."""
         where = self._where(method, url)
         if isinstance(e, httpx.InvalidURL) or not isinstance(e, httpx.TransportError | httpx.TimeoutException):
-            return self.fail(f"{where}: {(str(e) or type(e).__name__).splitlines()[0][:160]}")
+            return self.fail(f"{where}: {excerpt((str(e) or type(e).__name__).splitlines()[0], 160)}")
         f = classify_transport(e)
         if self._final(f, url) or not f.transient(repeatable=repeatable):
             return self.fail(f"{where}: {f.text}")
@@ -222,18 +224,33 @@ class RegistryClient:
         content: bytes | Iterator[bytes] | None = None,
         stream: bool = False,
         repeatable: bool,
+        limit: int = DEFAULT_MAX,
     ) -> httpx.Response:
-        """One HTTP exchange; every httpx failure comes out as Transient or a one-line RegistryError."""
+        """One HTTP exchange; every httpx failure comes out as Transient or a one-line RegistryError.
+        Unless ``stream``, the body is read whole, at most ``limit`` bytes (more is a RegistryError)."""
         try:
             req = self._http.build_request(method, url, headers=headers, params=params, content=content)
-            return self._http.send(req, stream=stream)
+            resp = self._http.send(req, stream=True)
+            if stream:
+                return resp
+            return read_response(resp, limit, self._where(method, url), self.fail)
         except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise self.transport_error(e, method, url, repeatable=repeatable) from None
 
     def _fetch_token(self, realm: str, params: list[tuple[str, str]], creds: Credentials | None) -> httpx.Response:
-        """One token request (the enclosing request's retry loop repeats it if it fails transiently)."""
+        """One token request (the enclosing request's retry loop repeats it if it fails transiently).
+
+        The realm is the one URL outside the registry that gets its credentials (that is the token
+        protocol); it must not be plain HTTP for a registry reached over verified TLS, or the credentials
+        and the token would cross the network in the clear (go-containerregistry refuses it the same way)."""
+        if (urlsplit(realm).scheme == "http" and self.options.tls_verify
+                and urlsplit(self.base_url()).scheme == "https"):  # fmt: skip
+            raise self.fail(
+                f"its token service {realm[:120]} is plain http:// although the registry is https://; "
+                "not sending credentials or tokens over it (--tls-verify=false allows it)"
+            )
         headers = {"Authorization": creds.basic_header()} if creds else {}
-        resp = self._raw_send("GET", realm, params=tuple(params), headers=headers, repeatable=True)
+        resp = self._raw_send("GET", realm, params=tuple(params), headers=headers, repeatable=True, limit=TOKEN_MAX)
         if status_is_transient(resp.status_code, repeatable=True):
             raise Transient(
                 f"token service {urlsplit(realm).netloc} answered HTTP {resp.status_code}",
@@ -269,7 +286,8 @@ class RegistryClient:
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
             try:
-                resp = self._http.get(url)
+                resp = read_response(self._http.send(self._http.build_request("GET", url), stream=True),
+                                     DEFAULT_MAX, f"GET {url}", self.fail)  # fmt: skip
             except (httpx.HTTPError, httpx.InvalidURL) as e:
                 if not isinstance(e, httpx.TransportError):
                     raise self.fail(f"cannot reach {url}: {type(e).__name__}") from None
@@ -304,10 +322,15 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     def _url(self, path_or_url: str) -> str:
-        base = self.base_url()
-        if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
-        return urljoin(base + "/", path_or_url.lstrip("/")) if not path_or_url.startswith("/") else base + path_or_url
+        # A path, a URL or a scheme-relative //host/… (as a Location may be): resolved as a browser would.
+        return urljoin(self.base_url() + "/", path_or_url)
+
+    def is_own(self, url: str) -> bool:
+        """Whether ``url`` is on the registry itself (same scheme, host and port as ``base_url``): only
+        then does a request carry the registry's credentials. A server-given URL (an upload Location, a
+        ``Link: next``, a redirect) may name any host; such hosts get the request, never the credentials
+        (as go-containerregistry's transports do: the Authorization header only for the registry's host)."""
+        return _origin(url) == _origin(self.base_url())
 
     def _attempt(
         self,
@@ -320,18 +343,28 @@ class RegistryClient:
         content: bytes | Iterator[bytes] | None = None,
         stream: bool = False,
         repeatable: bool,
+        limit: int = DEFAULT_MAX,
     ) -> httpx.Response:
-        """One request with auth; answers a 401 by re-authenticating once. Trouble worth retrying → Transient."""
+        """One request with auth; answers a 401 by re-authenticating once. Trouble worth retrying → Transient.
+        Credentials go only to the registry's own origin (see ``is_own``), whatever URL a server handed us."""
         url = self._url(path_or_url)
         if params:
             # Upload Locations carry state in their query (_state=…): add to it, never replace it.
             url += ("&" if "?" in url else "?") + urlencode(params)
+        own = self.is_own(url)
         for auth_round in range(2):
             hdrs = dict(headers or {})
-            authz = self.auth.authorization(scope)
+            authz = self.auth.authorization(scope) if own else None
             if authz:
                 hdrs["Authorization"] = authz
-            resp = self._raw_send(method, url, headers=hdrs, content=content, stream=stream, repeatable=repeatable)
+            resp = self._raw_send(method, url, headers=hdrs, content=content, stream=stream, repeatable=repeatable,
+                                  limit=limit)  # fmt: skip
+            if resp.status_code == 401 and not own:
+                # Another host wants credentials: it gets none, and its challenge is not adopted (a
+                # challenge names the token service our credentials would be sent to).
+                resp.close()
+                raise self.fail(f"{self._where(method, url)} answered 401: the registry sent this request to "
+                                "another host, which gets no credentials")  # fmt: skip
             if resp.status_code == 401 and auth_round == 0:
                 resp.close()
                 self.auth.unauthorized(resp, scope)  # e.g. an expired token: fetch a fresh one
@@ -371,15 +404,17 @@ class RegistryClient:
         content: bytes | None = None,
         stream: bool = False,
         repeatable: bool | None = None,
+        limit: int = DEFAULT_MAX,
     ) -> httpx.Response:
         """Send under the retry policy. ``repeatable`` (default: the method is idempotent) allows retrying
-        5xx and failures after the request went out; 429 and failures to connect are always retried."""
+        5xx and failures after the request went out; 429 and failures to connect are always retried.
+        Unless ``stream``, the body is read whole, at most ``limit`` bytes."""
         rep = is_idempotent(method) if repeatable is None else repeatable
 
         def attempt() -> httpx.Response:
             return self._attempt(
                 method, path_or_url, scope, headers=headers, params=params, content=content, stream=stream,
-                repeatable=rep,
+                repeatable=rep, limit=limit,
             )  # fmt: skip
 
         return self.policy.run(
@@ -729,7 +764,7 @@ class RegistryClient:
     def get_manifest(self, repo: str, identifier: str, accept: str = MANIFEST_ACCEPT) -> Manifest:
         """Fetch a manifest or index by tag or digest; the bytes are checked against the digest."""
         resp = self.request("GET", f"/v2/{repo}/manifests/{identifier}", self.pull_scope(repo),
-                            headers={"Accept": accept})  # fmt: skip
+                            headers={"Accept": accept}, limit=MANIFEST_MAX)  # fmt: skip
         if resp.status_code == 404:
             raise self.fail(f"{repo}:{identifier} not found")
         if resp.status_code != 200:
@@ -743,7 +778,7 @@ class RegistryClient:
         if not media_type or media_type in ("application/json", "text/plain"):
             try:
                 media_type = str(json.loads(data).get("mediaType") or OCI_MANIFEST)
-            except (ValueError, AttributeError, UnicodeDecodeError):
+            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                 raise self.fail(f"manifest {repo}:{identifier} is not JSON") from None
         return Manifest(data, media_type, digest)
 
@@ -780,13 +815,17 @@ class RegistryClient:
         return digest
 
     def list_tags(self, repo: str, page_size: int | None = None) -> list[str]:
-        """All tags of ``repo``, following ``Link: <…>; rel="next"`` pagination."""
+        """All tags of ``repo``, following ``Link: <…>; rel="next"`` pagination (a next page on another
+        host is fetched without credentials, see ``is_own``)."""
         tags: list[str] = []
         url: str | None = f"/v2/{repo}/tags/list"
         params = {"n": str(page_size)} if page_size else None
         seen: set[str] = set()
         while url is not None:
-            resp = self.request("GET", url, self.pull_scope(repo), params=params)
+            if len(seen) >= _MAX_PAGES or len(tags) > _MAX_TAGS:
+                raise self.fail(f"the tags list of {repo} goes on for more than {len(seen)} pages, "
+                                f"{len(tags)} tags; not reading on")  # fmt: skip
+            resp = self.request("GET", url, self.pull_scope(repo), params=params, limit=TAGS_MAX)
             params = None  # the Link URL carries its own query
             if resp.status_code == 404:
                 text = registry_error_text(resp)
@@ -797,14 +836,27 @@ class RegistryClient:
             try:
                 page = resp.json().get("tags") or []
                 tags.extend(str(t) for t in page)
-            except (ValueError, AttributeError, UnicodeDecodeError):
+            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                 raise self.fail(f"tags list of {repo} is not JSON") from None
             url = _next_link(resp.headers.get("link", ""))
             if url is not None:
+                url = urljoin(str(resp.request.url), url)  # relative to the page that named it
                 if url in seen:
                     break
                 seen.add(url)
         return tags
+
+
+# A tags list that pages on for ever (each page naming a new next page) ends here, not at memory's end.
+_MAX_PAGES = 1_000
+_MAX_TAGS = 1_000_000
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in: two URLs with equal origins are the
+    same server as far as credentials go."""
+    u = httpx.URL(url)
+    return u.scheme, u.host.lower(), u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
 
 
 def _int_header(resp: httpx.Response, name: str) -> int | None:

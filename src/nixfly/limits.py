@@ -1,0 +1,88 @@
+"""How much nixfly reads whole from a server, and the one bounded reader every HTTP client here uses.
+
+A body read into memory (a manifest, a token answer, a tags list, a narinfo, a Fly API answer, an error
+body) is read up to a limit fitting its kind; one byte more ends the request with one line instead of a
+process that grows until the machine runs out of memory. Blobs and NARs are never read whole: they stream
+to disk or through a verifier, bounded by their (signed) sizes where they are read.
+
+Compressed bodies: clients advertise only gzip and deflate (``ACCEPT_ENCODING``), and a body in any other
+``Content-Encoding`` is refused before it is decoded, because zstd or brotli can expand one network read
+into gigabytes before a limit on the decoded bytes could be checked. gzip/deflate expand a read at most
+~1000-fold, and the limit is checked after every decoded piece.
+
+This module imports no HTTP library at load time (the CLI's start-up path imports it without httpx).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+_KiB = 1 << 10
+_MiB = 1 << 20
+
+# distribution refuses to store a larger manifest (maxManifestBodySize = 4 MiB in its manifests handler);
+# an index or an OCI referrers index is a manifest too.
+MANIFEST_MAX = 4 * _MiB
+TOKEN_MAX = 1 * _MiB  # a token service's JSON answer: a JWT and a few fields, a few KiB in practice
+TAGS_MAX = 16 * _MiB  # one page of a tags list (distribution sends every tag in one page without ?n=)
+JSON_MAX = 16 * _MiB  # a Fly Machines API answer (a machine list carries every machine's config)
+DEFAULT_MAX = 4 * _MiB  # any other answer read whole, error bodies included
+NARINFO_MAX = 1 * _MiB  # a narinfo: a store path, hashes, references and signatures
+CACHE_INFO_MAX = 64 * _KiB  # nix-cache-info: three short lines
+NAR_LISTING_MAX = 16 * _MiB  # a <hash>.ls NAR listing (large for big trees, parsed into memory)
+
+ACCEPT_ENCODING = "gzip, deflate"
+_DECODABLE = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
+ErrorFactory = Callable[[str], Exception]
+
+
+def human_limit(n: int) -> str:
+    if n % _MiB == 0:
+        return f"{n // _MiB} MiB"
+    if n % _KiB == 0:
+        return f"{n // _KiB} KiB"
+    return f"{n} bytes"
+
+
+def check_encoding(resp: httpx.Response, what: str, error: ErrorFactory) -> None:
+    """Refuse a body in a Content-Encoding we did not ask for (see the module docstring)."""
+    enc = ",".join(v.strip().lower() for v in resp.headers.get_list("content-encoding"))
+    for part in enc.split(","):
+        if part.strip() not in _DECODABLE:
+            raise error(f"{what}: the answer is in Content-Encoding {enc[:40]!r}, which nixfly does not accept")
+
+
+def read_limited(resp: httpx.Response, limit: int, what: str, error: ErrorFactory) -> bytes:
+    """The whole (decoded) body of a streamed ``resp``, at most ``limit`` bytes; ``error(line)`` is raised
+    as soon as it is known to be longer. httpx errors while reading pass through for the caller to judge.
+    Closes the response either way."""
+    try:
+        check_encoding(resp, what, error)
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit and not resp.headers.get("content-encoding"):
+            raise error(f"{what}: the answer is {declared} bytes, more than the {human_limit(limit)} nixfly reads")
+        data = bytearray()
+        for chunk in resp.iter_bytes(64 * _KiB):
+            data += chunk
+            if len(data) > limit:
+                raise error(f"{what}: the answer is larger than the {human_limit(limit)} nixfly reads")
+        return bytes(data)
+    finally:
+        resp.close()
+
+
+def read_response(resp: httpx.Response, limit: int, what: str, error: ErrorFactory) -> httpx.Response:
+    """``resp`` (sent with ``stream=True``) as an ordinary, fully read response, its body bounded as in
+    :func:`read_limited`: ``.content``, ``.json()`` and the headers work as usual."""
+    import httpx
+
+    data = read_limited(resp, limit, what, error)
+    # The body is decoded already: the copy must not claim an encoding, or httpx would decode it again.
+    headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() != "content-encoding"]
+    return httpx.Response(resp.status_code, headers=headers, content=data, request=resp.request,
+                          extensions=resp.extensions)  # fmt: skip
