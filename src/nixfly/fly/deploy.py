@@ -209,8 +209,18 @@ class Deployer:
                 elif held.expires_at and 0 < held.expires_at - time.time() <= self.s.lease_ttl + 1:
                     self.progress(f"machine {machine_id} is leased by a run that did not say who it is; waiting "
                                   f"{held.expires_at - time.time():.0f}s for the lease to run out")  # fmt: skip
-                    time.sleep(max(0.0, held.expires_at - time.time()) + 0.5)
-                    lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+                    # expires_at is whole seconds: the lease may outlive it by up to one.
+                    give_up = held.expires_at + 3.0
+                    time.sleep(max(0.0, held.expires_at - time.time()) + 0.2)
+                    while True:
+                        try:
+                            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl,
+                                                           description=desc)  # fmt: skip
+                            break
+                        except LeaseConflict:
+                            if time.time() >= give_up:
+                                raise
+                            time.sleep(0.3)
                     self._hold(machine_id, lease.nonce)
                     return lease.nonce
             if held is not None and (holder is None or not holder.gone()):
