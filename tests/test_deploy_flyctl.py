@@ -232,8 +232,9 @@ def test_nixfly_toml_of_the_cwd_is_not_built_for_another_directorys_fly_toml(
     toml = write_toml(other)
     (demo_app / "nixfly.toml").write_text('[image]\nroots = ["/nix/store/x"]\n')
     monkeypatch.chdir(demo_app)
-    assert main(["deploy", "-c", str(toml)]) == 2
+    rc = main(["deploy", "-c", str(toml)])
     err = capsys.readouterr().err
+    assert rc == 2, err
     assert "is in another directory than ./nixfly.toml" in err and err.count("\n") == 1
     assert fly_api.requests == []
 
