@@ -12,10 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from nixfly.build.base import store_paths_in
+from nixfly.build.cache import BlobCache
+from nixfly.image.model import LayerWrapper
 from tests.support.cli import run_nixfly
 from tests.support.nixstore import TinyClosure
 from tests.support.registry import RunningRegistry
 from tests.support.registry_proxy import FaultProxy
+from tests.test_base_model import image_of, tar_layer
 
 
 def mounted(proxy: FaultProxy) -> list[str]:
@@ -25,6 +29,15 @@ def mounted(proxy: FaultProxy) -> list[str]:
         query = parse_qs(urlsplit(e.path).query)
         if e.method == "POST" and "mount" in query and e.status == 201:
             out.append(query["mount"][0])
+    return sorted(out)
+
+
+def uploaded(proxy: FaultProxy) -> list[str]:
+    """The digests of the blob uploads the registry accepted (the final PUT …?digest=DIGEST answered 201)."""
+    out = []
+    for e in proxy.snapshot():
+        if e.method == "PUT" and "/blobs/uploads/" in e.path and e.status == 201:
+            out += parse_qs(urlsplit(e.path).query).get("digest", [])
     return sorted(out)
 
 
@@ -125,12 +138,19 @@ def test_image_on_a_registry_base_mounts_its_blobs_merges_config_and_users_and_r
                    "--no-layer-index", "--cache-dir", str(tmp_path / "cache2"))  # fmt: skip
     assert r.code == 0, r.err
     app = json.loads(r.out)
-    assert app["base"] == {"name": f"{reg}/base:v1", "digest": base["digest"], "layers": len(base_layers)}
+    # The base holds busybox (the app's closure has it too): it is not packed a second time.
+    assert app["base"] == {
+        "name": f"{reg}/base:v1", "digest": base["digest"], "layers": len(base_layers), "store_paths": 1
+    }  # fmt: skip
     assert "/etc/passwd: user" not in r.err  # no clash: nothing to warn about
-
-    # The base's blobs were mounted from base/, not uploaded again: only our layers and config were sent.
     ours = app["layers"]
+    closure = {str(d["path"]) for d in json.loads(tiny_closure.path_info.read_text())}
+    assert tiny_closure.bb in closure
+    assert sorted(p for x in ours for p in x["store_paths"]) == sorted(closure - {tiny_closure.bb})
+
+    # The base's blobs were mounted from base/, none uploaded again: only our layers and config were sent.
     assert mounted(fault_proxy) == sorted(base_layers)
+    assert not set(uploaded(fault_proxy)) & set(base_layers)
     assert fault_proxy.blob_uploads_completed() == len(ours) + 1
     cfg_size = len(skopeo("inspect", "--config", "--raw", "--tls-verify=false", f"docker://{reg}/app:v1"))
     assert fault_proxy.blob_upload_bytes() == sum(x["size"] for x in ours) + cfg_size
@@ -138,6 +158,7 @@ def test_image_on_a_registry_base_mounts_its_blobs_merges_config_and_users_and_r
     # skopeo sees the base's layers, then ours; the annotations and history pin the base.
     raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/app:v1"))
     layers = [d["digest"] for d in raw["layers"]]
+    assert len(set(layers)) == len(layers), layers  # no blob twice
     assert layers[: len(base_layers)] == base_layers
     assert layers[len(base_layers) :] == [x["digest"] for x in ours]
     assert raw["layers"][0]["mediaType"] == base_raw["layers"][0]["mediaType"]
@@ -170,6 +191,56 @@ def test_image_on_a_registry_base_mounts_its_blobs_merges_config_and_users_and_r
     assert sum(1 for p in passwd if p.startswith("root:")) == 1
     group = (rootfs / "etc/group").read_text()
     assert "basegroup:x:1500:baseuser" in group and group.count("root:x:0:") == 1
+
+
+@pytest.mark.slow
+def test_store_paths_in_the_base_are_not_packed_again_and_its_blobs_are_mounted_not_resent(
+    tiny_closure: TinyClosure, registry: RunningRegistry, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A Nix-built base holding part of our closure (busybox, the greet tool and its library): the same
+    layers would otherwise appear twice in the manifest and be uploaded although the registry has them."""
+    reg = fault_proxy.host
+    base = build_json(tiny_closure.tool, "--push", f"{reg}/nixbase:v1", "--sbom", "none", cache=tmp_path / "c1")
+    base_raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/nixbase:v1"))
+    base_layers = [d["digest"] for d in base_raw["layers"]]
+    in_base = {p for x in base["layers"] for p in x["store_paths"]}
+    assert tiny_closure.bb in in_base and tiny_closure.tool in in_base
+
+    fault_proxy.reset_counters()
+    r = run_nixfly("build", tiny_closure.app, "--from", f"docker://{reg}/nixbase:v1", "--entrypoint", "/bin/hello",
+                   "--push", f"{reg}/onnix:v1", "--json", "--sbom", "none", "--no-layer-index",
+                   "--cache-dir", str(tmp_path / "c2"))  # fmt: skip
+    assert r.code == 0, r.err
+    app = json.loads(r.out)
+    closure = {str(d["path"]) for d in json.loads(tiny_closure.path_info.read_text())}
+    ours = app["layers"]
+    packed = [p for x in ours for p in x["store_paths"]]
+    assert sorted(packed) == sorted(closure - in_base) and app["base"]["store_paths"] == len(closure & in_base)
+
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{reg}/onnix:v1"))
+    layers = [d["digest"] for d in raw["layers"]]
+    assert len(set(layers)) == len(layers), layers  # no blob twice in the manifest
+    assert layers == base_layers + [x["digest"] for x in ours]
+    # The proxy's log: every base blob mounted from nixbase/, none of them uploaded; only ours and the config sent.
+    assert mounted(fault_proxy) == sorted(base_layers)
+    assert not set(uploaded(fault_proxy)) & set(base_layers)
+    assert sorted(uploaded(fault_proxy)) == sorted([x["digest"] for x in ours] + [raw["config"]["digest"]])
+    assert fault_proxy.blob_upload_bytes() == sum(x["size"] for x in ours) + raw["config"]["size"]
+
+    # Independent readers: skopeo's view, a pulled layout that validates and runs the app with the base's tool.
+    assert json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{reg}/onnix:v1"))["Layers"] == layers
+    layout = tmp_path / "pulled"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{reg}/onnix:v1", f"oci:{layout}:app")
+    subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=app", str(layout)],
+                   check=True, capture_output=True)  # fmt: skip
+    out, _ = run_bundle(layout, "app", tmp_path, ["/bin/hello"])
+    assert "app version 1" in out and "hello from nixfly" in out
+
+    # Built again into a layout on the same cache: the base's listings are cached, the digest is the same.
+    fault_proxy.reset_counters()
+    again = build_json(tiny_closure.app, "--from", f"docker://{reg}/nixbase:v1", "--entrypoint", "/bin/hello",
+                       "-o", f"oci:{tmp_path / 'again'}:app", "--sbom", "none", cache=tmp_path / "c2")  # fmt: skip
+    assert again["digest"] == app["digest"] and fault_proxy.count("GET", "/blobs/") <= 1  # the base's config
 
 
 @pytest.mark.slow
@@ -302,3 +373,86 @@ def test_push_to_another_registry_streams_the_base_and_keeps_credentials_to_thei
     assert fault_proxy.blob_upload_bytes() == sizes + cfg_size
     insp = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{fault_proxy.host}/app:v1"))
     assert insp["Layers"][: len(base_raw["layers"])] == [d["digest"] for d in base_raw["layers"]]
+
+
+def test_which_store_paths_a_base_holds_follows_whiteouts_and_hidden_stores(tmp_path: Path) -> None:
+    """Only whole paths the merged layers still hold count: a path deleted, altered (a whiteout or an entry
+    inside it from a higher layer) or hidden (the store made opaque, deleted or replaced) is packed again."""
+    cache = BlobCache(tmp_path / "cache")
+    s = "nix/store"
+    lower = tar_layer({"nix": None, s: None, f"{s}/aaa-x": None, f"{s}/aaa-x/f": b"1", f"{s}/bbb-y": b"file",
+                       f"{s}/ccc-z": None, f"{s}/ccc-z/f": b"2", f"{s}/ddd-w": None, "etc/a": b"a"})  # fmt: skip
+    upper = tar_layer({f"{s}/.wh.bbb-y": b"", f"{s}/ccc-z/.wh.f": b"", f"{s}/ddd-w/extra": b"3", f"{s}/eee-v": None,
+                       "nix/store-not/fff-u": None, "opt/nix/store/ggg-t": None})  # fmt: skip
+    held = store_paths_in(image_of(lower, upper), "/nix/store", cache)
+    assert held == {"/nix/store/aaa-x", "/nix/store/eee-v"}
+    assert store_paths_in(image_of(lower), "/nix/store", cache) == {f"/nix/store/{n}" for n in
+                                                                   ("aaa-x", "bbb-y", "ccc-z", "ddd-w")}  # fmt: skip
+    assert store_paths_in(image_of(lower), "/gnu/store", cache) == set()
+    for hide in ({"nix/.wh..wh..opq": b""}, {".wh.nix": b""}, {"nix/.wh.store": b""}, {".wh..wh..opq": b""},
+                 {f"{s}/.wh..wh..opq": b""}, {s: b"not a directory"}):  # fmt: skip
+        top = tar_layer({**hide, f"{s}/hhh-s": None})
+        assert store_paths_in(image_of(lower, top), "/nix/store", cache) == {"/nix/store/hhh-s"}, hide
+
+    # The listings are kept in the cache: the layers are not read again.
+    class Unreadable(LayerWrapper):
+        def compressed(self) -> Any:
+            raise AssertionError("read again")
+
+        def uncompressed(self) -> Any:
+            raise AssertionError("read again")
+
+    again = image_of(lower, upper)
+    again = again.with_layers(tuple(Unreadable(lyr) for lyr in again.layers))
+    assert store_paths_in(again, "/nix/store", cache) == held
+
+
+@pytest.mark.parametrize("algorithm", ["popularity", "auto"])
+def test_the_layer_plan_leaves_out_what_the_base_provides(algorithm: str) -> None:
+    """Paths the base provides are in no layer (a root included, an explicit layer emptied by them dropped);
+    the other paths are grouped as they would be without them."""
+    from nixfly.build.closure import Closure, StorePath
+    from nixfly.build.layering import plan_layers
+
+    def sp(name: str) -> str:
+        return f"/nix/store/{name[0] * 32}-{name}"
+
+    app, tool, libc, bb, data = sp("app"), sp("tool"), sp("libc"), sp("busybox"), sp("data")
+    refs = {app: [tool, data, bb], tool: [libc, bb], libc: [], bb: [], data: []}
+    c = Closure((app, tool), {p: StorePath(p, 1000, tuple(sorted(r))) for p, r in refs.items()})
+    plan = plan_layers(c, algorithm=algorithm, explicit=[["busybox"]], provided=frozenset({tool, bb, libc}))
+    assert sorted(p for g in plan.groups for p in g.paths) == sorted([app, data])
+    assert [g.kind for g in plan.groups][-1] == "root" and plan.groups[-1].paths == (app,)
+    assert all(g.kind != "explicit" for g in plan.groups)
+    full = plan_layers(c, algorithm=algorithm, explicit=[["busybox"]])
+    assert sorted(p for g in full.groups for p in g.paths) == sorted(refs)
+
+
+def test_a_base_layer_read_killed_half_way_leaves_nothing_after_the_next_open(tmp_path: Path) -> None:
+    """kill -9 while a base layer streams into the cache: the next build's cache sweep removes the partial file
+    (its name carries the dead reader's pid) instead of keeping it for a day."""
+    import random
+    import sys
+
+    cache_dir = tmp_path / "cache"
+    data = random.Random(11).randbytes(4 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    script = f"""
+import hashlib, os, signal
+from pathlib import Path
+from nixfly.build.base import cache_backed
+from nixfly.build.cache import BlobCache
+from nixfly.image.mediatypes import OCI_LAYER
+from nixfly.image.model import BytesLayer
+data = Path({str(tmp_path / "blob")!r}).read_bytes()
+d = "sha256:" + hashlib.sha256(data).hexdigest()
+stream = cache_backed(BytesLayer(data, d, d, OCI_LAYER), BlobCache(Path({str(cache_dir)!r}))).compressed()
+stream.read(1 << 20)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert r.returncode == -9, r.stderr
+    left = list((cache_dir / "tmp").iterdir())
+    assert len(left) == 1 and left[0].stat().st_size == 1 << 20  # the half-read layer, as the kill left it
+    BlobCache(cache_dir)  # the next build opens the cache
+    assert list((cache_dir / "tmp").iterdir()) == [] and not list((cache_dir / "blobs" / "sha256").iterdir())

@@ -73,3 +73,50 @@ def test_user_errors_are_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["inspect", "oci:/nonexistent/nixfly-test-layout"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and err.startswith("nixfly: ") and "internal error" not in err
+
+
+def _run_bug_from(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Load a command whose bug is in the file at ``path``, run it, and return the one line printed."""
+    import importlib.util
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("import click\n\n\n@click.command('bug-elsewhere')\ndef bug() -> None:\n    1 / 0\n")
+    spec = importlib.util.spec_from_file_location("bug_elsewhere", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cli.add_command(module.bug)
+    try:
+        assert main(["bug-elsewhere"]) == INTERNAL_ERROR
+    finally:
+        cli.commands.pop("bug-elsewhere", None)
+    return capsys.readouterr().err
+
+
+def test_a_folder_named_nixfly_is_not_the_package(
+    buggy: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`git clone …/nixfly` makes a checkout folder named like the package: the place is still named from
+    the file's own folder, not from that name (it was `nixfly/tests/…` there, which no test expected)."""
+    err = _run_bug_from(tmp_path / "nixfly" / "tests" / "bug_here.py", capsys)
+    assert err.startswith("nixfly: internal error: ZeroDivisionError at tests/bug_here.py:6 (bug), "), err
+
+
+def test_a_bug_in_the_package_is_named_from_the_package(buggy: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The innermost frame in nixfly's own code wins over the caller's, named `nixfly/<module path>`."""
+
+    @click.command("buggy-inside")
+    def inside() -> None:
+        from nixfly.registry.reference import parse_reference
+
+        parse_reference(None)  # type: ignore[arg-type]  # an AttributeError raised inside the package
+
+    cli.add_command(inside)
+    try:
+        assert main(["buggy-inside"]) == INTERNAL_ERROR
+    finally:
+        cli.commands.pop("buggy-inside", None)
+    err = capsys.readouterr().err
+    assert re.match(
+        r"nixfly: internal error: AttributeError at nixfly/registry/reference\.py:\d+ \(parse_reference\), ", err
+    ), err

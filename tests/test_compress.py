@@ -143,12 +143,12 @@ def test_levels_change_the_bytes_and_the_identity() -> None:
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
-        (["--level", "13"], 'layers.level: gzip level must be 1 to 12 or "fast", got 13'),
-        (["--level", "0"], 'layers.level: gzip level must be 1 to 12 or "fast", got 0'),
+        (["--level", "13"], '--level: gzip level must be 1 to 12 or "fast", got 13'),
+        (["--level", "0"], '--level: gzip level must be 1 to 12 or "fast", got 0'),
         (["--level", "fats"], "(did you mean 'fast'?)"),
-        (["--level", "high"], 'layers.level: must be a number or "fast"'),
-        (["--compression", "zstd", "--level", "fast"], 'layers.level: "fast" is a gzip level; zstd levels are 1 to 19'),
-        (["--compression", "zstd", "--level", "20"], "layers.level: zstd level must be 1 to 19, got 20"),
+        (["--level", "high"], '--level: must be a number or "fast"'),
+        (["--compression", "zstd", "--level", "fast"], '--level: "fast" is a gzip level; zstd levels are 1 to 19'),
+        (["--compression", "zstd", "--level", "20"], "--level: zstd level must be 1 to 19, got 20"),
     ],
 )
 def test_bad_level_is_one_line_and_exit_2(args: list[str], expect: str, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from nixfly.fly.deploy import Deployer, DeploySettings, LeaseStore, plan_deploy
 from nixfly.fly.flytoml import load_fly_toml
 from nixfly.fly.machineconfig import machine_configs
 from nixfly.fly.state import Holder, process_start
-from tests.support.flystandin import RunningStandin
+from tests.support.flystandin import RecordedRequest, RunningStandin
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.slow  # real docker-registry + skopeo
@@ -342,30 +342,48 @@ def test_release_command_exit_code_gates_deploy(
 def test_real_sigint_to_cli_releases_leases(
     fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
 ) -> None:
-    """A real Ctrl-C (SIGINT) to a running `nixfly deploy` process: exit 130, every lease released."""
+    """A real Ctrl-C (SIGINT) to a running `nixfly deploy` process: exit 130, every lease released.
+
+    Nothing here depends on timing, so a loaded machine cannot fail it: the updated machine never starts
+    (its start is an hour away, the deploy's wait_timeout longer than the test's patience), the signal goes
+    once the CLI has asked the stand-in to /wait on the updated machine, and every wait is generous."""
     import os
     import signal
     import subprocess
     import sys
     import threading
 
-    toml = write_toml(demo_app, wait="30s")
+    patience = 300.0  # seconds; only reached when something is really stuck
+    toml = write_toml(demo_app, wait="1h")
     seed(fly_api, toml, demo_images["v1"], 2)
-    fly_api.start_delay = 20.0  # the updated machine stays "replacing": the CLI sits in its /wait loop
+    fly_api.start_delay = 3600.0  # the updated machine stays "replacing": the CLI sits in its /wait loop
     updated = threading.Event()
-    fly_api.on_request = lambda r: updated.set() if r.method == "POST" and r.path.count("/") == 5 else None
+    waiting = threading.Event()
+
+    def watch(r: RecordedRequest) -> None:
+        if r.method == "POST" and r.path.count("/") == 5:  # /v1/apps/demo/machines/<id>: an update
+            updated.set()
+        elif updated.is_set() and r.method == "GET" and r.path.endswith("/wait"):
+            waiting.set()
+
+    fly_api.on_request = watch
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "nixfly"), "deploy", "--config", str(toml), "--image", demo_images["v2"]],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []  # read as they come, so a chatty CLI can never block on a full pipe
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     try:
-        assert updated.wait(30), "the deploy never updated a machine"
-        assert any(m.lease is not None for m in fly_api.machines("demo"))
+        assert waiting.wait(patience), f"the deploy never waited on an updated machine: {lines}"
+        assert proc.poll() is None and any(m.lease is not None for m in fly_api.machines("demo"))
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=patience)
+        reader.join(timeout=patience)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "nixfly: interrupted"
+    assert proc.returncode == 130 and lines and lines[-1].strip() == "nixfly: interrupted", lines
     assert all(m.lease is None for m in fly_api.machines("demo"))
     assert LeaseStore(demo_app / "state", "demo").load() == {}

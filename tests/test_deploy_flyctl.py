@@ -268,7 +268,7 @@ def test_deploy_flags(
     assert not [r for r in fly_api.requests if r.path.endswith("/wait")]
     # A bad duration is one line, exit 2.
     assert deploy(toml, demo_images["v2"], "--wait-timeout", "ten minutes") == 2
-    assert "is not a duration" in capsys.readouterr().err
+    assert "give seconds (90) or a duration like 90s" in capsys.readouterr().err
 
 
 def test_create_app_dry_run_plans_a_new_app(

@@ -642,7 +642,7 @@ class _Tree:
                 if keep is not None:
                     self.entries[parent] = keep
                 return
-            self._remove(f"{parent.rstrip('/')}/{leaf[len(_WHITEOUT) :]}")
+            self._remove(f"{parent.rstrip('/')}/{leaf[len(_WHITEOUT):]}")
             return
         old = self.entries.get(path)
         if old is not None and old.type == "dir" and entry.type != "dir":

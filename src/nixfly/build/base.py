@@ -6,22 +6,30 @@ later read — writing an OCI layout or a docker-archive, reading the base's ``/
 the cache. A layer whose blob is already cached (and matches its digest) becomes a ``LocalBlob`` that
 sinks hard-link; a registry layer stays ``Mountable`` either way, so a push to the base's registry still
 mounts it instead of uploading.
+
+:func:`store_paths_in` lists the store paths the base's merged layers hold (a base built with Nix, by
+nixfly or by nixpkgs' dockerTools, shares paths with our closure: busybox, glibc): the build leaves those out
+of its own layers instead of packing them a second time. Each layer's listing is kept in the cache by diff_id.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import tarfile
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from nixfly.build.cache import BlobCache
 from nixfly.errors import ImageError
+from nixfly.fsutil import atomic_write_bytes
+from nixfly.image import canonical_json
 from nixfly.image.digest import VerifyingReader, file_digest
 from nixfly.image.model import BlobOrigin, Image, Layer, LayerWrapper, LocalBlob, Mountable
 
@@ -37,7 +45,9 @@ class _TeeToCache:
     def __init__(self, src: BinaryIO, cache: BlobCache, digest: str, size: int) -> None:
         self._src = VerifyingReader(src, digest, size, what=f"base layer {digest}")
         self._cache, self._digest, self._size = cache, digest, size
-        fd, name = tempfile.mkstemp(prefix="base.", dir=cache.tmp)
+        # The pid in the name lets the next BlobCache sweep this file if we are killed mid-read (every base layer
+        # is read in full once, to list its store paths: a large one would otherwise stay for a day).
+        fd, name = tempfile.mkstemp(prefix=f"base.{os.getpid()}.", dir=cache.tmp)
         self._tmp = Path(name)
         self._out = os.fdopen(fd, "wb")
         self._pos = 0
@@ -207,3 +217,100 @@ def read_files(image: Image, wanted: Iterable[str]) -> dict[str, bytes | None]:
             if any(a in gone for a in ancestors) or any(a in opaque for a in ancestors[1:]):
                 found[name] = None
     return {want[n]: found.get(n) for n in want}
+
+
+@dataclass(frozen=True)
+class StoreEffect:
+    """What one layer does to the top level of the store directory, as names (``<hash>-<name>``): the paths
+    it adds whole; the paths of lower layers it deletes or alters (a whiteout in or of them, entries in
+    them without their top entry); whether it hides everything below (the store or a parent made opaque,
+    deleted or replaced by a non-directory)."""
+
+    added: frozenset[str]
+    removed: frozenset[str]
+    cleared: bool
+
+
+def _store_effect(layer: Layer, store_dir: str) -> StoreEffect:
+    prefix = _norm(store_dir)
+    above = {prefix}  # the store dir and its parents: replacing one of them hides every store path below
+    d = posixpath.dirname(prefix)
+    while d:
+        above.add(d)
+        d = posixpath.dirname(d)
+    added: set[str] = set()
+    removed: set[str] = set()
+    touched: set[str] = set()
+    cleared = False
+
+    def top(name: str) -> str | None:  # "<prefix>/X/..." → X
+        if not name.startswith(prefix + "/"):
+            return None
+        return name[len(prefix) + 1 :].split("/", 1)[0] or None
+
+    with layer.uncompressed() as stream:
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
+            for m in tf:
+                name = _norm(m.name)
+                base = posixpath.basename(name)
+                parent = posixpath.dirname(name)
+                if base == _OPAQUE or base.startswith(_WH):
+                    target = parent if base == _OPAQUE else posixpath.join(parent, base[len(_WH) :])
+                    if target in above or (base == _OPAQUE and parent == ""):
+                        cleared = True
+                    elif (x := top(target)) is not None:
+                        removed.add(x)
+                    continue
+                if name in above:
+                    cleared = cleared or not m.isdir()
+                elif parent == prefix:
+                    added.add(base)
+                elif (x := top(name)) is not None:
+                    touched.add(x)
+            tf.close()
+            while stream.read(1 << 20):  # the rest: the blob is then verified (and kept in the cache)
+                pass
+        except tarfile.TarError as e:
+            raise ImageError(f"base layer {layer.digest} is not a valid tar stream: {e}") from None
+    removed |= touched - added
+    return StoreEffect(frozenset(added - removed), frozenset(removed), cleared)
+
+
+def _cached_effect(layer: Layer, store_dir: str, cache: BlobCache) -> StoreEffect:
+    """:func:`_store_effect`, remembered in the cache by diff_id and store directory."""
+    key = BlobCache.key({"kind": "store-listing", "diff_id": layer.diff_id, "store_dir": store_dir})
+    where = cache.root / "store-listings" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        rec = json.loads(where.read_bytes())
+        added, removed, cleared = rec["added"], rec["removed"], rec["cleared"]
+        lists = isinstance(added, list) and isinstance(removed, list)
+        if lists and all(isinstance(n, str) for n in (*added, *removed)) and isinstance(cleared, bool):
+            return StoreEffect(frozenset(added), frozenset(removed), cleared)
+    effect = _store_effect(layer, store_dir)
+    with contextlib.suppress(OSError, ImageError):  # a cache: a failed write only means scanning again
+        where.parent.mkdir(exist_ok=True)
+        rec = {"added": sorted(effect.added), "removed": sorted(effect.removed), "cleared": effect.cleared}
+        atomic_write_bytes(where, canonical_json(rec), durable=False)
+    return effect
+
+
+def store_paths_in(image: Image, store_dir: str, cache: BlobCache, workers: int = 4) -> frozenset[str]:
+    """The store paths (``<store_dir>/<hash>-<name>``) that ``image``'s merged layers hold whole: present as
+    a top entry of the store directory and not deleted, hidden or altered by a layer above.
+
+    Every layer is read once (verified, and its blob kept in the cache like any base layer) unless its listing
+    is already cached. A store path's name fixes its content, so a path the base holds need not be packed again."""
+    layers = image.layers
+    if not layers:
+        return frozenset()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(layers)))) as pool:
+        effects = list(pool.map(lambda lyr: _cached_effect(lyr, store_dir, cache), layers))
+    names: set[str] = set()
+    for e in effects:  # bottom to top
+        if e.cleared:
+            names.clear()
+        names -= e.removed
+        names |= e.added
+    store = store_dir.rstrip("/")
+    return frozenset(f"{store}/{n}" for n in names)

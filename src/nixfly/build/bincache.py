@@ -627,11 +627,7 @@ class CacheOptions:
 
 
 def cache_options(
-    urls: Sequence[str],
-    keys: Sequence[str],
-    *,
-    verify: bool = True,
-    store_dir: str = STORE_DIR,
+    urls: Sequence[str], keys: Sequence[str], *, verify: bool = True, store_dir: str = STORE_DIR,
     use_local: bool = True,
 ) -> CacheOptions:
     """Options from user input; no URL means nix.conf's substituters, no key nix.conf's trusted keys."""
@@ -973,11 +969,7 @@ class RemoteFS:
     build when its layer is written, so a listing never outlives a bad NAR in a finished image."""
 
     def __init__(
-        self,
-        store: RemoteStore,
-        full: Iterable[str],
-        cache_dir: Path | None,
-        store_dir: str,
+        self, store: RemoteStore, full: Iterable[str], cache_dir: Path | None, store_dir: str,
         roots: Iterable[str] = (),
     ) -> None:
         self.store = store

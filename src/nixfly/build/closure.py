@@ -75,6 +75,7 @@ class Closure:
         return seen
 
 
+
 def is_store_path(p: str, store_dir: str = STORE_DIR) -> bool:
     head, _, base = p.rstrip("/").rpartition("/")
     return head == store_dir and bool(_STORE_NAME.match(base))
@@ -413,7 +414,10 @@ def resolve_closure(
     source_epoch: int | None = None
     for r in roots:
         if is_installable(r, store_dir):
-            store_roots.extend(nix_build_installable(r))
+            built = nix_build_installable(r)
+            for out in built:  # an installable whose output is an image (dockerTools) is refused like ./result
+                _refuse_image(out, r)
+            store_roots.extend(built)
             if source_epoch is None:
                 source_epoch = flake_last_modified(r)
         else:
@@ -441,19 +445,21 @@ def resolve_closure(
     return Closure(tuple(store_roots), sized, system, store_dir, source_epoch)
 
 
-def _refuse_image(root: str) -> None:
-    """An image Nix already built is not a closure to pack: say what to run instead."""
+def _refuse_image(root: str, installable: str | None = None) -> None:
+    """An image Nix already built is not a closure to pack: say what to run instead. ``installable`` names
+    the flake output that built ``root``, for the message."""
     from nixfly.transports import image_file_kind
 
     kind = image_file_kind(root)
+    what = f"{installable} built {root}, which" if installable else root
     if kind == "archive":
         raise UsageError(
-            f"{root} is already an image (a docker-archive, as dockerTools.buildLayeredImage makes): "
+            f"{what} is already an image (a docker-archive, as dockerTools.buildLayeredImage makes): "
             f"push it with 'nixfly push {root} REF', or convert it with 'nixfly copy {root} oci:DIR'"
         )
     if kind == "script":
         raise UsageError(
-            f"{root} is an image script (dockerTools.streamLayeredImage): nixfly runs it for you with "
+            f"{what} is an image script (dockerTools.streamLayeredImage): nixfly runs it for you with "
             f"'nixfly push {root} REF' or 'nixfly copy {root} oci:DIR'; or build the closure itself with "
             f"'nixfly build .#PACKAGE'"
         )

@@ -5,6 +5,9 @@ then the user's explicit layers, then the roots the user asked to build, each al
 change touches one small top layer whatever the algorithm (a product decision: with nixpkgs'
 popularity layering the app lands in the catch-all layer).
 
+Paths ``provided`` by what lies below the image (a base image holding some of the closure) go into no layer;
+the algorithms still rank the whole closure, so the other paths keep the order they would have had.
+
 Algorithms:
 - ``popularity``: nixpkgs' popularity contest (same order as nixpkgs on the same graph; ties by name
   then hash); one layer per path for the most popular, the rest in one last layer.
@@ -169,9 +172,12 @@ def plan_layers(
     reserved: int = 0,
     explicit: Sequence[Sequence[str]] = (),
     roots_on_top: bool = True,
+    provided: frozenset[str] = frozenset(),
 ) -> LayerPlan:
     """Plan the store-path layers. ``reserved`` layers (e.g. the customisation layer) count against
-    ``max_layers``. Deterministic: the same closure and settings always give the same plan."""
+    ``max_layers``; ``provided`` store paths (already in the base image) are in no layer, and an explicit
+    layer left empty by them is dropped. Deterministic: the same closure and settings always give the same
+    plan."""
     if algorithm not in ("popularity", "auto"):
         raise UsageError(f"unknown layering {algorithm!r}: use popularity or auto")
     if not 1 <= max_layers <= HARD_MAX_LAYERS:
@@ -190,15 +196,16 @@ def plan_layers(
             if p in taken:
                 raise LayeringError(f"{p} is in explicit layers {taken[p] + 1} and {i + 1}")
             taken[p] = i
-        explicit_groups.append(LayerGroup(tuple(sorted(paths)), "explicit"))
+        if paths - provided:
+            explicit_groups.append(LayerGroup(tuple(sorted(paths - provided)), "explicit"))
     root_groups: list[LayerGroup] = []
     if roots_on_top:
-        free_roots = [r for r in closure.roots if r not in taken]
+        free_roots = [r for r in closure.roots if r not in taken and r not in provided]
         root_groups = [LayerGroup((r,), "root") for r in free_roots]
         if len(explicit_groups) + len(root_groups) > limit and len(root_groups) > 1:
             root_groups = [LayerGroup(tuple(sorted(free_roots)), "root")]
     fixed = {p for g in (*explicit_groups, *root_groups) for p in g.paths}
-    rest = set(closure.paths) - fixed
+    rest = set(closure.paths) - fixed - set(taken) - provided
     need = len(explicit_groups) + len(root_groups) + (1 if rest else 0)
     if need > limit and root_groups and rest and len(explicit_groups) + 1 <= limit:
         # Too tight to keep the roots apart: they share the dependencies' layers.

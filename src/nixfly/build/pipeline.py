@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nixfly.build.base import cache_backed_image, read_files
+from nixfly.build.base import cache_backed_image, read_files, store_paths_in
 from nixfly.build.cache import BlobCache
 from nixfly.build.closure import Closure, resolve_closure
 
@@ -50,6 +50,7 @@ class BuildResult:
     base: BaseImage | None = None
     warnings: tuple[str, ...] = ()
     platform: str = ""
+    from_base: frozenset[str] = frozenset()  # store paths of the closure the base already holds (not packed)
 
     @property
     def built_count(self) -> int:
@@ -124,7 +125,9 @@ def image_config(
         cfg["StopSignal"] = spec.stop_signal
     history = []
     for b in layers:
-        what = f"store paths: {_describe(b.spec.store_paths)}" if b.spec.store_paths else f"nixfly {b.spec.kind} layer"
+        what = (
+            f"store paths: {_describe(b.spec.store_paths)}" if b.spec.store_paths else f"nixfly {b.spec.kind} layer"
+        )
         history.append({"created": created, "created_by": f"nixfly ({b.spec.kind} layer)", "comment": what})
     return canonical_json(
         {
@@ -258,6 +261,7 @@ def _build(
     image_platform = f"{os_name}/{arch}"
     resolved: BaseImage | None = None
     base_files: dict[str, bytes | None] | None = None
+    from_base: frozenset[str] = frozenset()
     if spec.base_image:
         if base is None:
             from nixfly.sources.base import open_base
@@ -265,12 +269,17 @@ def _build(
             base = open_base
         resolved = base(spec.base_image, image_platform)
         resolved = replace(resolved, image=cache_backed_image(resolved.image, cache))
+        # Store paths the base already holds (a Nix-built base) are not packed again: the image would carry
+        # them twice, and a layer equal to a base layer would be uploaded instead of mounted.
+        held = store_paths_in(resolved.image, closure.store_dir, cache, workers=workers or 4)
+        from_base = frozenset(p for p in closure.paths if p in held)
         if spec.base_etc == "merge":
             base_files = read_files(resolved.image, BASE_ETC_FILES)
     n_base = len(resolved.image.layers) if resolved else 0
     first = dataclasses.replace(spec, ca_certificates=False, bin_sh=False, usr_bin_env=False) if searched else spec
     cust = customise(first, closure, fs, base_files)
-    has_custom = bool(cust.entries) or searched
+    # A root the base holds gets no layer of its own: its links (contents) then go into the customisation layer.
+    has_custom = bool(cust.entries) or searched or any(r in from_base for r in cust.root_entries)
     max_layers = spec.layers.max_layers
     if resolved is not None and max_layers - n_base < 1 + (1 if has_custom else 0):
         raise LayeringError(
@@ -286,6 +295,7 @@ def _build(
             reserved=1 if has_custom else 0,
             explicit=spec.layers.explicit,
             roots_on_top=spec.layers.roots_on_top,
+            provided=from_base,
         )
     except LayeringError as e:
         if resolved is None:
@@ -361,7 +371,7 @@ def _build(
         image = stack_on_base(resolved, image)
     image = with_format(image, spec.format)
     return BuildResult(
-        image, tuple(built), closure, time.monotonic() - t0, resolved, tuple(cust.warnings), image_platform
+        image, tuple(built), closure, time.monotonic() - t0, resolved, tuple(cust.warnings), image_platform, from_base
     )
 
 

@@ -462,7 +462,7 @@ def check_processes(spec: ImageSpec) -> tuple[ImageSpec, list[tuple[str, str]]]:
         state[name] = 1
         for dep in spec.processes[by_name[name]].depends_on:
             if state.get(dep) == 1:
-                cycle = [*path[path.index(dep) :], dep]
+                cycle = [*path[path.index(dep):], dep]
                 raise SpecError(f"processes.{by_name[cycle[0]]}.depends_on", "dependency cycle: " + " → ".join(cycle))
             if dep not in state:
                 visit(dep, [*path, dep])
@@ -538,13 +538,8 @@ def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, s
     if limit is None or total <= limit:
         return []
     i = spec.processes.index(max(long_running, key=lambda p: p.stop_timeout))
-    return [
-        (
-            f"processes.{i}.stop_timeout",
-            f"the processes' stop timeouts add up to {total}s, more than "
-            f"kill_timeout ({limit:g}s) in {fly_toml}: Fly kills the machine before they have all stopped",
-        )
-    ]
+    return [(f"processes.{i}.stop_timeout", f"the processes' stop timeouts add up to {total}s, more than "
+             f"kill_timeout ({limit:g}s) in {fly_toml}: Fly kills the machine before they have all stopped")]
 
 
 def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> ImageSpec:
@@ -580,11 +575,8 @@ def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> Image
         source=str(path),
         base_image=_relative_location(spec.base_image, base),
         platforms=[
-            PlatformSpec(
-                p.platform,
-                [r if r.startswith(".#") else rel(r) for r in p.roots],
-                rel(p.closure_file) if p.closure_file else None,
-            )
+            PlatformSpec(p.platform, [r if r.startswith(".#") else rel(r) for r in p.roots],
+                         rel(p.closure_file) if p.closure_file else None)
             for p in spec.platforms
         ],
     )

@@ -62,22 +62,29 @@ def _origin(exc: BaseException) -> str:
     import traceback
     from pathlib import Path
 
+    import nixfly
+
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "unknown place"
+    # Our own files are known by where the package really is, never by a folder's name: a checkout or a
+    # virtualenv may itself sit in a folder called "nixfly" (what `git clone …/nixfly` makes).
+    package = Path(nixfly.__file__).resolve().parent
     stdlib = sysconfig.get_paths()["stdlib"]
     lib = ("site-packages", "dist-packages")
+
+    def in_package(filename: str) -> bool:
+        return Path(filename).resolve().is_relative_to(package)
+
     ours = [
         f for f in frames
-        if f"{os.sep}nixfly{os.sep}" in f.filename
-        or not (any(d in f.filename for d in lib) or f.filename.startswith(stdlib))
+        if in_package(f.filename) or not (any(d in f.filename for d in lib) or f.filename.startswith(stdlib))
     ]  # fmt: skip
     f = (ours or frames)[-1]
-    parts = Path(f.filename).parts
-    if "nixfly" in parts:
-        short = "/".join(parts[len(parts) - 1 - parts[::-1].index("nixfly") :])
+    if in_package(f.filename):
+        short = "/".join(("nixfly", *Path(f.filename).resolve().relative_to(package).parts))
     else:
-        short = "/".join(parts[-2:])
+        short = "/".join(Path(f.filename).parts[-2:])
     return f"{short}:{f.lineno} ({f.name})"
 
 

@@ -11,6 +11,7 @@ import importlib
 import click
 
 from nixfly import __version__
+from nixfly.cli.common import insecure_policy_option
 
 # command → (module under nixfly.cli, one-line help for `nixfly --help` without importing it)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,5 +51,6 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nixfly")
 @click.option("--debug", is_flag=True, help="On an internal error, print the traceback (else it goes to a crash file).")
+@insecure_policy_option
 def cli(debug: bool) -> None:
     """Ship Nix closures as layered OCI images to any registry and onto Fly.io — no Docker daemon."""

@@ -15,7 +15,16 @@ import click
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
 from nixfly.build.pipeline import BuildResult, build_image
-from nixfly.build.spec import FileSpec, ImageSpec, PlatformSpec, load_spec, to_dict, validate_spec
+from nixfly.build.spec import (
+    FileSpec,
+    ImageSpec,
+    PlatformSpec,
+    SpecError,
+    check_processes,
+    from_dict,
+    load_spec,
+    to_dict,
+)
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
@@ -109,7 +118,40 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
     merged.update(upd)
     if lay:
         merged["layers"] = {**to_dict(base.layers), **lay}
-    return validate_spec(merged)
+    try:
+        return check_processes(from_dict(ImageSpec, merged))[0]
+    except SpecError as e:
+        given = {**upd, **{f"layers.{k}": v for k, v in lay.items()}}
+        raise UsageError(f"{_flag_or_key(e.key, given, to_dict(base))}: {e.msg}") from None
+
+
+# The flag that sets each key of the spec: an error about a value typed on the command line names the flag
+# (`--max-layers: …`), not the nixfly.toml key the flag is merged into.
+_FLAG_OF = {
+    "roots": "ROOTS", "closure_file": "--closure-file", "name": "--name", "workdir": "--workdir", "user": "--user",
+    "stop_signal": "--stop-signal", "architecture": "--arch", "os": "--os", "format": "--format", "sbom": "--sbom",
+    "entrypoint": "--entrypoint", "cmd": "--cmd", "env": "--env", "labels": "--label", "annotations": "--annotation",
+    "ports": "--port", "volumes": "--volume", "files": "--add", "perms": "--perm", "from": "--from",
+    "base_etc": "--base-etc", "platforms": "--platform", "layers.max_layers": "--max-layers",
+    "layers.algorithm": "--layering", "layers.compression": "--compression", "layers.level": "--level",
+    "layers.explicit": "--layer",
+}  # fmt: skip
+
+
+def _flag_or_key(key: str, given: dict[str, Any], base: dict[str, Any]) -> str:
+    """The flag that gave the value ``key`` names, else ``key`` itself (the value came from the file)."""
+    parts = key.split(".")
+    n = 2 if parts[0] == "layers" and len(parts) > 1 else 1
+    head, rest = ".".join(parts[:n]), parts[n:]
+    flag = _FLAG_OF.get(head)
+    if flag is None or head not in given:
+        return key
+    before = base.get(parts[0]) if n == 1 else (base.get("layers") or {}).get(parts[1])
+    if rest and isinstance(before, list) and rest[0].isdigit() and int(rest[0]) < len(before):
+        return key  # an entry of the file's list; the flags' entries come after it
+    if rest and isinstance(before, dict) and before.get(rest[0]) == given[head].get(rest[0]):
+        return key  # a file's entry the flags left alone
+    return flag
 
 
 def _label(spec: LayerSpec) -> str:
@@ -216,7 +258,7 @@ def _check_destinations(dest: object) -> None:
 @click.option("--level", help='Compression level: gzip 1-12 (default 2) or "fast" (ISA-L), zstd 1-19 (default 3).')
 @click.option("--format", "format", type=click.Choice(["oci", "v2s2"]), help="Manifest format (default oci).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Layer cache (default $XDG_CACHE_HOME/nixfly).")
-@click.option("--entrypoint", help="Entrypoint, as shell words or a JSON array.")
+@click.option("--entrypoint", help='Entrypoint, as shell words or a JSON array.')
 @click.option("--cmd", help="Cmd, as shell words or a JSON array.")
 @click.option("-e", "--env", multiple=True, help="KEY=VALUE environment variable (repeatable).")
 @click.option("--workdir", help="Working directory.")
@@ -233,25 +275,14 @@ def _check_destinations(dest: object) -> None:
 @click.option("--bin-sh", is_flag=True, help="Link /bin/sh to a shell from the closure.")
 @click.option("--usr-bin-env", is_flag=True, help="Link /usr/bin/env from the closure.")
 @click.option("--no-contents", is_flag=True, help="Do not link the roots' bin/, etc/, … into /.")
-@click.option(
-    "--from",
-    "from_ref",
-    metavar="LOCATION",
-    help="Base image: docker://REF (a tag or @sha256:…), oci:DIR[:TAG] or docker-archive:FILE.",
-)
-@click.option(
-    "--base-etc",
-    type=click.Choice(["merge", "replace"]),
-    help="merge (default): keep the base's /etc/passwd and /etc/group entries beside ours; replace: ours only.",
-)
-@click.option(
-    "--platform",
-    "platform",
-    multiple=True,
-    metavar="OS/ARCH[=ROOT]",
-    help="OS/ARCH=ROOT: build ROOT for that platform (repeat for an index); OS/ARCH alone picks one "
-    "of the declared platforms, or the platform of a single image.",
-)
+@click.option("--from", "from_ref", metavar="LOCATION",
+              help="Base image: docker://REF (a tag or @sha256:…), oci:DIR[:TAG] or docker-archive:FILE.")
+@click.option("--base-etc", type=click.Choice(["merge", "replace"]),
+              help="merge (default): keep the base's /etc/passwd and /etc/group entries beside ours; "
+                   "replace: ours only.")
+@click.option("--platform", "platform", multiple=True, metavar="OS/ARCH[=ROOT]",
+              help="OS/ARCH=ROOT: build ROOT for that platform (repeat for an index); OS/ARCH alone picks one "
+                   "of the declared platforms, or the platform of a single image.")
 @click.option("--allow-index", is_flag=True, help="Push a multi-platform index even to registry.fly.io.")
 @transport_options("from")
 @click.option("--name", help="Image name (for archives' RepoTags).")
@@ -459,8 +490,10 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     t = summary["totals"]
     if not quiet:
         click.echo(
-            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths, "
-            f"{human_size(t['size'])} compressed, in {result.seconds:.2f}s" + (f" → {dest}" if dest else ""),
+            f"built {t['layers']} layers ({t['built']} new, {t['reused']} reused) from {t['store_paths']} store paths"
+            + (f" ({len(result.from_base)} already in the base)" if result.from_base else "")
+            + f", {human_size(t['size'])} compressed, in {result.seconds:.2f}s"
+            + (f" → {dest}" if dest else ""),
             err=True,
         )
         if "pushed" in summary:
@@ -486,7 +519,9 @@ def _push_location(text: str) -> RegistryLocation:
 def _base_summary(result: BuildResult) -> dict[str, Any]:
     if result.base is None:
         return {}
-    return {"base": {"name": result.base.name, "digest": result.base.digest, "layers": n_base(result)}}
+    b = result.base
+    held = len(result.from_base)  # store paths of the closure the base holds (not packed again)
+    return {"base": {"name": b.name, "digest": b.digest, "layers": n_base(result), "store_paths": held}}
 
 
 def n_base(result: BuildResult) -> int:
@@ -609,8 +644,6 @@ def _build_index(
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
-
-
 def layer_index_for(push_locations: list[RegistryLocation], o: dict[str, Any],
                  options: RegistryOptions | None = None) -> RegistryLayerIndex | None:  # fmt: skip
     """The first push destination's layer index (what it already holds), unless --no-layer-index."""

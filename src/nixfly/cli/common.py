@@ -73,6 +73,58 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+# skopeo's global --insecure-policy (skip its signature policy.json) comes along when a skopeo command line is
+# pasted: nixfly reads no policy file, so there is nothing to skip. Accepted (skopeo's spelling, on the root
+# group and on every command with registry flags) and ignored.
+insecure_policy_option = click.option(
+    "--insecure-policy", "insecure_policy", is_flag=True, hidden=True, expose_value=False,
+    help="Accepted for skopeo compatibility; nixfly reads no signature policy.",
+)  # fmt: skip
+
+
+class Duration(click.ParamType[float, Any]):
+    """A duration flag: seconds as a number (``90``, ``2.5``) or a Go duration as flyctl's own flags take them
+    (``90s``, ``5m``, ``1m30s``; flyctl internal/command/deploy/deploy.go parseDurationFlag); the value is
+    seconds, finite, not negative and at most ``maximum``. Anything else is one line naming the flag."""
+
+    name = "duration"
+
+    def __init__(self, maximum: float = 366 * 86400.0) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        flag = max((o for o in (param.opts if param else []) if o.startswith("--")), key=len, default="duration")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds, text = float(value), str(value)
+        else:
+            text = str(value).strip()
+            if text.startswith("-") and text[1:2].isdigit():  # "-1", "-5s": Go durations may be negative
+                raise UsageError(f"{flag} {text}: a duration cannot be negative; give 0 or more seconds")
+            try:
+                seconds = float(text)
+            except ValueError:
+                from nixfly.fly.units import parse_go_duration
+
+                try:
+                    seconds = parse_go_duration(text).total_seconds()
+                except (ValueError, OverflowError):
+                    raise UsageError(
+                        f"{flag} {text!r}: give seconds (90) or a duration like 90s, 5m or 1m30s"
+                    ) from None
+        if math.isnan(seconds):
+            raise UsageError(f"{flag} {text}: give seconds (90) or a duration like 90s, 5m or 1m30s")
+        if seconds < 0:
+            raise UsageError(f"{flag} {text}: a duration cannot be negative; give 0 or more seconds")
+        if seconds > self.maximum:
+            raise UsageError(f"{flag} {text}: too long, at most {int(self.maximum)} seconds")
+        return seconds
+
+
+DURATION = Duration()
+
+
 def transport_options(prefix: str = "") -> Callable[[Any], Any]:
     """--creds/--tls-verify/--cert-dir, optionally with a src-/dest- prefix as in skopeo."""
     p = f"{prefix}-" if prefix else ""
@@ -87,6 +139,7 @@ def transport_options(prefix: str = "") -> Callable[[Any], Any]:
     ]  # fmt: skip
     if not prefix:  # the older spelling, kept working
         opts.append(click.option("--no-tls-verify", "no_tls_verify", is_flag=True, hidden=True))
+        opts.append(insecure_policy_option)
 
     def deco(f: Any) -> Any:
         for o in reversed(opts):

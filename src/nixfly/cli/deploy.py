@@ -14,36 +14,11 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
+from nixfly.cli.common import DURATION
 from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
 from nixfly.fly.service import Connection, DeployOutcome, DeployRequest
-
-
-class Duration(click.ParamType):  # type: ignore[type-arg]
-    """Seconds, written as a number (``300``) or a Go duration like flyctl takes (``10m``, ``1m30s``)."""
-
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        text = str(value).strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            from nixfly.fly.units import parse_go_duration
-
-            try:
-                seconds = parse_go_duration(text).total_seconds()
-            except ValueError:
-                self.fail(f"{text!r} is not a duration: seconds (300) or like 10m, 1m30s, 500ms", param, ctx)
-        if seconds < 0 or seconds != seconds or seconds == float("inf"):
-            self.fail(f"{text!r} is not a duration >= 0", param, ctx)
-        return seconds
-
-
-DURATION = Duration()
 
 
 def _timeout_check(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -96,12 +71,8 @@ _SHARED_DEPLOY_OPTIONS = [
     _config_option,
     _app_option,
     click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="Override [deploy] strategy."),
-    click.option(
-        "--wait-timeout",
-        type=DURATION,
-        default=None,
-        help="How long each machine may take to be healthy (300, 10m; default: fly.toml's).",
-    ),
+    click.option("--wait-timeout", type=DURATION, default=None,
+                 help="How long each machine may take to be healthy (300, 10m; default: fly.toml's)."),
     click.option("--dry-run", is_flag=True, help="Print the plan (every step, with diffs); change nothing."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (or the JSON plan with --dry-run)."),
     click.option("--allow-unknown-keys", is_flag=True, help="Warn about unknown fly.toml keys instead of failing."),
@@ -326,7 +297,7 @@ def secrets() -> None:
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only store the secrets; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_set(
@@ -362,7 +333,7 @@ def secrets_set(
 @_app_option
 @_config_option
 @click.option("--stage", is_flag=True, help="Only remove them; the next deploy rolls the machines.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+@click.option("--wait-timeout", type=DURATION, default=300.0, show_default=True,
               help="Seconds to wait for each restarted machine.")  # fmt: skip
 @with_api_options
 def secrets_unset(

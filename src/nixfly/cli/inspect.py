@@ -248,12 +248,8 @@ def _print_processes(d: dict[str, Any], con: Console) -> None:
     help="How many of the largest store paths to list.",
 )
 @click.option("--no-scan", is_flag=True, help="Only read the manifest and config: no layer is downloaded or unpacked.")
-@click.option(
-    "--platform",
-    default=None,
-    metavar="OS/ARCH",
-    help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).",
-)
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @transport_options()
 def inspect(
     location: str, path: str | None, files: bool, layer: int | None, why_path: str | None,

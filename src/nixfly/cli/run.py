@@ -34,27 +34,13 @@ from nixfly.transports import RegistryLocation, parse_location
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
 @click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="User (name or uid) to run as.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="nixfly cache (unpacked rootfs).")
-@click.option(
-    "--entrypoint",
-    default=None,
-    metavar="CMD",
-    help="Replace the image's Entrypoint (shell words or a JSON array); its Cmd is then not used.",
-)
-@click.option(
-    "-p",
-    "--publish",
-    "publish",
-    multiple=True,
-    metavar="[HOST:]PORT[/PROTO]",
-    help="Check a port is reachable as given: the container shares the host's network, so a port "
-    "is published as itself (HOST must equal PORT).",
-)
-@click.option(
-    "--platform",
-    default=None,
-    metavar="OS/ARCH",
-    help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).",
-)
+@click.option("--entrypoint", default=None, metavar="CMD",
+              help="Replace the image's Entrypoint (shell words or a JSON array); its Cmd is then not used.")
+@click.option("-p", "--publish", "publish", multiple=True, metavar="[HOST:]PORT[/PROTO]",
+              help="Check a port is reachable as given: the container shares the host's network, so a port "
+              "is published as itself (HOST must equal PORT).")
+@click.option("--platform", default=None, metavar="OS/ARCH",
+              help="Which image of a multi-platform index (default: this machine's, e.g. linux/amd64).")
 @transport_options()
 @rehearsal_options
 def run_cmd(

@@ -84,10 +84,8 @@ def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, validate:
             from nixfly.sbom.cyclonedx import validate_cyclonedx as check
         problems = check(data)
         if problems:
-            raise NixflyError(
-                f"the {fmt} SBOM of {subject.digest} is not valid: {problems[0]}"
-                + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-            )
+            raise NixflyError(f"the {fmt} SBOM of {subject.digest} is not valid: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
         click.echo(f"nixfly: valid {fmt} SBOM ({len(data)} bytes)", err=True)
     if output is None:
         sys.stdout.buffer.write(data)

@@ -71,3 +71,4 @@ def with_format(image: Image, fmt: ManifestFormat) -> Image:
         return image
     layers = tuple(retyped(lyr, layer_type_for(lyr.media_type, fmt)) for lyr in image.layers)
     return Image(image.config_bytes, layers, fmt, image.annotations if fmt == "oci" else {}, None)
+

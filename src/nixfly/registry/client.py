@@ -534,7 +534,7 @@ class RegistryClient:
                 attempt,
                 progress=lambda: state.confirmed,  # grows with every byte the registry confirms
                 on_retry=self.retry_notice,
-                give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
+            give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
             )
         finally:
             state.close()
@@ -751,9 +751,8 @@ class RegistryClient:
             return bytes(data)
 
         data = self.policy.run(
-            attempt,
-            on_retry=self.retry_notice,
-            give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}"),
+            attempt, on_retry=self.retry_notice,
+            give_up=lambda t, n: self.fail(f"GET blob {digest} failed after {n} attempts: {t.what}")
         )
         if sha256_digest(data) != digest:
             raise self.fail(f"blob {digest} from {repo} does not match its digest")

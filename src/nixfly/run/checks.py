@@ -7,19 +7,17 @@ exactly what Fly will. Status names are Fly's (Consul's): ``passing``, ``warning
 Service checks are named as Fly names them, ``servicecheck-NN-TYPE-PORT``.
 
 Fly's checks reach a machine at its own address, never over its loopback. The container shares this
-machine's network, so checks connect to this machine's first non-loopback IPv4 address (the packets never
-leave it), and only when it has none to 127.0.0.1: an app listening on 127.0.0.1 alone fails its checks here
-as it would on Fly. The address probe (:mod:`nixfly.run.probe`) says why.
+machine's network, so checks connect to 127.0.0.2: a loopback address that a socket bound to 127.0.0.1
+alone does not answer, while one bound to 0.0.0.0 (or a dual-stack [::]) does. An app listening on
+127.0.0.1 alone fails its checks here as it would on Fly, and no packet is sent to any address outside
+the loopback range. The address probe (:mod:`nixfly.run.probe`) says why.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,22 +33,12 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_GRACE = 1.0
 MAX_BODY = 64 * 1024  # what a check reads of a response body
 LOOPBACK = "127.0.0.1"
-_SIOCGIFFLAGS = 0x8913
-_SIOCGIFADDR = 0x8915
-_IFF_UP = 0x1
+CHECK_HOST = "127.0.0.2"
 
 
 def machine_address() -> str:
-    """This machine's first non-loopback IPv4 address on an interface that is up, else 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _index, name in sorted(socket.if_nameindex()):
-            req = struct.pack("256s", name.encode()[:15])
-            with contextlib.suppress(OSError):
-                flags = struct.unpack("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req)[16:18])[0]
-                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24])
-                if flags & _IFF_UP and not addr.startswith("127."):
-                    return addr
-    return LOOPBACK
+    """Where checks connect: a loopback address other than 127.0.0.1 (see the module docstring)."""
+    return CHECK_HOST
 
 
 @dataclass(frozen=True)

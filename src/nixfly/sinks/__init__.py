@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from nixfly.registry.client import RegistryOptions
     from nixfly.sinks.registry import EarlyUploads, PushProgress, PushResult
 
-
 @dataclass(frozen=True)
 class Written:
     """What a sink wrote: the manifest digest, where, and (for a registry) the push's details."""
@@ -76,11 +75,7 @@ class RegistrySink:
         from nixfly.sinks.registry import push_image
 
         result = push_image(
-            image,
-            list(self.references),
-            options=self.options,
-            mount_from=self.mount_from,
-            progress=self.progress,
+            image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress,
             early=self.early,
         )
         return Written(result.digest, ", ".join(result.references), result.reference, result)

@@ -181,10 +181,8 @@ def _fallback_index(
         return None, []
     m = client.get_manifest(repo, tag)  # every type: whatever is there must be seen to be refused
     obj = m.json()
-    if (
-        m.media_type != OCI_INDEX
-        or obj.get("mediaType", OCI_INDEX) != OCI_INDEX
-        or not isinstance(obj.get("manifests"), list)
+    if m.media_type != OCI_INDEX or obj.get("mediaType", OCI_INDEX) != OCI_INDEX or not isinstance(
+        obj.get("manifests"), list
     ):
         if not strict:
             return None, []

@@ -126,7 +126,6 @@ def push_index(
 
     Per repository: every image's blobs first, then every platform manifest (by digest), then the index under
     each tag — so no manifest is written before what it names is there. Returns the index's digest."""
-
     def blobs(client: RegistryClient, repo: str, prog: PushProgress, totals: dict[str, int]) -> None:
         for image in index.images():
             _push_blobs(client, repo, image, (), prog, totals)
@@ -349,9 +348,7 @@ class EarlyUploads:
                 key = f"stream:{blob.label}#{id(blob)}"  # no digest yet: named by what it holds
                 self._prog.blob_started(key, 0)
                 digest, sent = self.client.upload_growing(
-                    self.repository,
-                    blob,
-                    progress=lambda n: self._prog.blob_advanced(key, n),
+                    self.repository, blob, progress=lambda n: self._prog.blob_advanced(key, n),
                     note=lambda _d, text: self._prog.blob_note(key, text),
                 )
                 self._prog.blob_finished(key, "uploaded")

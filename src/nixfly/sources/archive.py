@@ -321,10 +321,7 @@ class _Script:
         try:
             self.proc = subprocess.Popen(
                 # The resolved store file: a relative "result" must not be looked up on $PATH.
-                [os.path.realpath(path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                [os.path.realpath(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         except OSError as e:
             raise ImageError(f"{path}: cannot run it: {e.strerror}") from None

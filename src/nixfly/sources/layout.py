@@ -74,7 +74,8 @@ def _select(
     if tag is not None:
         hits = [m for m in manifests if _annotations(m).get(REF_NAME) == tag]
         if not hits:
-            names = sorted({m.get("annotations", {}).get(REF_NAME, "?") for m in manifests})
+            # Only real tag names: referrers (an SBOM) and other untagged entries have none to list.
+            names = sorted({n for m in manifests if isinstance(n := _annotations(m).get(REF_NAME), str)})
             raise ImageError(f"{where}: no image tagged {tag!r} (tags: {', '.join(names) or 'none'})")
         return hits[0]
     # Referrers (an SBOM with a `subject`) sit beside the image in index.json; they are not images.
