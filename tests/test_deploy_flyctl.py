@@ -200,10 +200,10 @@ def test_release_rides_in_the_update_and_dry_run_writes_nothing(
 
 
 def test_image_without_entrypoint_or_cmd_is_refused_before_any_write(
-    fly_api: RunningStandin, demo_app: Path, registry: RunningRegistry, tiny_oci_layout: Path,
+    fly_api: RunningStandin, demo_app: Path, registry: RunningRegistry, tiny_nocmd_layout: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    nocmd = push_tiny_image(tiny_oci_layout, registry.host, "demo", "nocmd", demo_app)
+    nocmd = push_tiny_image(tiny_nocmd_layout, registry.host, "demo", "nocmd", demo_app)
     toml = write_toml(demo_app)
     assert deploy(toml, nocmd) == 2
     err = capsys.readouterr().err

@@ -843,13 +843,13 @@ def fly_env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.fixture(scope="session")
 def tiny_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small OCI layout made by umoci with tags v1, v2, v3 (same empty rootfs, different configs; each has a
-    cmd and exposes 8080/tcp, as a deployable image does), and ``nocmd`` (neither entrypoint nor cmd)."""
+    cmd and exposes 8080/tcp, as a deployable image does)."""
     import subprocess
 
     layout = tmp_path_factory.mktemp("fly-oci") / "layout"
     subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
-    subprocess.run(["umoci", "new", "--image", f"{layout}:nocmd"], check=True, capture_output=True)
-    subprocess.run(["umoci", "config", "--image", f"{layout}:nocmd", "--tag", "v1", "--config.cmd=/bin/serve",
+    subprocess.run(["umoci", "new", "--image", f"{layout}:v1"], check=True, capture_output=True)
+    subprocess.run(["umoci", "config", "--image", f"{layout}:v1", "--config.cmd=/bin/serve",
                     "--config.exposedports=8080/tcp"], check=True, capture_output=True)  # fmt: skip
     for n in (2, 3):
         subprocess.run(
@@ -857,6 +857,17 @@ def tiny_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
             check=True,
             capture_output=True,
         )
+    return layout
+
+
+@pytest.fixture(scope="session")
+def tiny_nocmd_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An OCI layout whose image (tag ``nocmd``) has neither an entrypoint nor a cmd: nothing to run."""
+    import subprocess
+
+    layout = tmp_path_factory.mktemp("fly-oci-nocmd") / "layout"
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:nocmd"], check=True, capture_output=True)
     return layout
 
 
