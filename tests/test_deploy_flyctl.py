@@ -227,15 +227,15 @@ def test_internal_port_the_image_does_not_expose_is_warned_about(
 def test_nixfly_toml_of_the_cwd_is_not_built_for_another_directorys_fly_toml(
     fly_api: RunningStandin, demo_app: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    other = demo_app / "other-app"
-    other.mkdir()
-    toml = write_toml(other)
+    elsewhere = demo_app / "app-two"
+    elsewhere.mkdir()
+    toml = write_toml(elsewhere)
     (demo_app / "nixfly.toml").write_text('[image]\nroots = ["/nix/store/x"]\n')
     monkeypatch.chdir(demo_app)
     rc = main(["deploy", "-c", str(toml)])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "is in another directory than ./nixfly.toml" in err and err.count("\n") == 1
+    assert f"{toml} is not next to ./nixfly.toml" in err and err.count("\n") == 1
     assert fly_api.requests == []
 
 

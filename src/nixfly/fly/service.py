@@ -150,7 +150,7 @@ def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress)
                 # The nixfly.toml next to the user is not necessarily this app's: deploying it would put
                 # one app's image on another app.
                 raise UsageError(
-                    f"{req.config_path} is in another directory than ./nixfly.toml: pass --build PATH or "
+                    f"{req.config_path} is not next to ./nixfly.toml: pass --build PATH or "
                     "--image NAME@sha256:... to say which image app " + app + " runs"
                 )
             build_path = Path("nixfly.toml")
