@@ -31,8 +31,9 @@ from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.image.model import BlobOrigin, Mountable
-from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
+from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
+from nixfly.registry.wire import ProgressFn
 
 BlobOutcome = Literal["uploaded", "skipped", "mounted"]
 
