@@ -27,3 +27,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _REAL_SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> None:
+    """Secrets are remembered per process; in-process tests share one, so each starts with none."""
+    from nixfly.errors import forget_secrets
+
+    forget_secrets()

@@ -29,7 +29,7 @@ def test_nix_closure_to_fly_machines(
 
     layout = tmp_path / "layout"
     assert main(["build", tiny_closure.app, "-o", f"oci:{layout}:v1", "--cache-dir", str(tmp_path / "cache"),
-                 "--json"]) == 0  # fmt: skip
+                 "--entrypoint", "/bin/hello", "--json"]) == 0  # fmt: skip
     built = json.loads(capsys.readouterr().out)
     assert main(["push", f"oci:{layout}:v1", f"{registry.host}/chain:v1", "--tls-verify", "false", "--json"]) == 0
     pushed = json.loads(capsys.readouterr().out)
@@ -40,7 +40,8 @@ def test_nix_closure_to_fly_machines(
 
     toml = tmp_path / "fly.toml"
     toml.write_text('app = "chain"\nprimary_region = "fra"\n[deploy]\nwait_timeout = "5s"\n')
-    assert main(["deploy", "--config", str(toml), "--image", reference, "--json"]) == 0
+    assert main(["deploy", "--config", str(toml), "--image", reference, "--json", "--ha=false",
+                 "--smoke-period", "0.2"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     machines = fly_api.machines("chain")
     assert len(machines) == 1 and summary["created"] == [machines[0].id]
@@ -66,13 +67,15 @@ def test_deploy_builds_and_pushes_first(
     repo = f"{registry.host}/oneshot"
 
     # --dry-run builds but pushes nothing and changes nothing; it names the digest the push will have.
-    assert main(["deploy", "--config", str(toml), "--push-to", repo, "--dry-run", "--json"]) == 0
+    assert main(["deploy", "--config", str(toml), "--push-to", repo, "--dry-run", "--json", "--ha=false"]) == 0
     plan = capsys.readouterr().out
     assert "/v2/oneshot/blobs/uploads/" not in registry.log_text()
     assert fly_api.machines("oneshot") == []
 
     # ./nixfly.toml is found by itself: build, push to a deployment-<digest> tag, deploy by digest.
-    assert main(["deploy", "--config", str(toml), "--push-to", repo, "--json"]) == 0
+    assert (
+        main(["deploy", "--config", str(toml), "--push-to", repo, "--json", "--ha=false", "--smoke-period", "0.2"]) == 0
+    )
     capsys.readouterr()
     machines = fly_api.machines("oneshot")
     assert len(machines) == 1
