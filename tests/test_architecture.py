@@ -35,7 +35,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "sinks": frozenset({"image", "registry", "sources"}),
     "sbom": frozenset({"build", "image", "sinks", "registry", "inspect"}),
     "inspect": frozenset({"image"}),
-    "fly": frozenset({"registry"}),
+    "fly": frozenset({"registry", "image"}),
     "run": frozenset({"image", "sources", "registry", "build", "fly"}),
     "diff": frozenset({"image", "sources", "sinks", "registry", "sbom", "build", "fly"}),
     "services": frozenset({"image", "registry", "build", "sources", "sinks", "sbom"}),
