@@ -136,38 +136,24 @@ def run_reporting_json(as_json: bool, app: str | None, work: Any) -> Any:
 def build_and_push(
     build_path: Path, repository: str, dry_run: bool, progress: Callable[[str], None], *, label: str | None = None
 ) -> str:
-    """Build the nixfly.toml and push it (deploy's one-step mode); the digest-pinned reference.
+    """Build the nixfly.toml and push it (deploy's one-step mode) as ``build --push`` would — layer index and
+    SBOM included — under the tag ``label``, else deployment-<digest>; the digest-pinned reference.
 
     With ``dry_run`` nothing is pushed: the reference is the digest the push would produce."""
-    from nixfly.build.pipeline import build_image
     from nixfly.build.spec import load_spec
-    from nixfly.cli.build import build_pushing, save_layer_index
-    from nixfly.image.convert import with_format
-    from nixfly.registry.client import RegistryOptions
     from nixfly.registry.reference import parse_reference
-    from nixfly.sinks import format_for, publish
+    from nixfly.services.ship import ShipRequest, ship
     from nixfly.transports import RegistryLocation
 
     ref = parse_reference(repository)
     if ref.tag is not None or ref.digest is not None:
         raise UsageError(f"--push-to {repository}: give a repository without a tag; deploy tags it itself")
-    progress(f"building {build_path}")
-    spec = load_spec(build_path)
-    if dry_run:
-        built = build_image(spec).image
-        return ref.pinned(with_format(built, format_for([RegistryLocation(ref.name)], built)).manifest_digest())
-    # The layers upload while they are built, to the repository (a tag comes with the manifest).
-    options = RegistryOptions()
-    result, early, index = build_pushing(spec, RegistryLocation(f"{ref.name}:latest"), options, {})
-    built = result.image
-    fmt = format_for([RegistryLocation(ref.name)], built)
-    digest = with_format(built, fmt).manifest_digest()
-    tag = f"{ref.name}:{label or 'deployment-' + digest.split(':', 1)[1][:12]}"
-    progress(f"pushing {tag}")
-    _, written = publish(built, [RegistryLocation(tag)], fmt=fmt, options=options, early=early)
-    if index is not None:
-        save_layer_index(index, result, [RegistryLocation(tag)], quiet=True)
-    return written[0].reference
+    progress(f"building {build_path}" if dry_run else f"building {build_path} and pushing it to {ref.name}")
+    dest = RegistryLocation(f"{ref.name}:{label}" if label else ref.name)
+    outcome = ship(ShipRequest(load_spec(build_path), (dest,), digest_tag=None if label else "deployment-",
+                               dry_run=dry_run))  # fmt: skip
+    assert outcome.pinned is not None
+    return outcome.pinned
 
 
 @cli.command()
