@@ -23,11 +23,11 @@ def _build(tc: TinyClosure, tmp_path: Path, *extra: str, out: str | None = None)
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--perm", "/bin=0:0:9999"), "perms.0.mode: mode '9999' is not an octal number"),
+        (("--perm", "/bin=0:0:9999"), "--perm: mode '9999' is not an octal number"),
         (("--user", "ghost"), "user 'ghost': 'ghost' is not declared in users (declared: nobody, root)"),
         (("--user", "root:ghosts"), "group 'ghosts' is not declared in groups"),
-        (("--arch", "x/y"), "architecture: 'x/y' is not an OCI architecture"),
-        (("--os", "plan10"), "os: 'plan10' is not an OCI os"),
+        (("--arch", "x/y"), "--arch: 'x/y' is not an OCI architecture"),
+        (("--os", "plan10"), "--os: 'plan10' is not an OCI os"),
         (("--jobs", "0"), "Invalid value for '--jobs': 0 is not in the range x>=1"),
         (("--cmd", "/bin/webech"), "cmd '/bin/webech' is not in the image (no file /bin/webech)"),
         (("--entrypoint", "webech"), "entrypoint 'webech' is not in the image (searched PATH=/bin:/usr/bin"),

@@ -9,6 +9,9 @@ nothing; tag-only images are refused; canary, bluegreen, immediate; release_comm
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from nixfly.fly.api import AccessToken, MachinesAPI
 from nixfly.fly.deploy import Deployer, DeploySettings, LeaseStore, plan_deploy
 from nixfly.fly.flytoml import load_fly_toml
 from nixfly.fly.machineconfig import machine_configs
+from nixfly.fly.state import Holder, process_start
 from tests.support.flystandin import RecordedRequest, RunningStandin
 from tests.support.registry import RunningRegistry
 
@@ -202,8 +206,12 @@ def test_rerun_recovers_leases_left_by_a_killed_deploy(
     toml = write_toml(demo_app)
     ids = seed(fly_api, toml, demo_images["v1"], 2)
     api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
-    # A deploy killed with SIGKILL leaves its lease on the machine and its nonce in the store.
-    nonce = api.acquire_lease("demo", ids[0], ttl=600, description="nixfly deploy").nonce
+    # A deploy killed with SIGKILL leaves its lease on the machine (naming it as holder) and its nonce in the
+    # store. Its process is gone: the re-run takes the lease over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone = replace(Holder.me(), pid=dead.pid, start=process_start(dead.pid) or "t0")
+    dead.wait()
+    nonce = api.acquire_lease("demo", ids[0], ttl=600, description=gone.describe()).nonce
     LeaseStore(demo_app / "state", "demo").put(ids[0], nonce)
     assert deploy(toml, demo_images["v2"]) == 0
     assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
@@ -245,7 +253,8 @@ def test_dry_run_changes_nothing(
     assert f'- image: "{demo_images["v1"]}"' in out and f'+ image: "{demo_images["v2"]}"' in out
     assert deploy(toml, demo_images["v2"], "--dry-run", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
-    assert sorted(a["action"] for a in plan["actions"]) == ["create", "destroy", "update"]
+    # The new group has no service: its first machine gets a standby, as flyctl does.
+    assert sorted(a["action"] for a in plan["actions"]) == ["create", "create", "destroy", "update"]
     assert fly_api.mutations() == []
 
 
@@ -268,9 +277,12 @@ def test_image_missing_from_registry_fails_cleanly(
 ) -> None:  # fmt: skip
     toml = write_toml(demo_app)
     missing = f"{registry.host}/demo@sha256:" + "0" * 64
+    fly_api.requests.clear()
     assert deploy(toml, missing) == 1
-    assert "does not resolve in the registry" in capsys.readouterr().err
-    assert fly_api.machines("demo") == []
+    err = capsys.readouterr().err
+    # Refused before any write, with one line: the registry does not have that digest.
+    assert err.startswith(f"nixfly: registry {registry.host} does not have image {missing}") and err.count("\n") == 1
+    assert fly_api.mutations() == [] and fly_api.machines("demo") == []
 
 
 @pytest.mark.parametrize("strategy", ["canary", "bluegreen", "immediate"])
@@ -293,7 +305,10 @@ def test_other_strategies_end_on_new_image(
 
 @pytest.mark.parametrize("strategy", ["canary", "bluegreen"])
 def test_failed_canary_or_green_leaves_old_machines_untouched(
-    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], strategy: str,
+    fly_api: RunningStandin,
+    demo_app: Path,
+    demo_images: dict[str, str],
+    strategy: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     toml = write_toml(demo_app, strategy=strategy, wait="1s")

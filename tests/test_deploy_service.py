@@ -48,13 +48,14 @@ def test_deploy_service_keeps_guests_through_an_update(
     toml.write_text(TOML + '[deploy]\nwait_timeout = "5s"\n')
     fly_env.create_app("demo")
     lines: list[str] = []
-    first = deploy(DeployRequest(config_path=toml, image=v1), progress=lines.append, state_dir=tmp_path / "s")
+    first = deploy(DeployRequest(config_path=toml, image=v1, ha=False, smoke_period=0.1), progress=lines.append,
+                   state_dir=tmp_path / "s")  # fmt: skip
     assert first.result is not None and len(first.result.created) == 2
     assert first.release is not None and first.release.version == 1
     for m in fly_env.machines("demo"):  # someone scales the app with flyctl
         m.config["guest"] = BIG if m.group == "app" else SMALL
-    second = deploy(DeployRequest(config_path=toml, image=v2, connection=Connection()), progress=lines.append,
-                    state_dir=tmp_path / "s")  # fmt: skip
+    second = deploy(DeployRequest(config_path=toml, image=v2, connection=Connection(), smoke_period=0.1),
+                    progress=lines.append, state_dir=tmp_path / "s")  # fmt: skip
     assert second.result is not None and len(second.result.updated) == 2
     guests = {m.group: m.config["guest"] for m in fly_env.machines("demo")}
     assert guests == {"app": BIG, "worker": SMALL}

@@ -25,6 +25,8 @@ primary_region = "ams"
 [deploy]
 strategy = "rolling"
 wait_timeout = "5s"
+[processes]
+app = "/bin/serve"
 [http_service]
 internal_port = 8080
 """

@@ -283,7 +283,8 @@ def test_every_corpus_file_deploys(
     # -a names every app (two files have no `app`; where they do, flyctl prefers --app too).
     app = "corpus-" + src.name[:3]
     fly_env.create_app(app)
-    argv = ["deploy", "-c", str(toml), "-a", app, "--image", corpus_image, "--wait-timeout", "30", "--json"]
+    argv = ["deploy", "-c", str(toml), "-a", app, "--image", corpus_image, "--wait-timeout", "30", "--json",
+            "--smoke-period", "0.1"]  # machines without checks: a short smoke check keeps the suite fast
     assert main([*argv, "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert fly_env.mutations() == [] and plan["app"] == app

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import nixfly.inspect
+import nixfly.inspect.report
 from nixfly.cli import main
 from nixfly.inspect import inspect_image, reference_chains, store_name
 from nixfly.sources import open_image
@@ -234,7 +234,7 @@ def test_references_split_across_reads_are_found(
     built: Path, tiny_closure: TinyClosure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With 7-byte reads every "/nix/store/<hash>-" (44 bytes) straddles several reads.
-    monkeypatch.setattr(nixfly.inspect, "_CHUNK", 7)
+    monkeypatch.setattr(nixfly.inspect.report, "_CHUNK", 7)
     img = open_image(LayoutLocation(built / "layout", "t"))
     small = {p.path: set(p.references) for p in inspect_image(img, top=100).largest}
     assert small == nix_references(tiny_closure.path_info)

@@ -92,3 +92,37 @@ def test_no_layer_index_leaves_the_repository_alone(
     repo = f"{registry.host}/ci/none"
     _build(capsys, tiny_closure.app, tmp_path / "c", "--push", f"{repo}:v1", "--no-layer-index")
     assert _tags(repo) == ["v1"]
+
+
+def test_build_push_pings_once_and_asks_for_one_token(
+    tiny_closure: TinyClosure, token_registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One registry client for the whole build --push: the layer index, the uploads during the build, the push,
+    the layer index update and the SBOM share one ping and one token (a push token also covers the reads)."""
+    r = token_registry
+    assert r.token_issuer is not None
+    before_log = r.log_text().count('"GET /v2/ HTTP/1.1"')
+    before_tokens = len(r.token_issuer.requests)
+    first = _build(capsys, tiny_closure.app, tmp_path / "cache", "--push", f"{r.host}/once/app:v1",
+                   "--creds", f"{r.username}:{r.password}", "--tls-verify", "false")  # fmt: skip
+    assert first["pushed"]["digest"] == first["digest"] and first["sbom"]["attached"]
+    assert r.log_text().count('"GET /v2/ HTTP/1.1"') - before_log == 1
+    asked = r.token_issuer.requests[before_tokens:]
+    assert [q.scopes for q in asked] == [["repository:once/app:pull,push"]]
+
+
+def test_push_of_a_layout_with_its_sbom_pings_once_and_asks_for_one_token(
+    tiny_closure: TinyClosure, token_registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """push oci:DIR REF: the image and the layout's SBOM go up on one client (one ping, one token)."""
+    r = token_registry
+    assert r.token_issuer is not None
+    _build(capsys, tiny_closure.app, tmp_path / "cache", "-o", f"oci:{tmp_path / 'layout'}:v1")
+    before_log = r.log_text().count('"GET /v2/ HTTP/1.1"')
+    before_tokens = len(r.token_issuer.requests)
+    assert main(["push", f"oci:{tmp_path / 'layout'}:v1", f"{r.host}/lay/app:v1", "--creds",
+                 f"{r.username}:{r.password}", "--tls-verify", "false"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert "attached application/spdx+json" in out.err
+    assert r.log_text().count('"GET /v2/ HTTP/1.1"') - before_log == 1
+    assert [q.scopes for q in r.token_issuer.requests[before_tokens:]] == [["repository:lay/app:pull,push"]]

@@ -14,17 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixfly.build.bincache import (
-    BinaryCacheError,
-    nix32_decode,
-    nix32_encode,
-    parse_narinfo,
-    parse_sha256,
-    read_nix_settings,
-)
+from nixfly.build.bincache.narinfo import BinaryCacheError, parse_narinfo, parse_sha256
+from nixfly.build.bincache.resolve import read_nix_settings
 from nixfly.build.compress import make_compressor
 from nixfly.build.nar import MAX_NAME, NarError, NarReader
 from nixfly.build.tarwriter import REGULAR, HashingSink, TarWriter, TreeEntry, walk_tree
+from nixfly.nixbase32 import nix32_decode, nix32_encode
 from tests.support.nixstore import TinyClosure, nix_env
 
 ROOT = b"nix/store/00000000000000000000000000000000-x"

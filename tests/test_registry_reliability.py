@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from nixfly.errors import RegistryError
-from nixfly.registry.client import RegistryOptions, parse_range
+from nixfly.registry.client import RegistryOptions
+from nixfly.registry.wire import parse_range
 from nixfly.retry import RetryPolicy
 from nixfly.sinks.layout import write_layout
 from nixfly.sinks.registry import PushProgress, push_image

@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nixfly.sbom.nixhash import (
-    NIX32_ALPHABET,
-    HashFormatError,
-    nix32_decode,
-    nix32_encode,
-    parse_drv_name,
-    sha256_hex,
-)
+from nixfly.nixbase32 import NIX32_ALPHABET, HashFormatError, nix32_decode, nix32_encode
+from nixfly.sbom.nixhash import parse_drv_name, sha256_hex
 from tests.support.nixstore import TinyClosure, nix_env, path_info
 
 

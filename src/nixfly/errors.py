@@ -49,6 +49,14 @@ def redact(text: str) -> str:
     return text
 
 
+def forget_secrets() -> None:
+    """Forget every secret announced so far (for a host process that runs several commands in turn, such as
+    a test session; a nixfly command never calls it)."""
+    global _secrets
+    with _secrets_lock:
+        _secrets = []
+
+
 def excerpt(text: str, n: int) -> str:
     """At most ``n`` characters of a text from elsewhere (a server's error body), redacted before it is
     cut so that no prefix of a secret survives the cut."""

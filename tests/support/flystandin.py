@@ -30,12 +30,14 @@ Only ever listens on 127.0.0.1 on an ephemeral port.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import re
 import secrets as pysecrets
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,6 +154,7 @@ class FakeMachine:
 class FakeApp:
     name: str
     machines: dict[str, FakeMachine] = field(default_factory=dict)
+    ips: list[JSON] = field(default_factory=list)  # IPAssignment objects
     volumes: dict[str, JSON] = field(default_factory=dict)
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (value, created_at)
     secrets_version: int = 0
@@ -201,6 +204,8 @@ _ROUTES: list[tuple[str, str]] = [
     ("DELETE", "/apps/{app_name}/machines/{machine_id}/metadata/{key}"),
     ("GET", "/apps/{app_name}/volumes"),
     ("POST", "/apps/{app_name}/volumes"),
+    ("GET", "/apps/{app_name}/ip_assignments"),
+    ("POST", "/apps/{app_name}/ip_assignments"),
     ("GET", "/apps/{app_name}/secrets"),
     ("POST", "/apps/{app_name}/secrets"),
     ("DELETE", "/apps/{app_name}/secrets/{secret_name}"),
@@ -268,6 +273,11 @@ class FlyStandin:
         self._failing_checks: list[str] = []
         self._crashing: list[str] = []
         self._429: list[tuple[str | None, str | None, int, str]] = []
+        # Scripted faults: (method, path substring, kind, count); kinds: "500" (answered before acting),
+        # "reset" (the connection drops before the request is acted on), "lost" (acted on, then the
+        # connection drops: the answer is lost), "hang" (accepted, never answered until released).
+        self._faults: list[tuple[str | None, str | None, str, int]] = []
+        self.unhang = threading.Event()
         self.on_request: Callable[[RecordedRequest], None] | None = None  # test hook (e.g. to interrupt)
         self.url = ""
 
@@ -291,11 +301,27 @@ class FlyStandin:
         with self.lock:
             self._429.append((method, path_contains, count, retry_after))
 
-    def hold_lease(self, app: str, machine_id: str, *, owner: str = OTHER_OWNER, ttl: float = 300) -> str:
+    def inject_fault(self, kind: str, *, count: int = 1, method: str | None = None,
+                     path_contains: str | None = None) -> None:  # fmt: skip
+        """The next ``count`` matching requests meet a fault: "500", "reset", "lost" or "hang" (see __init__)."""
+        assert kind in ("500", "reset", "lost", "hang")
+        with self.lock:
+            self._faults.append((method, path_contains, kind, count))
+
+    def _fault(self, method: str, path: str) -> str | None:
+        with self.lock:
+            for i, (m, sub, kind, count) in enumerate(self._faults):
+                if (m is None or m == method) and (sub is None or sub in path) and count > 0:
+                    self._faults[i] = (m, sub, kind, count - 1)
+                    return kind
+        return None
+
+    def hold_lease(self, app: str, machine_id: str, *, owner: str = OTHER_OWNER, ttl: float = 300,
+                   description: str = "other") -> str:  # fmt: skip
         """Lease a machine as somebody else would; returns that lease's nonce."""
         with self.lock:
             nonce = pysecrets.token_hex(16)
-            self.apps[app].machines[machine_id].lease = HeldLease(nonce, owner, time.time() + ttl, "other")
+            self.apps[app].machines[machine_id].lease = HeldLease(nonce, owner, time.time() + ttl, description)
             return nonce
 
     def seed_machine(self, app: str, config: JSON, *, region: str = "ams", state: str = "started") -> FakeMachine:
@@ -348,14 +374,40 @@ class FlyStandin:
                 self._violation(f"{request.method} {request.path}: not implemented by the stand-in")
                 raise _err(404, "not found")
             self._maybe_429(request.method, request.path)
+            fault = self._fault(request.method, request.path)
+            if fault == "500":
+                raise _err(500, "internal error (injected)")
+            if fault == "hang":
+                self.unhang.wait(120)
+                raise _err(503, "hung (injected)")
+            if fault == "reset":
+                return self._reset(environ)
             payload = json.loads(body) if body else None
-            with self.lock:
-                self._dispatch(request, match[0], match[1], payload)
-            raise _Reply(200, {})
+            try:
+                with self.lock:
+                    self._dispatch(request, match[0], match[1], payload)
+                raise _Reply(200, {})
+            except _Reply as reply:
+                if fault == "lost":
+                    self._validate_response(request, self._response(reply), match[0])
+                    return self._reset(environ)
+                raise
         except _Reply as reply:
             response = self._response(reply)
         self._validate_response(request, response, match[0] if match else None)
         return response(environ, start_response)
+
+    @staticmethod
+    def _reset(environ: Any) -> Any:
+        """Drop the connection without an answer (what a client sees as a reset)."""
+        import socket
+
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+        return []
 
     def _response(self, reply: _Reply) -> Response:
         if reply.body is None:
@@ -582,7 +634,26 @@ class FlyStandin:
             self._event(m, "launch", "created")
             self._apply_config(m, payload, app)
             app.machines[m.id] = m
-            raise _Reply(200, self._machine_json(m))
+            body = self._machine_json(m)
+            if payload.get("lease_ttl"):
+                # Leased to the creator at once; the nonce comes only in this answer (spec: Machine.nonce).
+                m.lease = HeldLease(pysecrets.token_hex(16), "nixfly-test@example.com",
+                                    time.time() + float(payload["lease_ttl"]), "")  # fmt: skip
+                body["nonce"] = m.lease.nonce
+            raise _Reply(200, body)
+        if template == "/apps/{app_name}/ip_assignments":
+            if method == "GET":
+                raise _Reply(200, {"ips": list(app.ips)})
+            kind = str(payload.get("type", ""))
+            if kind not in ("v4", "v6", "shared_v4", "private_v6"):
+                raise _err(400, f"unknown IP type {kind!r}")
+            n = len(app.ips) + 1
+            ip = {"v4": f"137.66.0.{n}", "shared_v4": "66.241.124.7", "v6": f"2a09:8280:1::{n:x}",
+                  "private_v6": f"fdaa:0:1:a7b:0:{n:x}::1"}[kind]  # fmt: skip
+            item = {"ip": ip, "region": "global", "shared": kind == "shared_v4", "created_at": _now_iso(),
+                    "service_name": ""}  # fmt: skip
+            app.ips.append(item)
+            raise _Reply(200, item)
         if template == "/apps/{app_name}/volumes":
             if method == "GET":
                 raise _Reply(200, list(app.volumes.values()))
@@ -771,18 +842,32 @@ def fly_env(fly_api: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture(scope="session")
 def tiny_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small OCI layout made by umoci with tags v1, v2, v3 (same empty rootfs, different configs)."""
+    """A small OCI layout made by umoci with tags v1, v2, v3 (same empty rootfs, different configs; each has a
+    cmd and exposes 8080/tcp, as a deployable image does)."""
     import subprocess
 
     layout = tmp_path_factory.mktemp("fly-oci") / "layout"
     subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
     subprocess.run(["umoci", "new", "--image", f"{layout}:v1"], check=True, capture_output=True)
+    subprocess.run(["umoci", "config", "--image", f"{layout}:v1", "--config.cmd=/bin/serve",
+                    "--config.exposedports=8080/tcp"], check=True, capture_output=True)  # fmt: skip
     for n in (2, 3):
         subprocess.run(
             ["umoci", "config", "--image", f"{layout}:v1", "--tag", f"v{n}", f"--config.env=VERSION={n}"],
             check=True,
             capture_output=True,
         )
+    return layout
+
+
+@pytest.fixture(scope="session")
+def tiny_nocmd_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An OCI layout whose image (tag ``nocmd``) has neither an entrypoint nor a cmd: nothing to run."""
+    import subprocess
+
+    layout = tmp_path_factory.mktemp("fly-oci-nocmd") / "layout"
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:nocmd"], check=True, capture_output=True)
     return layout
 
 

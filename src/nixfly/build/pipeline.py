@@ -168,8 +168,8 @@ def build_image(
 
     ``platform`` (``linux/arm64``) is the platform the image is declared for: a closure evaluated for another
     Nix system is an error. With ``spec.base_image``, the base is resolved for the image's platform (by
-    ``base``, default :func:`nixfly.sources.base.open_base` without credentials) before any layer is built,
-    its layers count against ``max_layers``, its users and groups are merged with ours (unless
+    ``base``, which the caller passes; ``services.ship`` defaults to ``sources.base.open_base``) before any
+    layer is built, its layers count against ``max_layers``, its users and groups are merged with ours (unless
     ``base_etc = "replace"``), and our layers go on top of its (:func:`nixfly.image.base.stack_on_base`)."""
     t0 = time.monotonic()
     cache = BlobCache(cache_dir)
@@ -263,10 +263,8 @@ def _build(
     base_files: dict[str, bytes | None] | None = None
     from_base: frozenset[str] = frozenset()
     if spec.base_image:
-        if base is None:
-            from nixfly.sources.base import open_base
-
-            base = open_base
+        if base is None:  # build/ opens nothing itself (it sits left of sources/): the caller says how
+            raise UsageError(f"{spec.base_image}: a base image needs a resolver (base=…) to open it")
         resolved = base(spec.base_image, image_platform)
         resolved = replace(resolved, image=cache_backed_image(resolved.image, cache))
         # Store paths the base already holds (a Nix-built base) are not packed again: the image would carry

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ import click
 
 from nixfly.build.closure import is_installable, nix_reporter
 from nixfly.build.layers import BuiltLayer, LayerSpec
-from nixfly.build.pipeline import BuildResult, build_image
+from nixfly.build.pipeline import BuildResult
 from nixfly.build.spec import (
     FileSpec,
     ImageSpec,
@@ -40,8 +39,7 @@ from nixfly.image import Image
 from nixfly.registry.reference import parse_reference
 
 if TYPE_CHECKING:
-    from nixfly.registry.client import RegistryOptions
-    from nixfly.sinks.layer_index import RegistryLayerIndex
+    pass
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 
@@ -348,8 +346,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     elif o["trusted_keys"]:
         spec = dataclasses.replace(spec, trusted_public_keys=list(o["trusted_keys"]))
     if platforms:
-        hooks = {"caches": caches, "verify": not o["no_verify"], "platform_check": not o["no_platform_check"]}
-        _build_index(spec, platforms, dest, push_locations, resolver, o, hooks)
+        _build_index(spec, platforms, dest, push_locations, resolver, o, caches)
         return
     progress = None
     if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
@@ -406,33 +403,33 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
 
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
-    layer_index = layer_index_for(push_locations, o)
     from nixfly.cli.common import registry_options
+    from nixfly.services.ship import ShipEvents, ShipRequest, ship
 
     options = registry_options(o)
-    uploads = None
-    layer_hooks: dict[str, Any] = {"on_layer": on_layer}
-    if push_locations:
-        # Layers go to the first destination while the build runs: each starts uploading when its
-        # compression starts; the push below then sends the config and the manifest.
-        from nixfly.cli.streaming import BuildUploads
+    destinations: list[Location] = []
+    if isinstance(dest, ArchiveLocation):
+        tag = spec.tag or "latest"
+        destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
+    elif dest is not None:
+        destinations.append(dest)
+    destinations.extend(push_locations)
+    uploads_bar = None
+    if progress is not None and push_locations:
+        from nixfly.cli.streaming import UploadBar
 
-        uploads = BuildUploads(push_locations[0].reference, options, progress)
-        layer_hooks = uploads.build_hooks(on_layer)
+        uploads_bar = UploadBar(progress)
+    hooks = {"on_plan": on_plan, "on_layer_start": on_start if progress is not None else None,
+             "on_layer_bytes": on_bytes if progress is not None else None, "on_fetch_plan": on_fetch_plan,
+             "on_fetch_bytes": on_fetch_bytes, "on_layer": on_layer}  # fmt: skip
+    events = ShipEvents(build_hooks=hooks, uploads=uploads_bar, on_note=_noter(quiet or json_out))
+    settings = _settings(o, caches, resolver, single_platform)
+    request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=options, build=settings,
+                          layer_index=not o["no_layer_index"])  # fmt: skip
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
-        with uploads or contextlib.nullcontext():
-            result = build_image(
-                spec, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"],
-                on_plan=on_plan,
-                on_layer_start=on_start if progress is not None else None,
-                on_layer_bytes=on_bytes if progress is not None else None,
-                caches=caches, verify=not o["no_verify"], platform_check=not o["no_platform_check"],
-                on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes,
-                base=resolver, platform=single_platform,
-                known=layer_index.lookup if layer_index is not None else None, **layer_hooks,
-            )  # fmt: skip
+        outcome = ship(request, events)
     finally:
         if spinner is not None:
             spinner.stop()
@@ -440,48 +437,18 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             nix_reporter.reset(token)
         if progress is not None:
             progress.stop()
+    result = outcome.results[0]
+    assert outcome.image is not None
+    image = outcome.image
     for w in result.warnings:
         click.echo(f"nixfly: warning: {w}", err=True)
-    tag = spec.tag or "latest"
-    sboms = None
-    if spec.sbom != "none":
-        from nixfly.build.cache import default_cache_dir
-        from nixfly.sbom.attach import SbomAttacher
-
-        cache_root = Path(o["cache_dir"]) if o["cache_dir"] else default_cache_dir()
-        sboms = SbomAttacher(result, spec.sbom, cache_root, spec.name)
-    sbom_notes: list[str] = []
-    destinations: list[Location] = []
-    if isinstance(dest, ArchiveLocation):
-        destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
-        if sboms is not None:
-            sbom_notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
-    elif dest is not None:
-        destinations.append(dest)
-    destinations.extend(push_locations)
-    if push_locations:
-        from nixfly.cli.registry import publish_with_progress
-
-        image, written = publish_with_progress(result.image, destinations, fmt=o["format"], options=options,
-                                               o={**o, "quiet": True},
-                                               early=uploads.early if uploads else None)  # fmt: skip
-    else:
-        from nixfly.sinks import publish
-
-        image, written = publish(result.image, destinations, fmt=o["format"])
-    digest = image.manifest_digest()
-    if sboms is not None and isinstance(dest, LayoutLocation):
-        sboms.attach_layout(dest.path, image)
+    digest = outcome.digest
     summary = _summary(result, str(dest) if dest else None, image)
     if push_locations:
-        summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
-        if layer_index is not None:
-            save_layer_index(layer_index, result, push_locations, quiet or json_out)
-        if sboms is not None:
-            sboms.attach_registry(list(push_refs), image, written[-1].reference, options)
-    summary["sbom"] = sboms.summary() if sboms is not None else None
+        summary["pushed"] = {"digest": outcome.written[-1].digest, "reference": outcome.pinned}
+    summary["sbom"] = outcome.sbom
     if not quiet and not json_out:
-        for note in sbom_notes:
+        for note in outcome.notes:
             click.echo(f"note: {note}", err=True)
     summary.update(_base_summary(result))
     if json_out:
@@ -584,42 +551,31 @@ def _build_index(
     pushes: list[RegistryLocation],
     resolver: Any,
     o: dict[str, Any],
-    hooks: dict[str, Any],
+    caches: Any,
 ) -> None:
-    from nixfly.build.platforms import build_index
     from nixfly.cli.common import registry_options
-    from nixfly.sinks import fly_like_destinations, publish_index
+    from nixfly.services.ship import ShipEvents, ShipRequest, ship
 
     destinations: list[Location] = [*([dest] if dest is not None else []), *pushes]
-    if isinstance(dest, ArchiveLocation):
-        raise UsageError(f"{dest}: a docker-archive holds one image; write the index with -o oci:DIR, "
-                         "or build one platform with --platform OS/ARCH")  # fmt: skip
-    fly = fly_like_destinations(destinations)
-    if fly and not o["allow_index"]:
-        raise UsageError(
-            f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; push one platform "
-            f"with --platform {platforms[0].platform} (or pass --allow-index to push the index anyway)"
-        )
     quiet = o["quiet"] or o["json_out"]
 
     def on_platform(p: str) -> None:
         if not quiet:
             click.echo(f"building {p}", err=True)
 
-    options = registry_options(o)
-    layer_index = layer_index_for(pushes, o, options)
-    if layer_index is not None:
-        hooks = {**hooks, "known": layer_index.lookup}
-    res = build_index(spec, platforms, cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None,
-                      workers=o["jobs"], base=resolver, on_platform=on_platform, **hooks)  # fmt: skip
-    for r in res.results:
+    request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=registry_options(o),
+                          build=_settings(o, caches, resolver, None), platforms=tuple(platforms),
+                          layer_index=not o["no_layer_index"], allow_index=o["allow_index"])  # fmt: skip
+    outcome = ship(request, ShipEvents(on_platform=on_platform, on_note=_noter(quiet)))
+    for r in outcome.results:
         for w in r.warnings:
             click.echo(f"nixfly: warning: {r.platform}: {w}", err=True)
-    index, written = publish_index(res.index, destinations, fmt=o["format"], options=options,
-                                   allow_index=o["allow_index"])  # fmt: skip
-    if layer_index is not None:
-        save_layer_index(layer_index, list(res.results), pushes, quiet)
-    digest = index.manifest_digest()
+    for note in outcome.notes if not quiet else ():
+        click.echo(f"note: {note}", err=True)
+    index = outcome.index
+    assert index is not None
+    digest = outcome.digest
+    seconds = sum(r.seconds for r in outcome.results)
     summary: dict[str, Any] = {
         "digest": digest,
         "media_type": index.media_type,
@@ -627,61 +583,36 @@ def _build_index(
         "output": str(dest) if dest else None,
         "platforms": [
             {**_summary(r, None, e.image), "platform": e.platform, **_base_summary(r)}
-            for r, e in zip(res.results, index.entries, strict=True)
+            for r, e in zip(outcome.results, index.entries, strict=True)
         ],
-        "seconds": round(res.seconds, 3),
+        "seconds": round(seconds, 3),
     }
     if pushes:
-        summary["pushed"] = {"digest": written[-1].digest, "reference": written[-1].reference}
+        summary["pushed"] = {"digest": outcome.written[-1].digest, "reference": outcome.pinned}
     if o["json_out"]:
         emit_json(summary)
         return
     if not o["quiet"]:
         for e in index.entries:
             click.echo(f"{e.platform}: {e.image.manifest_digest()} ({len(e.image.layers)} layers)", err=True)
-        click.echo(f"index of {len(index.entries)} platforms in {res.seconds:.2f}s" + (f" → {dest}" if dest else ""),
+        click.echo(f"index of {len(index.entries)} platforms in {seconds:.2f}s" + (f" → {dest}" if dest else ""),
                    err=True)  # fmt: skip
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
-def layer_index_for(push_locations: list[RegistryLocation], o: dict[str, Any],
-                 options: RegistryOptions | None = None) -> RegistryLayerIndex | None:  # fmt: skip
-    """The first push destination's layer index (what it already holds), unless --no-layer-index."""
-    if not push_locations or o.get("no_layer_index"):
-        return None
-    from nixfly.cli.common import registry_options
-    from nixfly.sinks.layer_index import RegistryLayerIndex
-
-    index = RegistryLayerIndex(parse_reference(push_locations[0].reference), options or registry_options(o)).load()
-    if index.note and not (o.get("quiet") or o.get("json_out")):
-        click.echo(f"note: {index.note}", err=True)
-    return index
 
 
-def build_pushing(spec: ImageSpec, destination: RegistryLocation, options: RegistryOptions,
-                  o: dict[str, Any]) -> tuple[BuildResult, Any, RegistryLayerIndex | None]:  # fmt: skip
-    """Build ``spec`` while its layers upload to ``destination`` (``push nixfly.toml``, ``deploy --build``):
-    the build result, the uploads to hand to the push (``early=``), and the layer index to update after it."""
-    from nixfly.cli.streaming import BuildUploads
+def _noter(quiet: bool) -> Any:
+    def note(text: str) -> None:
+        if not quiet:
+            click.echo(f"note: {text}", err=True)
 
-    index = layer_index_for([destination], o, options)
-    with BuildUploads(destination.reference, options) as uploads:
-        result = build_image(spec, known=index.lookup if index is not None else None, **uploads.build_hooks())
-    return result, uploads.early, index
+    return note
 
 
-def save_layer_index(index: RegistryLayerIndex, result: BuildResult | list[BuildResult],
-                     pushed: list[RegistryLocation], quiet: bool) -> None:  # fmt: skip
-    """Record this build's layers (every platform's, for an index) in every pushed repository's index; the
-    push already succeeded, so a failure here is a note, not an error."""
-    from nixfly.errors import NixflyError
+def _settings(o: dict[str, Any], caches: Any, resolver: Any, platform: str | None) -> Any:
+    from nixfly.services.ship import BuildSettings
 
-    results = result if isinstance(result, list) else [result]
-    pairs = [(b.key, b.layer) for r in results for b in reversed(r.layers)]  # the app's (top) layers first
-    repos = {(r.registry, r.repository): r for r in (parse_reference(p.reference) for p in pushed)}
-    for ref in repos.values():
-        try:
-            index.save(pairs, ref)
-        except NixflyError as e:
-            if not quiet:
-                click.echo(f"note: the layer index of {ref.name} was not updated: {e}", err=True)
+    return BuildSettings(cache_dir=Path(o["cache_dir"]) if o["cache_dir"] else None, workers=o["jobs"], caches=caches,
+                         verify=not o["no_verify"], platform_check=not o["no_platform_check"], platform=platform,
+                         base=resolver)  # fmt: skip

@@ -30,11 +30,11 @@ def apps() -> None:
 @click.argument("name")
 @click.option("-o", "--org", default="personal", show_default=True, help="Organization slug.")
 @with_api_options
-def apps_create(name: str, org: str, api_url: str | None, access_token: str | None) -> None:
+def apps_create(name: str, org: str, api_url: str | None, access_token: str | None, timeout: float) -> None:
     """Create the app NAME (POST /apps)."""
     from nixfly.fly.service import create_app
 
-    create_app(Connection(api_url, access_token), name, org)
+    create_app(Connection(api_url, access_token, timeout), name, org)
     click.echo(f"created app {name} in org {org}")
 
 
@@ -44,14 +44,19 @@ def apps_create(name: str, org: str, api_url: str | None, access_token: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_api_options
 def status(
-    app_name: str | None, config_path: Path, as_json: bool, api_url: str | None, access_token: str | None
+    app_name: str | None,
+    config_path: Path,
+    as_json: bool,
+    api_url: str | None,
+    access_token: str | None,
+    timeout: float,
 ) -> None:
     """Machines per process group: region, state, image, checks, secrets version, and whether each runs the
     last release."""
     from nixfly.fly.service import status as status_service
 
     app = app_from(app_name, config_path)
-    st = status_service(Connection(api_url, access_token), app)
+    st = status_service(Connection(api_url, access_token, timeout), app)
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
@@ -61,6 +66,10 @@ def status(
         on = sum(m.matches_last_release for m in st.machines)
         click.echo(f"all {on} machines run the last release, v{last.version}" if on == len(st.machines) else
                    f"{on} of {len(st.machines)} machines run the last release, v{last.version}")  # fmt: skip
+    if st.ips:
+        click.echo("addresses: " + ", ".join(f"{i['ip']} ({i['type']})" for i in st.ips))
+    else:
+        click.echo("addresses: none (not reachable from the internet)")
     group = None
     for m in st.machines:
         if m.group != group:
@@ -80,13 +89,13 @@ def status(
 @with_api_options
 def releases(
     app_name: str | None, config_path: Path, as_json: bool, with_diff: bool, api_url: str | None,
-    access_token: str | None,
+    access_token: str | None, timeout: float,
 ) -> None:  # fmt: skip
     """Every deploy nixfly made to the app, newest first (kept in the machines' metadata)."""
     from nixfly.fly.service import list_releases
 
     app = app_from(app_name, config_path)
-    items = list_releases(Connection(api_url, access_token), app)
+    items = list_releases(Connection(api_url, access_token, timeout), app)
     diffs = {}
     if with_diff:
         from nixfly.diff.releases import release_diffs
@@ -110,7 +119,7 @@ def releases(
 def rollback(
     to: str | None, config_path: Path, app_name: str | None, strategy: str | None, wait_timeout: float | None,
     dry_run: bool, as_json: bool, allow_unknown_keys: bool, rollback_on_interrupt: bool, api_url: str | None,
-    access_token: str | None,
+    access_token: str | None, timeout: float,
 ) -> None:  # fmt: skip
     """Redeploy the previous (or the named) release with its strategy and fly.toml's checks."""
     from nixfly.fly.service import rollback as rollback_service
@@ -118,7 +127,7 @@ def rollback(
     req = DeployRequest(
         config_path=config_path, strategy=strategy, app=app_name, wait_timeout=wait_timeout, dry_run=dry_run,
         allow_unknown_keys=allow_unknown_keys, rollback_on_interrupt=rollback_on_interrupt,
-        connection=Connection(api_url, access_token),
+        connection=Connection(api_url, access_token, timeout),
     )  # fmt: skip
     outcome = run_reporting_json(as_json, app_name, lambda: rollback_service(req, to, progress=progress))
     print_outcome(outcome, as_json, dry_run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,17 +31,15 @@ from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference, parse_repository
-from nixfly.sinks import Written, publish
+from nixfly.sinks import publish
 from nixfly.sinks.layer_index import INDEX_TAG
-from nixfly.sinks.registry import BlobOutcome, EarlyUploads, PushProgress, PushResult
+from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
 from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
 
 if TYPE_CHECKING:  # rich loads only for a person at a terminal (progress bars)
     from rich.progress import Progress, TaskID
-
-    from nixfly.build.spec import ImageSpec
 
 
 def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
@@ -119,27 +117,6 @@ def _progress_bar() -> Progress:
     )  # fmt: skip
 
 
-def publish_with_progress(
-    image: Image,
-    destinations: list[Location],
-    *,
-    fmt: ManifestFormat | None,
-    options: RegistryOptions,
-    mount_from: list[str] | None = None,
-    o: dict[str, Any],
-    early: EarlyUploads | None = None,
-) -> tuple[Image, list[Written]]:
-    """``nixfly.sinks.publish`` with upload bars on a terminal (pushes) — the one publish path of the CLI."""
-    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and any(
-        isinstance(d, RegistryLocation) for d in destinations
-    ):
-        bar = _progress_bar()
-        with bar:
-            return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (),
-                           progress=_RichPushProgress(bar), early=early)  # fmt: skip
-    return publish(image, destinations, fmt=fmt, options=options, mount_from=mount_from or (), early=early)
-
-
 def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") -> None:
     if o.get("json_out"):
         emit_json(result.to_json())
@@ -200,72 +177,65 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     """
     dests = _dest_locations(destinations)
     options = registry_options(o, "dest")  # --dest-* (skopeo's spelling) or the plain --creds/--tls-verify/--cert-dir
-    src_path = Path(source)
-    early: EarlyUploads | None = None
-    layer_index = None
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
-        if not src_path.is_file():
-            raise UsageError(f"{source}: no such file")
-        from nixfly.build.spec import load_spec
-        from nixfly.cli.build import build_pushing
+        _push_spec(Path(source), dests, fmt, options, tuple(mount_from), o)
+        return
+    from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
 
-        spec = load_spec(src_path)
-        if spec.platforms:
-            _push_platforms(spec, dests, fmt, options, o)
-            return
-        first = next(d for d in dests if isinstance(d, RegistryLocation))
-        built, early, layer_index = build_pushing(spec, first, options, o)
-        image = built.image
+    loc = parse_location(source, bare_paths=True)
+    if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+        image = _read_archive_with_progress(loc)
     else:
-        loc = parse_location(source, bare_paths=True)
-        if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
-            image = _read_archive_with_progress(loc)
-        else:
-            image = open_image(loc, options)
-    out, written = publish_with_progress(image, dests, fmt=fmt, options=options, mount_from=list(mount_from), o=o,
-                                         early=early)  # fmt: skip
-    assert written[-1].push is not None
-    pushed = written[-1].push
-    refs = [d.reference for d in dests if isinstance(d, RegistryLocation)]
-    notes: list[str] = []  # the image's SBOM goes along (for a nixfly.toml, the one made now)
-    if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
-        from nixfly.cli.build import save_layer_index
-        from nixfly.sbom.attach import attach_built
-
-        if layer_index is not None:
-            save_layer_index(layer_index, built, [d for d in dests if isinstance(d, RegistryLocation)],
-                             bool(o.get("quiet") or o.get("json_out")))  # fmt: skip
-        notes = attach_built(built, spec.sbom, spec.name, refs, out, pushed.reference, options)
-    elif isinstance(loc, LayoutLocation):
-        from nixfly.sinks.referrers import carry_layout_referrers
-
-        notes = carry_layout_referrers(loc.path, image.manifest_digest(), pushed.digest, refs, options)
-    for note in notes if not o.get("quiet") and not o.get("json_out") else []:
+        image = open_image(loc, options)
+    # The image's SBOM goes along from a layout.
+    request = PublishRequest(image, tuple(dests), fmt=fmt, options=options, mount_from=tuple(mount_from),
+                             referrers_from=loc.path if isinstance(loc, LayoutLocation) else None)  # fmt: skip
+    with _push_bars(o) as bars:
+        outcome = publish_image(request, ShipEvents(push=bars))
+    for note in outcome.notes if not o.get("quiet") and not o.get("json_out") else []:
         click.echo(f"note: {note}", err=True)
-    _report_push(pushed, o)
+    assert outcome.written[-1].push is not None
+    _report_push(outcome.written[-1].push, o)
 
 
-def _push_platforms(spec: ImageSpec, dests: list[Location], fmt: ManifestFormat | None, options: RegistryOptions,
-                    o: dict[str, Any]) -> None:  # fmt: skip
-    """``push nixfly.toml`` with ``[[image.platforms]]``: one image per platform under an index, as ``build``
-    would push it (refused for registry.fly.io before anything is built; the layer index is read and kept)."""
-    from nixfly.build.platforms import build_index, check_platforms
-    from nixfly.cli.build import layer_index_for, save_layer_index
-    from nixfly.sinks import fly_like_destinations, publish_index
+def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, options: RegistryOptions,
+               mount_from: tuple[str, ...], o: dict[str, Any]) -> None:  # fmt: skip
+    """``push nixfly.toml``: build it and ship it as ``build --push`` would (layer index, SBOM, one image or,
+    with ``[[image.platforms]]``, an index — refused for registry.fly.io before anything is built)."""
+    from nixfly.build.spec import load_spec
+    from nixfly.services.ship import ShipEvents, ShipRequest, ship
 
-    check_platforms(spec.platforms)
-    fly = fly_like_destinations(dests)
-    if fly:
-        raise UsageError(f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; build "
-                         f"one platform with nixfly build --platform {spec.platforms[0].platform} --push")  # fmt: skip
-    pushes = [d for d in dests if isinstance(d, RegistryLocation)]
-    index = layer_index_for(pushes, o, options)
-    res = build_index(spec, spec.platforms, known=index.lookup if index is not None else None)
-    _, written = publish_index(res.index, dests, fmt=fmt, options=options)
-    if index is not None:
-        save_layer_index(index, list(res.results), pushes, bool(o.get("quiet") or o.get("json_out")))
-    assert written[-1].push is not None
-    _report_push(written[-1].push, o)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    spec = load_spec(path)
+    quiet = bool(o.get("quiet") or o.get("json_out"))
+
+    def note(text: str) -> None:
+        if not quiet:
+            click.echo(f"note: {text}", err=True)
+
+    request = ShipRequest(spec, tuple(dests), fmt=fmt, options=options, platforms=tuple(spec.platforms),
+                          mount_from=mount_from)  # fmt: skip
+    with _push_bars(o) as bars:
+        outcome = ship(request, ShipEvents(push=bars, on_note=note))
+    for text in outcome.notes:
+        note(text)
+    for a in (outcome.sbom or {}).get("attached", []):
+        note(f"attached {outcome.sbom and outcome.sbom['format']} SBOM {a['digest']} to {a['to']} "
+             f"({a['tag'] or a['method']})")  # fmt: skip
+    assert outcome.written[-1].push is not None
+    _report_push(outcome.written[-1].push, o)
+
+
+@contextlib.contextmanager
+def _push_bars(o: dict[str, Any]) -> Iterator[PushProgress | None]:
+    """Upload bars on a terminal, else nothing."""
+    if not show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
+        yield None
+        return
+    bar = _progress_bar()
+    with bar:
+        yield _RichPushProgress(bar)
 
 
 @cli.command()
@@ -344,9 +314,12 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
     src_opts, dest_opts = registry_options(o, "src"), registry_options(o, "dest")
     image = open_image(src, src_opts, platform=platform)
     if isinstance(dest, RegistryLocation):
-        _, written = publish_with_progress(image, [dest], fmt=fmt, options=dest_opts, o=o)
-        assert written[0].push is not None
-        _report_push(written[0].push, o, "copied to")
+        from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
+
+        with _push_bars(o) as bars:
+            outcome = publish_image(PublishRequest(image, (dest,), fmt=fmt, options=dest_opts), ShipEvents(push=bars))
+        assert outcome.written[0].push is not None
+        _report_push(outcome.written[0].push, o, "copied to")
         return
     digest = _write_local(image, _local_destination(dest), o, fmt)
     if o.get("json_out"):

@@ -164,13 +164,13 @@ def fly_secret_names(app: str) -> list[str]:
 
 def rehearse_build(image: str | None, *, build_path: Path, **flags: Any) -> int:
     """``nixfly run -c fly.toml --build nixfly.toml``: build (nothing is pushed), then rehearse the result."""
-    from nixfly.build.pipeline import build_image
     from nixfly.build.spec import load_spec
+    from nixfly.services.ship import build_only
 
     if image is not None:
         raise UsageError(f"give IMAGE or --build {build_path}, not both")
     _stderr(f"==> building {build_path}")
-    return run_rehearsal(build_image(load_spec(build_path)).image, None, **flags)
+    return run_rehearsal(build_only(load_spec(build_path)).image, None, **flags)
 
 
 def run_rehearsal(
@@ -288,13 +288,13 @@ def rehearse_before_deploy(
         return ref(""), publish
 
     def rehearsed_publish(path: Path, repository: str, dry_run: bool, progress: Callable[[str], None]) -> str:
-        from nixfly.build.pipeline import build_image
         from nixfly.build.spec import load_spec
         from nixfly.image.convert import with_format
+        from nixfly.services.ship import build_only
         from nixfly.sinks import format_for
 
         progress(f"building {path} to rehearse it")
-        built = build_image(load_spec(path)).image
+        built = build_only(load_spec(path)).image
         dest = RegistryLocation(repository)
 
         def ref(_app: str) -> str:

@@ -1,27 +1,19 @@
-"""Pushing while building: the hooks that hand a build's layers to the registry sink as they are made.
-
-``build --push``, ``push nixfly.toml`` and ``deploy --build`` give ``build_image`` these hooks, so a layer
-starts uploading when its compression starts (``sinks.registry.EarlyUploads``); the push afterwards sends
-only the config and the manifest, plus whatever another destination needs.
-"""
+"""The upload bar of ``build --push``: bytes a build's layers sent while they were being made (the uploads
+themselves are ``services.uploads.BuildUploads``)."""
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nixfly.registry.reference import parse_reference
-from nixfly.sinks.registry import BlobOutcome, EarlyUploads, PushProgress
+from nixfly.sinks.registry import BlobOutcome, PushProgress
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from nixfly.build.layers import BuiltLayer
-    from nixfly.image.growing import GrowingBlob
-    from nixfly.registry.client import RegistryOptions
 
 
-class _UploadBar(PushProgress):
+class UploadBar(PushProgress):
     """One bar on the build's progress display: bytes sent while the layers are still being made."""
 
     def __init__(self, progress: Progress) -> None:
@@ -54,46 +46,3 @@ class _UploadBar(PushProgress):
             elif self._sizes.get(digest):
                 self._sent[digest] = self._sizes[digest]
             self._update()
-
-
-class BuildUploads:
-    """Layers of one build → uploads to the first push destination while the build goes on."""
-
-    def __init__(self, reference: str, options: RegistryOptions, progress: Progress | None = None) -> None:
-        self.early = EarlyUploads(parse_reference(reference), options, _UploadBar(progress) if progress else None)
-        self._streamed: set[int] = set()
-        self._lock = threading.Lock()
-
-    def on_blob(self, i: int, blob: GrowingBlob) -> None:
-        with self._lock:
-            self._streamed.add(i)
-        self.early.layer_growing(blob)
-
-    def on_layer(self, i: int, built: BuiltLayer) -> None:
-        with self._lock:
-            streamed = i in self._streamed
-        if built.remote:
-            self.early.already_there(built.layer)
-        elif not streamed:
-            self.early.layer_ready(built.layer)
-
-    def build_hooks(self, on_layer: Any = None) -> dict[str, Any]:
-        """Keyword arguments for ``build_image``: ours, chained with the caller's ``on_layer``."""
-
-        def layer(i: int, b: BuiltLayer) -> None:
-            if on_layer is not None:
-                on_layer(i, b)
-            self.on_layer(i, b)
-
-        return {"on_layer": layer, "on_layer_blob": self.on_blob}
-
-    def __enter__(self) -> BuildUploads:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        """After the build: wait for the uploads (raising their first failure); after a failed or
-        interrupted build: abandon them at once."""
-        if exc_type is None:
-            self.early.finish()
-        else:
-            self.early.abort()

@@ -7,7 +7,10 @@ Promises:
 - request shapes follow the published OpenAPI document strictly (lease acquire with a JSON body,
   one ``state`` query parameter per wanted state, secret delete by path);
 - both shapes of a lease answer (flat ``Lease`` and ``{"status": ..., "data": Lease}``) are accepted,
-  and a body where the spec documents none is ignored.
+  and a body where the spec documents none is ignored;
+- every call ends within ``timeout`` seconds, retries included (a /wait gets its own wait on top);
+- a lease request is retried after a 5xx or a broken connection, and a lease granted whose answer was lost
+  is recognised as the caller's by its description.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ LEASE_NONCE_HEADER = "fly-machine-lease-nonce"
 _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
 # The longest single /wait the API allows; longer waits are loops of these.
 MAX_WAIT_SECONDS = 60
+# How long one API call may take, its retries included, unless --timeout says otherwise. A server that
+# accepts and never answers must not hold a command for minutes (each attempt gets what is left).
+DEFAULT_TIMEOUT = 30.0
 
 JSON = dict[str, Any]
 Params = list[tuple[str, str | int | float | bool | None]]
@@ -163,6 +169,8 @@ class Machine:
     instance_id: str = ""
     checks: tuple[JSON, ...] = ()
     events: tuple[JSON, ...] = ()
+    # The nonce of the lease a create with ``lease_ttl`` took (the API returns it only then).
+    nonce: str | None = None
 
     @property
     def process_group(self) -> str:
@@ -191,6 +199,7 @@ class Machine:
             instance_id=str(body.get("instance_id") or ""),
             checks=tuple(c for c in body.get("checks") or () if isinstance(c, dict)),
             events=tuple(e for e in body.get("events") or () if isinstance(e, dict)),
+            nonce=body["nonce"] if isinstance(body.get("nonce"), str) and body["nonce"] else None,
         )
 
 
@@ -205,12 +214,15 @@ class MachinesAPI:
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_cap: float = 10.0,
-        timeout: float = 75.0,
+        timeout: float = DEFAULT_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if timeout <= 0:
+            raise ConfigError("the Fly API timeout must be more than 0 seconds")
         self._token = token
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         # The project's one retry policy; max_attempts counts the first try too.
         self._policy = RetryPolicy(retries=max(1, max_attempts) - 1, backoff=backoff_base, max_backoff=backoff_cap,
                                    max_retry_after=backoff_cap, sleep=sleep)  # fmt: skip
@@ -246,23 +258,33 @@ class MachinesAPI:
         params: Params | None = None,
         nonce: str | None = None,
         ok: Sequence[int] = (200, 201, 202, 204),
+        extra_time: float = 0.0,
     ) -> httpx.Response:
         """Send one API request, retrying as the module docstring promises; raise FlyAPIError otherwise.
 
         A 429 is retried for every request because the rate limiter refuses it before it is acted on;
         a 5xx or a broken connection may have been acted on, so only idempotent requests retry those.
+        The call, retries included, ends after ``timeout`` (+ ``extra_time``, for a /wait) seconds.
         """
         headers = {"Authorization": self._token.authorization()}
         if nonce is not None:
             headers[LEASE_NONCE_HEADER] = nonce
         what = f"{method} {path}"
         last_response: list[httpx.Response] = []
+        budget = self.timeout + extra_time
+        deadline = time.monotonic() + budget
 
         def attempt() -> httpx.Response:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.05:
+                raise FlyAPIError(f"Fly API {what}: no answer within {budget:g}s (--timeout to wait longer)")
             try:
-                req = self._client.build_request(method, path, json=json, params=params, headers=headers)
+                req = self._client.build_request(method, path, json=json, params=params, headers=headers,
+                                                 timeout=httpx.Timeout(remaining))  # fmt: skip
                 # Read whole, but never more than JSON_MAX (nixfly.limits): an endless answer is one line.
                 resp = read_response(self._client.send(req, stream=True), JSON_MAX, f"Fly API {what}", FlyAPIError)
+            except httpx.TimeoutException:
+                raise FlyAPIError(f"Fly API {what}: no answer within {budget:g}s (--timeout to wait longer)") from None
             except httpx.HTTPError as e:
                 text = self._token.scrub(f"Fly API {what} at {self.base_url}: {type(e).__name__}: {e}")
                 if idempotent:
@@ -342,6 +364,8 @@ class MachinesAPI:
         return Machine.parse(self._json(resp, "get machine"))
 
     def create_machine(self, app: str, body: JSON) -> Machine:
+        """Create a machine. With ``lease_ttl`` in ``body`` the API leases it to us at once and the answer
+        carries the nonce (``Machine.nonce``), so nobody can touch it between its creation and our lease."""
         resp = self.request("POST", self._p("apps", app, "machines"), idempotent=False, json=body)
         return Machine.parse(self._json(resp, "create machine"))
 
@@ -393,8 +417,9 @@ class MachinesAPI:
             params.append(("version", version))
         try:
             resp = self.request(
-                "GET", self._p("apps", app, "machines", machine_id, "wait"), idempotent=True, params=params
-            )
+                "GET", self._p("apps", app, "machines", machine_id, "wait"), idempotent=True, params=params,
+                extra_time=min(float(timeout), MAX_WAIT_SECONDS),
+            )  # fmt: skip
         except FlyAPIError as e:
             if e.status == 408:
                 return None
@@ -426,13 +451,19 @@ class MachinesAPI:
     # -- leases ------------------------------------------------------------------------------------
 
     def acquire_lease(self, app: str, machine_id: str, *, ttl: int, description: str) -> Lease:
-        """A new lease; LeaseConflict when another holder has one."""
-        resp = self.request(
-            "POST",
-            self._p("apps", app, "machines", machine_id, "lease"),
-            idempotent=False,
-            json={"ttl": ttl, "description": description},
-        )
+        """A new lease; LeaseConflict when another holder has one.
+
+        ``description`` must be unique to the caller (it names the process): a 5xx or a broken connection
+        is retried, and when a retry finds the machine leased, the lease is ours if it carries our
+        description (the first answer was lost after the lease was granted)."""
+        path = self._p("apps", app, "machines", machine_id, "lease")
+        try:
+            resp = self.request("POST", path, idempotent=True, json={"ttl": ttl, "description": description})
+        except LeaseConflict:
+            held = self.get_lease(app, machine_id)
+            if held is not None and held.description == description:
+                return held
+            raise
         return Lease.parse(self._json(resp, "acquire lease"))
 
     def refresh_lease(self, app: str, machine_id: str, *, nonce: str, ttl: int) -> Lease:
@@ -475,6 +506,27 @@ class MachinesAPI:
             raise FlyAPIError("Fly API create volume: answer has no volume id")
         return body
 
+    # -- IP addresses ------------------------------------------------------------------------------
+
+    def list_ips(self, app: str) -> list[JSON]:
+        """The app's IP assignments (``ip``, ``region``, ``shared``, ...)."""
+        resp = self.request("GET", self._p("apps", app, "ip_assignments"), idempotent=True)
+        body = self._json(resp, "list IP addresses")
+        items = body.get("ips") if isinstance(body, dict) else None
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def assign_ip(self, app: str, kind: str, *, org: str | None = None) -> JSON:
+        """Allocate one address: ``kind`` is ``v6``, ``shared_v4``, ``v4`` (dedicated) or ``private_v6``
+        (flyctl's types, internal/command/deploy/deploy_first.go)."""
+        body: JSON = {"type": kind}
+        if org:
+            body["org_slug"] = org
+        resp = self.request("POST", self._p("apps", app, "ip_assignments"), idempotent=False, json=body)
+        out = self._json(resp, "allocate IP address")
+        if not isinstance(out, dict) or not isinstance(out.get("ip"), str):
+            raise FlyAPIError("Fly API allocate IP address: answer has no address")
+        return out
+
     # -- secrets -----------------------------------------------------------------------------------
 
     def list_secrets(self, app: str) -> list[JSON]:
@@ -482,12 +534,6 @@ class MachinesAPI:
         body = self._json(self.request("GET", self._p("apps", app, "secrets"), idempotent=True), "secrets")
         items = body.get("secrets") if isinstance(body, dict) else None
         return [s for s in items if isinstance(s, dict)] if isinstance(items, list) else []
-
-    def secrets_version(self, app: str) -> int:
-        """The app's current secrets version, read with an update that sets and unsets nothing (the only
-        answer the API documents that carries the version)."""
-        resp = self.request("POST", self._p("apps", app, "secrets"), idempotent=True, json={"values": {}})
-        return self._version(self._json(resp, "read secrets version"))
 
     def update_secrets(self, app: str, values: Mapping[str, str]) -> int:
         """Set several secrets at once; the new secrets version."""

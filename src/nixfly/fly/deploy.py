@@ -1,17 +1,24 @@
 """Carry out a deploy :class:`~nixfly.fly.plan.Plan` against the Machines API, one strategy at a time.
 
-``Deployer.run`` leases every machine it will touch before touching any (a lease held by someone else
-stops the deploy with nothing changed), refreshes the leases in the background, and releases them on
-every exit path, Ctrl-C included. Leases are also recorded on disk (:mod:`nixfly.fly.state`) so that a
-re-run after a hard kill can release the ones it left.
+``Deployer.run`` leases every machine it will touch before touching any, and every machine it creates is
+leased by its create (``lease_ttl``); the leases are refreshed in the background and released on every exit
+path, Ctrl-C included. Each lease names its holder (:class:`~nixfly.fly.state.Holder`: pid, host, process
+start) in its description and is recorded on disk (:mod:`nixfly.fly.state`): a lease whose holder is a
+nixfly process of this host that is gone (killed) is taken over; one whose holder runs, or that someone
+else holds, stops the deploy with nothing changed.
+
+Order: first-deploy addresses, the release command, new machines (a standby created stopped), greens an
+interrupted bluegreen deploy left (their switch is finished), each group's updates by strategy (machines
+that were stopped are updated with skip_launch and not waited on), replacements, destroys.
 
 Waiting on a machine means: ``/wait`` on the instance the update returned until it is started, then
-reading its checks and events every ``poll_interval``. A machine that exits non-zero before it is
-healthy fails at once (a crash loop shows ``exit`` events within a second, long before any timeout).
-Beyond flyctl: when an updated machine crashes or fails its checks during a rolling or canary deploy,
-every machine already updated gets its previous config back (sent in the spec's request shape), and the
-error names the failing machine with its last events. On Ctrl-C the deploy says which machines run which
-image, and with ``rollback_on_interrupt`` restores the ones it changed.
+reading its checks and events every ``poll_interval``; a machine without checks must stay up
+``smoke_period`` seconds (flyctl's smoke check). A machine that exits non-zero before it is healthy fails
+at once (a crash loop shows ``exit`` events within a second, long before any timeout). Beyond flyctl: when
+an updated machine crashes or fails its checks during a rolling or canary deploy, every machine already
+updated gets its previous config back (sent in the spec's request shape), and the error names the failing
+machine with its last events. On Ctrl-C the deploy says which machines run which image, and with
+``rollback_on_interrupt`` restores the ones it changed.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from nixfly.errors import DeployError
-from nixfly.fly.api import JSON, FlyAPIError, LeaseConflict, Machine, MachinesAPI
+from nixfly.fly.api import JSON, FlyAPIError, LeaseConflict, Machine, MachinesAPI, NotFound
 from nixfly.fly.normal import request_form
 from nixfly.fly.plan import (
+    _IP_WORDS,
+    GREEN_FOR_KEY,
     RELEASE_GROUP,
+    RELEASES_KEY,
     SECRETS_DIGEST_KEY,
     SECRETS_VERSION_KEY,
     STRATEGIES,
@@ -45,7 +55,7 @@ from nixfly.fly.plan import (
     plan_deploy,
     require_digest_ref,
 )
-from nixfly.fly.state import LeaseStore, SecretsVersionStore, default_state_dir
+from nixfly.fly.state import Holder, LeaseStore, SecretsVersionStore, default_state_dir
 
 __all__ = [
     "LEASE_DESCRIPTION",
@@ -94,11 +104,14 @@ class DeployResult:
     destroyed: list[str] = field(default_factory=list)
     volumes_created: list[str] = field(default_factory=list)
     release_exit_code: int | None = None
+    ips: list[JSON] = field(default_factory=list)  # addresses allocated: {"type", "ip"}
+    left_stopped: list[str] = field(default_factory=list)  # updated with skip_launch
 
     def to_json(self) -> JSON:
         return {"app": self.app, "image": self.image, "strategy": self.strategy, "created": self.created,
                 "updated": self.updated, "destroyed": self.destroyed, "volumes_created": self.volumes_created,
-                "release_exit_code": self.release_exit_code}  # fmt: skip
+                "release_exit_code": self.release_exit_code, "ips": self.ips,
+                "left_stopped": self.left_stopped}  # fmt: skip
 
 
 def exit_code_of(event: JSON) -> int | None:
@@ -178,29 +191,60 @@ class Deployer:
     # -- leases ------------------------------------------------------------------------------------
 
     def _lease(self, machine_id: str) -> str:
-        """Lease a machine, first releasing a lease an interrupted nixfly run on this host left behind."""
+        """Lease a machine. A lease held by a nixfly process of this host that is gone (killed) is taken
+        over; any other holder stops the deploy. Our own lease whose grant was lost is recognised by the
+        API client (its description names this run)."""
+        desc = self.s.holder.describe()
         try:
-            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=LEASE_DESCRIPTION)
+            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
         except LeaseConflict:
-            leftover = self.store.load().get(machine_id)
-            holder = self.api.get_lease(self.app, machine_id)
-            if leftover is None or holder is None or holder.nonce != leftover:
-                who = f" by {holder.owner}" if holder and holder.owner else ""
-                until = (
-                    f" until {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(holder.expires_at))}"
-                    if holder and holder.expires_at else ""
-                )  # fmt: skip
+            held = self.api.get_lease(self.app, machine_id)
+            holder = Holder.parse(held.description) if held is not None else None
+            if held is not None and holder is None:
+                # A lease without a holder's name: one a create took (lease_ttl). If this host's store says a
+                # nixfly run that is gone got it, it is taken over; else, when it runs out soon, wait for it.
+                mine = self.store.holder_of(machine_id, held.nonce)
+                if mine is not None and mine.gone():
+                    holder = mine
+                elif held.expires_at and 0 < held.expires_at - time.time() <= self.s.lease_ttl + 1:
+                    self.progress(f"machine {machine_id} is leased by a run that did not say who it is; waiting "
+                                  f"{held.expires_at - time.time():.0f}s for the lease to run out")  # fmt: skip
+                    # expires_at is whole seconds: the lease may outlive it by up to one.
+                    give_up = held.expires_at + 3.0
+                    time.sleep(max(0.0, held.expires_at - time.time()) + 0.2)
+                    while True:
+                        try:
+                            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl,
+                                                           description=desc)  # fmt: skip
+                            break
+                        except LeaseConflict:
+                            if time.time() >= give_up:
+                                raise
+                            time.sleep(0.3)
+                    self._hold(machine_id, lease.nonce)
+                    return lease.nonce
+            if held is not None and (holder is None or not holder.gone()):
+                who = holder.where() if holder else (f"by {held.owner}" if held.owner else "by someone else")
+                who = f" by {who}" if holder else f" {who}"
+                until = (f" until {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(held.expires_at))}"
+                         if held.expires_at else "")  # fmt: skip
                 raise DeployError(
                     f"machine {machine_id} of app {self.app} is leased{who}{until}; nothing was changed "
                     "(wait for the other operation to finish, or for the lease to expire)"
                 ) from None
-            self.progress(f"recovering lease on {machine_id} left by an interrupted deploy")
-            self.api.release_lease(self.app, machine_id, nonce=leftover)
-            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=LEASE_DESCRIPTION)
-        with self._lease_lock:
-            self._leases[machine_id] = lease.nonce
-        self.store.put(machine_id, lease.nonce)
+            if held is not None:
+                assert holder is not None
+                self.progress(f"taking over the lease on {machine_id} left by {holder.where()}, which is gone")
+                with contextlib.suppress(NotFound):
+                    self.api.release_lease(self.app, machine_id, nonce=held.nonce)
+            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+        self._hold(machine_id, lease.nonce)
         return lease.nonce
+
+    def _hold(self, machine_id: str, nonce: str) -> None:
+        with self._lease_lock:
+            self._leases[machine_id] = nonce
+        self.store.put(machine_id, nonce, self.s.holder.describe())
 
     def _nonce(self, machine_id: str) -> str:
         with self._lease_lock:
@@ -245,7 +289,9 @@ class Deployer:
         try:
             # All at once (each is one request); any failure stops the deploy before anything changed, and
             # the leases already granted are released below.
-            parallel(self._lease, [a.machine_id for a in self.plan.actions if a.machine_id is not None])
+            ids = {a.machine_id for a in self.plan.actions if a.machine_id is not None}
+            ids |= {a.green_for for a in self.plan.actions if a.green_for}
+            parallel(self._lease, sorted(ids))
             self._refresher = threading.Thread(target=self._refresh_loop, name="lease-refresh", daemon=True)
             self._refresher.start()
             yield
@@ -301,17 +347,25 @@ class Deployer:
                 raise self._failure(w.machine_id, f"crashed after starting (state {machine.state})")
 
     def _wait_healthy(self, w: _Watch) -> None:
-        """Started, then every check passing, within wait_timeout; fails at the first crash."""
+        """Started, then every check passing, within wait_timeout; fails at the first crash. A machine
+        without checks must run ``smoke_period`` seconds without exiting (flyctl's smoke check,
+        internal/machine/leasable_machine.go). Nothing is waited for with ``detach``."""
+        if self.s.detach:
+            return
         deadline = time.monotonic() + self.s.wait_timeout
         machine = self._wait_state(w, "started", deadline)
+        up_since = time.monotonic()
         while True:
             self._check_crash(w, machine)
             if machine.state in _DOWN_STATES:
                 raise self._failure(w.machine_id, f"crashed after starting (state {machine.state})")
             bad = [c for c in machine.checks if c.get("status") != "passing"]
-            if not bad and machine.state == "started":
+            smoked = bool(machine.checks) or time.monotonic() - up_since >= self.s.smoke_period
+            if machine.state == "started" and not bad and smoked:
                 return
             if time.monotonic() >= deadline:
+                if not bad:
+                    return  # flyctl: a smoke check that runs out of time passes
                 detail = "; ".join(f"{c.get('name')}={c.get('status')} ({c.get('output', '')})" for c in bad)
                 raise self._failure(w.machine_id, f"checks not passing after {self.s.wait_timeout:g}s: {detail}")
             time.sleep(min(self.s.poll_interval, max(0.0, deadline - time.monotonic())))
@@ -319,8 +373,13 @@ class Deployer:
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def _machine_body(self, config: JSON, **extra: Any) -> JSON:
-        body: JSON = {"config": request_form(config), **extra}
+    def _machine_body(self, config: JSON, *, stamp: bool = True, **extra: Any) -> JSON:
+        """The create/update request. ``stamp``: record this deploy's release log in the config's metadata
+        (the update itself carries it: no separate write that could fail on its own)."""
+        config = request_form(config)
+        if stamp and self.s.release_log is not None:
+            config.setdefault("metadata", {})[RELEASES_KEY] = self.s.release_log
+        body: JSON = {"config": config, **extra}
         if self.s.min_secrets_version is not None:
             body["min_secrets_version"] = self.s.min_secrets_version
         return body
@@ -348,12 +407,18 @@ class Deployer:
             mount["volume"] = match["id"]
         return config
 
-    def _create(self, group: str, config: JSON, region: str, **extra: Any) -> _Watch:
+    def _create(self, group: str, config: JSON, region: str, *, skip_launch: bool = False, **extra: Any) -> _Watch:
+        """Create a machine, leased to this deploy by the create itself (``lease_ttl``)."""
         config = self._with_volumes(config, region)
         self.touched = True
-        m = self.api.create_machine(self.app, self._machine_body(config, region=region, **extra))
+        body = self._machine_body(config, region=region, lease_ttl=self.s.lease_ttl, **extra)
+        if skip_launch:
+            body["skip_launch"] = True
+        m = self.api.create_machine(self.app, body)
+        if m.nonce:
+            self._hold(m.id, m.nonce)
         self.result.created.append(m.id)
-        self.progress(f"created machine {m.id} [{group}] in {region}")
+        self.progress(f"created machine {m.id} [{group}] in {region}" + (" (stopped)" if skip_launch else ""))
         return _Watch.of(m)
 
     def _destroy(self, machine_id: str) -> None:
@@ -363,11 +428,26 @@ class Deployer:
         self.result.destroyed.append(machine_id)
         self.progress(f"destroyed machine {machine_id}")
 
-    def _update(self, a: Action, config: JSON) -> _Watch:
+    def _update(self, a: Action, config: JSON, *, stamp: bool = True, skip_launch: bool = False) -> _Watch:
         assert a.machine_id is not None
         self.touched = True
-        m = self.api.update_machine(self.app, a.machine_id, self._machine_body(config), nonce=self._nonce(a.machine_id))
+        body = self._machine_body(config, stamp=stamp)
+        if skip_launch:
+            body["skip_launch"] = True
+        m = self.api.update_machine(self.app, a.machine_id, body, nonce=self._nonce(a.machine_id))
         return _Watch.of(m)
+
+    def _allocate_ips(self) -> None:
+        """A first deploy's public addresses (flyctl: internal/command/deploy/deploy_first.go). As in
+        flyctl, a failure is reported and the deploy goes on: the machines are still worth deploying."""
+        for kind in self.plan.ips:
+            try:
+                got = self.api.assign_ip(self.app, kind, org=self.s.org)
+            except FlyAPIError as e:
+                self.progress(f"could not allocate an IP address ({kind}): {e}; allocate it with `fly ips`")
+                return
+            self.result.ips.append({"type": kind, "ip": got["ip"]})
+            self.progress(f"allocated {_IP_WORDS.get(kind, kind)}: {got['ip']}")
 
     def _release_command(self) -> None:
         argv = self.plan.release_command
@@ -384,8 +464,11 @@ class Deployer:
         )
         self.progress(f"running release command: {' '.join(argv)}")
         self.touched = True
-        created = self.api.create_machine(self.app, self._machine_body(base, region=self.s.region))
+        body = self._machine_body(base, stamp=False, region=self.s.region, lease_ttl=self.s.lease_ttl)
+        created = self.api.create_machine(self.app, body)
         mid = created.id
+        if created.nonce:
+            self._hold(mid, created.nonce)
         try:
             self._wait_state(_Watch.of(created), "stopped", time.monotonic() + self.s.wait_timeout)
             code = None
@@ -397,7 +480,7 @@ class Deployer:
             raise DeployError(f"release command did not finish: {e.reason}; nothing was deployed") from None
         finally:
             with contextlib.suppress(FlyAPIError):
-                self.api.destroy_machine(self.app, mid, nonce=self._lease(mid), force=True)
+                self.api.destroy_machine(self.app, mid, nonce=self._nonce(mid), force=True)
                 self._forget(mid)
         self.result.release_exit_code = code
         if code != 0:
@@ -409,8 +492,9 @@ class Deployer:
         for a in reversed(updated):
             assert a.machine_id is not None and a.old is not None
             try:
-                w = self._update(a, a.old)
-                self._wait_state(w, "started", time.monotonic() + self.s.wait_timeout)
+                w = self._update(a, a.old, stamp=False, skip_launch=a.skip_launch)
+                if not a.skip_launch and not self.s.detach:
+                    self._wait_state(w, "started", time.monotonic() + self.s.wait_timeout)
                 restored.append(a.machine_id)
             except (FlyAPIError, MachineFailed):
                 unrestored.append(a.machine_id)
@@ -456,6 +540,8 @@ class Deployer:
         assert first.new is not None
         config = copy.deepcopy(first.new)
         config.pop("mounts", None)  # a canary must not steal a volume from a running machine
+        # Tagged like a green: a re-run after a kill here finds it and does not leave it behind.
+        config.setdefault("metadata", {})[GREEN_FOR_KEY] = str(first.machine_id)
         w = self._create(group, config, first.region)
         mid = w.machine_id
         self.result.created.remove(mid)
@@ -472,6 +558,17 @@ class Deployer:
         self.result.destroyed.remove(mid)
         self._rolling(updates)
 
+    def _switch(self, group: str, greens: Sequence[_Watch], blues: Sequence[str]) -> None:
+        """Greens healthy: they take the traffic, the blues go."""
+        for w in greens:
+            self.api.uncordon_machine(self.app, w.machine_id, nonce=self._nonce(w.machine_id))
+        for mid in blues:
+            nonce = self._nonce(mid)
+            self.api.cordon_machine(self.app, mid, nonce=nonce)
+            self.api.stop_machine(self.app, mid, nonce=nonce)
+            self._destroy(mid)
+        self.progress(f"switched {group} to {len(greens)} green machine(s)")
+
     def _bluegreen(self, group: str, updates: list[Action]) -> None:
         if not updates:
             return
@@ -482,6 +579,8 @@ class Deployer:
                 config = copy.deepcopy(a.new)
                 if config.get("mounts"):
                     raise DeployError(f"bluegreen cannot deploy group {group}: its machines have volumes")
+                # The blue it replaces, so that a re-run after an interruption finishes this switch.
+                config.setdefault("metadata", {})[GREEN_FOR_KEY] = str(a.machine_id)
                 greens.append(self._create(group, config, a.region, skip_service_registration=True))
             for w in greens:
                 self._wait_healthy(w)
@@ -493,15 +592,54 @@ class Deployer:
                 f"green machine {f.machine_id} [{group}] {f.reason}; last events: "
                 f"{', '.join(f.events) or 'none'}; blue machines untouched"
             ) from None
-        for w in greens:
-            self.api.uncordon_machine(self.app, w.machine_id, nonce=self._nonce(w.machine_id))
+        self._switch(group, greens, [str(a.machine_id) for a in updates])
+
+    def _finish_switches(self) -> None:
+        """Greens an interrupted bluegreen deploy created and that already run this config: wait for them,
+        then finish the switch (their blues go)."""
+        for a in self.plan.of("switch"):
+            assert a.machine_id is not None and a.green_for is not None
+            m = self.api.get_machine(self.app, a.machine_id)
+            w = _Watch(m.id, m.instance_id, set())
+            if m.state not in ("started", "starting", "created", "replacing"):
+                self.api.start_machine(self.app, m.id, nonce=self._nonce(m.id))
+            try:
+                self._wait_healthy(w)
+            except MachineFailed as f:
+                raise DeployError(f"green machine {f.machine_id} [{a.group}] left by an interrupted deploy "
+                                  f"{f.reason}; its blue {a.green_for} is untouched") from None  # fmt: skip
+            self._switch(a.group, [w], [a.green_for])
+
+    def _replace(self, a: Action) -> None:
+        """A machine that cannot take the new config in place: a new one in its region, then the old one
+        goes (a volume is never shared: the new machine gets one of its own)."""
+        assert a.new is not None and a.machine_id is not None
+        self.progress(f"replacing machine {a.machine_id} [{a.group}]: {a.reason}")
+        config = copy.deepcopy(a.new)
+        # Tagged like a green: a re-run after a kill between the create and the destroy finishes the switch
+        # instead of replacing the old machine a second time.
+        config.setdefault("metadata", {})[GREEN_FOR_KEY] = a.machine_id
+        w = self._create(a.group, config, a.region, skip_launch=a.skip_launch)
+        if not a.skip_launch:
+            try:
+                self._wait_healthy(w)
+            except MachineFailed as f:
+                with contextlib.suppress(FlyAPIError):
+                    self._destroy(w.machine_id)
+                raise DeployError(f"replacement machine {f.machine_id} [{a.group}] {f.reason}; "
+                                  f"{a.machine_id} is untouched") from None  # fmt: skip
+        self._destroy(a.machine_id)
+
+    def _update_stopped(self, updates: Sequence[Action]) -> None:
+        """Machines that were stopped or suspended: updated with skip_launch, not waited on (flyctl:
+        internal/command/deploy/plan.go, updateMachineWChecks returns right after such an update)."""
         for a in updates:
-            assert a.machine_id is not None
-            nonce = self._nonce(a.machine_id)
-            self.api.cordon_machine(self.app, a.machine_id, nonce=nonce)
-            self.api.stop_machine(self.app, a.machine_id, nonce=nonce)
-            self._destroy(a.machine_id)
-        self.progress(f"switched {group} to {len(greens)} green machine(s)")
+            assert a.new is not None
+            self._update(a, a.new, skip_launch=True)
+            self._changed.append(a)
+            self.result.updated.append(str(a.machine_id))
+            self.result.left_stopped.append(str(a.machine_id))
+            self.progress(f"updated machine {a.machine_id} [{a.group}] without starting it (it was stopped)")
 
     def _interrupted(self) -> None:
         """Ctrl-C: say which machines run which image; restore the changed ones when asked to."""
@@ -540,11 +678,23 @@ class Deployer:
         return self.result
 
     def _run(self, groups: list[str]) -> None:
+        self._allocate_ips()
         self._release_command()
+        first_new: dict[str, str] = {}
         for a in self.plan.of("create"):
             assert a.new is not None
-            w = self._create(a.group, a.new, a.region)
-            if self.s.strategy != "immediate":
+            config = a.new
+            if a.standby:
+                # A standby of the group's first machine: created stopped, started by the platform only when
+                # that machine's host fails (flyctl: machines_launchinput.go, launchInputForLaunch).
+                first = first_new.get(a.group) or self._first_machine(a.group)
+                config = copy.deepcopy(a.new)
+                if first:
+                    config["standbys"] = [first]
+                    config.setdefault("env", {})["FLY_STANDBY_FOR"] = first
+            w = self._create(a.group, config, a.region, skip_launch=a.standby)
+            first_new.setdefault(a.group, w.machine_id)
+            if self.s.strategy != "immediate" and not a.standby:
                 try:
                     self._wait_healthy(w)
                 except MachineFailed as f:
@@ -552,8 +702,9 @@ class Deployer:
                         f"new machine {w.machine_id} [{a.group}] {f.reason}; last events: "
                         f"{', '.join(f.events) or 'none'}"
                     ) from None
+        self._finish_switches()
         for group in groups:
-            updates = self.plan.of("update", group)
+            updates = [a for a in self.plan.of("update", group) if not a.skip_launch]
             if self.s.strategy == "immediate":
                 for a in updates:
                     assert a.new is not None
@@ -567,6 +718,16 @@ class Deployer:
                 self._canary(group, updates)
             else:
                 self._bluegreen(group, updates)
+            self._update_stopped([a for a in self.plan.of("update", group) if a.skip_launch])
+        for a in self.plan.of("replace"):
+            self._replace(a)
         for a in self.plan.of("destroy"):
             assert a.machine_id is not None
             self._destroy(a.machine_id)
+
+    def _first_machine(self, group: str) -> str | None:
+        """An existing machine of ``group`` that is no standby (what a standby created on a re-run stands for)."""
+        for m in self.api.list_machines(self.app):
+            if m.process_group == group and not m.config.get("standbys"):
+                return m.id
+        return None

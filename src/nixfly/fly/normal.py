@@ -14,8 +14,9 @@ from typing import Any
 
 JSON = dict[str, Any]
 
-# Metadata nixfly keeps on machines outside the config a deploy decides (see releases.py).
-BOOKKEEPING_METADATA = ("nixfly_releases",)
+# Metadata nixfly keeps on machines outside the config a deploy decides: the release log (releases.py), a
+# first deploy's group size and a green machine's blue (plan.py). A difference in them alone is no change.
+BOOKKEEPING_METADATA = ("nixfly_releases", "nixfly_group_size", "nixfly_green_for")
 
 
 def _autostop(value: Any) -> Any:

@@ -1,19 +1,21 @@
 """The release log: every deploy nixfly made, kept in the app's machines' metadata (not on this host).
 
-Each machine carries the same log under the ``nixfly_releases`` metadata key (a compact JSON list of the
-newest :data:`MAX_RELEASES` entries), so any machine — and any host with the token — can read it.
-Writing it uses the metadata endpoint, which does not restart machines; a deploy carries the key over
-when it updates a config (see :func:`nixfly.fly.plan.carry_over`).
+Each machine carries a log under the ``nixfly_releases`` metadata key (a compact JSON list of the newest
+:data:`MAX_RELEASES` entries), so any machine — and any host with the token — can read it. A deploy puts
+the log, its own release first, into the config of every machine it creates or updates: the request that
+changes the machine records the release, so a machine runs a release only if it carries it, and there is
+no separate write that could fail on its own. Machines a deploy leaves alone keep the log they had; the
+app's log is the union.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from nixfly.fly.api import JSON, FlyAPIError, Machine, MachinesAPI
+from nixfly.fly.api import JSON, Machine
 from nixfly.fly.normal import BOOKKEEPING_METADATA
 
 RELEASES_KEY = BOOKKEEPING_METADATA[0]
@@ -80,30 +82,8 @@ def new_release(releases: Sequence[Release], image: str, strategy: str, outcome:
     return Release(version, image, strategy, at, outcome, command)
 
 
-def record_release(
-    api: MachinesAPI,
-    app: str,
-    release: Release,
-    *,
-    nonce_for: Callable[[str], str | None] = lambda _mid: None,
-    progress: Callable[[str], None] = lambda _line: None,
-) -> list[Release]:
-    """Add ``release`` to the log on every machine of the app; the log as written, newest first.
-
-    A machine that refuses (leased by someone else, gone) is skipped with a progress line: the log lives
-    on every machine, so one missing copy loses nothing."""
-    machines = api.list_machines(app)
-    log = [release] + [r for r in app_releases(machines) if r.version != release.version]
-    log = log[:MAX_RELEASES]
-    text = json.dumps([r.to_json() for r in log], separators=(",", ":"), sort_keys=True)
-
-    def write(m: Machine) -> None:
-        try:
-            api.set_metadata(app, m.id, RELEASES_KEY, text, nonce=nonce_for(m.id))
-        except FlyAPIError as e:
-            progress(f"could not record release v{release.version} on machine {m.id}: {e}")
-
-    from nixfly.fly.deploy import parallel
-
-    parallel(write, [m for m in machines if m.process_group != "fly_app_release_command"])
-    return log
+def release_log_text(release: Release, history: Sequence[Release]) -> str:
+    """The metadata value a deploy writes into every machine it creates or updates: ``release`` first, then
+    the newest of ``history`` (at most :data:`MAX_RELEASES` in all), as compact JSON."""
+    log = [release] + [r for r in history if r.version != release.version]
+    return json.dumps([r.to_json() for r in log[:MAX_RELEASES]], separators=(",", ":"), sort_keys=True)

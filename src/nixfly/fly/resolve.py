@@ -1,11 +1,19 @@
-"""Resolve a tagged image reference to its digest once, so a moving tag is never deployed."""
+"""Resolve a tagged image reference to its digest once, so a moving tag is never deployed, and read what a
+deploy must check about an image before any write (:func:`inspect_image`)."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from nixfly.errors import RegistryError
 from nixfly.registry.reference import parse_reference
+
+if TYPE_CHECKING:
+    from nixfly.registry.options import RegistryOptions
 
 
 def is_pinned(image: str) -> bool:
@@ -13,7 +21,7 @@ def is_pinned(image: str) -> bool:
     return "@" in image
 
 
-def resolve_tag(image: str) -> str:
+def resolve_tag(image: str, options: RegistryOptions | None = None) -> str:
     """``image`` pinned by digest: a ``NAME[:TAG]`` is looked up in its registry (with the usual
     credentials: registry.fly.io takes the Fly token) and the manifest bytes are checked against the
     digest the registry names. A reference that is already pinned is returned unchanged."""
@@ -24,10 +32,78 @@ def resolve_tag(image: str) -> str:
         return ref.pinned(ref.digest)
     tag = ref.tag or "latest"
     try:
-        with RegistryClient(ref.registry) as client:
+        with RegistryClient(ref.registry, options) as client:
             manifest = client.get_manifest(ref.repository, tag)
     except RegistryError as e:
         raise RegistryError(f"cannot resolve image {image} to a digest: {e}") from None
     except httpx.HTTPError as e:  # whatever the client does not map itself is still one line
         raise RegistryError(f"cannot resolve image {image} to a digest: {type(e).__name__}: {e}") from None
     return ref.pinned(manifest.digest)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a deploy must know about an image before it sends anything: how it starts and what it listens on."""
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    exposed_ports: tuple[int, ...]  # TCP and UDP port numbers the config exposes
+
+
+def inspect_image(image: str, options: RegistryOptions | None = None) -> ImageFacts:
+    """Read the manifest (by digest: the registry must have it) and the config of a pinned image, with the
+    registry's usual credentials (``--creds`` in ``options``). Through an index, the linux/amd64 entry
+    (what Fly Machines run). RegistryError, one line, when the registry does not have the digest or cannot
+    be read."""
+    from nixfly.image.platform import choose_platform
+    from nixfly.registry.client import RegistryClient
+
+    ref = parse_reference(image)
+    if ref.digest is None:
+        raise RegistryError(f"image {image} is not pinned by digest")
+    try:
+        with RegistryClient(ref.registry, options) as client:
+            try:
+                manifest = client.get_manifest(ref.repository, ref.digest)
+            except RegistryError as e:
+                if "not found" in str(e):
+                    raise RegistryError(
+                        f"registry {ref.registry} does not have image {image}: push it first (nixfly push), "
+                        "or pass the registry's credentials with --creds"
+                    ) from None
+                raise
+            body = manifest.json()
+            if isinstance(body.get("manifests"), list):
+                entry = choose_platform([e for e in body["manifests"] if isinstance(e, dict)], "linux/amd64")
+                if entry is None:
+                    raise RegistryError(f"image {image} has no linux/amd64 manifest; Fly Machines run linux/amd64")
+                manifest = client.get_manifest(ref.repository, str(entry.get("digest")))
+                body = manifest.json()
+            config = body.get("config")
+            digest = config.get("digest") if isinstance(config, dict) else None
+            if not isinstance(digest, str):
+                raise RegistryError(f"image {image}: the manifest names no config")
+            raw = client.get_blob_bytes(ref.repository, digest, max_size=4 * 1024 * 1024)
+    except RegistryError as e:
+        msg = str(e)
+        if not (msg.startswith("image ") or " does not have image " in msg):
+            msg = f"cannot read image {image}: {msg}"
+        raise RegistryError(msg) from None
+    except httpx.HTTPError as e:
+        raise RegistryError(f"cannot read image {image}: {type(e).__name__}: {e}") from None
+    try:
+        cfg = json.loads(raw).get("config") or {}
+    except (ValueError, AttributeError):
+        raise RegistryError(f"image {image}: its config is not JSON") from None
+    if not isinstance(cfg, dict):
+        cfg = {}
+    ports = []
+    for key in cfg.get("ExposedPorts") or {}:
+        number = str(key).split("/", 1)[0]
+        if number.isdigit():
+            ports.append(int(number))
+    return ImageFacts(
+        tuple(str(x) for x in cfg.get("Entrypoint") or ()),
+        tuple(str(x) for x in cfg.get("Cmd") or ()),
+        tuple(sorted(set(ports))),
+    )

@@ -3,11 +3,13 @@ only parses flags and prints.
 
 :func:`deploy` reads fly.toml (refusing unknown keys before any request is sent), finds the image (built
 and pushed, given, or ``[build] image``; a tag is resolved to its digest once), connects to the Machines
-API, creates the app if asked, assembles one MachineConfig per process group (keeping each group's
-current guest when fly.toml has no [[vm]]), works out the secrets the machines must run with (from the
-API, not from this host), plans, and — unless it is a dry run or nothing changed — carries the plan out
-and records the release in the machines' metadata. :func:`rollback`, :func:`status`,
-:func:`list_releases`, :func:`roll_secrets` and :func:`create_app` are the other Fly commands' services.
+API, reads the app (machines, secrets, volumes, and on a first deploy its addresses: nothing is written to
+learn anything), assembles one MachineConfig per process group (keeping each group's current guest when
+fly.toml has no [[vm]]), plans, checks the image in its registry, and — unless it is a dry run or nothing
+changed — carries the plan out under the app's deploy lock (one deploy per app at a time from one state
+directory), the release riding in the metadata of every machine it creates or updates.
+:func:`rollback`, :func:`status`, :func:`list_releases`, :func:`roll_secrets` and :func:`create_app` are
+the other Fly commands' services.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nixfly.errors import ConfigError, DeployError, UsageError
-from nixfly.fly.api import JSON, FlyAPIError, Machine, MachinesAPI, NotFound, resolve_api_url, resolve_token
+from nixfly.fly.api import (
+    DEFAULT_TIMEOUT,
+    JSON,
+    Machine,
+    MachinesAPI,
+    NotFound,
+    resolve_api_url,
+    resolve_token,
+)
 from nixfly.fly.deploy import Deployer, DeployResult
 from nixfly.fly.flytoml import FlyConfig, load_fly_toml
 from nixfly.fly.normal import request_form
@@ -36,9 +46,12 @@ from nixfly.fly.plan import (
     require_digest_ref,
     secrets_digest,
 )
-from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, record_release
+from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, release_log_text
 from nixfly.fly.resolve import is_pinned, resolve_tag
-from nixfly.fly.state import SecretsVersionStore, default_state_dir
+from nixfly.fly.state import SecretsVersionStore, app_lock, default_state_dir
+
+if TYPE_CHECKING:
+    from nixfly.registry.options import RegistryOptions
 
 Progress = Callable[[str], None]
 
@@ -49,13 +62,15 @@ def _quiet(_line: str) -> None:
 
 @dataclass(frozen=True)
 class Connection:
-    """Where the Machines API is and which token to use (flags; None means the environment's)."""
+    """Where the Machines API is, which token to use (flags; None means the environment's) and how long
+    one API call may take, retries included (``--timeout``)."""
 
     api_url: str | None = None
     access_token: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
 
     def open(self) -> MachinesAPI:
-        return MachinesAPI(resolve_token(self.access_token), resolve_api_url(self.api_url))
+        return MachinesAPI(resolve_token(self.access_token), resolve_api_url(self.api_url), timeout=self.timeout)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,19 @@ class DeployRequest:
     rollback_on_interrupt: bool = False
     connection: Connection = field(default_factory=Connection)
     command: str = "deploy"  # what the release log says made this release ("deploy" or "rollback")
+    lease_timeout: int | None = None  # seconds (default flyctl's 13)
+    max_unavailable: float | None = None  # overrides [deploy] max_unavailable
+    detach: bool = False
+    regions: tuple[str, ...] = ()
+    only_machines: tuple[str, ...] = ()
+    process_groups: tuple[str, ...] = ()
+    skip_release_command: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # -e KEY=VALUE, over [env]
+    ips: str = "public"  # "public", "private" (flycast) or "none" (--no-public-ips)
+    start_stopped: bool = False
+    smoke_period: float | None = None
+    registry: RegistryOptions | None = field(default=None, compare=False)  # --creds etc. for the image checks
+    check_image: bool = True
     # Builds a nixfly.toml and pushes it to a repository, returning the digest-pinned reference (pushing
     # nothing on a dry run): given by the CLI, so fly/ never imports build/.
     publish: Callable[[Path, str, bool, Progress], str] | None = field(default=None, compare=False)
@@ -88,6 +116,9 @@ class DeployOutcome:
     result: DeployResult | None = None  # None for a dry run or when nothing changed
     release: Release | None = None
     resolved_from: str | None = None  # the tag the image was resolved from, if it was one
+
+    def with_source(self, resolved_from: str | None) -> DeployOutcome:
+        return replace(self, resolved_from=resolved_from)
 
     def to_json(self) -> JSON:
         if self.result is not None:
@@ -109,38 +140,36 @@ def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyCo
     return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
 
 
-def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress) -> tuple[str, str | None]:
-    """The digest-pinned image to deploy, and the tag it was resolved from (if any)."""
+def _image_for(req: DeployRequest, cfg: FlyConfig, app: str, progress: Progress) -> tuple[str, str | None, bool]:
+    """The digest-pinned image to deploy, the tag it was resolved from (if any), and whether the registry
+    can be asked about it (not for an image a dry run built and did not push)."""
     image, build_path = req.image, req.build_path
     if image is None and build_path is None:
         image = cfg.build.image if cfg.build is not None else None
         if image is None and Path("nixfly.toml").is_file():
+            here = Path.cwd().resolve()
+            if req.config_path.resolve().parent != here:
+                # The nixfly.toml next to the user is not necessarily this app's: deploying it would put
+                # one app's image on another app.
+                raise UsageError(
+                    f"{req.config_path} is not next to ./nixfly.toml: pass --build PATH or "
+                    "--image NAME@sha256:... to say which image app " + app + " runs"
+                )
             build_path = Path("nixfly.toml")
     if image is None and build_path is not None:
         if req.publish is None:
             raise UsageError(f"cannot build {build_path} here: pass --image NAME@sha256:...")
         image = req.publish(build_path, req.push_to or f"registry.fly.io/{app}", req.dry_run, progress)
+        if req.dry_run:
+            # Built but not pushed: there is nothing in the registry to check yet.
+            return require_digest_ref(image), None, False
     if image is None:
         raise UsageError("no image to deploy: pass --image NAME@sha256:... (from nixfly push) or --build nixfly.toml")
     if is_pinned(image):
-        return require_digest_ref(image), None
-    pinned = require_digest_ref(resolve_tag(image))
+        return require_digest_ref(image), None, True
+    pinned = require_digest_ref(resolve_tag(image, req.registry))
     progress(f"resolved {image} to {pinned}")
-    return pinned, image
-
-
-def _machines_or_create(api: MachinesAPI, app: str, req: DeployRequest, progress: Progress) -> list[Machine]:
-    try:
-        return api.list_machines(app)
-    except NotFound:
-        if not req.create_app or req.dry_run:
-            raise DeployError(
-                f"app {app} does not exist on Fly.io; create it with `nixfly apps create {app}` "
-                "or deploy with --create-app"
-            ) from None
-    api.create_app(app, req.org)
-    progress(f"created app {app} in org {req.org}")
-    return api.list_machines(app)
+    return pinned, image, True
 
 
 def current_guests(machines: Sequence[Machine]) -> dict[str, JSON]:
@@ -167,14 +196,20 @@ def _meta(m: Machine, key: str) -> str | None:
 
 
 def secrets_state(
-    api: MachinesAPI, app: str, machines: Sequence[Machine], *, progress: Progress = _quiet
+    api: MachinesAPI,
+    app: str,
+    machines: Sequence[Machine],
+    *,
+    progress: Progress = _quiet,
+    state_dir: Path | None = None,
 ) -> tuple[int | None, str | None]:
     """(secrets version, digest of the secrets) the machines must run with; (None, None) without secrets.
 
-    The digest comes from the API's secret list (names and value digests). When a machine already runs
-    with that digest, its recorded version is reused; otherwise the app's current version is read from
-    the API — never from this host, so a deploy from CI sees a ``secrets set`` made on a laptop. Only if
-    the API will not say does the version this host last saw (``nixfly secrets``) stand in for it."""
+    Nothing is written to learn them. The digest comes from the API's secret list (names and value
+    digests). The version is the one a machine already running with that digest records, else the one
+    ``nixfly secrets set`` on this host last got back, else none: then no ``min_secrets_version`` is sent
+    and the machines get the app's current secrets, as flyctl does when it has no local record
+    (internal/appsecrets). The digest still tells the plan that the secrets changed."""
     secrets = api.list_secrets(app)
     if not secrets:
         return None, None
@@ -183,12 +218,8 @@ def secrets_state(
         version = _meta(m, SECRETS_VERSION_KEY)
         if _meta(m, SECRETS_DIGEST_KEY) == digest and version is not None and version.isdigit():
             return int(version), digest
-    try:
-        return api.secrets_version(app), digest
-    except FlyAPIError as e:
-        local = SecretsVersionStore(default_state_dir(), app).get()
-        progress(f"cannot read the secrets version from the API ({e}); using {local if local else 'none'}")
-        return local, digest
+    local = SecretsVersionStore(state_dir or default_state_dir(), app).get()
+    return local, digest
 
 
 def settings_for(
@@ -205,12 +236,20 @@ def settings_for(
     volumes = volume_requests(cfg, image)
 
     deploy_cfg = cfg.deploy
-    argv = deploy_cfg.release_command_argv()
+    argv = None if req.skip_release_command else deploy_cfg.release_command_argv()
     strategy: Any = req.strategy or deploy_cfg.strategy
+    extra: dict[str, Any] = {}
+    if req.lease_timeout is not None:
+        extra["lease_ttl"] = req.lease_timeout
+    if req.smoke_period is not None:
+        extra["smoke_period"] = req.smoke_period
+    max_unavailable: float | int = deploy_cfg.max_unavailable
+    if req.max_unavailable is not None:
+        max_unavailable = int(req.max_unavailable) if req.max_unavailable > 1 else req.max_unavailable
     return DeploySettings(
         app=app,
         strategy=strategy,
-        max_unavailable=deploy_cfg.max_unavailable,
+        max_unavailable=max_unavailable,
         wait_timeout=req.wait_timeout if req.wait_timeout is not None else deploy_cfg.wait_timeout,
         release_command=tuple(argv) if argv else None,
         region=cfg.primary_region or "ams",
@@ -220,26 +259,125 @@ def settings_for(
         volume_extra=tuple((name, {k: x for k, x in v.items() if k != "size_gb"}) for name, v in volumes.items()),
         ha=req.ha,
         rollback_on_interrupt=req.rollback_on_interrupt,
+        start_stopped=req.start_stopped,
+        only_machines=req.only_machines,
+        process_groups=req.process_groups,
+        regions=req.regions,
+        detach=req.detach,
+        ips=req.ips,
+        org=req.org if req.create_app else None,
+        **extra,
     )
+
+
+def check_image(image: str, desired: dict[str, JSON], cfg: FlyConfig, req: DeployRequest, progress: Progress) -> None:
+    """Before any write: the registry must have the image (by digest), each group must have something to
+    run (the image's entrypoint or cmd, or a command from fly.toml), and a service's internal_port should
+    be one the image exposes (a warning: images need not declare their ports)."""
+    from nixfly.errors import RegistryError
+    from nixfly.fly.resolve import inspect_image
+
+    try:
+        facts = inspect_image(image, req.registry)
+    except RegistryError as e:
+        if str(e).startswith("cannot read image"):  # unreachable or refused, not "does not have"
+            raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
+                                "reading it; nothing was changed)") from None  # fmt: skip
+        raise
+    for group, config in sorted(desired.items()):
+        init = config.get("init") if isinstance(config.get("init"), dict) else {}
+        assert isinstance(init, dict)
+        if not (facts.entrypoint or facts.cmd or init.get("cmd") or init.get("entrypoint") or init.get("exec")):
+            raise UsageError(
+                f"image {image} has no entrypoint and no cmd, and fly.toml gives group {group} no command: "
+                "the machine would have nothing to run (set [processes] or build with an entrypoint)"
+            )
+    if not facts.exposed_ports:
+        return
+    ports = sorted({int(svc["internal_port"]) for c in desired.values() for svc in c.get("services") or []
+                    if isinstance(svc, dict) and isinstance(svc.get("internal_port"), int)})  # fmt: skip
+    for port in ports:
+        if port not in facts.exposed_ports:
+            exposed = ", ".join(str(p) for p in facts.exposed_ports)
+            progress(f"warning: internal_port {port} is not a port the image exposes ({exposed}); "
+                     "the service will get no answer unless the app listens there")  # fmt: skip
+
+
+def _with_env(desired: dict[str, JSON], env: Sequence[tuple[str, str]]) -> dict[str, JSON]:
+    """``-e KEY=VALUE`` over fly.toml's [env], on every group (flyctl: determineAppConfigForMachines)."""
+    for config in desired.values():
+        for key, value in env:
+            config.setdefault("env", {})[key] = value
+    return desired
 
 
 def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path | None = None) -> DeployOutcome:
     """Plan and (unless a dry run, or nothing changed) carry out a deploy; see the module docstring."""
     cfg = load_config(req.config_path, allow_unknown_keys=req.allow_unknown_keys)
     app = cfg.app_name(req.app)
-    image, resolved_from = _image_for(req, cfg, app, progress)
+    image, resolved_from, checkable = _image_for(req, cfg, app, progress)
+    if not checkable:
+        req = replace(req, check_image=False)
+    state = state_dir or default_state_dir()
     with req.connection.open() as api:
-        machines = _machines_or_create(api, app, req, progress)
-        secrets_version, digest = secrets_state(api, app, machines, progress=progress)
-        settings = settings_for(cfg, app, image, req, secrets_version, machines)
-        desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
-        volumes = api.list_volumes(app) if cfg.mounts else []
-        plan = plan_deploy(machines, desired, settings, volumes=volumes)
-        if req.dry_run or plan.empty:
-            if plan.empty and not req.dry_run:
-                progress(f"no change: {len(plan.unchanged)} machine(s) already run {image}")
-            return DeployOutcome(app, image, plan, resolved_from=resolved_from)
-        return _carry_out(api, plan, settings, req, app_releases(machines), resolved_from, progress, state_dir)
+        if req.dry_run:
+            return _plan(api, cfg, app, image, req, progress, state)[0].with_source(resolved_from)
+        # One deploy per app at a time from this state directory: a second one waits, then plans afresh.
+        wait = (req.wait_timeout if req.wait_timeout is not None else cfg.deploy.wait_timeout) + 60
+        with app_lock(state, app, timeout=wait, progress=progress):
+            outcome, settings, history = _plan(api, cfg, app, image, req, progress, state)
+            if outcome.plan.empty:
+                progress(f"no change: {len(outcome.plan.unchanged)} machine(s) already run {image}")
+                return outcome.with_source(resolved_from)
+            if outcome.plan.create_app:
+                api.create_app(app, req.org)
+                progress(f"created app {app} in org {req.org}")
+            return _carry_out(api, outcome.plan, settings, req, history, resolved_from, progress, state)
+
+
+def _plan(
+    api: MachinesAPI, cfg: FlyConfig, app: str, image: str, req: DeployRequest, progress: Progress, state: Path
+) -> tuple[DeployOutcome, DeploySettings, list[Release]]:
+    """Read the app (nothing is written) and plan the deploy."""
+    from nixfly.fly.plan import plan_ips
+
+    create_app = False
+    try:
+        machines = api.list_machines(app)
+    except NotFound:
+        if not req.create_app:
+            raise DeployError(
+                f"app {app} does not exist on Fly.io; create it with `nixfly apps create {app}` "
+                "or deploy with --create-app"
+            ) from None
+        machines, create_app = [], True
+    if create_app:
+        secrets_version, digest = None, None
+    else:
+        secrets_version, digest = secrets_state(api, app, machines, progress=progress, state_dir=state)
+    settings = settings_for(cfg, app, image, req, secrets_version, machines)
+    desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
+    desired = _with_env(desired, req.env)
+    volumes = api.list_volumes(app) if cfg.mounts and not create_app else []
+    ips: tuple[str, ...] = ()
+    notes: list[str] = []
+    # A first deploy (no machine yet): flyctl's isFirstDeploy (internal/command/deploy/machines.go).
+    first = not [m for m in machines if m.process_group != RELEASE_GROUP]
+    if first and not settings.filtered:
+        has_services = any(c.get("services") for c in desired.values())
+        existing = api.list_ips(app) if has_services and not create_app and req.ips != "none" else []
+        ips, note = plan_ips(desired, existing, req.ips)
+        if note:
+            notes.append(note)
+    history = app_releases(machines)
+    plan = plan_deploy(machines, desired, settings, volumes=volumes, ips=ips, create_app=create_app, notes=notes)
+    if req.check_image and (req.dry_run or not plan.empty):
+        check_image(image, desired, cfg, req, progress)  # before any write
+    for n in notes:
+        progress(n)
+    release = new_release(history, image, settings.strategy, "deployed", req.command)
+    settings = replace(settings, release_log=release_log_text(release, history))
+    return DeployOutcome(app, image, plan), settings, history
 
 
 def _carry_out(
@@ -250,28 +388,18 @@ def _carry_out(
     history: list[Release],
     resolved_from: str | None,
     progress: Progress,
-    state_dir: Path | None,
+    state_dir: Path,
 ) -> DeployOutcome:
-    app = settings.app
-    deployer = Deployer(api, plan, settings, state_dir=state_dir or default_state_dir(), progress=progress)
-    outcome = "failed"
-    try:
-        result = deployer.run()
-        outcome = "deployed"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    finally:
-        release: Release | None = None
-        if deployer.touched:  # a deploy stopped before changing anything (a foreign lease) is no release
-            release = new_release(history, plan.image, settings.strategy, outcome, req.command)
-            try:
-                record_release(api, app, release, progress=progress)
-            except DeployError as e:
-                progress(f"could not record release v{release.version}: {e}")
+    """Run the plan. The release is recorded by the creates and updates themselves (their metadata), so a
+    machine that runs this deploy's config always carries it; nothing is written after."""
+    deployer = Deployer(api, plan, settings, state_dir=state_dir, progress=progress)
+    result = deployer.run()
+    release: Release | None = new_release(history, plan.image, settings.strategy, "deployed", req.command)
+    if not (result.created or result.updated):
+        release = None  # nothing carries it (only destroys, or addresses)
     if release is not None:
-        progress(f"release v{release.version}: {plan.image} ({settings.strategy}) {outcome}")
-    return DeployOutcome(app, plan.image, plan, result, release, resolved_from)
+        progress(f"release v{release.version}: {plan.image} ({settings.strategy}) deployed")
+    return DeployOutcome(plan.app, plan.image, plan, result, release, resolved_from)
 
 
 # -- rollback, releases, status -------------------------------------------------------------------
@@ -337,10 +465,19 @@ class AppStatus:
     app: str
     machines: tuple[MachineStatus, ...]
     last_release: Release | None
+    ips: tuple[JSON, ...] = ()  # the app's addresses: {"ip", "type"} (public v6/v4, shared v4, private)
 
     def to_json(self) -> JSON:
         return {"app": self.app, "last_release": self.last_release.to_json() if self.last_release else None,
-                "machines": [m.to_json() for m in self.machines]}  # fmt: skip
+                "ips": list(self.ips), "machines": [m.to_json() for m in self.machines]}  # fmt: skip
+
+
+def ip_kind(item: JSON) -> str:
+    """How ``fly ips list`` would call an address: shared IPv4, private/public IPv6, (dedicated) IPv4."""
+    ip = str(item.get("ip", ""))
+    if ":" in ip:
+        return "private IPv6" if ip.lower().startswith("fdaa:") else "public IPv6"
+    return "shared IPv4" if item.get("shared") else "dedicated IPv4"
 
 
 def status(connection: Connection, app: str) -> AppStatus:
@@ -349,6 +486,7 @@ def status(connection: Connection, app: str) -> AppStatus:
             machines = api.list_machines(app)
         except NotFound:
             raise DeployError(f"app {app} does not exist on Fly.io") from None
+        ips = tuple({"ip": str(i.get("ip", "")), "type": ip_kind(i)} for i in api.list_ips(app))
     last = last_deployed(app_releases(machines))
     rows = []
     for m in sorted(machines, key=lambda m: (m.process_group, m.region, m.id)):
@@ -358,7 +496,7 @@ def status(connection: Connection, app: str) -> AppStatus:
         matches = last is not None and m.image == last.image
         version = _meta(m, SECRETS_VERSION_KEY)
         rows.append(MachineStatus(m.id, m.process_group, m.region, m.state, m.image, checks, version, matches))
-    return AppStatus(app, tuple(rows), last)
+    return AppStatus(app, tuple(rows), last, ips)
 
 
 # -- apps and secrets -----------------------------------------------------------------------------

@@ -195,6 +195,7 @@ class Authenticator:
         self._fetch = fetch
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
+        self._pushing: set[str] = set()  # repositories this client pushes to (see push_session)
         self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
         self.tokens_fetched = 0
@@ -207,8 +208,22 @@ class Authenticator:
                 self._challenge = ch
                 return
 
+    def push_session(self, repository: str) -> None:
+        """This client is about to push to ``repository``: its reads there ask for the push scope as well, so
+        one token serves the whole operation (layer index, uploads, manifest, SBOM) instead of one per scope."""
+        with self._lock:
+            self._pushing.add(repository)
+
+    def _widened(self, scope: str) -> str:
+        if not self._pushing:
+            return scope
+        parts = [f"repository:{s[11:-5]}:pull,push" if s.startswith("repository:") and s.endswith(":pull")
+                 and s[11:-5] in self._pushing else s for s in scope.split(" ")]  # fmt: skip
+        return " ".join(dict.fromkeys(parts))
+
     def authorization(self, scope: str) -> str | None:
         """The Authorization header to send for ``scope`` now (fetching a token if the registry wants one)."""
+        scope = self._widened(scope)
         ch = self._challenge
         if ch is None:
             return None
@@ -231,7 +246,7 @@ class Authenticator:
     def unauthorized(self, response: httpx.Response, scope: str) -> None:
         """A request was refused with 401: drop the cached token and adopt the new challenge."""
         with self._lock:
-            self._tokens.pop(scope, None)
+            self._tokens.pop(self._widened(scope), None)
         self.learn(response)
 
     def _fetch_token(self, ch: Challenge, scope: str) -> tuple[str, float]:

@@ -26,7 +26,6 @@ Distribution-spec facts relied on here:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,19 +34,21 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
 from nixfly.errors import ImageError, RegistryError, UsageError, excerpt
-from nixfly.image.digest import VerifyingReader, sha256_digest
-from nixfly.image.growing import GrowingBlob, GrowingReader
+from nixfly.image.digest import sha256_digest
+from nixfly.image.growing import GrowingBlob
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixfly.limits import ACCEPT_ENCODING, DEFAULT_MAX, MANIFEST_MAX, TAGS_MAX, TOKEN_MAX, read_response
+from nixfly.registry import upload
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.options import RegistryOptions as RegistryOptions  # re-exported: its old home
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
+from nixfly.registry.wire import NoteFn, ProgressFn, registry_error_text
 from nixfly.retry import (
     Transient,
     TransportFailure,
@@ -61,37 +62,6 @@ from nixfly.retry import (
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST))
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MiB = 1 << 20
-IO_CHUNK = 256 * 1024  # bytes per read/write step: bounds memory per transfer whatever the blob size
-
-# Called with (digest, bytes completed so far) as blob bytes go out or come in.
-ProgressFn = Callable[[str, int], None]
-# Called with (digest, one line) when something about a transfer is worth telling (a restart from 0).
-NoteFn = Callable[[str, str], None]
-
-
-def parse_range(value: str | None) -> int | None:
-    """How many bytes an upload session holds, from its ``Range: 0-<last>`` header (None if absent/odd).
-
-    ``0-0`` is an empty session (distribution's convention); ``0-(n-1)`` is n bytes.
-    """
-    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", (value or "").strip())
-    if not m:
-        return None
-    last = int(m.group(1))
-    return 0 if last == 0 else last + 1
-
-
-def registry_error_text(resp: httpx.Response) -> str:
-    """``CODE: message`` from a distribution error body, or a short note about what came back."""
-    try:
-        body = resp.json()
-        errs = body.get("errors") if isinstance(body, dict) else None
-        if isinstance(errs, list) and errs and isinstance(errs[0], dict):
-            e = errs[0]
-            return f"{e.get('code', 'UNKNOWN')}: {excerpt(str(e.get('message', '')), 200)}"
-    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
-        pass
-    return f"HTTP {resp.status_code}"
 
 
 @dataclass(frozen=True)
@@ -504,43 +474,9 @@ class RegistryClient:
         progress: ProgressFn | None = None,
         note: NoteFn | None = None,
     ) -> int:
-        """Upload a blob; returns how many body bytes were sent (retransmissions included).
-
-        Small blobs go in one PUT, large ones in PATCH chunks. After any failure we ask the registry what
-        it already has (the blob itself, or how far the session got) and carry on from there; only when the
-        registry forgot the session does the blob start again from byte 0 (``note`` is told). The retry
-        budget resets whenever the registry confirms bytes it had not confirmed before, so a push fails
-        only when the registry stops making progress. The bytes read are hashed: if they do not match
-        ``digest`` the upload is abandoned with an ImageError.
-        """
-        state = _UploadState(digest, size, opener, progress)
-        state.location = location
-
-        def attempt() -> int:
-            try:
-                if state.failed and self._resync(repo, state, note):
-                    return state.sent  # the registry finished it even though we did not hear back
-                if state.location is None:
-                    state.location = self.start_upload(repo)
-                    state.offset = 0
-                if state.offset == 0 and size <= self.options.monolithic_max:
-                    self._put_whole(repo, state)
-                else:
-                    self._put_chunks(repo, state)
-                return state.sent
-            except Transient:
-                state.failed = True
-                raise
-
-        try:
-            return self.policy.run(
-                attempt,
-                progress=lambda: state.confirmed,  # grows with every byte the registry confirms
-                on_retry=self.retry_notice,
-            give_up=lambda t, n: self.fail(f"upload of {digest} to {repo} failed after {n} attempts: {t.what}"),
-            )
-        finally:
-            state.close()
+        """Upload a blob; returns how many body bytes were sent (retransmissions included). The state
+        machine (one PUT or PATCH chunks, resuming, restarting a lost session) is ``registry/upload.py``."""
+        return upload.upload_blob(self, repo, digest, size, opener, location=location, progress=progress, note=note)
 
     def upload_growing(
         self,
@@ -550,146 +486,9 @@ class RegistryClient:
         progress: Callable[[int], None] | None = None,
         note: NoteFn | None = None,
     ) -> tuple[str, int]:
-        """Upload a blob while its writer is still producing it: a PATCH per whole chunk as soon as the
-        chunk is written, then, once the writer has finished and the digest is known, the last chunk and the
-        PUT with the digest. Returns (digest, body bytes sent). Failures are handled as in
-        :meth:`upload_blob` (resume where the registry says it is, restart if it lost the session); every
-        byte sent is hashed and the PUT is not made unless the bytes match the digest the writer reported.
-        ``progress`` hears the bytes confirmed so far."""
-        chunk = self.options.chunk_size
-        what = blob.label or "a layer"
-        state = _UploadState("", _GROWING, lambda: cast(BinaryIO, GrowingReader(blob)), None)
-
-        def attempt() -> int:
-            try:
-                if state.failed and self._resync(repo, state, note):
-                    return state.sent
-                if state.location is None:
-                    state.location = self.start_upload(repo)
-                    state.offset = 0
-                while True:
-                    have = blob.wait(state.offset + chunk)
-                    if blob.done and state.size == _GROWING:
-                        state.digest, state.size = blob.digest or "", have
-                    if state.offset >= have:
-                        break
-                    self._patch(repo, state, min(have, state.offset + chunk))
-                    if progress is not None:
-                        progress(state.offset)
-                state.check_complete()
-                self._close_session(repo, state)
-                return state.sent
-            except Transient:
-                state.failed = True
-                raise
-
-        try:
-            sent = self.policy.run(
-                attempt,
-                progress=lambda: state.confirmed,
-                on_retry=self.retry_notice,
-                give_up=lambda t, n: self.fail(f"upload of {what} to {repo} failed after {n} attempts: {t.what}"),
-            )
-        finally:
-            state.close()
-        return state.digest, sent
-
-    def _chunk_accepted(self, repo: str, resp: httpx.Response, state: _UploadState, end: int) -> None:
-        """Check a PATCH answer and advance ``state`` to what the registry says it holds."""
-        if resp.status_code in (404, 416):
-            raise Transient("upload session expired" if resp.status_code == 404 else "chunk out of order")
-        if resp.status_code != 202:
-            raise self.fail(f"upload of {state.digest or 'a layer'} to {repo}: {registry_error_text(resp)}")
-        # The newest Location carries the session state a resume needs; the server's count of what it
-        # holds wins over ours.
-        state.location = resp.headers.get("location") or state.location
-        held = parse_range(resp.headers.get("range"))
-        state.offset = end if held is None else held
-        state.confirm(state.offset)
-
-    def _resync(self, repo: str, state: _UploadState, note: NoteFn | None) -> bool:
-        """After a failure: True if the blob is already there; else set offset/location to carry on from.
-        (A blob still being written has no digest yet: only its session can be asked.)"""
-        if state.digest and self.has_blob(repo, state.digest, state.size, push=True):
-            return True
-        if state.location is not None:
-            resp = self._attempt("GET", state.location, self.push_scope(repo), repeatable=True)
-            held = parse_range(resp.headers.get("range")) if resp.status_code == 204 else None
-            if held is not None and held <= state.size:
-                state.offset = held
-                state.location = resp.headers.get("location") or state.location
-                state.confirm(held)
-                return False
-        # The session is gone (distribution, for one, refuses a Location whose signed state is older than the
-        # session, which is what a lost PATCH answer leaves us with): start again from byte 0.
-        if state.offset > 0 or state.session_confirmed > 0:
-            state.restarts += 1
-            if state.restarts > max(3, self.policy.retries):
-                raise self.fail(f"upload of {state.digest} to {repo}: the registry lost the upload session "
-                                f"{state.restarts} times")  # fmt: skip
-            if note is not None:
-                note(state.digest, f"the registry lost the upload session at byte {state.offset}; restarting from 0")
-        state.offset, state.location, state.session_confirmed = 0, None, 0
-        return False
-
-    def _put_whole(self, repo: str, state: _UploadState) -> None:
-        assert state.location is not None
-        resp = self._attempt(
-            "PUT",
-            state.location,
-            self.push_scope(repo),
-            params={"digest": state.digest},
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(state.size)},
-            content=state.body(0, state.size),
-            repeatable=True,  # the upload loop re-reads the session's state before any repeat
-        )
-        self._check_finished(repo, resp, state)
-
-    def _put_chunks(self, repo: str, state: _UploadState) -> None:
-        assert state.location is not None
-        while state.offset < state.size:
-            self._patch(repo, state, min(state.size, state.offset + self.options.chunk_size))
-        self._close_session(repo, state)
-
-    def _patch(self, repo: str, state: _UploadState, end: int) -> None:
-        """Send bytes [offset, end) of the blob as one PATCH; advance to what the registry then holds."""
-        assert state.location is not None
-        start = state.offset
-        resp = self._attempt(
-            "PATCH",
-            state.location,
-            self.push_scope(repo),
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(end - start),
-                "Content-Range": f"{start}-{end - 1}",
-            },
-            content=state.body(start, end),
-            repeatable=True,
-        )
-        self._chunk_accepted(repo, resp, state, end)
-
-    def _close_session(self, repo: str, state: _UploadState) -> None:
-        """The empty PUT with the digest that commits a chunked upload."""
-        assert state.location is not None
-        resp = self._attempt(
-            "PUT", state.location, self.push_scope(repo), params={"digest": state.digest},
-            headers={"Content-Length": "0"}, content=b"", repeatable=True,
-        )  # fmt: skip
-        self._check_finished(repo, resp, state)
-
-    def _check_finished(self, repo: str, resp: httpx.Response, state: _UploadState) -> None:
-        if resp.status_code in (404, 416):
-            raise Transient("upload session expired" if resp.status_code == 404 else "upload incomplete")
-        if resp.status_code != 201:
-            text = registry_error_text(resp)
-            if "DIGEST_INVALID" in text:
-                raise self.fail(f"rejected blob {state.digest} for {repo}: its bytes do not match the digest")
-            raise self.fail(f"upload of {state.digest} to {repo}: {text}")
-        got = resp.headers.get("docker-content-digest")
-        if got and got != state.digest:
-            raise self.fail(f"stored blob as {got}, expected {state.digest}")
-        state.confirm(state.size)
+        """Upload a blob while its writer is still producing it (``registry/upload.py``); returns (digest,
+        body bytes sent)."""
+        return upload.upload_growing(self, repo, blob, progress=progress, note=note)
 
     def open_blob(self, repo: str, digest: str, offset: int = 0) -> httpx.Response:
         """Start streaming a blob (following redirects to blob storage). The caller closes the response."""
@@ -874,106 +673,3 @@ def _next_link(header: str) -> str | None:
         if m and re.search(r'rel="?next"?', m.group(2)):
             return m.group(1)
     return None
-
-
-_GROWING = 1 << 62  # the size of a blob still being written: larger than any real one
-
-
-class _UploadState:
-    """The bytes of one blob upload: reopenable source, offset, hashing of each byte exactly once — unless
-    the source is a reader that already checks this digest (a layer's ``compressed()``): then it is trusted
-    to raise at the end, and the bytes are not hashed twice."""
-
-    def __init__(self, digest: str, size: int, opener: Callable[[], BinaryIO], progress: ProgressFn | None):
-        self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
-        self.offset = 0  # where the next body starts (the server's count when we have one)
-        self.sent = 0
-        self.confirmed = 0  # bytes the registry confirmed, summed over sessions: the retry loop's progress
-        self.session_confirmed = 0  # what the current session confirmed holding
-        self.restarts = 0  # sessions the registry lost
-        self.failed = False  # an attempt failed: re-read the registry's state before going on
-        self.location: str | None = None
-        self._hash = hashlib.sha256()
-        self._hashed = 0  # bytes [0, _hashed) went through the hash
-        self._src: BinaryIO | None = None
-        self._pos = 0
-        self._checked_by_source = False
-
-    def close(self) -> None:
-        if self._src is not None:
-            self._src.close()
-            self._src = None
-
-    def confirm(self, held: int) -> None:
-        if held > self.session_confirmed:
-            self.confirmed += held - self.session_confirmed
-            self.session_confirmed = held
-
-    def _seek(self, pos: int) -> BinaryIO:
-        src = self._src
-        if src is not None and self._pos == pos:
-            return src
-        if src is not None and src.seekable():
-            src.seek(pos)
-            self._pos = pos
-            return src
-        self.close()
-        src = self._src = self.opener()
-        self._checked_by_source = isinstance(src, VerifyingReader) and src.expected_digest == self.digest
-        self._pos = 0
-        if pos:
-            if src.seekable():
-                src.seek(pos)
-            else:
-                left = pos
-                while left:
-                    skipped = src.read(min(left, IO_CHUNK))
-                    if not skipped:
-                        raise ImageError(f"blob {self.digest} is shorter than {self.size} bytes")
-                    left -= len(skipped)
-            self._pos = pos
-        return src
-
-    def check_complete(self) -> None:
-        """Before the final PUT: every byte was hashed and the hash is the digest."""
-        if self._hashed != self.size:
-            raise ImageError(f"blob {self.digest}: {self._hashed} of {self.size} bytes were read")
-        if "sha256:" + self._hash.hexdigest() != self.digest:
-            raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
-
-    def body(self, start: int, end: int) -> Iterator[bytes]:
-        if start > self._hashed:
-            # The server holds bytes we never hashed (cannot normally happen): hash them before going on.
-            src = self._seek(self._hashed)
-            while self._hashed < start:
-                gap = src.read(min(IO_CHUNK, start - self._hashed))
-                if not gap:
-                    raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
-                if not self._checked_by_source:
-                    self._hash.update(gap)
-                self._hashed += len(gap)
-                self._pos = self._hashed
-        src = self._seek(start)
-        pos = start
-        if self.progress:
-            self.progress(self.digest, start)
-        while pos < end:
-            chunk = src.read(min(IO_CHUNK, end - pos))
-            if not chunk:
-                raise ImageError(f"blob {self.digest} is shorter than its declared {self.size} bytes")
-            new_from = self._hashed - pos
-            if new_from < len(chunk):
-                if not self._checked_by_source:
-                    self._hash.update(chunk[max(new_from, 0) :] if new_from > 0 else chunk)
-                self._hashed = pos + len(chunk)
-            pos += len(chunk)
-            self._pos = pos
-            if pos == self.size:
-                if src.read(1):
-                    raise ImageError(f"blob {self.digest} is longer than its declared {self.size} bytes")
-                if not self._checked_by_source and "sha256:" + self._hash.hexdigest() != self.digest:
-                    raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
-            self.sent += len(chunk)
-            if self.progress:
-                self.progress(self.digest, pos)
-            yield chunk

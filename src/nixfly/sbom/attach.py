@@ -8,6 +8,7 @@ does not pay for loading the SBOM library and emitting the document again."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ RENDER_KEY = "io.nixfly.sbom.render-key"
 
 if TYPE_CHECKING:
     from nixfly.build.pipeline import BuildResult
-    from nixfly.registry.client import RegistryOptions
+    from nixfly.registry.client import RegistryClient, RegistryOptions
 
 
 @dataclass
@@ -60,7 +61,8 @@ class SbomAttacher:
         self._blob = self._blob or art.blob_descriptor
         self.attached.append({"to": str(root), **attach_to_layout(root, art).to_json()})
 
-    def attach_registry(self, refs: list[str], image: Image, pinned: str, options: RegistryOptions) -> None:
+    def attach_registry(self, refs: list[str], image: Image, pinned: str, options: RegistryOptions,
+                        clients: Mapping[str, RegistryClient] | None = None) -> None:  # fmt: skip
         """Attach the SBOM in every repository ``refs`` name, unless one with the same render key is already
         attached there to the image."""
         from nixfly.sinks.referrers import attach_once
@@ -69,7 +71,7 @@ class SbomAttacher:
         _sbom, key = self._sbom(subject)
         try:
             done = attach_once(refs, MEDIA_TYPES[self.fmt], subject.digest, {RENDER_KEY: key},
-                               lambda: self.artifact(image), options)  # fmt: skip
+                               lambda: self.artifact(image), options, clients=clients)  # fmt: skip
         except NixflyError as e:
             raise NixflyError(f"pushed {pinned}, but attaching its SBOM failed: {e}") from None
         for repo, res, blob in done:
@@ -87,18 +89,3 @@ class SbomAttacher:
             "size": self._blob.size,
             "attached": self.attached,
         }
-
-
-def attach_built(
-    result: BuildResult, fmt: str, name: str | None, refs: list[str], image: Image, pinned: str,
-    options: RegistryOptions,
-) -> list[str]:  # fmt: skip
-    """After ``nixfly push nixfly.toml``: attach the build's SBOM to ``image`` as pushed (``fmt`` "none":
-    nothing). Returns notes."""
-    if fmt not in ("spdx", "cyclonedx"):
-        return []
-    from nixfly.build.cache import default_cache_dir
-
-    att = SbomAttacher(result, "cyclonedx" if fmt == "cyclonedx" else "spdx", default_cache_dir(), name)
-    att.attach_registry(refs, image, pinned, options)
-    return [f"attached {fmt} SBOM {a['digest']} to {a['to']} ({a['tag'] or a['method']})" for a in att.attached]

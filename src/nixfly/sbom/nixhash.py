@@ -1,10 +1,8 @@
 """Nix's hash notations → plain hex, and ``builtins.parseDrvName``.
 
 Nix prints a SHA-256 in one of three ways: SRI (``sha256-<base64>``, what ``nix path-info --json`` gives
-since 2.4), ``sha256:<base32>`` (52 characters of Nix's own base-32, older tools and the store database) or
-``sha256:<hex>``. Nix's base-32 is not RFC 4648: its alphabet is ``0-9a-z`` without ``e o t u``, and the
-string is the hash read as one little-endian number written out in base 32, most significant digit first
-(the first character carries the highest five bits of the *last* byte).
+since 2.4), ``sha256:<base32>`` (52 characters of Nix's own base-32, ``nixfly.nixbase32``; older tools and
+the store database) or ``sha256:<hex>``.
 """
 
 from __future__ import annotations
@@ -13,47 +11,7 @@ import base64
 import binascii
 import re
 
-from nixfly.errors import NixflyError
-
-NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
-_NIX32_VALUE = {c: i for i, c in enumerate(NIX32_ALPHABET)}
-SHA256_BYTES = 32
-
-
-class HashFormatError(NixflyError):
-    """A hash string in none of the notations Nix uses."""
-
-
-def nix32_len(nbytes: int) -> int:
-    return (nbytes * 8 - 1) // 5 + 1
-
-
-def nix32_encode(data: bytes) -> str:
-    """Bytes → Nix base-32 (as ``nix hash to-base32`` prints it)."""
-    if not data:
-        return ""
-    n = int.from_bytes(data, "little")
-    out = []
-    for _ in range(nix32_len(len(data))):
-        out.append(NIX32_ALPHABET[n & 0x1F])
-        n >>= 5
-    return "".join(reversed(out))
-
-
-def nix32_decode(text: str, nbytes: int = SHA256_BYTES) -> bytes:
-    """Nix base-32 → ``nbytes`` bytes. Wrong length, foreign characters or bits beyond the hash are errors."""
-    if len(text) != nix32_len(nbytes):
-        raise HashFormatError(f"{text!r}: a {nbytes}-byte hash has {nix32_len(nbytes)} base-32 characters")
-    n = 0
-    for c in text:
-        v = _NIX32_VALUE.get(c)
-        if v is None:
-            raise HashFormatError(f"{text!r}: {c!r} is not a Nix base-32 character")
-        n = (n << 5) | v
-    if n >> (nbytes * 8):
-        raise HashFormatError(f"{text!r}: the value does not fit in {nbytes} bytes")
-    return n.to_bytes(nbytes, "little")
-
+from nixfly.nixbase32 import SHA256_BYTES, HashFormatError, nix32_decode, nix32_len
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

@@ -9,7 +9,7 @@ image if needed (a new image, a new digest), then write it to every destination.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +21,7 @@ from nixfly.transports import ArchiveLocation, LayoutLocation, Location, Registr
 if TYPE_CHECKING:
     from nixfly.image import Image
     from nixfly.image.index import ImageIndex
-    from nixfly.registry.client import RegistryOptions
+    from nixfly.registry.client import RegistryClient, RegistryOptions
     from nixfly.sinks.registry import EarlyUploads, PushProgress, PushResult
 
 @dataclass(frozen=True)
@@ -70,13 +70,14 @@ class RegistrySink:
     mount_from: tuple[str, ...] = ()
     progress: PushProgress | None = None
     early: EarlyUploads | None = None  # blobs a build already started sending to one of the references
+    clients: Mapping[str, RegistryClient] | None = None  # the caller's, one per registry (kept open)
 
     def write(self, image: Image) -> Written:
         from nixfly.sinks.registry import push_image
 
         result = push_image(
             image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress,
-            early=self.early,
+            early=self.early, clients=self.clients,
         )
         return Written(result.digest, ", ".join(result.references), result.reference, result)
 
@@ -120,21 +121,10 @@ def fly_like_destinations(locations: Sequence[Location]) -> list[str]:
     ]
 
 
-def publish_index(
-    index: ImageIndex,
-    locations: Sequence[Location],
-    *,
-    fmt: ManifestFormat | None = None,
-    options: RegistryOptions | None = None,
-    progress: PushProgress | None = None,
-    allow_index: bool = False,
-) -> tuple[ImageIndex, list[Written]]:
-    """Write a multi-platform ``index`` to every location in one format (an OCI index, or a Docker manifest
-    list for v2s2), like :func:`publish`. Everything is checked before anything is written: a docker-archive
-    cannot hold an index, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot look images
-    up through one, so pushing an index there needs ``allow_index``."""
-    from nixfly.image.index import index_with_format
-
+def check_index_destinations(locations: Sequence[Location], *, allow_index: bool, platform: str) -> None:
+    """The one place that says where a multi-platform index cannot go (asked before anything is built): a
+    docker-archive holds one image, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot
+    look images up through an index, so pushing one there needs ``allow_index``."""
     for loc in locations:
         if isinstance(loc, ArchiveLocation):
             raise UsageError(
@@ -145,8 +135,27 @@ def publish_index(
     if fly and not allow_index:
         raise UsageError(
             f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; push one platform "
-            f"with --platform {index.platforms[0]} (or pass --allow-index to push the index anyway)"
+            f"(nixfly build --platform {platform} --push), or pass build --allow-index to push the index anyway"
         )
+
+
+def publish_index(
+    index: ImageIndex,
+    locations: Sequence[Location],
+    *,
+    fmt: ManifestFormat | None = None,
+    options: RegistryOptions | None = None,
+    progress: PushProgress | None = None,
+    allow_index: bool = False,
+    clients: Mapping[str, RegistryClient] | None = None,
+) -> tuple[ImageIndex, list[Written]]:
+    """Write a multi-platform ``index`` to every location in one format (an OCI index, or a Docker manifest
+    list for v2s2), like :func:`publish`. Everything is checked before anything is written: a docker-archive
+    cannot hold an index, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot look images
+    up through one, so pushing an index there needs ``allow_index``."""
+    from nixfly.image.index import index_with_format
+
+    check_index_destinations(locations, allow_index=allow_index, platform=index.platforms[0])
     out = index_with_format(index, format_for(locations, index.entries[0].image, fmt))
     written: list[Written] = []
     for loc in locations:
@@ -159,7 +168,7 @@ def publish_index(
     if remote:
         from nixfly.sinks.registry import push_index
 
-        result = push_index(out, list(remote), options=options, progress=progress)
+        result = push_index(out, list(remote), options=options, progress=progress, clients=clients)
         written.append(Written(result.digest, ", ".join(result.references), result.reference, result))
     return out, written
 
@@ -173,6 +182,7 @@ def publish(
     mount_from: Sequence[str] = (),
     progress: PushProgress | None = None,
     early: EarlyUploads | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> tuple[Image, list[Written]]:
     """Write ``image`` to every location in one format; returns the image as written (converted when the
     format changed) and what each sink wrote — every digest is the same. ``early``: uploads a build started
@@ -182,8 +192,8 @@ def publish(
     remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
     written = [open_sink(loc).write(out) for loc in local]
     if remote:
-        written.append(RegistrySink(remote, options, tuple(mount_from), progress, early).write(out))
+        written.append(RegistrySink(remote, options, tuple(mount_from), progress, early, clients).write(out))
     return out, written
 
 
-__all__ = ["Sink", "Written", "format_for", "open_sink", "publish", "publish_index"]
+__all__ = ["Sink", "Written", "check_index_destinations", "format_for", "open_sink", "publish", "publish_index"]

@@ -70,9 +70,11 @@ def _entries_from(blob: bytes) -> dict[str, IndexEntry]:
 class RegistryLayerIndex:
     """The layer index of one repository: ``lookup`` is what ``build_image(known=…)`` asks."""
 
-    def __init__(self, ref: Reference, options: RegistryOptions | None = None) -> None:
+    def __init__(self, ref: Reference, options: RegistryOptions | None = None,
+                 client: RegistryClient | None = None) -> None:  # fmt: skip
+        """``client``: the caller's client for ``ref``'s registry (one client for a whole push)."""
         self.ref = ref
-        self.client = RegistryClient(ref.registry, options)
+        self.client = client or RegistryClient(ref.registry, options)
         self.entries: dict[str, IndexEntry] = {}
         self.note: str | None = None  # why the index could not be used, if it could not
         self._checked: dict[str, Layer | None] = {}
@@ -122,7 +124,8 @@ class RegistryLayerIndex:
             self._checked[key] = layer
         return layer
 
-    def save(self, layers: Iterable[tuple[str, Layer]], ref: Reference | None = None) -> None:
+    def save(self, layers: Iterable[tuple[str, Layer]], ref: Reference | None = None,
+             client: RegistryClient | None = None) -> None:  # fmt: skip
         """Record ``(cache key, layer)`` pairs (newest first) in the index of ``ref`` (default: this one's
         repository), keeping the entries already there that still fit."""
         target = ref or self.ref
@@ -130,7 +133,7 @@ class RegistryLayerIndex:
         if same:
             client, existing = self.client, self.entries
         else:
-            other = RegistryLayerIndex(target, self.client.options).load()
+            other = RegistryLayerIndex(target, self.client.options, client=client).load()
             client, existing = other.client, other.entries
         fresh = {k: IndexEntry(lyr.digest, lyr.diff_id, lyr.size, lyr.uncompressed_size, lyr.media_type)
                  for k, lyr in layers if k}  # fmt: skip

@@ -272,11 +272,12 @@ def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) ->
 
 
 def attach_to_references(
-    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None
-) -> list[tuple[str, AttachResult]]:
+    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
+) -> list[tuple[str, AttachResult]]:  # fmt: skip
     """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
     done = attach_once(refs, artifact.artifact_type, artifact.subject.digest, {}, lambda: artifact, options,
-                       look_first=False)  # fmt: skip
+                       look_first=False, clients=clients)  # fmt: skip
     return [(repo, res) for repo, res, _blob in done]
 
 
@@ -289,6 +290,7 @@ def attach_once(
     options: RegistryOptions | None = None,
     *,
     look_first: bool = True,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> list[tuple[str, AttachResult, Descriptor]]:
     """In every repository ``refs`` name: the artifact already attached there (see
     :func:`find_registry_artifact`, with ``look_first``), else ``make()``'s artifact attached — made at
@@ -302,11 +304,14 @@ def attach_once(
         ref = parse_reference(r)
         repos.setdefault((ref.registry, ref.repository), None)
     out: list[tuple[str, AttachResult, Descriptor]] = []
-    clients: dict[str, RegistryClient] = {}
+    given = dict(clients or {})  # the caller's: kept open
+    mine: dict[str, RegistryClient] = {}
     made: list[Artifact] = []
     try:
         for registry, repo in repos:
-            client = clients.get(registry) or clients.setdefault(registry, RegistryClient(registry, options))
+            client = given.get(registry) or mine.get(registry) or mine.setdefault(
+                registry, RegistryClient(registry, options)
+            )
             found = find_registry_artifact(client, repo, subject_digest, artifact_type, match) if look_first else None
             if found is not None:
                 out.append((f"{registry}/{repo}", *found))
@@ -316,7 +321,7 @@ def attach_once(
             art = made[0]
             out.append((f"{registry}/{repo}", attach_to_registry(client, repo, art), art.blob_descriptor))
     finally:
-        for c in clients.values():
+        for c in mine.values():
             c.close()
     return out
 
@@ -449,8 +454,9 @@ def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
 
 
 def carry_layout_referrers(
-    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions
-) -> list[str]:
+    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions,
+    clients: Mapping[str, RegistryClient] | None = None,
+) -> list[str]:  # fmt: skip
     """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the
     registry too. A push that changed the manifest (another format) cannot: the SBOM names the layout's
     digest. Returns notes for the user."""
@@ -463,7 +469,7 @@ def carry_layout_referrers(
     notes = []
     for art in arts:
         try:
-            done = attach_to_references(refs, art, options)
+            done = attach_to_references(refs, art, options, clients)
         except NixflyError as e:  # the image is pushed: say so
             raise NixflyError(f"pushed {pushed_digest}, but attaching its {art.artifact_type} failed: {e}") from None
         notes += [f"attached {art.artifact_type} {r.digest} to {repo} ({r.tag or r.method})" for repo, r in done]

@@ -31,8 +31,9 @@ from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.image.index import ImageIndex
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.image.model import BlobOrigin, Mountable
-from nixfly.registry.client import ProgressFn, RegistryClient, RegistryOptions
+from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
+from nixfly.registry.wire import ProgressFn
 
 BlobOutcome = Literal["uploaded", "skipped", "mounted"]
 
@@ -90,6 +91,7 @@ def push_image(
     mount_from: Sequence[str] = (),
     progress: PushProgress | None = None,
     early: EarlyUploads | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> PushResult:
     """Push ``image`` to every reference in ``refs`` (several tags, or repositories, at once).
 
@@ -102,17 +104,21 @@ def push_image(
     if fmt is not None:
         image = with_format(image, fmt)
     done: Mapping[str, tuple[BlobOutcome, int]] = {}
-    clients: dict[str, RegistryClient] = {}
+    shared: dict[str, RegistryClient] = dict(clients or {})
     if early is not None:
         done = early.finish()
-        clients[early.client.registry] = early.client
+        shared[early.client.registry] = early.client
 
     def blobs(client: RegistryClient, repo: str, prog: PushProgress, totals: dict[str, int]) -> None:
         here = early is not None and client is early.client and repo == early.repository
         _push_blobs(client, repo, image, mount_from, prog, totals, done if here else {})
 
-    return _push_manifest(refs, image.manifest_bytes(), image.media_type, image.format, blobs, options, progress,
-                          "the image's manifest digest", clients)  # fmt: skip
+    try:
+        return _push_manifest(refs, image.manifest_bytes(), image.media_type, image.format, blobs, options,
+                              progress, "the image's manifest digest", shared)  # fmt: skip
+    finally:
+        if early is not None:
+            early.close()
 
 
 def push_index(
@@ -121,6 +127,7 @@ def push_index(
     *,
     options: RegistryOptions | None = None,
     progress: PushProgress | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> PushResult:
     """Push a multi-platform ``index`` (exactly its bytes and its images') to every reference in ``refs``.
 
@@ -133,7 +140,7 @@ def push_index(
             client.put_manifest(repo, image.manifest_digest(), image.manifest_bytes(), image.media_type)
 
     return _push_manifest(refs, index.manifest_bytes(), index.media_type, index.format, blobs, options, progress,
-                          "the index's digest")  # fmt: skip
+                          "the index's digest", clients)  # fmt: skip
 
 
 def _push_manifest(
@@ -145,10 +152,11 @@ def _push_manifest(
     options: RegistryOptions | None,
     progress: PushProgress | None,
     what: str,
-    clients: dict[str, RegistryClient] | None = None,
+    clients: Mapping[str, RegistryClient] | None = None,
 ) -> PushResult:
     """Per repository (one client per registry): ``put_blobs`` first, then the manifest ``data`` under
-    every tag — so no manifest is written before what it names is there."""
+    every tag — so no manifest is written before what it names is there. ``clients`` are the caller's (one
+    per registry, kept open); the ones made here are closed here."""
     if not refs:
         raise UsageError("push needs at least one destination reference")
     parsed = [parse_reference(r) if isinstance(r, str) else r for r in refs]
@@ -158,7 +166,8 @@ def _push_manifest(
             raise UsageError(f"{r} names digest {r.digest}, but {what} is {digest}")
     opts = options or RegistryOptions()
     prog = progress or PushProgress()
-    clients = {} if clients is None else clients
+    given = dict(clients or {})
+    clients = dict(given)
     totals = {"uploaded": 0, "bytes": 0, "skipped": 0, "mounted": 0}
     pushed: list[str] = []
     try:
@@ -172,8 +181,9 @@ def _push_manifest(
                 client.put_manifest(repo, r.tag or r.digest or digest, data, media_type)
                 pushed.append(f"{r.name}:{r.tag}" if r.tag else f"{r.name}@{digest}")
     finally:
-        for c in clients.values():
-            c.close()
+        for registry, c in clients.items():
+            if given.get(registry) is not c:
+                c.close()
     return PushResult(
         digest=digest,
         reference=parsed[0].pinned(digest),
@@ -276,10 +286,13 @@ class EarlyUploads:
     while the other has work. The first failure stops taking new work and is raised by ``check``/``finish``.
     """
 
-    def __init__(self, ref: Reference, options: RegistryOptions | None = None, progress: PushProgress | None = None):
+    def __init__(self, ref: Reference, options: RegistryOptions | None = None, progress: PushProgress | None = None,
+                 client: RegistryClient | None = None):  # fmt: skip
+        """``client``: the caller's client for ``ref``'s registry (kept open), else one of our own."""
         self.ref = ref
         self.repository = ref.repository
-        self.client = RegistryClient(ref.registry, options or RegistryOptions())
+        self._own_client = client is None
+        self.client = client or RegistryClient(ref.registry, options or RegistryOptions())
         self._prog = progress or PushProgress()
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.client.options.parallel),
                                         thread_name_prefix="nixfly-early")  # fmt: skip
@@ -376,7 +389,12 @@ class EarlyUploads:
             if self._error is None:
                 self._error = RegistryError("push abandoned")
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close the client, if it is our own."""
+        if self._own_client:
+            self.client.close()
 
     def _close_blobs(self) -> None:
         for blob in self._growing:

@@ -22,8 +22,9 @@ from nixfly.image.digest import check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
 from nixfly.image.model import BlobOrigin, uncompressed_reader
 from nixfly.image.platform import choose_platform, entry_platforms, host_platform
-from nixfly.registry.client import IO_CHUNK, Manifest, RegistryClient, RegistryOptions
+from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, parse_reference
+from nixfly.registry.wire import IO_CHUNK
 
 
 @dataclass(frozen=True)

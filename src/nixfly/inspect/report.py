@@ -11,21 +11,17 @@ hashing both sides on the way so the digest and diff_id are checked as a by-prod
 
 from __future__ import annotations
 
-import posixpath
 import re
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-import zstandard
-
-from nixfly.errors import ImageError, UsageError
+from nixfly.errors import ImageError
 from nixfly.fsutil import load_json
 from nixfly.image import Image
-from nixfly.image.compression import decompressing_reader
-from nixfly.image.digest import HashingReader
+from nixfly.inspect.stream import read_layer_tar
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 PROCESSES_LABEL = "io.nixfly.processes"  # written by build/supervisor.py (LABEL); inspect does not import build/
@@ -428,30 +424,16 @@ def _processes(inner: Mapping[str, Any]) -> dict[str, Any] | None:
 def _scan_layer(
     report: LayerReport, blob: BinaryIO, state: _Scan, on_bytes: Callable[[int], None] | None
 ) -> LayerReport:
-    where = f"layer {report.index + 1} ({report.digest})"
-    try:
-        raw = HashingReader(blob, on_bytes)
-        plain = HashingReader(decompressing_reader(report.compression, cast(BinaryIO, raw)))
-        try:
-            with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
-                files, present = state.layer(report.index, tf)
-            plain.drain()  # the tar end-of-archive padding counts towards the diff_id
-            raw.drain()
-        except ImageError as e:  # the blob's own digest check failed
-            raise ImageError(f"{where}: {e}") from None
-        except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
-            raise ImageError(f"{where}: not a readable {report.compression} tar stream ({e})") from None
-    finally:
-        blob.close()
-    if raw.count != report.size or raw.digest != report.digest:
-        raise ImageError(f"{where}: blob has {raw.count} bytes hashing to {raw.digest}; the manifest says otherwise")
-    if plain.digest != report.diff_id:
-        raise ImageError(f"{where}: uncompressed bytes hash to {plain.digest}, but the config says {report.diff_id}")
-    return replace(report, uncompressed_size=plain.count, files=files, store_paths=present)
+    (files, present), size = read_layer_tar(
+        f"layer {report.index + 1} ({report.digest})", blob, report.compression, size=report.size,
+        digest=report.digest, diff_id=report.diff_id, consume=lambda tf: state.layer(report.index, tf),
+        on_bytes=on_bytes,
+    )  # fmt: skip
+    return replace(report, uncompressed_size=size, files=files, store_paths=present)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Suggestions for the largest store paths
+# What kinds of files take a store path's room (for the suggestions)
 
 
 def _kinds(files: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -465,293 +447,3 @@ def _kinds(files: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
         elif rel.endswith(".a") and (rel.startswith("lib/") or "/lib/" in rel):
             totals["static-libs"] += size
     return tuple((k, v) for k, v in totals.items() if v)
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if f < 1024 or unit == "GiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return f"{n} B"
-
-
-_GCC = re.compile(r"^gcc-\d[\w.]*$")
-SUGGEST_MIN = 64 << 10  # store paths smaller than this are not worth advice
-
-
-def suggest(report: InspectReport) -> tuple[str, ...]:
-    """Advice about the largest store paths where it is obvious: headers (a .dev output), documentation,
-    static libraries, a compiler in a runtime closure — each naming the chain that pulls the path in."""
-    out: list[str] = []
-    for p in report.largest:
-        if p.size < SUGGEST_MIN:
-            continue
-        kinds = dict(p.kinds)
-        via = f", pulled in through {' → '.join(store_name(c) for c in p.chain)}" if len(p.chain) > 1 else ""
-        what = f"{p.name} ({_size(p.size)}{via})"
-        half = p.size / 2
-        if _GCC.match(p.name):
-            out.append(
-                f"{what} is a compiler in a runtime image: usually a build-time path left in a binary or a "
-                "script; strip it, or forbid it with disallowedReferences / remove-references-to"
-            )
-        elif p.name.endswith("-dev") or kinds.get("headers", 0) > half:
-            out.append(f"{what} is mostly headers: consider `.out` instead of `.dev` for what needs it at run time")
-        elif p.name.endswith(("-doc", "-man", "-info", "-devdoc")) or kinds.get("docs", 0) > half:
-            out.append(f"{what} is mostly documentation: depend on the package's `.out` (or `.bin`) output instead")
-        elif kinds.get("static-libs", 0) > half:
-            out.append(f"{what} is mostly static libraries (*.a), used for linking, not running: use the output "
-                       "with the shared libraries instead")  # fmt: skip
-    return tuple(out)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The file tree (``nixfly inspect --files``) and ``--why STORE_PATH``
-
-_TYPE_CHARS = {"dir": "d", "file": "-", "symlink": "l", "hardlink": "h", "char": "c", "block": "b", "fifo": "p",
-               "whiteout": "w"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One entry of an image's file tree as a layer's tar stream gives it."""
-
-    path: str  # absolute, as the container sees it: "/etc/passwd"
-    type: str  # dir, file, symlink, hardlink, char, block, fifo (whiteout in a single layer's listing)
-    mode: int  # permission bits, setuid/setgid/sticky included
-    uid: int
-    gid: int
-    uname: str
-    gname: str
-    size: int
-    target: str  # what a symlink points to / the path a hard link shares its bytes with
-    layer: int  # 0-based index of the layer the entry comes from
-
-    @property
-    def mode_string(self) -> str:
-        """``drwxrwxrwt``, as ``ls -l`` prints it."""
-        bits = ""
-        for shift, special, ch in ((6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")):
-            r, w, x = (self.mode >> shift) & 4, (self.mode >> shift) & 2, (self.mode >> shift) & 1
-            xc = "x" if x else "-"
-            if self.mode & special:
-                xc = ch if x else ch.upper()
-            bits += ("r" if r else "-") + ("w" if w else "-") + xc
-        return _TYPE_CHARS.get(self.type, "?") + bits
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "type": self.type,
-            "mode": f"{self.mode:04o}",
-            "uid": self.uid,
-            "gid": self.gid,
-            "uname": self.uname,
-            "gname": self.gname,
-            "size": self.size,
-            "target": self.target or None,
-            "layer": self.layer,
-        }
-
-
-def _entry(m: tarfile.TarInfo, index: int) -> tuple[str, FileEntry]:
-    name = m.name
-    while name.startswith("./"):
-        name = name[2:]
-    path = "/" + name.strip("/") if name.strip("/") not in ("", ".") else "/"
-    if m.isdir():
-        kind = "dir"
-    elif m.issym():
-        kind = "symlink"
-    elif m.islnk():
-        kind = "hardlink"
-    elif m.ischr():
-        kind = "char"
-    elif m.isblk():
-        kind = "block"
-    elif m.isfifo():
-        kind = "fifo"
-    else:
-        kind = "file"
-    if path.rpartition("/")[2].startswith(_WHITEOUT):
-        kind = "whiteout"
-    target = m.linkname
-    if kind == "hardlink":  # a hard link names another member of the same tar
-        target = "/" + posixpath.normpath("/" + m.linkname).lstrip("/")
-    size = m.size if kind == "file" else 0
-    entry = FileEntry(path, kind, m.mode & 0o7777, m.uid, m.gid, m.uname, m.gname, size, target, index)
-    return path, entry
-
-
-def _walk_layer(
-    index: int,
-    layer: Any,
-    visit: Callable[[tarfile.TarInfo, tarfile.TarFile], None],
-    on_bytes: Callable[[int], None] | None = None,
-) -> None:
-    """Stream one layer blob through ``visit`` (each member, with the tar to read its bytes), checking the
-    blob's digest and diff_id on the way."""
-    where = f"layer {index + 1} ({layer.digest})"
-    blob = layer.compressed()
-    try:
-        raw = HashingReader(blob, on_bytes)
-        plain = HashingReader(decompressing_reader(layer.compression, cast(BinaryIO, raw)))
-        try:
-            with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tf:
-                for m in tf:
-                    visit(m, tf)
-            plain.drain()
-            raw.drain()
-        except ImageError as e:  # the blob's own digest check failed
-            raise ImageError(f"{where}: {e}") from None
-        except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError) as e:
-            raise ImageError(f"{where}: not a readable {layer.compression} tar stream ({e})") from None
-    finally:
-        blob.close()
-    if raw.count != layer.size or raw.digest != layer.digest:
-        raise ImageError(f"{where}: blob has {raw.count} bytes hashing to {raw.digest}; the manifest says otherwise")
-    if plain.digest != layer.diff_id:
-        raise ImageError(f"{where}: uncompressed bytes hash to {plain.digest}, but the config says {layer.diff_id}")
-
-
-def _under(path: str, top: str) -> bool:
-    return top == "/" or path == top or path.startswith(top.rstrip("/") + "/")
-
-
-class _Tree:
-    """The merged file tree of the layers read so far: upper layers replace entries, whiteouts delete."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, FileEntry] = {}
-        self.refs: dict[str, frozenset[bytes]] = {}  # path → store hash parts its bytes / target mention
-
-    def _remove(self, top: str, below_layer: int | None = None) -> None:
-        for p in [p for p in self.entries if _under(p, top)]:
-            if below_layer is None or self.entries[p].layer < below_layer:
-                del self.entries[p]
-                self.refs.pop(p, None)
-
-    def add(self, path: str, entry: FileEntry, refs: frozenset[bytes] = frozenset()) -> None:
-        parent, _, leaf = path.rpartition("/")
-        parent = parent or "/"
-        if entry.type == "whiteout":
-            if leaf == _WHITEOUT + _WHITEOUT + ".opq":  # an opaque dir: what lower layers had in it is hidden
-                keep = self.entries.get(parent)
-                self._remove(parent, below_layer=entry.layer)
-                if keep is not None:
-                    self.entries[parent] = keep
-                return
-            self._remove(f"{parent.rstrip('/')}/{leaf[len(_WHITEOUT):]}")
-            return
-        old = self.entries.get(path)
-        if old is not None and old.type == "dir" and entry.type != "dir":
-            self._remove(path)
-        self.entries[path] = entry
-        self.refs[path] = refs
-
-
-def list_files(
-    image: Image,
-    *,
-    layer: int | None = None,
-    path: str | None = None,
-    on_bytes: Callable[[int], None] | None = None,
-) -> list[FileEntry]:
-    """The image's file tree, each entry with the layer it comes from (the merged view the container sees:
-    upper layers win, whiteouts delete), sorted by path. With ``layer`` (0-based), only that layer's own
-    entries, whiteouts included, and only that layer is read. ``path`` keeps that path and what is under it."""
-    if layer is not None and not 0 <= layer < len(image.layers):
-        raise UsageError(f"--layer {layer + 1}: the image has {len(image.layers)} layers")
-    top = "/" + path.strip("/") if path else "/"
-    tree = _Tree()
-    own: list[FileEntry] = []
-    for i, lyr in enumerate(image.layers):
-        if layer is not None and i != layer:
-            continue
-
-        def visit(m: tarfile.TarInfo, tf: tarfile.TarFile, i: int = i) -> None:
-            p, e = _entry(m, i)
-            if layer is not None:
-                own.append(e)
-            else:
-                tree.add(p, e)
-
-        _walk_layer(i, lyr, visit, on_bytes)
-    entries = own if layer is not None else list(tree.entries.values())
-    found = sorted((e for e in entries if _under(e.path, top)), key=lambda e: e.path.encode())
-    if path and not found:
-        where = f"layer {layer + 1}" if layer is not None else "the image"
-        raise UsageError(f"{top}: no such path in {where}")
-    return found
-
-
-@dataclass(frozen=True)
-class WhyReport:
-    """Why a store path is in the image: the chain from a top-level path, and the files that refer to it."""
-
-    store_path: str
-    size: int
-    chain: tuple[str, ...]
-    referrers: tuple[FileEntry, ...]  # files (in the store or not) whose bytes or link target name it
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "store_path": self.store_path,
-            "size": self.size,
-            "chain": list(self.chain),
-            "files": [e.to_json() for e in self.referrers],
-        }
-
-
-def why(
-    image: Image, store_path: str, *, store_dir: str = "/nix/store", on_bytes: Callable[[int], None] | None = None
-) -> WhyReport:
-    """Which files refer to ``store_path`` (a full path, its base name or its name, e.g. ``openssl-3.0.13``)
-    and the shortest chain of references that pulls it in. One pass over the layers: every regular file's
-    bytes and every symlink target are scanned for store hash parts, as Nix finds references."""
-    scan = _Scan(store_dir, with_references=True)
-    tree = _Tree()
-    for i, lyr in enumerate(image.layers):
-
-        def visit(m: tarfile.TarInfo, tf: tarfile.TarFile, i: int = i) -> None:
-            p, e = _entry(m, i)
-            found: set[bytes] = set()
-            if e.type == "file":
-                scan._scan_content(tf, m, found)
-            elif e.type == "symlink":
-                found.update(scan.link_re.findall(m.linkname.encode("utf-8", "surrogateescape")))
-            tree.add(p, e, frozenset(found))
-
-        _walk_layer(i, lyr, visit, on_bytes)
-    prefix = "/" + scan.store_rel + "/"
-    bases: dict[str, dict[str, FileEntry]] = {}
-    for p, e in tree.entries.items():
-        hit = scan.store_base(p.lstrip("/"))
-        if hit is not None:
-            bases.setdefault(hit[0], {})[p] = e
-    want = store_path.rstrip("/").removeprefix(prefix).split("/", 1)[0]
-    matches = sorted(b for b in bases if want in (b, store_name(b)))
-    if not matches:
-        matches = sorted(b for b in bases if store_name(b).startswith(want + "-"))
-    if len(matches) != 1:
-        if not matches:
-            raise UsageError(f"--why {store_path}: no such store path in the image")
-        raise UsageError(f"--why {store_path} is ambiguous: {', '.join(prefix + b for b in matches)}")
-    target = matches[0]
-    by_hash = {b[:32].encode(): prefix + b for b in bases}
-    graph: dict[str, list[str]] = {}
-    for b, files in bases.items():
-        hashes = {h for f in files for h in tree.refs.get(f, ())}
-        graph[prefix + b] = sorted({by_hash[h] for h in hashes if h in by_hash} - {prefix + b})
-    _tops, chains = reference_chains(graph)
-    h = target[:32].encode()
-    own = prefix + target
-    referrers = tuple(
-        sorted(
-            (e for p, e in tree.entries.items() if h in tree.refs.get(p, ()) and not _under(p, own)),
-            key=lambda e: e.path.encode(),
-        )
-    )
-    size = sum(e.size for e in bases[target].values())
-    return WhyReport(own, size, chains[own], referrers)
