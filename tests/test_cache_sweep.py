@@ -89,3 +89,52 @@ def test_kill_9_mid_build_leaves_a_partial_blob_that_the_next_run_removes(
     r = run_nixfly(*args)
     assert r.code == 0, r.err
     assert list((cache / "tmp").iterdir()) == []  # the killed build's leftovers are gone, nothing new is left
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_the_sweep_never_follows_a_symlink_out_of_the_cache(tmp_path: Path) -> None:
+    """Issue 25 item 9: with cache/tmp a symlink to another directory, the sweep used to delete that
+    directory's old files (and any file named like a temp of a dead pid)."""
+    outside = tmp_path / "home"
+    (outside / "photos").mkdir(parents=True)
+    precious = {
+        "old": outside / "thesis.pdf",  # older than the anonymous-temp age
+        "pid-named": outside / f"blob.{_dead_pid()}.keep",  # looks like a dead writer's temp file
+        "deep": outside / "photos" / "2019.jpg",
+    }
+    for p in precious.values():
+        p.write_bytes(b"irreplaceable")
+    long_ago = time.time() - 30 * 24 * 3600
+    for p in precious.values():
+        os.utime(p, (long_ago, long_ago))
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tmp").symlink_to(outside)
+    BlobCache(cache)
+    assert sweep_stale_temps(cache / "tmp") == []
+    assert all(p.read_bytes() == b"irreplaceable" for p in precious.values())
+
+    # A real cache/tmp whose entries are symlinks out, or a dead build's directory holding one.
+    (cache / "tmp").unlink()
+    (cache / "tmp").mkdir()
+    dead = _dead_pid()
+    (cache / "tmp" / f"blob.{dead}.a").symlink_to(precious["old"])
+    (cache / "tmp" / f"nars.{dead}.b").symlink_to(outside / "photos")
+    nars = cache / "tmp" / f"nars.{dead}.c"
+    nars.mkdir()
+    (nars / "part.nar").write_bytes(b"x" * 1000)
+    (nars / "link").symlink_to(outside / "photos")
+    (nars / "file-link").symlink_to(precious["deep"])
+    own = cache / "tmp" / f"blob.{dead}.d"
+    own.write_bytes(b"partial")
+    removed = sweep_stale_temps(cache / "tmp")
+    assert sorted(p.name for p in removed) == sorted([nars.name, own.name])
+    assert not nars.exists() and not own.exists()
+    assert all(p.read_bytes() == b"irreplaceable" for p in precious.values())
+    assert sorted(p.name for p in (cache / "tmp").iterdir()) == [f"blob.{dead}.a", f"nars.{dead}.b"]  # links kept

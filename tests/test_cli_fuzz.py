@@ -70,7 +70,10 @@ class Worker:
             PYTHONPATH=str(root),
         )
         self.proc = subprocess.Popen(
-            ["unshare", "--net", "--", sys.executable, "-m", "tests.support.cli_worker"],
+            # An address-space cap: a command that reads an endless file (/dev/zero) ends in a MemoryError,
+            # an internal error this test reports, instead of the kernel's OOM killer on a shared machine.
+            ["prlimit", f"--as={8 << 30}", "--", "unshare", "--net", "--",
+             sys.executable, "-m", "tests.support.cli_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -403,6 +406,82 @@ def test_no_command_line_crashes_nixfly(
     with tempfile.TemporaryDirectory(prefix="nixfly-fuzz-") as d:
         paths = materialise(files, Path(d), tiny_closure.app)
         argv = data.draw(command_line(paths, name, _COMMANDS[name]), label="argv")
+        check(worker, argv, Path(d))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the audit's categories (issue 25): nesting depth, special files, bytes that are not UTF-8
+
+
+# The files nixfly reads whole, by where materialise() puts them. A docker-archive is not among them as a
+# FIFO: reading an archive from a FIFO is a feature, and waits for a writer like `cat` does.
+_HOSTILE_TARGETS = ["cfg/nixfly.toml", "nixfly.toml", "fly.toml", "f.json", "layout/index.json",
+                    "layout/oci-layout", f"layout/blobs/sha256/{_DIGEST.split(':')[1]}"]  # fmt: skip
+_HOSTILE_KINDS = ["deep-json", "deep-toml", "fifo", "dev-zero", "not-utf8"]
+
+
+@st.composite
+def hostile_changes(draw: st.DrawFn) -> dict[str, Any]:
+    targets = draw(st.lists(st.sampled_from(_HOSTILE_TARGETS), min_size=1, max_size=3, unique=True))
+    return {
+        "files": {t: draw(st.sampled_from(_HOSTILE_KINDS)) for t in targets},
+        "depth": draw(st.sampled_from([65, 1_000, 10_000, 100_000])),
+        "bytes": draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80abc", b"\xe9"])),
+        # argv as a shell hands it over: bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
+        "argv_bytes": draw(st.sampled_from([None, "\udcff", "\udce9t\udc80"])),
+        # an option's value as a deep JSON array (--entrypoint and --cmd take JSON arrays)
+        "argv_deep": draw(st.booleans()),
+    }
+
+
+def make_hostile(changes: dict[str, Any], d: Path) -> None:
+    depth, bad = changes["depth"], changes["bytes"]
+    for rel, kind in changes["files"].items():
+        p = d / rel
+        old = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+        if p.exists() or p.is_symlink():
+            p.unlink()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "deep-json":
+            p.write_bytes(b'{"manifests": ' + b"[" * depth + b"]" * depth + b"}")
+        elif kind == "deep-toml":
+            p.write_bytes(b"[image]\nroots = " + b"[" * depth + b"]" * depth + b"\n")
+        elif kind == "fifo":
+            os.mkfifo(p)
+        elif kind == "dev-zero":
+            p.symlink_to("/dev/zero")
+        else:
+            at = len(old) // 2
+            p.write_bytes(old[:at] + bad + old[at:])
+
+
+@pytest.mark.parametrize("name", sorted(_COMMANDS))
+@settings(
+    max_examples=max(EXAMPLES // 2, 10),
+    deadline=None,
+    derandomize=os.environ.get("NIXFLY_FUZZ_RANDOM") is None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data(), files=random_files(), changes=hostile_changes())
+def test_hostile_files_and_bytes_never_crash_nixfly(
+    name: str, worker: Worker, tiny_closure: TinyClosure, data: st.DataObject, files: dict[str, Any],
+    changes: dict[str, Any],
+) -> None:  # fmt: skip
+    """Every command line, with some of the files it may read replaced by a 10,000-deep document, a FIFO
+    without a writer, /dev/zero or text with bytes that are not UTF-8, and perhaps such bytes in an
+    argument: one line and a deliberate exit, never a hang (the worker's timeout) or an internal error."""
+    with tempfile.TemporaryDirectory(prefix="nixfly-fuzz-") as d:
+        paths = materialise(files, Path(d), tiny_closure.app)
+        make_hostile(changes, Path(d))
+        argv = data.draw(command_line(paths, name, _COMMANDS[name]), label="argv")
+        if changes["argv_bytes"] and len(argv) > 1:
+            i = data.draw(st.integers(1, len(argv) - 1), label="argv index")
+            argv[i] += changes["argv_bytes"]
+        values = [i for i in range(2, len(argv)) if argv[i - 1].startswith("--")]
+        if changes["argv_deep"] and values:
+            i = data.draw(st.sampled_from(values), label="deep value index")
+            argv[i] = "[" * 10_000 + "]" * 10_000
         check(worker, argv, Path(d))
 
 

@@ -6,6 +6,10 @@ mtime), which blob that layer is. Every write is temp file + atomic rename, so c
 ``kill -9`` never leave a truncated blob under a final name; on reuse the blob's size is checked, and
 its digest too unless its inode/size/mtime are exactly those recorded right after it was written.
 
+The stat shortcut cannot see bytes changed in place with the mtime put back (or a disk's bit rot), so a
+sink verifies a cached blob's digest before hard-linking it into an output (once per process; blobs
+this process wrote are known good: :func:`nixfly.fsutil.sha256_matches`).
+
 Temp files carry their writer's pid (``blob.<pid>.<random>``, and the directories of NAR downloads,
 ``nars.<pid>.<random>``); opening the cache removes the ones whose writer is gone (a ``kill -9`` leftover,
 up to a whole layer's size, or GBs of NARs) — or whose pid now belongs to a process started after the
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nixfly.errors import NixflyError
-from nixfly.fsutil import atomic_write_bytes
+from nixfly.fsutil import atomic_write_bytes, note_sha256
 from nixfly.image import canonical_json
 from nixfly.image.digest import digest_hex, file_digest
 from nixfly.image.mediatypes import Compression
@@ -79,27 +84,39 @@ def owner_gone(pid: int, mtime: float) -> bool:
 
 
 def sweep_stale_temps(directory: Path) -> list[Path]:
-    """Remove temp files in ``directory`` whose writer is gone (see ``owner_gone``); returns them."""
+    """Remove temp files in ``directory`` whose writer is gone (see ``owner_gone``); returns them.
+
+    Nothing outside the directory is ever touched: a ``directory`` that is itself a symlink (``cache/tmp``
+    pointing elsewhere) is not swept at all, entries are removed by name relative to the directory as it
+    was opened, symlinks and other special entries are left alone, and a directory entry (a dead build's
+    NAR downloads) is removed without following any link inside it."""
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(directory))
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return removed
-    now = time.time()
-    for e in entries:
-        try:
-            mtime = e.stat(follow_symlinks=False).st_mtime
-        except OSError:
-            continue
-        m = _TEMP_PID.match(e.name)
-        stale = owner_gone(int(m.group(1)), mtime) if m else now - mtime > _ANONYMOUS_TEMP_AGE
-        if stale and e.is_dir(follow_symlinks=False):  # a dead build's NAR downloads (bincache)
-            shutil.rmtree(e.path, ignore_errors=True)
-            removed.append(Path(e.path))
-        elif stale:
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        now = time.time()
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                continue  # nixfly writes only files and directories here
+            m = _TEMP_PID.match(e.name)
+            if not (owner_gone(int(m.group(1)), st.st_mtime) if m else now - st.st_mtime > _ANONYMOUS_TEMP_AGE):
+                continue
             with contextlib.suppress(OSError):
-                os.unlink(e.path)
-                removed.append(Path(e.path))
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(e.name, dir_fd=fd)
+                else:
+                    os.unlink(e.name, dir_fd=fd)
+                removed.append(directory / e.name)
+    finally:
+        os.close(fd)
     return removed
 
 
@@ -156,6 +173,7 @@ class BlobCache:
         dst = self.blob_path(digest)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dst)  # identical content if another build raced us: replacing is harmless
+        note_sha256(dst, digest)  # hashed as it was written: sinks need not read it again
         return dst
 
     def remember(self, key: str, layer: CachedLayer) -> None:
@@ -187,4 +205,5 @@ class BlobCache:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 return None
+            note_sha256(path, digest)
         return CachedLayer(digest, rec["diff_id"], rec["size"], rec["uncompressed_size"], rec["compression"], path)

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nixfly.errors import ClosureError, NixflyError, UsageError
-from nixfly.fsutil import atomic_write_text
+from nixfly.fsutil import NestingError, atomic_write_text, load_json, read_regular, read_text_file
 
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
+# A closure file is read whole: a path-info document for 10,000 store paths is about 10 MiB.
+CLOSURE_FILE_MAX = 64 << 20
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
 
 
@@ -186,15 +188,17 @@ def load_closure_file(path: Path, store_dir: str = STORE_DIR) -> dict[str, Store
     if p.is_dir():
         p = p / "registration"
     try:
-        text = p.read_text()
+        text = read_text_file(p, CLOSURE_FILE_MAX, f"closure file {path}", ClosureError)
     except OSError as e:
         raise ClosureError(f"cannot read closure file {path}: {e.strerror}") from None
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except json.JSONDecodeError as e:
             raise ClosureError(f"{path}: malformed closure JSON ({e.msg} at line {e.lineno})") from None
+        except NestingError as e:
+            raise ClosureError(f"{path}: malformed closure JSON ({e.msg})") from None
         return parse_path_info(data, str(path), store_dir)
     return parse_registration(text, str(path), store_dir)
 
@@ -471,7 +475,8 @@ def _cached_path_info(roots: Sequence[str], store_dir: str, cache: Path | None) 
     key = hashlib.sha256("\n".join(sorted(roots)).encode()).hexdigest()
     entry = cache / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, ClosureError):
-        paths = parse_path_info(json.loads(entry.read_bytes()), str(entry), store_dir)
+        data = load_json(read_regular(entry, CLOSURE_FILE_MAX, error=ClosureError))
+        paths = parse_path_info(data, str(entry), store_dir)
         if all(r in paths for r in roots) and all(sp.nar_hash for sp in paths.values()):
             return paths
     paths = query_path_info(roots, store_dir)

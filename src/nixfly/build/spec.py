@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from nixfly.build.compress import FAST, level_problem
-from nixfly.errors import ConfigError, UsageError
+from nixfly.errors import ConfigError, NixflyError, UsageError
+from nixfly.fsutil import CONFIG_FILE_MAX, NestingError, load_toml, read_text_file
 from nixfly.tomlpos import TomlPositions, dotted_path
 
 T = TypeVar("T")
@@ -32,6 +33,24 @@ class SpecError(ValueError):
         self.msg = msg
 
 
+def _integer_modes(table: Any, prefix: str) -> None:
+    """Refuse a TOML integer as a mode, rather than guess: `mode = 750` is decimal 750, i.e. mode 01356
+    (sticky, world-writable), almost surely meant as "0750"; and reading its digits as octal would make
+    `mode = 0o750` wrong. (Parsed data, e.g. flags merged over a file, carries modes as integers.)"""
+    if not isinstance(table, dict):
+        return
+    for section in ("dirs", "perms"):
+        entries = table.get(section)
+        for i, e in enumerate(entries if isinstance(entries, list) else []):
+            v = e.get("mode") if isinstance(e, dict) else None
+            if isinstance(v, int) and not isinstance(v, bool):
+                digits = str(v)
+                hint = f'"0{digits}"' if set(digits) <= set("01234567") and len(digits) <= 4 else f'"{v:04o}"'
+                why = f"the TOML integer {v} is decimal: mode 0{v:o}"
+                key = f"{prefix}.{section}.{i}.mode" if prefix else f"{section}.{i}.mode"
+                raise SpecError(key, f"must be a quoted octal string: write {hint} ({why})")
+
+
 def _octal_mode(v: Any, key: str) -> int:
     if isinstance(v, str):
         try:
@@ -39,7 +58,7 @@ def _octal_mode(v: Any, key: str) -> int:
         except ValueError:
             raise SpecError(key, f'mode {v!r} is not an octal number such as "0755"') from None
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o7777:
-        raise SpecError(key, "must be a mode between 0 and 07777")
+        raise SpecError(key, 'must be a mode between "0000" and "7777" (an octal string such as "0755")')
     return v
 
 
@@ -492,8 +511,40 @@ def process_order(processes: list[ProcessSpec]) -> list[ProcessSpec]:
     return list(done.values())
 
 
+# Host paths may be any bytes (a file named in Latin-1); everything else ends up in the image's JSON.
+_HOST_PATH_KEYS = re.compile(r"^(roots\.\d+|closure_file|files\.\d+\.src|platforms\.\d+\.(roots\.\d+|closure_file))$")
+
+
+def _non_utf8_key(data: Any) -> str | None:
+    """The key of the first string in ``data`` (or dict key) that is not UTF-8 text: a command-line
+    argument whose bytes were not UTF-8 arrives with lone surrogates in place of those bytes."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, v = stack.pop()
+        items: list[tuple[Any, Any]] = []
+        if isinstance(v, dict):
+            items = list(v.items())
+        elif isinstance(v, list):
+            items = list(enumerate(v))
+        elif isinstance(v, str) and not _HOST_PATH_KEYS.match(key):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return key or "(value)"
+        for k, x in items:
+            sub = f"{key}.{k}" if key else str(k)
+            if isinstance(k, str) and _non_utf8_key(k) is not None:
+                return sub
+            stack.append((sub, x))
+    return None
+
+
 def validate_spec(data: dict[str, Any]) -> ImageSpec:
     """An ImageSpec from plain data (CLI flags merged over a file); bad values are a UsageError."""
+    bad = _non_utf8_key(data)
+    if bad is not None:
+        shown = bad.encode("utf-8", "backslashreplace").decode()
+        raise UsageError(f"{shown}: is not UTF-8 text (an argument holds bytes that are not UTF-8)")
     try:
         return check_processes(from_dict(ImageSpec, data))[0]
     except SpecError as e:
@@ -530,8 +581,8 @@ def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, s
     if not long_running or not fly_toml.is_file():
         return []
     try:
-        fly = tomllib.loads(fly_toml.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        fly = load_toml(read_text_file(fly_toml, CONFIG_FILE_MAX))
+    except (OSError, ValueError, NixflyError):
         return []  # fly.toml's own loader reports its problems
     limit = _seconds(fly.get("kill_timeout", 5))
     total = sum(p.stop_timeout for p in long_running)
@@ -546,16 +597,17 @@ def load_spec(path: Path, *, warn: Callable[[str], None] | None = None) -> Image
     """Load ``nixfly.toml``; the ``[image]`` table (or the top level) is the image definition.
     Relative paths in ``roots``, ``closure_file`` and ``files.src`` are relative to the file."""
     try:
-        text = Path(path).read_text()
+        text = read_text_file(path, CONFIG_FILE_MAX, error=ConfigError)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        data = load_toml(text)
+    except (tomllib.TOMLDecodeError, NestingError) as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     table = data.get("image", data)
     prefix = "image" if "image" in data else ""
     try:
+        _integer_modes(table, prefix)
         spec, warnings = check_processes(from_dict(ImageSpec, table, prefix))
     except SpecError as e:
         raise ConfigError(located(path, text, e.key, e.msg)) from None

@@ -51,8 +51,10 @@ def parse_command(text: str | None, what: str) -> list[str] | None:
         return None
     s = text.strip()
     if s.startswith("["):
+        from nixfly.fsutil import load_json  # a 10,000-deep array is refused, not a RecursionError
+
         try:
-            v = json.loads(s)
+            v = load_json(s)
         except ValueError:
             raise UsageError(f"{what}: {text!r} is not a valid JSON array") from None
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):

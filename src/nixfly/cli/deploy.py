@@ -60,7 +60,9 @@ def app_from(app_name: str | None, config_path: Path) -> str:
     """The app named by -a, else by the fly.toml at -c; UsageError without either."""
     if app_name:
         return app_name
-    if config_path.is_file():
+    from nixfly.fsutil import is_regular_file  # never raises (a 20,000-character --config is not a file)
+
+    if is_regular_file(config_path):
         from nixfly.fly.flytoml import load_fly_toml
 
         return load_fly_toml(config_path, allow_unknown_keys=True, warn=lambda _m: None).app_name()

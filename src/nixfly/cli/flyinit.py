@@ -57,12 +57,18 @@ def init_command(
     """Write a starter fly.toml: the app, an http_service on the image's exposed port and, with
     --check-path, a health check."""
     existing: str | None = None
-    if output.exists():
+    try:
+        exists = output.exists()
+    except OSError as e:  # e.g. a name too long for the system
+        raise UsageError(f"{output}: {e.strerror}") from None
+    if exists:
         if not force:
             raise UsageError(f"{output} already exists; pass --force to update it (comments and layout are kept)")
+        from nixfly.fsutil import CONFIG_FILE_MAX, read_text_file  # a regular file, bounded (not /dev/zero)
+
         try:
-            existing = output.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            existing = read_text_file(output, CONFIG_FILE_MAX, error=ConfigError)
+        except OSError as e:
             raise ConfigError(f"{output}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     config, ref = _image_config(image) if image else ({}, None)
     text = starter_fly_toml(app, config, existing, region=region, image_ref=ref, check_path=check_path)

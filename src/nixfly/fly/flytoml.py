@@ -113,9 +113,11 @@ def parse_fly_toml(
 ) -> FlyConfig:
     """Like :func:`load_fly_toml` for text already in memory; ``source`` names it in messages."""
     emit: Warn = warn if warn is not None else _stderr_warning
+    from nixfly.fsutil import NestingError, load_toml  # refuses 10,000-deep arrays with one line (issue 25)
+
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        raw = load_toml(text)
+    except (tomllib.TOMLDecodeError, NestingError) as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
     lines = _Positions(text)
     upgrade = _Upgrade(source, lines)

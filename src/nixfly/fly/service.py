@@ -133,7 +133,9 @@ class DeployOutcome:
 
 
 def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyConfig:
-    if not config_path.is_file():
+    from nixfly.fsutil import is_regular_file  # never raises, unlike Path.is_file (a name too long)
+
+    if not is_regular_file(config_path):
         raise ConfigError(f"{config_path}: no such file (pass -c/--config PATH to your fly.toml)")
     return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
 

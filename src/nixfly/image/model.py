@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 from nixfly.errors import ImageError
+from nixfly.fsutil import NestingError, load_json
 from nixfly.image.compression import decompressing_reader
 from nixfly.image.digest import VerifyingReader, sha256_digest
 from nixfly.image.mediatypes import (
@@ -261,7 +262,7 @@ class Image:
     @property
     def config(self) -> dict[str, Any]:
         try:
-            cfg = json.loads(self.config_bytes)
+            cfg = load_json(self.config_bytes)  # a NestingError is a ValueError
         except (ValueError, UnicodeDecodeError):
             raise ImageError("the image config is not valid JSON") from None
         if not isinstance(cfg, dict):
@@ -311,7 +312,9 @@ class Image:
 def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     """Parse and shape-check a single-image manifest (OCI or Docker v2s2)."""
     try:
-        m = json.loads(raw)
+        m = load_json(raw)
+    except NestingError as e:
+        raise ImageError(f"{where}: manifest is {e}") from None
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{where}: manifest is not valid JSON") from None
     if not isinstance(m, dict) or not isinstance(m.get("config"), dict) or not isinstance(m.get("layers"), list):

@@ -11,7 +11,6 @@ hashing both sides on the way so the digest and diff_id are checked as a by-prod
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from collections import deque
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 from nixfly.errors import ImageError
+from nixfly.fsutil import load_json
 from nixfly.image import Image
 from nixfly.inspect.stream import read_layer_tar
 
@@ -415,7 +415,7 @@ def _processes(inner: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(raw, str):
         return None
     try:
-        value = json.loads(raw)
+        value = load_json(raw)  # a label can nest 10,000 deep: NestingError is a ValueError
     except ValueError:
         return None
     return value if isinstance(value, dict) and isinstance(value.get("processes"), list) else None

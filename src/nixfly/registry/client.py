@@ -143,7 +143,10 @@ class RegistryClient:
         cas: list[Path] = []
         cert_dir = self.options.cert_dir
         if cert_dir is not None:
-            cas = sorted(p for p in Path(cert_dir).glob("*.crt") if not p.name.endswith(".cert"))
+            try:  # a name too long for the system raises here (ENAMETOOLONG), not "no such directory"
+                cas = sorted(p for p in Path(cert_dir).glob("*.crt") if not p.name.endswith(".cert"))
+            except OSError as e:
+                raise UsageError(f"--cert-dir {cert_dir}: {e.strerror}") from None
             if not Path(cert_dir).is_dir():
                 raise UsageError(f"--cert-dir {cert_dir} is not a directory")
             if not cas:

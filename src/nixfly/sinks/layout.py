@@ -14,11 +14,12 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from nixfly.errors import NixflyError
-from nixfly.fsutil import atomic_write_bytes, copy_stream_to, link_or_copy
+from nixfly.errors import ImageError, NixflyError
+from nixfly.fsutil import atomic_write_bytes, copy_stream_to, link_or_copy, sha256_matches
 from nixfly.image import Image, canonical_json
 from nixfly.image.digest import sha256_digest
 from nixfly.image.index import ImageIndex
@@ -45,12 +46,30 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _check_cached(path: Path, digest: str) -> None:
+    """A layer-cache blob is hashed before it is hard-linked into a layout (once per process): bytes changed
+    in place, with the mtime put back or by the disk, would otherwise make a layout that fails its digests.
+    A damaged blob is removed from the cache, so that the next build makes it again."""
+    try:
+        if sha256_matches(path, digest):
+            return
+    except OSError as e:
+        raise ImageError(f"cannot read the cached layer blob {digest} at {path}: {e.strerror}") from None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    raise ImageError(
+        f"the layer cache's copy of {digest} ({path}) is damaged: its bytes no longer match the digest; "
+        "it was removed, run the command again to rebuild it"
+    )
+
+
 def _write_blobs(image: Image, work: Path) -> None:
     for layer in image.layers:
         dst = blob_path(work, layer.digest)
         if dst.exists() and dst.stat().st_size == layer.size:
             continue
         if isinstance(layer, LocalBlob):
+            _check_cached(layer.blob_path, layer.digest)
             link_or_copy(layer.blob_path, dst)
         else:
             with layer.compressed() as src:
@@ -62,17 +81,37 @@ def _write_blobs(image: Image, work: Path) -> None:
 
 
 def _update_index(media_type: str, manifest: bytes, root: Path, tag: str | None, fresh: bool) -> None:
-    entries = [] if fresh else [e for e in read_index(root)["manifests"] if isinstance(e, dict)]
-    if tag:
-        entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) != tag]
-    else:
-        entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME)]
     desc: dict[str, object] = {"mediaType": media_type, "digest": sha256_digest(manifest), "size": len(manifest)}
     if tag:
         desc["annotations"] = {REF_NAME: tag}
-    entries.append(desc)
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+
+    def tagged(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if tag:
+            entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) != tag]
+        else:
+            entries = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME)]
+        return [*entries, desc]
+
+    _edit_index(root, tagged, fresh)
+
+
+def _edit_index(root: Path, edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], fresh: bool) -> None:
+    """Read ``index.json``, replace its manifests list by ``edit(manifests)``, write it atomically. The
+    caller holds the layout's lock: every change to index.json goes through here, under that lock."""
+    idx = {} if fresh else read_index(root)
+    entries = [e for e in idx.get("manifests", []) if isinstance(e, dict)]
+    index = {**idx, "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": edit(entries)}
     atomic_write_bytes(root / "index.json", canonical_json(index))
+
+
+def edit_layout_index(root: Path, edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    """Change the manifests list of the existing layout at ``root`` under its lock (the one a concurrent
+    ``write_layout`` takes), so that no writer's entry is lost: ``edit`` gets the current entries and
+    returns the new ones. Write the blobs the new entries name before calling this."""
+    with _locked(root):
+        if not (root / "oci-layout").is_file():
+            raise NixflyError(f"{root} is not an OCI layout (no oci-layout file)")
+        _edit_index(root, edit, fresh=False)
 
 
 def write_layout(image: Image, loc: LayoutLocation) -> str:
@@ -126,4 +165,4 @@ def _write_layout(images: tuple[Image, ...], media_type: str, top: bytes, loc: L
     return sha256_digest(top)
 
 
-__all__ = ["write_index_layout", "write_layout"]
+__all__ = ["edit_layout_index", "write_index_layout", "write_layout"]

@@ -16,7 +16,6 @@ carrying ``artifactType`` and ``subject`` (written atomically, after the blobs).
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nixfly.errors import ImageError, NixflyError
-from nixfly.fsutil import atomic_write_bytes
+from nixfly.fsutil import atomic_write_bytes, load_json, read_regular
 from nixfly.image import Descriptor, canonical_json
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import OCI_INDEX, OCI_MANIFEST
+from nixfly.sinks.layout import edit_layout_index
+from nixfly.sources.layout import MANIFEST_MAX
 
 if TYPE_CHECKING:  # the registry client (httpx) loads only when a registry is involved
     from nixfly.registry.client import RegistryClient, RegistryOptions
@@ -126,7 +127,7 @@ def is_fallback_tag(tag: str) -> bool:
 
 def _referrers_from_index(data: bytes, where: str) -> list[Referrer]:
     try:
-        idx = json.loads(data)
+        idx = load_json(data)  # a NestingError is a ValueError
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{where}: the referrers index is not JSON") from None
     if not isinstance(idx, dict) or not isinstance(idx.get("manifests"), list):
@@ -350,6 +351,9 @@ def _artifact_blob(manifest: dict[str, Any], subject_digest: str, where: str, re
 # -- OCI layouts ------------------------------------------------------------------------------------
 
 
+ARTIFACT_BLOB_MAX = 64 << 20  # an SBOM of a large closure is a few MiB
+
+
 def _layout_blob(root: Path, digest: str) -> Path:
     return root / "blobs" / "sha256" / digest_hex(digest)
 
@@ -371,16 +375,18 @@ def attach_to_layout(root: Path, artifact: Artifact) -> AttachResult:
         p = _layout_blob(root, sha256_digest(data))
         if not p.exists():
             atomic_write_bytes(p, data)
-    idx = _read_layout_index(root)
-    keep = [
-        e for e in idx["manifests"]
-        if not (isinstance(e, dict) and isinstance(e.get("subject"), dict)
-                and e["subject"].get("digest") == subject and e.get("artifactType") == artifact.artifact_type)
-    ]  # fmt: skip
     entry = artifact.descriptor_json()
     entry["subject"] = artifact.subject.to_json()
-    keep.append(entry)
-    atomic_write_bytes(root / "index.json", canonical_json({**idx, "manifests": keep}))
+
+    def attach(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keep = [
+            e for e in entries
+            if not (isinstance(e.get("subject"), dict) and e["subject"].get("digest") == subject
+                    and e.get("artifactType") == artifact.artifact_type)
+        ]  # fmt: skip
+        return [*keep, entry]
+
+    edit_layout_index(root, attach)  # under the lock write_layout takes: a concurrent tag is kept
     return AttachResult(artifact.digest, "layout")
 
 
@@ -394,24 +400,29 @@ def list_layout_referrers(root: Path, subject_digest: str) -> list[Referrer]:
 
 
 def fetch_layout_artifact(root: Path, ref: Referrer, subject_digest: str) -> bytes:
+    return _fetch_layout_artifact(root, ref, subject_digest)[1]
+
+
+def _fetch_layout_artifact(root: Path, ref: Referrer, subject_digest: str) -> tuple[dict[str, Any], bytes]:
+    """The artifact's manifest and its one blob, each read once (bounded) and checked against its digest."""
     where = f"{root}@{ref.digest}"
 
-    def read(digest: str) -> bytes:
+    def read(digest: str, limit: int = ARTIFACT_BLOB_MAX) -> bytes:
         try:
-            return _layout_blob(root, digest).read_bytes()
+            return read_regular(_layout_blob(root, digest), limit, f"{where}: blob {digest}", ImageError)
         except OSError:
             raise ImageError(f"{where}: blob {digest} is missing from the layout") from None
 
-    raw = read(ref.digest)
+    raw = read(ref.digest, MANIFEST_MAX)
     if sha256_digest(raw) != ref.digest:
         raise ImageError(f"{where}: the artifact manifest does not match its digest")
     try:
-        manifest = json.loads(raw)
+        manifest = load_json(raw)
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{where}: the artifact manifest is not JSON") from None
     if not isinstance(manifest, dict):
         raise ImageError(f"{where}: the artifact manifest is not a JSON object")
-    return _artifact_blob(manifest, subject_digest, where, read)
+    return manifest, _artifact_blob(manifest, subject_digest, where, read)
 
 
 def layout_artifacts(root: Path, subject_digest: str) -> list[Artifact]:
@@ -419,8 +430,7 @@ def layout_artifacts(root: Path, subject_digest: str) -> list[Artifact]:
     config, one layer, ``subject``), each read back and checked against its digests."""
     out = []
     for ref in list_layout_referrers(root, subject_digest):
-        blob = fetch_layout_artifact(root, ref, subject_digest)
-        manifest = json.loads(_layout_blob(root, ref.digest).read_bytes())  # checked by fetch_layout_artifact
+        manifest, blob = _fetch_layout_artifact(root, ref, subject_digest)
         subj, ann = manifest.get("subject") or {}, manifest.get("annotations")
         try:
             art = Artifact(

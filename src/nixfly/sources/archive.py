@@ -23,7 +23,6 @@ import collections
 import contextlib
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
@@ -42,6 +41,7 @@ from nixfly.build.cache import BlobCache, CachedLayer
 from nixfly.build.compress import Compressor, make_compressor
 from nixfly.build.tarwriter import HashingSink
 from nixfly.errors import ImageError, NixflyError, UsageError
+from nixfly.fsutil import NestingError, load_json
 from nixfly.image import BlobLayer, Image
 from nixfly.image.compression import decompressing_reader, sniff_compression
 from nixfly.transports import ArchiveLocation
@@ -49,6 +49,7 @@ from nixfly.transports import ArchiveLocation
 _CHUNK = 1 << 20
 SPOOL_JSON_MAX = 16 << 20  # a member that starts like JSON and is at most this big is kept in memory
 SPOOL_SMALL_MAX = 64 << 10  # any member this small is kept in memory (a tiny layer is cached at the end)
+TRAILER_MAX = 16 << 20  # (16 MiB, as the messages say) after the end-of-archive blocks: padding to a record, a few KiB
 SPOOL_BUDGET = 128 << 20  # at most this much in memory in all; past it, members stream into the cache
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CODEC_ERRORS: tuple[type[BaseException], ...] = (zstandard.ZstdError, cast(type[BaseException], isal_zlib.error))
@@ -236,8 +237,13 @@ def _scan(plain: IO[bytes], cache: BlobCache, comp: Compressor, where: str) -> _
                     found.small[name] = head + _read_full(f, m.size - 1)
                     continue
                 found.layers[name] = _ingest(cast(IO[bytes], _Prefixed(head, f)), name, cache, comp, where)
-        while plain.read(_CHUNK):  # the end-of-archive padding, and a compressed stream's trailer check
-            pass
+        trailing = 0  # the end-of-archive padding, and a compressed stream's trailer check
+        while chunk := plain.read(_CHUNK):
+            trailing += len(chunk)
+            if trailing > TRAILER_MAX:  # /dev/zero reads as an empty archive followed by zeros for ever
+                if found.count == 0:
+                    raise ImageError(f"{where}: not a docker-archive (no members, then more than 16 MiB of data)")
+                raise ImageError(f"{where}: more than 16 MiB of data after the end of the docker-archive")
     except _READ_ERRORS as e:
         if found.count == 0:
             raise ImageError(f"{where}: not a docker-archive ({e or 'empty input'})") from None
@@ -257,7 +263,9 @@ def _short_name(repo_tag: str) -> str:
 
 def _json(data: bytes, what: str, where: str) -> Any:
     try:
-        return json.loads(data)
+        return load_json(data)
+    except NestingError as e:
+        raise ImageError(f"{where}: {what} is {e}") from None
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{where}: {what} is not valid JSON") from None
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
 from nixfly.errors import ImageError
+from nixfly.fsutil import NestingError, load_json, read_regular
 from nixfly.image import Image, parse_manifest
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
@@ -15,23 +15,27 @@ from nixfly.image.platform import choose_platform, descriptor_platform, entry_pl
 from nixfly.transports import LayoutLocation
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# Documents read whole, bounded (a JSON document costs up to ~30 times its size in memory once parsed):
+MANIFEST_MAX = 4 << 20  # a manifest or index blob: distribution takes manifests up to 4 MiB
+CONFIG_MAX = 16 << 20  # an image config (usually a few KiB; long histories make it longer)
+INDEX_JSON_MAX = 16 << 20  # index.json: about 250 bytes a tag, so 60,000 tags
 
 
 def blob_path(root: Path, digest: str) -> Path:
     return root / "blobs" / "sha256" / digest_hex(digest)
 
 
-def _read_blob(root: Path, desc: dict[str, Any], where: str, limit: int = 64 << 20) -> bytes:
+def _read_blob(root: Path, desc: dict[str, Any], where: str, limit: int = MANIFEST_MAX) -> bytes:
     """A small blob (index, manifest, config) named by ``desc``, verified against its digest and size."""
     digest = check_digest(str(desc.get("digest", "")))
     p = blob_path(root, digest)
+    size = desc.get("size")
+    if isinstance(size, int) and not 0 <= size <= limit:
+        raise ImageError(f"{where}: blob {digest} is {size} bytes; not a manifest or config")
     try:
-        with p.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_regular(p, limit, f"{where}: blob {digest}", ImageError)
     except OSError:
         raise ImageError(f"{where}: blob {digest} is missing from {root}") from None
-    if len(data) > limit:
-        raise ImageError(f"{where}: blob {digest} is larger than {limit >> 20} MiB; not a manifest or config")
     if "size" in desc and len(data) != desc["size"]:
         raise ImageError(f"{where}: blob {digest} has {len(data)} bytes, descriptor says {desc['size']}")
     if sha256_digest(data) != digest:
@@ -41,7 +45,9 @@ def _read_blob(root: Path, desc: dict[str, Any], where: str, limit: int = 64 << 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
+    except NestingError as e:
+        raise ImageError(f"{what} is {e}") from None
     except (ValueError, UnicodeDecodeError):
         raise ImageError(f"{what} is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -51,7 +57,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def read_index(root: Path) -> dict[str, Any]:
     try:
-        data = (root / "index.json").read_bytes()
+        data = read_regular(root / "index.json", INDEX_JSON_MAX, f"{root}/index.json", ImageError)
     except FileNotFoundError:
         raise ImageError(f"{root} is not an OCI layout (no index.json)") from None
     except OSError as e:
@@ -117,7 +123,7 @@ def read_layout(loc: LayoutLocation, platform: str | None = None) -> Image:
         raise ImageError(f"{where}: unsupported manifest type {desc.get('mediaType')}")
     raw = _read_blob(root, desc, where)
     m = parse_manifest(raw, where)
-    config_bytes = _read_blob(root, m["config"], where)
+    config_bytes = _read_blob(root, m["config"], where, CONFIG_MAX)
     cfg = _json_object(config_bytes, f"{where}: config {m['config'].get('digest')}")
     rootfs = cfg.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -17,6 +16,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from nixfly.errors import ImageError, NixflyError, RegistryError
+from nixfly.fsutil import load_json
 from nixfly.image import Image
 from nixfly.image.digest import check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
@@ -165,7 +165,7 @@ def image_from_manifest(client: RegistryClient, ref: Reference, m: Manifest) -> 
         raise RegistryError(f"{where}: manifest has no valid config/layers") from None
     config_bytes = client.get_blob_bytes(ref.repository, cfg_digest)
     try:
-        config = json.loads(config_bytes)
+        config = load_json(config_bytes)  # bounded nesting: a NestingError is a ValueError
         diff_ids = list(config["rootfs"]["diff_ids"])
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"{where}: image config is not valid (no rootfs.diff_ids)") from None
