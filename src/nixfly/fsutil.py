@@ -21,7 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nixfly.errors import NixflyError
+from nixfly.errors import NixflyError, UsageError
+
+
+def refuse_nix_store(path: Path | str, what: str) -> None:
+    """Nothing nixfly writes may land inside the Nix store (``$NIX_STORE_DIR``, default /nix/store): its
+    paths are immutable and known by their hashes, and as root nothing else stops a write there (a cache
+    dir or an ``oci:`` output given as ``./result`` would change a store path under Nix's feet)."""
+    store = os.path.realpath(os.environ.get("NIX_STORE_DIR", "/nix/store"))
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return  # a path that cannot be resolved is refused by whatever opens it
+    if real == store or real.startswith(store.rstrip("/") + "/"):
+        raise UsageError(f"{what} {path} is inside the Nix store ({store}), which nixfly never writes to")
 
 
 @contextlib.contextmanager

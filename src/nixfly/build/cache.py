@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nixfly.errors import NixflyError
-from nixfly.fsutil import atomic_write_bytes, note_sha256
+from nixfly.fsutil import atomic_write_bytes, note_sha256, refuse_nix_store
 from nixfly.image import canonical_json
 from nixfly.image.digest import digest_hex, file_digest
 from nixfly.image.mediatypes import Compression
@@ -133,6 +133,7 @@ class CachedLayer:
 class BlobCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        refuse_nix_store(self.root, "cache dir")
         self.blobs = self.root / "blobs" / "sha256"
         self.index = self.root / "layers"
         try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from nixfly.errors import UsageError
+from nixfly.fsutil import refuse_nix_store
 from nixfly.image.convert import with_format
 from nixfly.image.mediatypes import ManifestFormat
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
@@ -91,8 +92,11 @@ def open_sink(
 ) -> Sink:
     """The sink that writes to ``location``."""
     if isinstance(location, LayoutLocation):
+        refuse_nix_store(location.path, "output")
         return LayoutSink(location)
     if isinstance(location, ArchiveLocation):
+        if location.path is not None:
+            refuse_nix_store(location.path, "output")
         return ArchiveSink(location)
     return RegistrySink((location.reference,), options, tuple(mount_from), progress)
 
