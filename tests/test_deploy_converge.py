@@ -130,7 +130,7 @@ def test_first_deploy_killed_at_each_step_converges(
     fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], k: int
 ) -> None:
     toml = write_toml(demo_app)
-    args = ("deploy", "-c", str(toml), "--image", demo_images["v1"], "--lease-timeout", "2s")
+    args = ("deploy", "-c", str(toml), "--image", demo_images["v1"], "--lease-timeout", "4s")
     assert run_killed_at(fly_api, k, *args)
     steps = [r for r in fly_api.requests if is_step(r)]
     assert len(steps) == k + 1  # the kill came at that step, and nothing after it was sent
@@ -155,7 +155,7 @@ def test_bluegreen_deploy_killed_at_each_step_converges(
     toml = write_toml(demo_app, strategy="bluegreen")
     config = machine_configs(load_fly_toml(toml), demo_images["v1"])["app"]
     blues = {fly_api.seed_machine("demo", config).id for _ in range(2)}
-    args = ("deploy", "-c", str(toml), "--image", demo_images["v2"], "--lease-timeout", "2s")
+    args = ("deploy", "-c", str(toml), "--image", demo_images["v2"], "--lease-timeout", "4s")
     assert run_killed_at(fly_api, k, *args)
     rerun = start_cli(*args)
     _out, err = rerun.communicate(timeout=120)

@@ -80,8 +80,8 @@ def test_every_command_on_the_page_runs(
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     # The stream script streams the image of the default package, as streamLayeredImage would.
     layout = tmp_path / "made"
-    build = subprocess.run([sys.executable, "-m", "nixfly", "build", ".", "-o", f"oci:{layout}:t", "-q"], cwd=d,
-                           env=env, capture_output=True, text=True)  # fmt: skip
+    build = subprocess.run([sys.executable, "-m", "nixfly", "build", ".", "--cmd", "/bin/my-app", "-o",
+                            f"oci:{layout}:t", "-q"], cwd=d, env=env, capture_output=True, text=True)  # fmt: skip
     assert build.returncode == 0, build.stderr
     digest = build.stdout.strip()
     parts_from_layout(layout, d / "parts")

@@ -268,7 +268,14 @@ class Deployer:
                 held = dict(self._leases)
             for mid, nonce in held.items():
                 with contextlib.suppress(FlyAPIError):
-                    self.api.refresh_lease(self.app, mid, nonce=nonce, ttl=self.s.lease_ttl)
+                    lease = self.api.refresh_lease(self.app, mid, nonce=nonce, ttl=self.s.lease_ttl)
+                    # A refresh that came after the lease ran out (a starved process) is granted as a new
+                    # lease with a new nonce: hold that one, or every later change is refused as not ours.
+                    if lease.nonce and lease.nonce != nonce:
+                        with self._lease_lock:
+                            still_held = self._leases.get(mid) == nonce
+                        if still_held:
+                            self._hold(mid, lease.nonce)
 
     def _release_all(self) -> None:
         with self._lease_lock:
