@@ -71,9 +71,9 @@ def test_build_reports_every_layer_once_and_blobs_only_to_a_listener_that_takes_
         assert sorted(rec.done) == list(range(n))
         assert [rec.done[i].layer.digest for i in range(n)] == [b.layer.digest for b in result.layers]
         assert [s.kind for s in rec.planned_specs] == [b.spec.kind for b in result.layers]
-    # Each layer's event reaches the listeners in the Tee's order.
-    done = [e for e in log if e[1] == "done"]
-    assert done[0::2] == [("a", "done", e[2]) for e in done[1::2]] and done[1::2] == [("b", *e[1:]) for e in done[0::2]]
+    # Each layer's event reaches the listeners in the Tee's order (layers themselves finish in any order).
+    for i in range(n):
+        assert log.index(("a", "done", i)) < log.index(("b", "done", i))
     # Every layer was built now (a fresh cache): each blob handed over is that layer's bytes.
     assert sorted(blobs.blobs) == list(range(n))
     for i, b in enumerate(result.layers):
