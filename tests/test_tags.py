@@ -62,7 +62,7 @@ def test_list_tags_follows_link_pagination(registry: RunningRegistry, tmp_path: 
     push_image(make_image(tmp_path / "a", busybox=False), [f"{registry.host}/pg/app:a", f"{registry.host}/pg/app:b"])
     with RegistryClient(registry.host) as c:
         assert sorted(c.list_tags("pg/app", page_size=1)) == ["a", "b"]
-    from nixfly.registry.client import _next_link
+    from nixfly.registry.tags import _next_link
 
     assert _next_link('</v2/pg/app/tags/list?last=a&n=1>; rel="next"') == "/v2/pg/app/tags/list?last=a&n=1"
     assert _next_link("") is None

@@ -1,5 +1,5 @@
-"""Set-up the deploy tests share (tests/test_deploy.py, tests/test_deploy_round2.py): the app "demo" in the
-Machines API stand-in, and digest-pinned images of it in a real registry.
+"""Set-up the deploy tests share (tests/test_deploy.py, tests/test_deploy_rollback_and_secrets.py): the app
+"demo" in the Machines API stand-in, and digest-pinned images of it in a real registry.
 
 Fixtures (function-scoped):
 

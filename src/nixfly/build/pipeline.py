@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from nixfly.build.base import cache_backed_image, read_files, store_paths_in
 from nixfly.build.cache import BlobCache
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from nixfly.build.bincache import CacheOptions, RemoteStore
 from nixfly.build.compress import make_compressor
 from nixfly.build.customise import BASE_ETC_FILES, customise
+from nixfly.build.events import NO_EVENTS, BuildEvents
 from nixfly.build.layering import plan_layers
 from nixfly.build.layers import BuiltLayer, KnownLayers, LayerSettings, LayerSpec, build_layers
 from nixfly.build.spec import ImageSpec
@@ -146,23 +147,18 @@ def build_image(
     *,
     cache_dir: Path | None = None,
     workers: int | None = None,
-    on_plan: Callable[[list[LayerSpec], list[int]], None] | None = None,
-    on_layer: Callable[[int, BuiltLayer], None] | None = None,
-    on_layer_start: Callable[[int], None] | None = None,
-    on_layer_bytes: Callable[[int, int], None] | None = None,
+    events: BuildEvents = NO_EVENTS,
     caches: CacheOptions | None = None,
     verify: bool = True,
     platform_check: bool = True,
-    on_fetch_plan: Callable[[int], None] | None = None,
-    on_fetch_bytes: Callable[[int], None] | None = None,
     base: BaseResolver | None = None,
     platform: str | None = None,
     known: KnownLayers | None = None,
-    on_layer_blob: Callable[[int, GrowingBlob], None] | None = None,
 ) -> BuildResult:
     """Build the image ``spec`` describes. Deterministic: same closure + settings → same digests.
-    ``known`` (a destination registry's layer index) supplies layers the local cache lacks; ``on_layer_blob``
-    gets each layer being built as its compressed blob grows (to upload it while it is written).
+    ``known`` (a destination registry's layer index) supplies layers the local cache lacks. ``events`` hears the
+    layer plan, each layer's progress and each layer being built as its compressed blob grows (to upload it
+    while it is written): see :mod:`nixfly.build.events`.
     With ``caches`` (or ``substituters`` in the spec), store paths missing locally come from binary
     caches; the layers are the same bytes as from a local store holding those paths.
 
@@ -199,8 +195,7 @@ def build_image(
     try:
         return _build(
             spec, closure, cache, store, t0, workers=workers, platform_check=platform_check, base=base,
-            on_plan=on_plan, on_layer=on_layer, on_layer_start=on_layer_start, on_layer_bytes=on_layer_bytes,
-            on_fetch_plan=on_fetch_plan, on_fetch_bytes=on_fetch_bytes, known=known, on_layer_blob=on_layer_blob,
+            events=events, known=known,
         )  # fmt: skip
     finally:
         if store is not None:
@@ -230,15 +225,9 @@ def _build(
     *,
     workers: int | None,
     platform_check: bool,
-    on_plan: Callable[[list[LayerSpec], list[int]], None] | None,
-    on_layer: Callable[[int, BuiltLayer], None] | None,
-    on_layer_start: Callable[[int], None] | None,
-    on_layer_bytes: Callable[[int, int], None] | None,
-    on_fetch_plan: Callable[[int], None] | None,
-    on_fetch_bytes: Callable[[int], None] | None,
+    events: BuildEvents,
     base: BaseResolver | None = None,
     known: KnownLayers | None = None,
-    on_layer_blob: Callable[[int, GrowingBlob], None] | None = None,
 ) -> BuildResult:
     fs = None
     # From a binary cache, the search through the closure (CA certificates, /bin/sh, /usr/bin/env) waits
@@ -249,9 +238,9 @@ def _build(
 
         full = [*closure.roots, *(p for p in spec.contents.paths if p in closure.paths)]
         fs = store.fs = RemoteFS(store, full, cache.root / "listings", closure.store_dir, closure.roots)
-        store.on_bytes = on_fetch_bytes
-        if on_fetch_plan is not None:
-            on_fetch_plan(download_size(store, [p for p in full if not fs.has_listing(p)]))
+        fetched = events.fetch_bytes if events.listens("fetch_bytes") else None
+        store.on_bytes = fetched
+        events.fetch_planned(download_size(store, [p for p in full if not fs.has_listing(p)]))
         fs.prefetch(full, workers or os.cpu_count() or 1)
         searched = spec.ca_certificates or spec.bin_sh or spec.usr_bin_env
     if platform_check:
@@ -312,8 +301,7 @@ def _build(
     if has_custom or leftover:
         specs.append(LayerSpec((), tuple(cust.entries + leftover), "customisation"))
     weights = [sum(closure.paths[p].nar_size for p in s.store_paths) + 4096 * len(s.extra) for s in specs]
-    if on_plan is not None:
-        on_plan(specs, weights)
+    events.planned(specs, weights)
     settings = LayerSettings(
         compressor=make_compressor(spec.layers.compression, spec.layers.level),
         mtime=source_date_epoch(),
@@ -330,32 +318,20 @@ def _build(
         if known is not None:
             missing = [s for s in missing if known(settings.key(s)) is None]
         needed = [p for s in missing for p in s.store_paths if store.covers(p)]
-        if on_fetch_plan is not None:
-            on_fetch_plan(download_size(store, needed))
-        store.prefetch(needed, on_bytes=on_fetch_bytes)
+        events.fetch_planned(download_size(store, needed))
+        store.prefetch(needed, on_bytes=events.fetch_bytes if events.listens("fetch_bytes") else None)
     if not searched:
-        built = build_layers(
-            specs, settings, cache, weights=weights,
-            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known, on_blob=on_layer_blob,
-        )  # fmt: skip
+        built = build_layers(specs, settings, cache, weights=weights, known=known, **_layer_hooks(events))
     else:
         last = len(specs) - 1  # the customisation layer
-        built = build_layers(
-            specs[:last], settings, cache, weights=weights[:last],
-            on_done=on_layer, on_start=on_layer_start, on_bytes=on_layer_bytes, known=known, on_blob=on_layer_blob,
-        )  # fmt: skip
+        built = build_layers(specs[:last], settings, cache, weights=weights[:last], known=known,
+                             **_layer_hooks(events))  # fmt: skip
         whole = customise(spec, closure, fs, base_files)
         if whole.root_entries != cust.root_entries:  # the roots' links never depend on the search
             raise NixflyError("internal error: the roots' contents links changed during the build")
         cust = whole
         specs[last] = LayerSpec((), tuple(cust.entries + leftover), "customisation")
-        built += build_layers(
-            specs[last:], settings, cache,
-            on_done=None if on_layer is None else (lambda i, b: on_layer(i + last, b)),
-            on_start=None if on_layer_start is None else (lambda i: on_layer_start(i + last)),
-            on_bytes=None if on_layer_bytes is None else (lambda i, n: on_layer_bytes(i + last, n)), known=known,
-            on_blob=None if on_layer_blob is None else (lambda i, g: on_layer_blob(i + last, g)),
-        )  # fmt: skip
+        built += build_layers(specs[last:], settings, cache, known=known, **_layer_hooks(events, last))
     base_env = (resolved.image.config.get("config") or {}).get("Env") or [] if resolved is not None else []
     base_has_path = any(str(e).startswith("PATH=") for e in base_env)
     config = image_config(spec, closure, built, cust.env, cust.entrypoint, cust.labels, default_path=not base_has_path)
@@ -371,6 +347,37 @@ def _build(
     return BuildResult(
         image, tuple(built), closure, time.monotonic() - t0, resolved, tuple(cust.warnings), image_platform, from_base
     )
+
+
+class _LayerHooks(TypedDict):
+    on_done: Callable[[int, BuiltLayer], None]
+    on_start: Callable[[int], None]
+    on_bytes: Callable[[int, int], None] | None
+    on_blob: Callable[[int, GrowingBlob], None] | None
+
+
+def _layer_hooks(events: BuildEvents, offset: int = 0) -> _LayerHooks:
+    """``build_layers``' callbacks from ``events``, layer ``i`` reported as ``offset + i``; the costly ones
+    only when a listener wants them (a growing blob changes how a layer is written)."""
+
+    def done(i: int, b: BuiltLayer) -> None:
+        events.layer_done(i + offset, b)
+
+    def start(i: int) -> None:
+        events.layer_started(i + offset)
+
+    def count(i: int, n: int) -> None:
+        events.layer_bytes(i + offset, n)
+
+    def blob(i: int, g: GrowingBlob) -> None:
+        events.layer_blob(i + offset, g)
+
+    return {
+        "on_done": done,
+        "on_start": start,
+        "on_bytes": count if events.listens("layer_bytes") else None,
+        "on_blob": blob if events.listens("layer_blob") else None,
+    }
 
 
 def check_closure_platform(closure: Closure, platform: str, roots: list[str]) -> None:

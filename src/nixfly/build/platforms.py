@@ -68,16 +68,17 @@ def build_index(
     workers: int | None = None,
     base: BaseResolver | None = None,
     on_platform: Callable[[str], None] | None = None,
-    **hooks: Any,
+    **build_options: Any,
 ) -> IndexBuildResult:
-    """Build one image per entry of ``platforms`` (checked with :func:`check_platforms`) and the index."""
+    """Build one image per entry of ``platforms`` (checked with :func:`check_platforms`) and the index;
+    ``build_options`` (``events``, ``caches``, ``known``, …) go to each ``build_image``."""
     results = []
     entries = []
     for p in check_platforms(platforms):
         if on_platform is not None:
             on_platform(p.platform)
         r = build_image(platform_spec(spec, p), cache_dir=cache_dir, workers=workers, base=base,
-                        platform=p.platform, **hooks)  # fmt: skip
+                        platform=p.platform, **build_options)  # fmt: skip
         results.append(r)
         entries.append(PlatformImage(p.platform, r.image))
     return IndexBuildResult(ImageIndex(tuple(entries), spec.format), tuple(results))

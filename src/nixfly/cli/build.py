@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from nixfly.build.closure import is_installable, nix_reporter
-from nixfly.build.layers import BuiltLayer, LayerSpec
+from nixfly.build.events import BuildEvents, Notes, Tee
 from nixfly.build.pipeline import BuildResult
 from nixfly.build.spec import (
     FileSpec,
@@ -150,14 +150,6 @@ def _flag_or_key(key: str, given: dict[str, Any], base: dict[str, Any]) -> str:
     if rest and isinstance(before, dict) and before.get(rest[0]) == given[head].get(rest[0]):
         return key  # a file's entry the flags left alone
     return flag
-
-
-def _label(spec: LayerSpec) -> str:
-    """A layer's name for a progress bar: its first store path's name (+N more), or its kind."""
-    if not spec.store_paths:
-        return spec.kind
-    first = spec.store_paths[0].rsplit("/", 1)[-1].split("-", 1)[-1]
-    return first + (f" +{len(spec.store_paths) - 1}" if len(spec.store_paths) > 1 else "")
 
 
 def _summary(result: BuildResult, output: str | None, img: Image) -> dict[str, Any]:
@@ -356,51 +348,6 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TimeElapsedColumn(),
             console=stderr_console(), transient=True,
         )  # fmt: skip
-    total: list[Any] = []
-    per_layer: dict[int, Any] = {}
-    weights: list[int] = []
-    names: list[str] = []
-
-    def on_plan(specs: list[LayerSpec], w: list[int]) -> None:
-        weights.extend(w)
-        names.extend(_label(s) for s in specs)
-        if spinner is not None:
-            spinner.stop()  # nix is done; the layer bars take the terminal
-        if progress is not None:
-            progress.start()
-            total.append(progress.add_task(f"[bold]{len(specs)} layers", total=sum(w)))
-
-    def on_start(i: int) -> None:
-        if progress is not None:
-            per_layer[i] = progress.add_task(f"  {names[i][:40]}", total=max(weights[i], 1))
-
-    def on_bytes(i: int, n: int) -> None:
-        if progress is not None and i in per_layer:
-            progress.advance(per_layer[i], n)
-
-    fetch_task: list[Any] = []
-
-    def on_fetch_plan(total_bytes: int) -> None:
-        if progress is None or not total_bytes:
-            return
-        if not progress.live.is_started:
-            progress.start()
-        if fetch_task:
-            task = progress.tasks[progress.task_ids.index(fetch_task[0])]
-            progress.update(fetch_task[0], total=(task.total or 0) + total_bytes)
-        else:
-            fetch_task.append(progress.add_task("  downloading NARs", total=total_bytes))
-
-    def on_fetch_bytes(n: int) -> None:
-        if progress is not None and fetch_task:
-            progress.advance(fetch_task[0], n)
-
-    def on_layer(i: int, b: BuiltLayer) -> None:
-        if progress is not None and total:
-            if i in per_layer:
-                progress.remove_task(per_layer.pop(i))
-            progress.advance(total[0], weights[i])
-
     spinner = _NixSpinner() if progress is not None else None
     token = nix_reporter.set(spinner) if spinner is not None else None
     from nixfly.cli.common import registry_options
@@ -419,10 +366,12 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         from nixfly.cli.streaming import UploadBar
 
         uploads_bar = UploadBar(progress)
-    hooks = {"on_plan": on_plan, "on_layer_start": on_start if progress is not None else None,
-             "on_layer_bytes": on_bytes if progress is not None else None, "on_fetch_plan": on_fetch_plan,
-             "on_fetch_bytes": on_fetch_bytes, "on_layer": on_layer}  # fmt: skip
-    events = ShipEvents(build_hooks=hooks, uploads=uploads_bar, on_note=_noter(quiet or json_out))
+    listener: BuildEvents = Notes(_noter(quiet or json_out))
+    if progress is not None:
+        from nixfly.cli.streaming import BuildBars
+
+        listener = Tee(BuildBars(progress, spinner), listener)
+    events = ShipEvents(build=listener, uploads=uploads_bar)
     settings = _settings(o, caches, resolver, single_platform)
     request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=options, build=settings,
                           layer_index=not o["no_layer_index"])  # fmt: skip
@@ -566,7 +515,7 @@ def _build_index(
     request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=registry_options(o),
                           build=_settings(o, caches, resolver, None), platforms=tuple(platforms),
                           layer_index=not o["no_layer_index"], allow_index=o["allow_index"])  # fmt: skip
-    outcome = ship(request, ShipEvents(on_platform=on_platform, on_note=_noter(quiet)))
+    outcome = ship(request, ShipEvents(build=Notes(_noter(quiet)), on_platform=on_platform))
     for r in outcome.results:
         for w in r.warnings:
             click.echo(f"nixfly: warning: {r.platform}: {w}", err=True)
@@ -602,7 +551,7 @@ def _build_index(
     click.echo(summary["pushed"]["reference"] if pushes else digest)
 
 
-def _noter(quiet: bool) -> Any:
+def _noter(quiet: bool) -> Callable[[str], None]:
     def note(text: str) -> None:
         if not quiet:
             click.echo(f"note: {text}", err=True)

@@ -202,6 +202,7 @@ def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, op
                mount_from: tuple[str, ...], o: dict[str, Any]) -> None:  # fmt: skip
     """``push nixfly.toml``: build it and ship it as ``build --push`` would (layer index, SBOM, one image or,
     with ``[[image.platforms]]``, an index — refused for registry.fly.io before anything is built)."""
+    from nixfly.build.events import Notes
     from nixfly.build.spec import load_spec
     from nixfly.services.ship import ShipEvents, ShipRequest, ship
 
@@ -217,7 +218,7 @@ def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, op
     request = ShipRequest(spec, tuple(dests), fmt=fmt, options=options, platforms=tuple(spec.platforms),
                           mount_from=mount_from)  # fmt: skip
     with _push_bars(o) as bars:
-        outcome = ship(request, ShipEvents(push=bars, on_note=note))
+        outcome = ship(request, ShipEvents(build=Notes(note), push=bars))
     for text in outcome.notes:
         note(text)
     for a in (outcome.sbom or {}).get("attached", []):

@@ -27,27 +27,25 @@ Distribution-spec facts relied on here:
 from __future__ import annotations
 
 import json
-import os
 import re
-import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from nixfly.errors import ImageError, RegistryError, UsageError, excerpt
+from nixfly.errors import ImageError, RegistryError, excerpt
 from nixfly.image.digest import sha256_digest
 from nixfly.image.growing import GrowingBlob
 from nixfly.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from nixfly.limits import ACCEPT_ENCODING, DEFAULT_MAX, MANIFEST_MAX, TAGS_MAX, TOKEN_MAX, read_response
-from nixfly.registry import upload
+from nixfly.limits import ACCEPT_ENCODING, DEFAULT_MAX, MANIFEST_MAX, TOKEN_MAX, read_response
+from nixfly.registry import tags, upload
 from nixfly.registry.auth import Authenticator, Credentials, resolve_credentials
 from nixfly.registry.options import RegistryOptions as RegistryOptions  # re-exported: its old home
 from nixfly.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LOCAL_HOSTS
+from nixfly.registry.tls import tls_context
 from nixfly.registry.wire import NoteFn, ProgressFn, registry_error_text
 from nixfly.retry import (
     Transient,
@@ -82,35 +80,6 @@ class Manifest:
         return obj
 
 
-_TLS_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
-_TLS_LOCK = threading.Lock()
-
-
-def _shared_tls_context(cas: list[Path]) -> ssl.SSLContext:
-    """The system trust store plus ``cas``, built once per process for the same inputs: loading the
-    system store costs tens of milliseconds, and one command may open a client per registry, per
-    referrer push and for the layer index. Keyed by the CA files' identity (path, inode, size, mtime)
-    and the variables OpenSSL reads the default store from, so a changed input builds a new context."""
-    key: list[object] = [os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")]
-    for ca in cas:
-        try:
-            st = ca.stat()
-        except OSError:
-            raise UsageError(f"{ca} is not a PEM certificate") from None
-        key.append((str(ca), st.st_ino, st.st_size, st.st_mtime_ns))
-    with _TLS_LOCK:
-        ctx = _TLS_CONTEXTS.get(tuple(key))
-        if ctx is None:
-            ctx = ssl.create_default_context()
-            for ca in cas:
-                try:
-                    ctx.load_verify_locations(cafile=str(ca))
-                except (ssl.SSLError, OSError):
-                    raise UsageError(f"{ca} is not a PEM certificate") from None
-            _TLS_CONTEXTS[tuple(key)] = ctx
-        return ctx
-
-
 class RegistryClient:
     """One registry host. Thread-safe: blob transfers may run in parallel on the same client."""
 
@@ -125,7 +94,7 @@ class RegistryClient:
         t = self.options.timeout
         limits = httpx.Limits(max_connections=max(4, self.options.parallel * 2))
         self._http = httpx.Client(
-            verify=self._tls_context(),
+            verify=tls_context(self.options),
             timeout=httpx.Timeout(t, connect=min(t, 30.0)),
             limits=limits,
             follow_redirects=False,
@@ -136,22 +105,6 @@ class RegistryClient:
         self._ping_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
-
-    def _tls_context(self) -> ssl.SSLContext | bool:
-        if not self.options.tls_verify:
-            return False
-        cas: list[Path] = []
-        cert_dir = self.options.cert_dir
-        if cert_dir is not None:
-            try:  # a name too long for the system raises here (ENAMETOOLONG), not "no such directory"
-                cas = sorted(p for p in Path(cert_dir).glob("*.crt") if not p.name.endswith(".cert"))
-            except OSError as e:
-                raise UsageError(f"--cert-dir {cert_dir}: {e.strerror}") from None
-            if not Path(cert_dir).is_dir():
-                raise UsageError(f"--cert-dir {cert_dir} is not a directory")
-            if not cas:
-                raise UsageError(f"--cert-dir {cert_dir} holds no *.crt CA file")
-        return _shared_tls_context(cas)
 
     def close(self) -> None:
         self._http.close()
@@ -616,41 +569,8 @@ class RegistryClient:
         return digest
 
     def list_tags(self, repo: str, page_size: int | None = None) -> list[str]:
-        """All tags of ``repo``, following ``Link: <…>; rel="next"`` pagination (a next page on another
-        host is fetched without credentials, see ``is_own``)."""
-        tags: list[str] = []
-        url: str | None = f"/v2/{repo}/tags/list"
-        params = {"n": str(page_size)} if page_size else None
-        seen: set[str] = set()
-        while url is not None:
-            if len(seen) >= _MAX_PAGES or len(tags) > _MAX_TAGS:
-                raise self.fail(f"the tags list of {repo} goes on for more than {len(seen)} pages, "
-                                f"{len(tags)} tags; not reading on")  # fmt: skip
-            resp = self.request("GET", url, self.pull_scope(repo), params=params, limit=TAGS_MAX)
-            params = None  # the Link URL carries its own query
-            if resp.status_code == 404:
-                text = registry_error_text(resp)
-                if "NAME_UNKNOWN" in text or not tags:
-                    raise self.fail(f"repository {repo} not found")
-            if resp.status_code != 200:
-                raise self.fail(f"GET tags of {repo}: {registry_error_text(resp)}")
-            try:
-                page = resp.json().get("tags") or []
-                tags.extend(str(t) for t in page)
-            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
-                raise self.fail(f"tags list of {repo} is not JSON") from None
-            url = _next_link(resp.headers.get("link", ""))
-            if url is not None:
-                url = urljoin(str(resp.request.url), url)  # relative to the page that named it
-                if url in seen:
-                    break
-                seen.add(url)
-        return tags
-
-
-# A tags list that pages on for ever (each page naming a new next page) ends here, not at memory's end.
-_MAX_PAGES = 1_000
-_MAX_TAGS = 1_000_000
+        """All tags of ``repo`` (:func:`nixfly.registry.tags.list_tags`: every page, bounded)."""
+        return tags.list_tags(self, repo, page_size)
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -665,11 +585,3 @@ def _int_header(resp: httpx.Response, name: str) -> int | None:
         return int(resp.headers[name])
     except (KeyError, ValueError):
         return None
-
-
-def _next_link(header: str) -> str | None:
-    for part in header.split(","):
-        m = re.match(r"\s*<([^>]+)>\s*;(.*)$", part)
-        if m and re.search(r'rel="?next"?', m.group(2)):
-            return m.group(1)
-    return None

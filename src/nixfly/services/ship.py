@@ -11,11 +11,12 @@ what, and the registry clients live here. Single- and multi-platform builds alik
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nixfly.build.events import NO_EVENTS, BuildEvents, Tee
 from nixfly.errors import NixflyError
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
 
@@ -78,18 +79,17 @@ class ShipOutcome:
 
 @dataclass
 class ShipEvents:
-    """What the CLI listens to: ``build_image``'s progress hooks (``on_plan``, ``on_layer_start``, …),
-    upload progress while the build runs and during the push, platforms as they start, notes."""
+    """What the CLI listens to: the build's events (``build.events``: the layer plan, layers' progress, …, and
+    the notes of the whole operation), upload progress while the build runs and during the push, platforms as
+    they start."""
 
-    build_hooks: Mapping[str, Any] = field(default_factory=dict)
+    build: BuildEvents = NO_EVENTS
     uploads: PushProgress | None = None
     push: PushProgress | None = None
     on_platform: Callable[[str], None] | None = None
-    on_note: Callable[[str], None] | None = None
 
     def note(self, text: str) -> None:
-        if self.on_note is not None:
-            self.on_note(text)
+        self.build.note(text)
 
 
 class Clients:
@@ -250,7 +250,7 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     pushes = _refs(req.destinations)
     clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
-    hooks: dict[str, Any] = dict(events.build_hooks)
+    listeners = events.build
     uploads = None
     if pushes and not req.dry_run:
         # Layers go to the first registry while the build runs: each starts uploading when its compression
@@ -258,12 +258,12 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
         from nixfly.services.uploads import BuildUploads
 
         uploads = BuildUploads(pushes[0], _options(req), events.uploads, client=clients.get(pushes[0].registry))
-        hooks.update(uploads.build_hooks(hooks.get("on_layer")))
+        listeners = Tee(events.build, uploads)
     b = req.build
     with uploads or contextlib.nullcontext():
         result = build_image(spec, cache_dir=b.cache_dir, workers=b.workers, caches=b.caches, verify=b.verify,
                              platform_check=b.platform_check, base=_base(req), platform=b.platform,
-                             known=index.lookup if index is not None else None, **hooks)  # fmt: skip
+                             known=index.lookup if index is not None else None, events=listeners)  # fmt: skip
     fmt = format_for(req.destinations, result.image, req.fmt)
     converted = with_format(result.image, fmt)
     digest = converted.manifest_digest()
@@ -308,12 +308,9 @@ def _ship_index(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
     b = req.build
-    hooks: dict[str, Any] = {**events.build_hooks, "caches": b.caches, "verify": b.verify,
-                             "platform_check": b.platform_check}  # fmt: skip
-    if index is not None:
-        hooks["known"] = index.lookup
     res = build_index(req.spec, req.platforms, cache_dir=b.cache_dir, workers=b.workers, base=_base(req),
-                      on_platform=events.on_platform, **hooks)  # fmt: skip
+                      on_platform=events.on_platform, events=events.build, caches=b.caches, verify=b.verify,
+                      platform_check=b.platform_check, known=index.lookup if index is not None else None)  # fmt: skip
     if req.dry_run:
         from nixfly.image.index import index_with_format
         from nixfly.sinks import format_for

@@ -1,15 +1,17 @@
-"""Pushing while building: the hooks that hand a build's layers to the registry sink as they are made.
+"""Pushing while building: the build listener that hands a build's layers to the registry sink as they are
+made.
 
-A ship with a registry destination gives ``build_image`` these hooks, so a layer starts uploading when its
-compression starts (``sinks.registry.EarlyUploads``); the push afterwards sends only the config and the
+A ship with a registry destination adds this listener to ``build_image``'s events, so a layer starts uploading
+when its compression starts (``sinks.registry.EarlyUploads``); the push afterwards sends only the config and the
 manifest, plus whatever another destination needs.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from nixfly.build.events import BuildListener
 from nixfly.sinks.registry import EarlyUploads, PushProgress
 
 if TYPE_CHECKING:
@@ -19,8 +21,9 @@ if TYPE_CHECKING:
     from nixfly.registry.reference import Reference
 
 
-class BuildUploads:
-    """Layers of one build → uploads to the first push destination while the build goes on."""
+class BuildUploads(BuildListener):
+    """Layers of one build → uploads to the first push destination while the build goes on (a listener of
+    the build's events: each growing blob, each finished layer)."""
 
     def __init__(self, ref: Reference, options: RegistryOptions, progress: PushProgress | None = None,
                  client: RegistryClient | None = None) -> None:  # fmt: skip
@@ -28,28 +31,18 @@ class BuildUploads:
         self._streamed: set[int] = set()
         self._lock = threading.Lock()
 
-    def on_blob(self, i: int, blob: GrowingBlob) -> None:
+    def layer_blob(self, i: int, blob: GrowingBlob) -> None:
         with self._lock:
             self._streamed.add(i)
         self.early.layer_growing(blob)
 
-    def on_layer(self, i: int, built: BuiltLayer) -> None:
+    def layer_done(self, i: int, built: BuiltLayer) -> None:
         with self._lock:
             streamed = i in self._streamed
         if built.remote:
             self.early.already_there(built.layer)
         elif not streamed:
             self.early.layer_ready(built.layer)
-
-    def build_hooks(self, on_layer: Any = None) -> dict[str, Any]:
-        """Keyword arguments for ``build_image``: ours, chained with the caller's ``on_layer``."""
-
-        def layer(i: int, b: BuiltLayer) -> None:
-            if on_layer is not None:
-                on_layer(i, b)
-            self.on_layer(i, b)
-
-        return {"on_layer": layer, "on_layer_blob": self.on_blob}
 
     def __enter__(self) -> BuildUploads:
         return self

@@ -1,4 +1,4 @@
-"""Layers upload while they are still being compressed (issue 15): a blob still being written goes up chunk
+"""Layers upload while they are still being compressed: a blob still being written goes up chunk
 by chunk through a real registry, survives faults on its first requests, and is never finished with bytes
 that do not match the digest its writer reports."""
 

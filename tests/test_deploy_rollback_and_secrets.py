@@ -1,4 +1,4 @@
-"""Issue 11 against the spec-validating stand-in (which answers like the real API: autostop booleans,
+"""Deploys against the spec-validating stand-in (which answers like the real API: autostop booleans,
 wrapped leases, crash loops with exit events, stale /wait answers without a version), with images in a
 real registry: no needless restarts, crash loops caught in seconds, typos refused before any request,
 spec-valid rollbacks, secrets from the API, tag resolution, --ha, apps create, secrets rolls, and the
