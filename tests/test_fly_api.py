@@ -187,3 +187,12 @@ def test_one_token_lookup_for_the_api_and_the_fly_registry(tmp_path: Path) -> No
     (home / ".fly" / "config.yml").write_text("access_token: [unclosed\n")
     with pytest.raises(ConfigError, match=r"config\.yml is not valid YAML"):
         resolve_token(None, env={}, home=home)
+
+
+def test_an_app_name_that_is_not_utf8_is_one_line(fly_api: RunningStandin) -> None:
+    # argv keeps undecodable bytes as surrogates; quoting them for the URL was an internal error (exit 70).
+    from tests.support.cli import run_nixfly
+
+    r = run_nixfly("status", "-a", "a\udcff", "--access-token", fly_api.token, "--api-url", fly_api.url)
+    assert r.code == 1, r.err
+    assert r.err.splitlines() == ["nixfly: app a\\udcff does not exist on Fly.io"]

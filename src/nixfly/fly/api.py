@@ -285,6 +285,10 @@ class MachinesAPI:
                 resp = read_response(self._client.send(req, stream=True), JSON_MAX, f"Fly API {what}", FlyAPIError)
             except httpx.TimeoutException:
                 raise FlyAPIError(f"Fly API {what}: no answer within {budget:g}s (--timeout to wait longer)") from None
+            except UnicodeEncodeError:
+                # A header (the token) or the path holds characters HTTP cannot carry: say which, not the value.
+                raise FlyAPIError(f"Fly API {what}: the access token, app name or machine id has characters "
+                                  "that cannot be sent in an HTTP request") from None
             except httpx.HTTPError as e:
                 text = self._token.scrub(f"Fly API {what} at {self.base_url}: {type(e).__name__}: {e}")
                 if idempotent:
@@ -333,7 +337,8 @@ class MachinesAPI:
 
     @staticmethod
     def _p(*parts: str) -> str:
-        return "/" + "/".join(quote(p, safe="") for p in parts)
+        # surrogateescape: an argument that was not UTF-8 is sent as its bytes, percent-encoded (then a 404)
+        return "/" + "/".join(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in parts)
 
     # -- apps --------------------------------------------------------------------------------------
 
