@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from nixfly.image import Image
-from nixfly.sinks.layout import write_layout
-from nixfly.transports import LayoutLocation
+from tests.test_run import layout_of, nixfly
 from tests.test_unpack import CAP_SETUID_EP, Entry, busybox_entries, make_image
 
 pytestmark = [
@@ -51,22 +49,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def nixfly(*args: str, cache: Path, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nixfly", "run", "--cache-dir", str(cache), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        **kw,
-    )
-
-
-def layout_of(img: Image, where: Path) -> Path:
-    write_layout(img, LayoutLocation(where, "latest"))
-    return where
 
 
 SETUID0_C = r"""
