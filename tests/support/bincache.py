@@ -91,23 +91,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 except OSError:
                     pass
                 return
-            if mode == "stall":  # full Content-Length, half the body, then nothing until released
-                data = Path(self.translate_path(self.path)).read_bytes()
+            if mode in ("stall", "cut"):  # full Content-Length, half the body, then the connection drops
+                data = Path(self.translate_path(self.path)).read_bytes()  # ("stall": only once released)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()
-                srv.release.wait(120)  # type: ignore[attr-defined]
-                self.close_connection = True
-                return
-            if mode == "cut":  # full Content-Length, half the body, then the connection drops
-                data = Path(self.translate_path(self.path)).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
+                if mode == "stall":
+                    srv.release.wait(120)  # type: ignore[attr-defined]
                 self.close_connection = True
                 return
         super().do_GET()

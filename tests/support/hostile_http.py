@@ -93,9 +93,13 @@ class _Server:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def record(self, s: Seen) -> None:
+    def receive(self, handler: BaseHTTPRequestHandler) -> tuple[Seen, bytes]:
+        """Read a request's body and record what arrived."""
+        body = _read_body(handler)
+        s = Seen(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, len(body))
         with self.lock:
             self.seen.append(s)
+        return s, body
 
     def authorized(self) -> list[Seen]:
         """The requests that carried an Authorization header."""
@@ -114,9 +118,7 @@ class Scripted(_Server):
                 pass
 
             def _handle(self) -> None:
-                body = _read_body(self)
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, len(body))
-                outer.record(seen)
+                seen, _body = outer.receive(self)
                 a = script(seen)
                 self.send_response(a.status)
                 for k, v in a.headers.items():
@@ -170,9 +172,7 @@ class Relay(_Server):
                 pass
 
             def _handle(self) -> None:
-                body = _read_body(self)
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, len(body))
-                outer.record(seen)
+                seen, body = outer.receive(self)
                 if answer_401 is not None:
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", answer_401)
