@@ -33,8 +33,10 @@ def _build(tc: TinyClosure, tmp_path: Path, *extra: str, out: str | None = None)
         (("--entrypoint", "webech"), "entrypoint 'webech' is not in the image (searched PATH=/bin:/usr/bin"),
         (("--entrypoint", "/bin/hello/x"), "entrypoint '/bin/hello/x' is not in the image"),
         (("--push", "UPPER/case"), "UPPER/case"),
+        (("--label", "k=\udcff"), "--label: is not UTF-8 text (an argument holds bytes that are not UTF-8)"),
     ],
-    ids=["perm-mode", "user", "group", "arch", "os", "jobs", "cmd", "entrypoint-on-path", "file-as-dir", "push-ref"],
+    ids=["perm-mode", "user", "group", "arch", "os", "jobs", "cmd", "entrypoint-on-path", "file-as-dir", "push-ref",
+         "label-not-utf8"],
 )
 def test_bad_input_is_one_line_before_anything_is_written(
     tiny_closure: TinyClosure, tmp_path: Path, extra: tuple[str, ...], message: str

@@ -539,16 +539,17 @@ def _non_utf8_key(data: Any) -> str | None:
     return None
 
 
-def validate_spec(data: dict[str, Any]) -> ImageSpec:
-    """An ImageSpec from plain data (CLI flags merged over a file); bad values are a UsageError."""
+def validate_spec(data: dict[str, Any], label: Callable[[str], str] = lambda key: key) -> ImageSpec:
+    """An ImageSpec from plain data (CLI flags merged over a file); bad values are a UsageError naming
+    ``label(key)`` (the CLI names the flag a value came from)."""
     bad = _non_utf8_key(data)
     if bad is not None:
-        shown = bad.encode("utf-8", "backslashreplace").decode()
+        shown = label(bad).encode("utf-8", "backslashreplace").decode()
         raise UsageError(f"{shown}: is not UTF-8 text (an argument holds bytes that are not UTF-8)")
     try:
         return check_processes(from_dict(ImageSpec, data))[0]
     except SpecError as e:
-        raise UsageError(f"{e.key}: {e.msg}") from None
+        raise UsageError(f"{label(e.key)}: {e.msg}") from None
 
 
 def located(path: Path | str, text: str, key: str, msg: str) -> str:

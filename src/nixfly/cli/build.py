@@ -18,11 +18,9 @@ from nixfly.build.spec import (
     FileSpec,
     ImageSpec,
     PlatformSpec,
-    SpecError,
-    check_processes,
-    from_dict,
     load_spec,
     to_dict,
+    validate_spec,
 )
 from nixfly.cli.app import cli
 from nixfly.cli.common import (
@@ -116,11 +114,8 @@ def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> I
     merged.update(upd)
     if lay:
         merged["layers"] = {**to_dict(base.layers), **lay}
-    try:
-        return check_processes(from_dict(ImageSpec, merged))[0]
-    except SpecError as e:
-        given = {**upd, **{f"layers.{k}": v for k, v in lay.items()}}
-        raise UsageError(f"{_flag_or_key(e.key, given, to_dict(base))}: {e.msg}") from None
+    given = {**upd, **{f"layers.{k}": v for k, v in lay.items()}}
+    return validate_spec(merged, lambda key: _flag_or_key(key, given, to_dict(base)))
 
 
 # The flag that sets each key of the spec: an error about a value typed on the command line names the flag
