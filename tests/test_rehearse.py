@@ -435,7 +435,8 @@ def test_deploy_rehearse_deploys_only_what_passed(
          "nixfly: --volume nope=…: no [[mounts]] source 'nope' in the groups being run (none)\n"),
         ("", ("--volume", "/tmp:/data"),
          "nixfly: --volume '/tmp:/data': with -c, give NAME=DIR (a [[mounts]] source and a local directory)\n"),
-        ("", ("--secrets-file", "/dev/zero"), "nixfly: --secrets-file /dev/zero: cannot read: not a regular file\n"),
+        ("", ("--secrets-file", "/dev/zero"),
+         "nixfly: --secrets-file /dev/zero is not a regular file (a character device)\n"),
         ("", ("--group", "nope"), "nixfly: fly.toml defines no process group 'nope' (groups: app)\n"),
         ("", ("--for", "soon"), "nixfly: --for 'soon': give a duration like 30s, 2m or 45\n"),
     ],
@@ -448,6 +449,17 @@ def test_bad_input_is_one_line_and_starts_nothing(
     r = nixfly("-c", str(toml), *args, str(httpd_layout), cache=cache)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", message)
     assert not (cache / "runs").exists() or list((cache / "runs").iterdir()) == []
+
+
+def test_a_fifo_as_secrets_file_is_refused_without_waiting_for_a_writer(
+    httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "secrets.env"
+    os.mkfifo(fifo)  # nobody ever writes: opening it for reading the usual way blocks for ever
+    toml = fly_toml(tmp_path, '[processes]\napp = "sleep 30"\n')
+    r = nixfly("-c", str(toml), "--secrets-file", str(fifo), str(httpd_layout), cache=cache, timeout=30)
+    message = f"nixfly: --secrets-file {fifo} is not a regular file (a FIFO)\n"
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", message)
 
 
 def test_rehearsal_flags_without_a_fly_toml_and_a_command_with_one_are_refused(

@@ -68,31 +68,18 @@ def seconds(text: str | None, flag: str) -> float | None:
 MAX_SECRETS_FILE = 1 << 20
 
 
-def _read_small_text(path: Path) -> str:
-    """A regular file of at most 1 MiB, as UTF-8 (a FIFO or /dev/zero is refused, not read forever)."""
-    import stat
-
-    with path.open("rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        data = f.read(MAX_SECRETS_FILE + 1)
-    if len(data) > MAX_SECRETS_FILE:
-        raise OSError(0, f"larger than {MAX_SECRETS_FILE // 1024} KiB")
-    return data.decode("utf-8")
-
-
 def local_secrets(secret_args: tuple[str, ...], secrets_file: Path | None) -> dict[str, str]:
     """Secrets from --secrets-file, then --secret NAME=VALUE (NAME alone: from the environment)."""
     from nixfly.run.rehearse import parse_dotenv
 
     out: dict[str, str] = {}
     if secrets_file is not None:
-        try:
-            text = _read_small_text(secrets_file)
-        except (OSError, UnicodeDecodeError) as e:
-            why = getattr(e, "strerror", None) or e
-            raise UsageError(f"--secrets-file {secrets_file}: cannot read: {why}") from None
+        from nixfly.fsutil import read_text_file
+
+        try:  # a regular file, never a FIFO (it would block) or /dev/zero (it never ends)
+            text = read_text_file(secrets_file, MAX_SECRETS_FILE, f"--secrets-file {secrets_file}", UsageError)
+        except OSError as e:
+            raise UsageError(f"--secrets-file {secrets_file}: cannot read: {e.strerror}") from None
         out.update(parse_dotenv(text, str(secrets_file)))
     for item in secret_args:
         name, sep, value = item.partition("=")
