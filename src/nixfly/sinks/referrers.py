@@ -27,8 +27,8 @@ from nixfly.fsutil import atomic_write_bytes, load_json, read_regular
 from nixfly.image import Descriptor, canonical_json
 from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import OCI_INDEX, OCI_MANIFEST
+from nixfly.limits import MANIFEST_MAX
 from nixfly.sinks.layout import edit_layout_index
-from nixfly.sources.layout import MANIFEST_MAX
 
 if TYPE_CHECKING:  # the registry client (httpx) loads only when a registry is involved
     from nixfly.registry.client import RegistryClient, RegistryOptions

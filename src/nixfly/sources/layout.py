@@ -12,11 +12,11 @@ from nixfly.image.digest import check_digest, digest_hex, sha256_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, compression_of, format_of_manifest
 from nixfly.image.model import FileLayer
 from nixfly.image.platform import choose_platform, descriptor_platform, entry_platforms, host_platform
+from nixfly.limits import MANIFEST_MAX  # a manifest or index blob, as distribution takes them
 from nixfly.transports import LayoutLocation
 
 REF_NAME = "org.opencontainers.image.ref.name"
 # Documents read whole, bounded (a JSON document costs up to ~30 times its size in memory once parsed):
-MANIFEST_MAX = 4 << 20  # a manifest or index blob: distribution takes manifests up to 4 MiB
 CONFIG_MAX = 16 << 20  # an image config (usually a few KiB; long histories make it longer)
 INDEX_JSON_MAX = 16 << 20  # index.json: about 250 bytes a tag, so 60,000 tags
 
