@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
     human_size,
+    noter,
     parse_command,
     parse_kv,
     show_progress,
@@ -361,7 +362,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         from nixfly.cli.streaming import UploadBar
 
         uploads_bar = UploadBar(progress)
-    listener: BuildEvents = Notes(_noter(quiet or json_out))
+    listener: BuildEvents = Notes(noter(quiet or json_out))
     if progress is not None:
         from nixfly.cli.streaming import BuildBars
 
@@ -510,7 +511,7 @@ def _build_index(
     request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=registry_options(o),
                           build=_settings(o, caches, resolver, None), platforms=tuple(platforms),
                           layer_index=not o["no_layer_index"], allow_index=o["allow_index"])  # fmt: skip
-    outcome = ship(request, ShipEvents(build=Notes(_noter(quiet)), on_platform=on_platform))
+    outcome = ship(request, ShipEvents(build=Notes(noter(quiet)), on_platform=on_platform))
     for r in outcome.results:
         for w in r.warnings:
             click.echo(f"nixfly: warning: {r.platform}: {w}", err=True)
@@ -544,14 +545,6 @@ def _build_index(
         if pushes:
             click.echo(f"pushed {summary['pushed']['reference']}", err=True)
     click.echo(summary["pushed"]["reference"] if pushes else digest)
-
-
-def _noter(quiet: bool) -> Callable[[str], None]:
-    def note(text: str) -> None:
-        if not quiet:
-            click.echo(f"note: {text}", err=True)
-
-    return note
 
 
 def _settings(o: dict[str, Any], caches: Any, resolver: Any, platform: str | None) -> Any:

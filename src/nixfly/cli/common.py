@@ -66,6 +66,16 @@ def parse_command(text: str | None, what: str) -> list[str] | None:
         raise UsageError(f"{what}: {text!r}: {e}") from None
 
 
+def noter(quiet: bool) -> Callable[[str], None]:
+    """Prints ``note: TEXT`` on stderr, unless ``quiet``."""
+
+    def note(text: str) -> None:
+        if not quiet:
+            click.echo(f"note: {text}", err=True)
+
+    return note
+
+
 def human_size(n: int) -> str:
     f = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -21,6 +21,7 @@ from nixfly.cli.app import cli
 from nixfly.cli.common import (
     emit_json,
     human_size,
+    noter,
     registry_options,
     show_progress,
     stderr_console,
@@ -211,10 +212,7 @@ def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, op
     spec = load_spec(path)
     quiet = bool(o.get("quiet") or o.get("json_out"))
 
-    def note(text: str) -> None:
-        if not quiet:
-            click.echo(f"note: {text}", err=True)
-
+    note = noter(quiet)
     request = ShipRequest(spec, tuple(dests), fmt=fmt, options=options, platforms=tuple(spec.platforms),
                           mount_from=mount_from)  # fmt: skip
     with _push_bars(o) as bars:
