@@ -443,16 +443,6 @@ class MachinesAPI:
         body = self._json(resp, "events")
         return [e for e in body if isinstance(e, dict)] if isinstance(body, list) else []
 
-    def set_metadata(self, app: str, machine_id: str, key: str, value: str, *, nonce: str | None = None) -> None:
-        """Upsert one metadata key; this does not restart the machine."""
-        self.request(
-            "POST",
-            self._p("apps", app, "machines", machine_id, "metadata", key),
-            idempotent=True,
-            json={"value": value},
-            nonce=nonce,
-        )
-
     # -- leases ------------------------------------------------------------------------------------
 
     def acquire_lease(self, app: str, machine_id: str, *, ttl: int, description: str) -> Lease:

@@ -58,7 +58,6 @@ from nixfly.fly.plan import (
 from nixfly.fly.state import Holder, LeaseStore, SecretsVersionStore, default_state_dir
 
 __all__ = [
-    "LEASE_DESCRIPTION",
     "RELEASE_GROUP",
     "SECRETS_DIGEST_KEY",
     "SECRETS_VERSION_KEY",
@@ -80,7 +79,6 @@ __all__ = [
     "require_digest_ref",
 ]  # fmt: skip
 
-LEASE_DESCRIPTION = "nixfly deploy"
 _DOWN_STATES = ("stopped", "failed", "destroyed", "suspended")
 
 
@@ -186,7 +184,6 @@ class Deployer:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._changed: list[Action] = []  # updates sent so far, in order (what an interrupt would undo)
-        self.touched = False  # whether any machine was created, updated or destroyed
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -417,7 +414,6 @@ class Deployer:
     def _create(self, group: str, config: JSON, region: str, *, skip_launch: bool = False, **extra: Any) -> _Watch:
         """Create a machine, leased to this deploy by the create itself (``lease_ttl``)."""
         config = self._with_volumes(config, region)
-        self.touched = True
         body = self._machine_body(config, region=region, lease_ttl=self.s.lease_ttl, **extra)
         if skip_launch:
             body["skip_launch"] = True
@@ -429,7 +425,6 @@ class Deployer:
         return _Watch.of(m)
 
     def _destroy(self, machine_id: str) -> None:
-        self.touched = True
         self.api.destroy_machine(self.app, machine_id, nonce=self._nonce(machine_id), force=True)
         self._forget(machine_id)
         self.result.destroyed.append(machine_id)
@@ -437,7 +432,6 @@ class Deployer:
 
     def _update(self, a: Action, config: JSON, *, stamp: bool = True, skip_launch: bool = False) -> _Watch:
         assert a.machine_id is not None
-        self.touched = True
         body = self._machine_body(config, stamp=stamp)
         if skip_launch:
             body["skip_launch"] = True
@@ -470,7 +464,6 @@ class Deployer:
             metadata={**(base.get("metadata") or {}), "fly_process_group": RELEASE_GROUP},
         )
         self.progress(f"running release command: {' '.join(argv)}")
-        self.touched = True
         body = self._machine_body(base, stamp=False, region=self.s.region, lease_ttl=self.s.lease_ttl)
         created = self.api.create_machine(self.app, body)
         mid = created.id

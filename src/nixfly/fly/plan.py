@@ -398,7 +398,7 @@ def _meta(config: JSON, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def should_skip_launch(state: str, config: JSON) -> bool:
+def should_skip_launch(state: str) -> bool:
     """Whether an update leaves the machine as it is instead of starting it (flyctl's shouldSkipLaunch)."""
     return state not in RUNNING_STATES
 
@@ -538,7 +538,7 @@ def plan_deploy(
             elif same_config(new, m.config):
                 unchanged.append(m.id)
             else:
-                skip = should_skip_launch(m.state, new) and not settings.start_stopped
+                skip = should_skip_launch(m.state) and not settings.start_stopped
                 actions.append(Action("update", group, m.id, m.region, new=new, old=m.config, skip_launch=skip))
     if not settings.filtered:
         for group in sorted(by_group.keys() - desired.keys()):

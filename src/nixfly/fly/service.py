@@ -200,7 +200,6 @@ def secrets_state(
     app: str,
     machines: Sequence[Machine],
     *,
-    progress: Progress = _quiet,
     state_dir: Path | None = None,
 ) -> tuple[int | None, str | None]:
     """(secrets version, digest of the secrets) the machines must run with; (None, None) without secrets.
@@ -325,20 +324,20 @@ def deploy(req: DeployRequest, *, progress: Progress = _quiet, state_dir: Path |
         # One deploy per app at a time from this state directory: a second one waits, then plans afresh.
         wait = (req.wait_timeout if req.wait_timeout is not None else cfg.deploy.wait_timeout) + 60
         with app_lock(state, app, timeout=wait, progress=progress):
-            outcome, settings, history = _plan(api, cfg, app, image, req, progress, state)
+            outcome, settings, release = _plan(api, cfg, app, image, req, progress, state)
             if outcome.plan.empty:
                 progress(f"no change: {len(outcome.plan.unchanged)} machine(s) already run {image}")
                 return outcome.with_source(resolved_from)
             if outcome.plan.create_app:
                 api.create_app(app, req.org)
                 progress(f"created app {app} in org {req.org}")
-            return _carry_out(api, outcome.plan, settings, req, history, resolved_from, progress, state)
+            return _carry_out(api, outcome.plan, settings, release, resolved_from, progress, state)
 
 
 def _plan(
     api: MachinesAPI, cfg: FlyConfig, app: str, image: str, req: DeployRequest, progress: Progress, state: Path
-) -> tuple[DeployOutcome, DeploySettings, list[Release]]:
-    """Read the app (nothing is written) and plan the deploy."""
+) -> tuple[DeployOutcome, DeploySettings, Release]:
+    """Read the app (nothing is written) and plan the deploy, with the release it records."""
     from nixfly.fly.plan import plan_ips
 
     create_app = False
@@ -354,7 +353,7 @@ def _plan(
     if create_app:
         secrets_version, digest = None, None
     else:
-        secrets_version, digest = secrets_state(api, app, machines, progress=progress, state_dir=state)
+        secrets_version, digest = secrets_state(api, app, machines, state_dir=state)
     settings = settings_for(cfg, app, image, req, secrets_version, machines)
     desired = desired_with_secrets(desired_configs(cfg, image, machines), secrets_version, digest)
     desired = _with_env(desired, req.env)
@@ -377,28 +376,26 @@ def _plan(
         progress(n)
     release = new_release(history, image, settings.strategy, "deployed", req.command)
     settings = replace(settings, release_log=release_log_text(release, history))
-    return DeployOutcome(app, image, plan), settings, history
+    return DeployOutcome(app, image, plan), settings, release
 
 
 def _carry_out(
     api: MachinesAPI,
     plan: Plan,
     settings: DeploySettings,
-    req: DeployRequest,
-    history: list[Release],
+    release: Release,
     resolved_from: str | None,
     progress: Progress,
     state_dir: Path,
 ) -> DeployOutcome:
     """Run the plan. The release is recorded by the creates and updates themselves (their metadata), so a
-    machine that runs this deploy's config always carries it; nothing is written after."""
+    machine that runs this deploy's config always carries it; nothing is written after. ``release`` is the
+    one planned, whose log the configs carry."""
     deployer = Deployer(api, plan, settings, state_dir=state_dir, progress=progress)
     result = deployer.run()
-    release: Release | None = new_release(history, plan.image, settings.strategy, "deployed", req.command)
-    if not (result.created or result.updated):
-        release = None  # nothing carries it (only destroys, or addresses)
-    if release is not None:
-        progress(f"release v{release.version}: {plan.image} ({settings.strategy}) deployed")
+    if not (result.created or result.updated):  # nothing carries the release (only destroys, or addresses)
+        return DeployOutcome(plan.app, plan.image, plan, result, None, resolved_from)
+    progress(f"release v{release.version}: {plan.image} ({settings.strategy}) deployed")
     return DeployOutcome(plan.app, plan.image, plan, result, release, resolved_from)
 
 
