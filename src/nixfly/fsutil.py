@@ -267,6 +267,18 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a file")
 
 
+def human_size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 KiB``, ``3.2 MiB``, ``1.1 GiB`` (negative counts keep their
+    sign, for size changes)."""
+    f = float(abs(n))
+    sign = "-" if n < 0 else ""
+    for unit in ("B", "KiB", "MiB"):
+        if f < 1024:
+            return f"{sign}{f:.0f} {unit}" if unit == "B" else f"{sign}{f:.1f} {unit}"
+        f /= 1024
+    return f"{sign}{f:.1f} GiB"
+
+
 def _size(n: int) -> str:
     if n < 1 << 20:
         return f"{n} bytes"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nixfly.errors import UsageError, redact
+from nixfly.fsutil import human_size as human_size  # re-exported: the CLI's modules import it from here
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -74,15 +75,6 @@ def noter(quiet: bool) -> Callable[[str], None]:
             click.echo(f"note: {text}", err=True)
 
     return note
-
-
-def human_size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if f < 1024 or unit == "GiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return f"{n} B"
 
 
 # skopeo's global --insecure-policy (skip its signature policy.json) comes along when a skopeo command line is

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nixfly.fsutil import human_size
 from nixfly.sbom.nixhash import parse_drv_name
 
 Source = Literal["sbom", "layers", "store"]
@@ -229,14 +230,7 @@ class ClosureDiff:
         }
 
 
-def size(n: int) -> str:
-    f = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if f < 1024 or unit == "GiB":
-            text = f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-            return ("-" if n < 0 else "") + text
-        f /= 1024
-    return f"{n} B"
+size = human_size  # the diff's name for it (a size change keeps its sign)
 
 
 def signed(n: int) -> str:

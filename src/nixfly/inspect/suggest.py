@@ -6,17 +6,8 @@ from __future__ import annotations
 
 import re
 
+from nixfly.fsutil import human_size
 from nixfly.inspect.report import InspectReport, store_name
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if f < 1024 or unit == "GiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return f"{n} B"
-
 
 _GCC = re.compile(r"^gcc-\d[\w.]*$")
 SUGGEST_MIN = 64 << 10  # store paths smaller than this are not worth advice
@@ -31,7 +22,7 @@ def suggest(report: InspectReport) -> tuple[str, ...]:
             continue
         kinds = dict(p.kinds)
         via = f", pulled in through {' → '.join(store_name(c) for c in p.chain)}" if len(p.chain) > 1 else ""
-        what = f"{p.name} ({_size(p.size)}{via})"
+        what = f"{p.name} ({human_size(p.size)}{via})"
         half = p.size / 2
         if _GCC.match(p.name):
             out.append(
