@@ -176,6 +176,20 @@ def test_foreign_lease_stops_deploy_with_nothing_changed(
     assert leases[ids[0]] is None and leases[ids[1]] is None and leases[ids[2]].owner == "alice@example.com"
 
 
+def test_waiting_out_an_unnamed_lease_keeps_the_other_leases_alive(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
+) -> None:
+    """A lease without a holder's name (a create's lease_ttl) is waited out; meanwhile the leases already
+    granted on the other machines must not run out, or the first update goes to a machine nobody holds."""
+    toml = write_toml(demo_app)
+    ids = seed(fly_api, toml, demo_images["v1"], 3)
+    fly_api.hold_lease("demo", ids[2], owner="", description="", ttl=2.9)
+    assert deploy(toml, demo_images["v2"], "--lease-timeout", "2s") == 0
+    assert {m.image for m in fly_api.machines("demo")} == {demo_images["v2"]}
+    # The fixture fails the test on "machine changed without holding its lease" as well.
+    assert not fly_api.standin.violations
+
+
 def test_ctrl_c_mid_deploy_releases_leases(
     fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
 ) -> None:

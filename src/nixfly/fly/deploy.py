@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nixfly.errors import DeployError
-from nixfly.fly.api import JSON, FlyAPIError, LeaseConflict, Machine, MachinesAPI, NotFound
+from nixfly.fly.api import JSON, FlyAPIError, Lease, LeaseConflict, Machine, MachinesAPI, NotFound
 from nixfly.fly.normal import request_form
 from nixfly.fly.plan import (
     _IP_WORDS,
@@ -189,54 +189,55 @@ class Deployer:
 
     def _lease(self, machine_id: str) -> str:
         """Lease a machine. A lease held by a nixfly process of this host that is gone (killed) is taken
-        over; any other holder stops the deploy. Our own lease whose grant was lost is recognised by the
-        API client (its description names this run)."""
+        over; a lease without a holder's name that runs out soon is waited out; any other holder stops the
+        deploy. Our own lease whose grant was lost is recognised by the API client (its description names
+        this run)."""
         desc = self.s.holder.describe()
         try:
             lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
         except LeaseConflict:
             held = self.api.get_lease(self.app, machine_id)
-            holder = Holder.parse(held.description) if held is not None else None
-            if held is not None and holder is None:
-                # A lease without a holder's name: one a create took (lease_ttl). If this host's store says a
-                # nixfly run that is gone got it, it is taken over; else, when it runs out soon, wait for it.
-                mine = self.store.holder_of(machine_id, held.nonce)
-                if mine is not None and mine.gone():
-                    holder = mine
-                elif held.expires_at and 0 < held.expires_at - time.time() <= self.s.lease_ttl + 1:
-                    self.progress(f"machine {machine_id} is leased by a run that did not say who it is; waiting "
-                                  f"{held.expires_at - time.time():.0f}s for the lease to run out")  # fmt: skip
-                    # expires_at is whole seconds: the lease may outlive it by up to one.
-                    give_up = held.expires_at + 3.0
-                    time.sleep(max(0.0, held.expires_at - time.time()) + 0.2)
-                    while True:
-                        try:
-                            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl,
-                                                           description=desc)  # fmt: skip
-                            break
-                        except LeaseConflict:
-                            if time.time() >= give_up:
-                                raise
-                            time.sleep(0.3)
-                    self._hold(machine_id, lease.nonce)
-                    return lease.nonce
-            if held is not None and (holder is None or not holder.gone()):
-                who = holder.where() if holder else (f"by {held.owner}" if held.owner else "by someone else")
-                who = f" by {who}" if holder else f" {who}"
-                until = (f" until {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(held.expires_at))}"
-                         if held.expires_at else "")  # fmt: skip
-                raise DeployError(
-                    f"machine {machine_id} of app {self.app} is leased{who}{until}; nothing was changed "
-                    "(wait for the other operation to finish, or for the lease to expire)"
-                ) from None
-            if held is not None:
-                assert holder is not None
-                self.progress(f"taking over the lease on {machine_id} left by {holder.where()}, which is gone")
-                with contextlib.suppress(NotFound):
-                    self.api.release_lease(self.app, machine_id, nonce=held.nonce)
-            lease = self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+            lease = self._lease_held(machine_id, held, desc) if held is not None else self.api.acquire_lease(
+                self.app, machine_id, ttl=self.s.lease_ttl, description=desc)  # fmt: skip
         self._hold(machine_id, lease.nonce)
         return lease.nonce
+
+    def _lease_held(self, machine_id: str, held: Lease, desc: str) -> Lease:
+        holder = Holder.parse(held.description)
+        if holder is None:
+            # A lease without a holder's name: one a create took (lease_ttl). If this host's store says a
+            # nixfly run that is gone got it, it is taken over; else, when it runs out soon, wait for it.
+            holder = self.store.holder_of(machine_id, held.nonce)
+            if (holder is None or not holder.gone()) and held.expires_at and \
+                    0 < held.expires_at - time.time() <= self.s.lease_ttl + 1:  # fmt: skip
+                return self._wait_out(machine_id, held.expires_at, desc)
+        if holder is None or not holder.gone():
+            who = f"by {holder.where()}" if holder else (f"by {held.owner}" if held.owner else "by someone else")
+            until = (f" until {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(held.expires_at))}"
+                     if held.expires_at else "")  # fmt: skip
+            raise DeployError(
+                f"machine {machine_id} of app {self.app} is leased {who}{until}; nothing was changed "
+                "(wait for the other operation to finish, or for the lease to expire)"
+            )
+        self.progress(f"taking over the lease on {machine_id} left by {holder.where()}, which is gone")
+        with contextlib.suppress(NotFound):
+            self.api.release_lease(self.app, machine_id, nonce=held.nonce)
+        return self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+
+    def _wait_out(self, machine_id: str, expires_at: float, desc: str) -> Lease:
+        """Acquire the lease once the one held has run out (expires_at is whole seconds: the lease may
+        outlive it by up to one)."""
+        self.progress(f"machine {machine_id} is leased by a run that did not say who it is; waiting "
+                      f"{expires_at - time.time():.0f}s for the lease to run out")  # fmt: skip
+        give_up = expires_at + 3.0
+        time.sleep(max(0.0, expires_at - time.time()) + 0.2)
+        while True:
+            try:
+                return self.api.acquire_lease(self.app, machine_id, ttl=self.s.lease_ttl, description=desc)
+            except LeaseConflict:
+                if time.time() >= give_up:
+                    raise
+                time.sleep(0.3)
 
     def _hold(self, machine_id: str, nonce: str) -> None:
         with self._lease_lock:
@@ -295,9 +296,11 @@ class Deployer:
             # the leases already granted are released below.
             ids = {a.machine_id for a in self.plan.actions if a.machine_id is not None}
             ids |= {a.green_for for a in self.plan.actions if a.green_for}
-            parallel(self._lease, sorted(ids))
+            # The refresher runs before the first grant: waiting out one machine's lease may take longer than
+            # the leases already granted last (it refreshes whatever is held at each round).
             self._refresher = threading.Thread(target=self._refresh_loop, name="lease-refresh", daemon=True)
             self._refresher.start()
+            parallel(self._lease, sorted(ids))
             yield
         finally:
             self._stop.set()
