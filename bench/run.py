@@ -344,6 +344,8 @@ class Ctx:
     fresh_rates: list[float | None] = field(default_factory=list)
     plans: dict[str, list[list[str]]] = field(default_factory=dict)
     rtt: float = 0.0  # seconds added to every request on the shaped link (0: none)
+    # the wire scenario's subjects: "nixfly gzip", "nixfly gzip-fast" (--level fast), "nixfly zstd", "usual"
+    wire_subjects: tuple[str, ...] = ("nixfly gzip", "nixfly zstd", "usual")
 
 
 def nixfly_build(ctx: Ctx, root: str, out: Path, tag: str, cache: Path, compression: str) -> Sample:
@@ -623,6 +625,80 @@ def scenario_rss(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# CPU per uploaded byte of a push (issue 22: one SHA-256 pass per uploaded byte)
+
+
+def measure_threads(ctx: Ctx, args: Sequence[str], name: str) -> Sample:
+    """``nixfly ARGS`` under GNU time and ``threadcpu.py``: the process's CPU, and per thread group the CPU
+    and the SHA-256 bytes hashed (extra: ``threads``, ``sha256_bytes``)."""
+    out = ctx.work / f"threadcpu-{name}.json"
+    out.unlink(missing_ok=True)
+    env = dict(ctx.env, NIXFLY_BENCH_THREADCPU=str(out))
+    s = measure([sys.executable, str(HERE / "threadcpu.py"), "-m", "nixfly", *args], env=env)
+    data = json.loads(out.read_text())
+    s.extra["threads"] = data["thread_cpu_s"]
+    s.extra["sha256_bytes"] = sum(data["sha256_bytes"].values())
+    s.extra["sha256_sites"] = dict(list(data["sha256_bytes"].items())[:8])
+    return s
+
+
+def scenario_pushcpu(ctx: Ctx) -> None:
+    """The push's CPU per uploaded byte, unshaped, to a fresh real registry per sample (through the counting
+    proxy): (a) ``nixfly push oci:LAYOUT`` (the layout built once beforehand, not timed), minus the same push
+    again when everything is there (start-up, HEADs, manifest: the fixed cost), over the blob bytes sent;
+    (b) a cold ``nixfly build ROOT --push`` (empty cache): the whole process and the upload threads alone
+    (``nixfly-early``, ``nixfly-push``: reading, hashing and sending), over the blob bytes sent. Also the
+    SHA-256 bytes hashed per uploaded byte, counted (not timed)."""
+    rep = ctx.report
+    layout = ctx.work / "layout-pushcpu"
+    cache = ctx.work / "cache-pushcpu"
+    if not (layout / "index.json").exists():
+        measure(nixfly("build", ctx.c1.root, "-o", f"oci:{layout}:v1", "--cache-dir", str(cache), "-q"), env=ctx.env)
+    for i in range(ctx.runs):
+        with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
+            ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
+            s = measure_threads(ctx, ["push", f"oci:{layout}:v1", ref, "--json"], f"push-{i}")
+            sent = px.counts.blob_bytes
+            px.reset()
+            again = measure(nixfly("push", f"oci:{layout}:v1", ref, "--json"), env=ctx.env)
+            cpu, fixed = float(s.extra["cpu_s"]), float(again.extra["cpu_s"])
+            s.extra.update(blob_bytes=sent, fixed_cpu_s=fixed, ns_per_byte=cpu / sent * 1e9,
+                           marginal_ns_per_byte=(cpu - fixed) / sent * 1e9,
+                           sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
+            rep.add("pushcpu.push", s)
+        with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
+            ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
+            empty = ctx.work / f"cache-pushcpu-cold-{i}"
+            shutil.rmtree(empty, ignore_errors=True)
+            s = measure_threads(ctx, ["build", ctx.c1.root, "--push", ref, "--cache-dir", str(empty), "--json"],
+                                f"build-push-{i}")  # fmt: skip
+            shutil.rmtree(empty, ignore_errors=True)
+            sent = px.counts.blob_bytes
+            threads = s.extra["threads"]
+            up = sum(float(v) for k, v in threads.items() if k in ("nixfly-early", "nixfly-push"))
+            s.extra.update(blob_bytes=sent, upload_cpu_s=up, ns_per_byte=float(s.extra["cpu_s"]) / sent * 1e9,
+                           upload_ns_per_byte=up / sent * 1e9,
+                           sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
+            rep.add("pushcpu.build_push", s)
+    scen = "push CPU per uploaded byte (1x, loopback)"
+    for key, label, fields in (
+        ("pushcpu.push", "nixfly push oci: → registry", ("ns_per_byte", "marginal_ns_per_byte", "sha256_per_byte")),
+        ("pushcpu.build_push", "nixfly build --push, cold",
+         ("ns_per_byte", "upload_ns_per_byte", "sha256_per_byte")),
+    ):  # fmt: skip
+        ser = rep.series.get(key)
+        if not ser or not ser.samples:
+            continue
+        rep.value_row(scen, f"{label}: blob bytes", _fmt_bytes(ser.median("blob_bytes")))
+        rep.cpu_row(scen, label, key)
+        for f in fields:
+            sm = ser.summary(f)
+            unit = "" if f == "sha256_per_byte" else " ns/B"
+            rep.rows.append(Row(scen, f"{label}: {f}", f"{sm['median']:.3f}{unit}",
+                                f"{sm['min']:.3f}–{sm['max']:.3f}"))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
 # the wire: cold push through a shaped link, and a fresh runner (empty cache) pushing to a registry
 # that already holds the image
 
@@ -669,11 +745,17 @@ def mbit_label(rate: float | None) -> str:
     return "loopback" if not rate else f"{rate * 8 / 1e6:g} Mbit/s"
 
 
-def nixfly_build_push(ctx: Ctx, root: str, ref: str, cache: Path, compression: str = "gzip") -> Sample:
+def nixfly_build_push(
+    ctx: Ctx, root: str, ref: str, cache: Path, compression: str = "gzip", level: str | None = None
+) -> Sample:
     """The user's command on a runner: build and push, with the given (usually empty) layer cache."""
     shutil.rmtree(cache, ignore_errors=True)
     cmd = nixfly("build", root, "--push", ref, "--compression", compression, "--cache-dir", str(cache), "--json")
+    if level is not None:
+        cmd += ["--level", level]
+    load = os.getloadavg()
     s = measure(cmd, env=ctx.env)
+    s.extra["loadavg_before"] = list(load)
     shutil.rmtree(cache, ignore_errors=True)
     try:
         out = json.loads(s.stdout)
@@ -714,7 +796,7 @@ def _fmt_bytes(n: float) -> str:
 def scenario_wire(ctx: Ctx) -> None:
     """Cold push of the 1x closure, from nothing, through a loopback link shaped to each rate."""
     rep = ctx.report
-    subjects = ("nixfly gzip", "nixfly zstd", "usual")
+    subjects = ctx.wire_subjects
     for i in range(ctx.runs):
         for rate in ctx.wire_rates:
             for subj in subjects:
@@ -728,8 +810,8 @@ def scenario_wire(ctx: Ctx) -> None:
                     if subj == "usual":
                         s = usual_pipeline_push(ctx, ctx.c1.root, px.port, repo, "wire")
                     else:
-                        comp = subj.split()[1]
-                        s = nixfly_build_push(ctx, ctx.c1.root, ref, ctx.work / f"cache-wire-{i}", comp)
+                        comp, _, level = subj.split()[1].partition("-")
+                        s = nixfly_build_push(ctx, ctx.c1.root, ref, ctx.work / f"cache-wire-{i}", comp, level or None)
                     s.extra.update(classify_upload(px.counts, registry_manifest(reg.port, repo, "latest")))
                 wire_s = float(s.extra["blob_bytes"]) / rate
                 s.extra.update(wire_s=wire_s, wall_over_wire=s.wall / wire_s if wire_s else 0.0)
@@ -792,6 +874,16 @@ def scenario_wire(ctx: Ctx) -> None:
                 row.met = "yes" if ok else "NO"
                 rep.targets[f"{scen}: nixfly {name} ≥ {need}× faster than the usual pipeline"] = ok
             rep.rows.append(row)
+        # the compression choices side by side: each nixfly variant against the default (gzip level 2)
+        for subj in subjects:
+            ser = rep.series.get(f"wire.{mb}.{subj.replace(' ', '_')}")
+            if subj in ("usual", "nixfly gzip") or not ser or not ser.samples or not g or not g.samples:
+                continue
+            rep.rows.append(Row(scen, f"{subj} vs nixfly gzip (default), median", f"{ser.median():.2f} s", "",
+                                "nixfly gzip", f"{ser.median() / g.median():.3f}×"))  # fmt: skip
+            best, gbest = min(ser.walls()), min(g.walls())
+            rep.rows.append(Row(scen, f"{subj} vs nixfly gzip (default), minimum", f"{best:.2f} s", "",
+                                "nixfly gzip", f"{best / gbest:.3f}×"))  # fmt: skip
 
 
 def scenario_fresh(ctx: Ctx) -> None:
@@ -908,12 +1000,18 @@ def main(argv: list[str] | None = None) -> int:
         "--fresh-mbit",
         help="link rates of the fresh-runner scenario, Mbit/s, 0 = unshaped loopback (default 0,100; --quick: 0)",
     )
+    ap.add_argument(
+        "--wire-subjects",
+        default="gzip,zstd,usual",
+        help="wire scenario subjects, comma list of gzip (the default level), fast (gzip --level fast), zstd, usual",
+    )
+    ap.add_argument("--scale", type=float, help="scale of the 1x closure (default 1; --quick: 0.03); 2x is twice it")
     ap.add_argument("--work-dir", type=Path, help="scratch directory (default: a fresh one in /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--rtt-ms", type=float, default=0.0, help="wire and fresh: latency added to every request")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
-    unknown = only - {"build", "rebuild", "push", "rss", "wire", "fresh"}
+    unknown = only - {"build", "rebuild", "push", "rss", "wire", "fresh", "pushcpu"}
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     wire_mbit = args.wire_mbit or ("100" if args.quick else "100,1000")
@@ -928,6 +1026,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     s1, s2 = (0.03, 0.06) if args.quick else (1.0, 2.0)
+    if args.scale is not None:
+        s1, s2 = args.scale, 2 * args.scale
+    names = {"gzip": "nixfly gzip", "fast": "nixfly gzip-fast", "zstd": "nixfly zstd", "usual": "usual"}
+    wire_subjects = tuple(names.get(x.strip(), "") for x in args.wire_subjects.split(","))
+    if "" in wire_subjects:
+        ap.error("--wire-subjects takes a comma list of gzip, fast, zstd, usual")
 
     t_start = time.perf_counter()
     print(f"generating closures (scale {s1:g}, {s2:g}) ...", file=sys.stderr)
@@ -944,6 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
         host=platform.node(),
         cpus=os.cpu_count(),
         started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        loadavg_start=list(os.getloadavg()),
         tools={
             t: subprocess.run([t, "--version"], capture_output=True, text=True).stdout.splitlines()[0:1]
             for t in ("tar", "skopeo", "zstd", "nix")
@@ -954,7 +1059,9 @@ def main(argv: list[str] | None = None) -> int:
         env = base_env(work / "src")
         ctx = Ctx(work, args.runs, c1, c2, apps, report, env, wire_rates=wire_rates, fresh_rates=fresh_rates)
         ctx.rtt = max(0.0, args.rtt_ms) / 1000
-        report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit, wire_rtt_ms=ctx.rtt * 1000)
+        ctx.wire_subjects = wire_subjects
+        report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit, wire_rtt_ms=ctx.rtt * 1000,
+                            wire_subjects=list(wire_subjects))  # fmt: skip
         steps: list[tuple[str, bool, Callable[[], None]]] = [
             (
                 "cold build gzip",
@@ -965,6 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rebuild", bool({"rebuild", "push"} & only), lambda: scenario_rebuild(ctx)),
             ("push", "push" in only, lambda: scenario_push(ctx)),
             ("peak RSS 2x", "rss" in only, lambda: scenario_rss(ctx)),
+            ("push CPU per byte", "pushcpu" in only, lambda: scenario_pushcpu(ctx)),
             ("wire", "wire" in only, lambda: scenario_wire(ctx)),
             ("fresh runner", "fresh" in only, lambda: scenario_fresh(ctx)),
         ]
@@ -982,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"scenario {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
     report.facts["failed_scenarios"] = failed
     report.facts["bench_wall_s"] = time.perf_counter() - t_start
+    report.facts["loadavg_end"] = list(os.getloadavg())
 
     c2txt = f"; 2x: {c2.paths} paths, {c2.nar_bytes / 2**30:.2f} GiB" if c2 else ""
     print(f"\nclosure 1x: {c1.paths} paths, {c1.nar_bytes / 2**30:.2f} GiB{c2txt}; runs={args.runs}; jobs={JOBS}")
