@@ -105,6 +105,22 @@ def test_second_push_uploads_nothing_and_a_changed_app_uploads_one_layer(
     assert ex[-1].method == "PUT" and "/manifests/v2" in ex[-1].path
 
 
+def test_a_second_push_of_a_layer_larger_than_a_response_limit_skips_it(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # The registry answers the HEAD of a blob it has with the blob's Content-Length (5 MiB here): a HEAD
+    # has no body, so that is no answer "larger than the 4 MiB nixfly reads" (it failed every re-push).
+    image = make_image(tmp_path / "img", busybox=False, extra_layer_bytes=5 << 20)
+    assert max(lyr.size for lyr in image.layers) > 4 << 20
+    ref = f"{fault_proxy.host}/apps/big:v1"
+    first = push_image(image, [ref])
+    fault_proxy.reset_counters()
+    again = push_image(image, [ref])
+    assert again.digest == first.digest
+    assert (again.uploaded_blobs, again.skipped_blobs) == (0, len(image.layers) + 1)
+    assert fault_proxy.blob_upload_bytes() == 0
+
+
 def test_several_tags_and_v2s2_format(registry: RunningRegistry, tmp_path: Path) -> None:
     image = make_image(tmp_path / "img")
     refs = [f"{registry.host}/multi:a", f"{registry.host}/multi:b", f"{registry.host}/other:c"]

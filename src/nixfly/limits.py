@@ -57,13 +57,21 @@ def check_encoding(resp: httpx.Response, what: str, error: ErrorFactory) -> None
             raise error(f"{what}: the answer is in Content-Encoding {enc[:40]!r}, which nixfly does not accept")
 
 
+def _method(resp: httpx.Response) -> str:
+    try:
+        return resp.request.method
+    except RuntimeError:  # a response made by hand, with no request
+        return ""
+
+
 def read_limited(resp: httpx.Response, limit: int, what: str, error: ErrorFactory) -> bytes:
     """The whole (decoded) body of a streamed ``resp``, at most ``limit`` bytes; ``error(line)`` is raised
     as soon as it is known to be longer. httpx errors while reading pass through for the caller to judge.
     Closes the response either way."""
     try:
         check_encoding(resp, what, error)
-        declared = resp.headers.get("content-length", "")
+        # A HEAD's Content-Length is the size of what a GET would send (a blob's, for one): it has no body.
+        declared = "" if _method(resp) == "HEAD" else resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit and not resp.headers.get("content-encoding"):
             raise error(f"{what}: the answer is {declared} bytes, more than the {human_limit(limit)} nixfly reads")
         data = bytearray()
