@@ -15,7 +15,7 @@ import pytest
 
 from nixfly.errors import ImageError, RegistryError
 from nixfly.image import BlobLayer, Image
-from nixfly.registry.client import RegistryOptions
+from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.sinks.layout import write_layout
 from nixfly.sinks.registry import push_image
 from nixfly.transports import LayoutLocation
@@ -134,6 +134,25 @@ def test_corrupt_local_blob_is_an_error_and_no_manifest_is_pushed(fault_proxy: F
         push_image(Image(image.config_bytes, image.layers), [f"{fault_proxy.host}/faults/corrupt:v1"], options=FAST)
     assert fault_proxy.manifest_puts() == 0
     assert fault_proxy.blob_uploads_completed() == 0
+
+
+def test_a_layer_changed_in_a_layout_fails_the_cli_push_with_one_line(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    # The upload does not hash what the layer's verifying reader checks: that reader must still stop it.
+    from tests.support.cli import run_nixfly
+
+    image = make_image(tmp_path / "img", busybox=False, extra_layer_bytes=300_000)
+    write_layout(image, LayoutLocation(tmp_path / "layout", "v1"))
+    big = max(image.layers, key=lambda lyr: lyr.size)
+    blob = tmp_path / "layout" / "blobs" / "sha256" / big.digest.split(":", 1)[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    r = run_nixfly("push", f"oci:{tmp_path / 'layout'}:v1", f"{fault_proxy.host}/faults/changed:v1", "-q")
+    assert r.code == 1 and r.err.count("\n") == 1 and "does not match its digest" in r.err, r.err
+    assert fault_proxy.manifest_puts() == 0
+    with RegistryClient(fault_proxy.host, RegistryOptions()) as c:
+        assert not c.has_blob("faults/changed", big.digest, big.size)
 
 
 def test_persistent_failure_is_one_line_naming_the_registry(fault_proxy: FaultProxy, tmp_path: Path) -> None:

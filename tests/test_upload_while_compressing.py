@@ -10,11 +10,16 @@ import os
 import subprocess
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 
+from nixfly.build.cache import BlobCache
+from nixfly.build.compress import make_compressor
+from nixfly.build.layers import Entry, LayerSettings, LayerSpec, build_layer
 from nixfly.errors import ImageError, RegistryError
+from nixfly.image import BlobLayer
 from nixfly.image.growing import GrowingBlob
 from nixfly.registry.client import RegistryClient, RegistryOptions
 from nixfly.registry.reference import parse_reference
@@ -263,3 +268,96 @@ def test_abort_does_not_wait_for_a_stalled_upload(fault_proxy: FaultProxy, tmp_p
     with pytest.raises(RegistryError, match="abandoned"):
         early.check()
     assert fault_proxy.blob_uploads_completed() == 0
+
+
+# -- one SHA-256 pass per uploaded byte ----------------------------------------------------------------------
+
+
+class _CountingSha256:
+    """hashlib's sha256, counting the bytes it is fed (shared by every instance)."""
+
+    fed = 0
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._h = hashlib.sha256(data)
+        _CountingSha256.fed += len(data)
+
+    def update(self, data: bytes) -> None:
+        _CountingSha256.fed += len(memoryview(data).cast("B"))
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _build_growing_layer(tmp_path: Path, size: int) -> tuple[GrowingBlob, BlobLayer]:
+    """A real gzip layer of ``size`` incompressible bytes built by ``build_layer``, its blob handed over while
+    it grows (as a build --push does), kept for the caller to upload."""
+    blobs: list[GrowingBlob] = []
+    spec = LayerSpec(extra=(Entry("file", "/data/blob", 0o644, data=os.urandom(size)),), comment="data")
+    cached, built = build_layer(spec, LayerSettings(make_compressor("gzip")), BlobCache(tmp_path / "cache"),
+                                on_blob=blobs.append)  # fmt: skip
+    assert built and len(blobs) == 1
+    return blobs[0], BlobLayer(cached.path, cached.digest, cached.diff_id, cached.size)
+
+
+def test_a_growing_layer_goes_up_from_the_hashed_bytes_without_a_second_pass(
+    fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nixfly.image.growing as growing_mod
+    import nixfly.registry.upload as upload_mod
+
+    # Only the upload side's hashing is counted: the reader's and the upload state's.
+    counting = types.SimpleNamespace(sha256=_CountingSha256)
+    monkeypatch.setattr(growing_mod, "hashlib", counting, raising=False)
+    monkeypatch.setattr(upload_mod, "hashlib", counting)
+    read_back = []
+    real_pread = GrowingBlob.pread
+    monkeypatch.setattr(GrowingBlob, "pread", lambda self, n, off: read_back.append(n) or real_pread(self, n, off))
+    _CountingSha256.fed = 0
+    blob, layer = _build_growing_layer(tmp_path, 3 << 20)
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/once:v1"), OPTS)
+    early.layer_growing(blob)
+    assert early.finish() == {layer.digest: ("uploaded", layer.size)}
+    assert blob_on_registry(fault_proxy.host, "overlap/once", layer.digest) == layer.path.read_bytes()
+    # The bytes went from the writer's pieces, which its digest covers: not read back, not hashed again.
+    assert _CountingSha256.fed == 0 and sum(read_back) == 0
+    assert growing_mod.held_bytes() == 0  # every piece given back
+
+
+def test_a_reader_behind_the_held_pieces_checks_what_it_reads_back(
+    fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nixfly.image.growing as growing_mod
+
+    # Memory holds only the first ~256 KiB: the rest must come back from the file, where it changed.
+    monkeypatch.setattr(growing_mod, "HOLD_MAX", 256 << 10)
+    blob, layer = _build_growing_layer(tmp_path, 2 << 20)
+    data = bytearray(layer.path.read_bytes())
+    data[-100] ^= 0x01
+    layer.path.chmod(0o644)
+    layer.path.write_bytes(bytes(data))  # the same inode the blob reads from
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/changed:v1"), OPTS)
+    early.layer_growing(blob)
+    with pytest.raises(ImageError, match="does not match its digest"):
+        early.finish()
+    assert fault_proxy.blob_uploads_completed() == 0
+    with RegistryClient(fault_proxy.host, RegistryOptions()) as c:
+        assert not c.has_blob("overlap/changed", layer.digest, layer.size)
+    assert growing_mod.held_bytes() == 0
+
+
+def test_bytes_changed_in_the_file_behind_held_pieces_never_go_out(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # What is held in memory is what the digest covers: a byte changed in the file afterwards is not sent.
+    blob, layer = _build_growing_layer(tmp_path, 1 << 20)
+    good = layer.path.read_bytes()
+    bad = bytearray(good)
+    bad[10] ^= 0x01
+    layer.path.chmod(0o644)
+    layer.path.write_bytes(bytes(bad))
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/held:v1"), OPTS)
+    early.layer_growing(blob)
+    assert early.finish() == {layer.digest: ("uploaded", layer.size)}
+    assert blob_on_registry(fault_proxy.host, "overlap/held", layer.digest) == good

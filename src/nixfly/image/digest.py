@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from nixfly.errors import ImageError
 
@@ -38,6 +38,23 @@ def file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return "sha256:" + h.hexdigest(), size
+
+
+@runtime_checkable
+class CheckedReader(Protocol):
+    """A reader that checks the bytes it returns against a digest itself and raises ImageError, at the latest
+    when its end is read, if they do not match — so whoever consumes it (an upload) need not hash them again.
+    ``expected_digest`` is None while the digest is not known yet (a blob still being written)."""
+
+    @property
+    def expected_digest(self) -> str | None: ...
+
+    @property
+    def verified(self) -> bool:
+        """The end was read and every byte up to it matched the digest."""
+        ...
+
+    def read(self, n: int = -1) -> bytes: ...
 
 
 class VerifyingReader:

@@ -1,8 +1,9 @@
 """Blob uploads, the state machine: one PUT for a small blob, PATCH chunks for a large one, and a blob still
 being written (``GrowingBlob``) sent chunk by chunk as its compressor writes it, the digest on the final
 PUT. After any failure the registry is asked what it holds (the blob, or the session's ``Range``) and the
-upload carries on from there; a lost session restarts from byte 0. Every byte sent is hashed once (unless
-the source already verifies this digest) and nothing is committed whose bytes do not match it.
+upload carries on from there; a lost session restarts from byte 0. Every byte sent is checked against the
+digest once — hashed here, unless the source checks it itself (``CheckedReader``: a layer's ``compressed()``,
+a growing blob's reader) — and nothing is committed whose bytes do not match it.
 
 The HTTP side (auth, single requests, TLS) is the client's: this module asks it through ``UploadClient``,
 the few calls it needs, so it never imports ``client.py``.
@@ -17,7 +18,7 @@ from typing import BinaryIO, Protocol, cast
 import httpx
 
 from nixfly.errors import ImageError, RegistryError
-from nixfly.image.digest import VerifyingReader
+from nixfly.image.digest import CheckedReader
 from nixfly.image.growing import GrowingBlob, GrowingReader
 from nixfly.limits import DEFAULT_MAX
 from nixfly.registry.options import RegistryOptions
@@ -260,8 +261,9 @@ _GROWING = 1 << 62  # the size of a blob still being written: larger than any re
 
 class _UploadState:
     """The bytes of one blob upload: reopenable source, offset, hashing of each byte exactly once — unless
-    the source is a reader that already checks this digest (a layer's ``compressed()``): then it is trusted
-    to raise at the end, and the bytes are not hashed twice."""
+    the source is a reader that checks this digest itself (a ``CheckedReader``: a layer's ``compressed()``, a
+    growing blob's reader): then it must have raised or be ``verified`` at the end, and the bytes are not
+    hashed twice."""
 
     def __init__(self, digest: str, size: int, opener: Callable[[], BinaryIO], progress: ProgressFn | None):
         self.digest, self.size, self.opener, self.progress = digest, size, opener, progress
@@ -298,7 +300,10 @@ class _UploadState:
             return src
         self.close()
         src = self._src = self.opener()
-        self._checked_by_source = isinstance(src, VerifyingReader) and src.expected_digest == self.digest
+        # A growing blob's reader does not know its digest yet, nor (before the writer finished) do we.
+        self._checked_by_source = isinstance(src, CheckedReader) and (
+            not self.digest or src.expected_digest in (None, self.digest)
+        )
         self._pos = 0
         if pos:
             if src.seekable():
@@ -314,10 +319,19 @@ class _UploadState:
         return src
 
     def check_complete(self) -> None:
-        """Before the final PUT: every byte was hashed and the hash is the digest."""
+        """Before the final PUT: every byte was checked and matches the digest."""
         if self._hashed != self.size:
             raise ImageError(f"blob {self.digest}: {self._hashed} of {self.size} bytes were read")
-        if "sha256:" + self._hash.hexdigest() != self.digest:
+        if self._checked_by_source:
+            self._source_verified(self._seek(self.size))
+        elif "sha256:" + self._hash.hexdigest() != self.digest:
+            raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
+
+    def _source_verified(self, src: BinaryIO) -> None:
+        """A checking source read to its end has raised on a mismatch; make sure it checked this digest."""
+        if src.read(1):
+            raise ImageError(f"blob {self.digest} is longer than its declared {self.size} bytes")
+        if not (isinstance(src, CheckedReader) and src.verified and src.expected_digest == self.digest):
             raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
 
     def body(self, start: int, end: int) -> Iterator[bytes]:
@@ -348,9 +362,11 @@ class _UploadState:
             pos += len(chunk)
             self._pos = pos
             if pos == self.size:
-                if src.read(1):
+                if self._checked_by_source:
+                    self._source_verified(src)
+                elif src.read(1):
                     raise ImageError(f"blob {self.digest} is longer than its declared {self.size} bytes")
-                if not self._checked_by_source and "sha256:" + self._hash.hexdigest() != self.digest:
+                elif "sha256:" + self._hash.hexdigest() != self.digest:
                     raise ImageError(f"blob {self.digest} does not match its digest; the local copy is corrupt")
             self.sent += len(chunk)
             if self.progress:
