@@ -344,6 +344,8 @@ class Ctx:
     fresh_rates: list[float | None] = field(default_factory=list)
     plans: dict[str, list[list[str]]] = field(default_factory=dict)
     rtt: float = 0.0  # seconds added to every request on the shaped link (0: none)
+    # pushcpu: the same measurements with nixfly at this git revision too, interleaved (``--baseline-rev``)
+    baseline_env: dict[str, str] | None = None
     # the wire scenario's subjects: "nixfly gzip", "nixfly gzip-fast" (--level fast), "nixfly zstd", "usual"
     wire_subjects: tuple[str, ...] = ("nixfly gzip", "nixfly zstd", "usual")
 
@@ -628,12 +630,24 @@ def scenario_rss(ctx: Ctx) -> None:
 # CPU per uploaded byte of a push (issue 22: one SHA-256 pass per uploaded byte)
 
 
-def measure_threads(ctx: Ctx, args: Sequence[str], name: str) -> Sample:
+def snapshot_revision(rev: str, dest: Path) -> str:
+    """src/nixfly as of git revision ``rev``, extracted to dest/nixfly and byte-compiled; returns the full hash."""
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], capture_output=True, text=True, check=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", full.stdout.strip(), "src/nixfly"],
+                             capture_output=True, check=True)  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest), "--strip-components=1"], input=archive.stdout, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest)], check=False)
+    return full.stdout.strip()
+
+
+def measure_threads(ctx: Ctx, args: Sequence[str], name: str, env: dict[str, str] | None = None) -> Sample:
     """``nixfly ARGS`` under GNU time and ``threadcpu.py``: the process's CPU, and per thread group the CPU
     and the SHA-256 bytes hashed (extra: ``threads``, ``sha256_bytes``)."""
     out = ctx.work / f"threadcpu-{name}.json"
     out.unlink(missing_ok=True)
-    env = dict(ctx.env, NIXFLY_BENCH_THREADCPU=str(out))
+    env = dict(env or ctx.env, NIXFLY_BENCH_THREADCPU=str(out))
     s = measure([sys.executable, str(HERE / "threadcpu.py"), "-m", "nixfly", *args], env=env)
     data = json.loads(out.read_text())
     s.extra["threads"] = data["thread_cpu_s"]
@@ -649,41 +663,72 @@ def scenario_pushcpu(ctx: Ctx) -> None:
     (b) a cold ``nixfly build ROOT --push`` (empty cache): the whole process and the upload threads alone
     (``nixfly-early``, ``nixfly-push``: reading, hashing and sending), over the blob bytes sent. Also the
     SHA-256 bytes hashed per uploaded byte, counted (not timed)."""
-    rep = ctx.report
     layout = ctx.work / "layout-pushcpu"
     cache = ctx.work / "cache-pushcpu"
     if not (layout / "index.json").exists():
         measure(nixfly("build", ctx.c1.root, "-o", f"oci:{layout}:v1", "--cache-dir", str(cache), "-q"), env=ctx.env)
+    subjects: list[tuple[str, dict[str, str]]] = [("", ctx.env)]
+    if ctx.baseline_env is not None:
+        subjects.insert(0, ("baseline.", ctx.baseline_env))
     for i in range(ctx.runs):
-        with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
-            ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
-            s = measure_threads(ctx, ["push", f"oci:{layout}:v1", ref, "--json"], f"push-{i}")
-            sent = px.counts.blob_bytes
-            px.reset()
-            again = measure(nixfly("push", f"oci:{layout}:v1", ref, "--json"), env=ctx.env)
-            cpu, fixed = float(s.extra["cpu_s"]), float(again.extra["cpu_s"])
-            s.extra.update(blob_bytes=sent, fixed_cpu_s=fixed, ns_per_byte=cpu / sent * 1e9,
-                           marginal_ns_per_byte=(cpu - fixed) / sent * 1e9,
-                           sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
-            rep.add("pushcpu.push", s)
-        with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
-            ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
-            empty = ctx.work / f"cache-pushcpu-cold-{i}"
-            shutil.rmtree(empty, ignore_errors=True)
-            s = measure_threads(ctx, ["build", ctx.c1.root, "--push", ref, "--cache-dir", str(empty), "--json"],
-                                f"build-push-{i}")  # fmt: skip
-            shutil.rmtree(empty, ignore_errors=True)
-            sent = px.counts.blob_bytes
-            threads = s.extra["threads"]
-            up = sum(float(v) for k, v in threads.items() if k in ("nixfly-early", "nixfly-push"))
-            s.extra.update(blob_bytes=sent, upload_cpu_s=up, ns_per_byte=float(s.extra["cpu_s"]) / sent * 1e9,
-                           upload_ns_per_byte=up / sent * 1e9,
-                           sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
-            rep.add("pushcpu.build_push", s)
-    scen = "push CPU per uploaded byte (1x, loopback)"
+        for tag, env in subjects:  # interleaved: the baseline revision, then this tree, in every round
+            _pushcpu_round(ctx, layout, i, tag, env)
+    for tag, _ in subjects:
+        _pushcpu_rows(ctx, tag)
+    if ctx.baseline_env is None:
+        return
+    scen = "push CPU per uploaded byte: this tree ÷ baseline revision (ratio of medians; of minimums)"
+    for kind, fields in (
+        ("push", ("cpu_s", "marginal_ns_per_byte", "sha256_per_byte")),
+        ("build_push", ("cpu_s", "upload_cpu_s", "upload_ns_per_byte", "sha256_per_byte")),
+    ):
+        new_s, old_s = ctx.report.series.get(f"pushcpu.{kind}"), ctx.report.series.get(f"pushcpu.baseline.{kind}")
+        if not new_s or not old_s or not new_s.samples or not old_s.samples:
+            continue
+        for f in fields:
+            a, b = new_s.summary(f), old_s.summary(f)
+            ctx.report.rows.append(Row(scen, f"{kind}: {f}", f"{a['median']:.4g} vs {b['median']:.4g}",
+                                       f"min {a['min']:.4g} vs {b['min']:.4g}", "baseline",
+                                       f"{a['median'] / b['median']:.3f}× ({a['min'] / b['min']:.3f}×)"))  # fmt: skip
+
+
+def _pushcpu_round(ctx: Ctx, layout: Path, i: int, tag: str, env: dict[str, str]) -> None:
+    rep = ctx.report
+    with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
+        ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
+        s = measure_threads(ctx, ["push", f"oci:{layout}:v1", ref, "--json"], f"{tag}push-{i}", env)
+        sent = px.counts.blob_bytes
+        px.reset()
+        again = measure(nixfly("push", f"oci:{layout}:v1", ref, "--json"), env=env)
+        cpu, fixed = float(s.extra["cpu_s"]), float(again.extra["cpu_s"])
+        s.extra.update(blob_bytes=sent, fixed_cpu_s=fixed, ns_per_byte=cpu / sent * 1e9,
+                       marginal_ns_per_byte=(cpu - fixed) / sent * 1e9,
+                       sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
+        rep.add(f"pushcpu.{tag}push", s)
+    with Registry(ctx.work / "registry-pushcpu") as reg, CountingProxy(reg.port) as px:
+        ref = f"docker://127.0.0.1:{px.port}/bench/pushcpu:latest"
+        empty = ctx.work / f"cache-pushcpu-cold-{i}"
+        shutil.rmtree(empty, ignore_errors=True)
+        s = measure_threads(ctx, ["build", ctx.c1.root, "--push", ref, "--cache-dir", str(empty), "--json"],
+                            f"{tag}build-push-{i}", env)  # fmt: skip
+        shutil.rmtree(empty, ignore_errors=True)
+        sent = px.counts.blob_bytes
+        threads = s.extra["threads"]
+        up = sum(float(v) for k, v in threads.items() if k in ("nixfly-early", "nixfly-push"))
+        s.extra.update(blob_bytes=sent, upload_cpu_s=up, ns_per_byte=float(s.extra["cpu_s"]) / sent * 1e9,
+                       upload_ns_per_byte=up / sent * 1e9,
+                       sha256_per_byte=float(s.extra["sha256_bytes"]) / sent)  # fmt: skip
+        rep.add(f"pushcpu.{tag}build_push", s)
+
+
+def _pushcpu_rows(ctx: Ctx, tag: str) -> None:
+    rep = ctx.report
+    rev = ctx.report.facts.get("baseline_rev", "")[:10] if tag else "this tree"
+    scen = f"push CPU per uploaded byte (1x, loopback), nixfly at {rev}"
     for key, label, fields in (
-        ("pushcpu.push", "nixfly push oci: → registry", ("ns_per_byte", "marginal_ns_per_byte", "sha256_per_byte")),
-        ("pushcpu.build_push", "nixfly build --push, cold",
+        (f"pushcpu.{tag}push", "nixfly push oci: → registry",
+         ("ns_per_byte", "marginal_ns_per_byte", "sha256_per_byte")),
+        (f"pushcpu.{tag}build_push", "nixfly build --push, cold",
          ("ns_per_byte", "upload_ns_per_byte", "sha256_per_byte")),
     ):  # fmt: skip
         ser = rep.series.get(key)
@@ -1005,6 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
         default="gzip,zstd,usual",
         help="wire scenario subjects, comma list of gzip (the default level), fast (gzip --level fast), zstd, usual",
     )
+    ap.add_argument("--baseline-rev", help="pushcpu: also measure nixfly at this git revision, interleaved")
     ap.add_argument("--scale", type=float, help="scale of the 1x closure (default 1; --quick: 0.03); 2x is twice it")
     ap.add_argument("--work-dir", type=Path, help="scratch directory (default: a fresh one in /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -1060,6 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Ctx(work, args.runs, c1, c2, apps, report, env, wire_rates=wire_rates, fresh_rates=fresh_rates)
         ctx.rtt = max(0.0, args.rtt_ms) / 1000
         ctx.wire_subjects = wire_subjects
+        if args.baseline_rev:
+            report.facts["baseline_rev"] = snapshot_revision(args.baseline_rev, work / "src-baseline")
+            ctx.baseline_env = base_env(work / "src-baseline")
         report.facts.update(wire_mbit=wire_mbit, fresh_mbit=fresh_mbit, wire_rtt_ms=ctx.rtt * 1000,
                             wire_subjects=list(wire_subjects))  # fmt: skip
         steps: list[tuple[str, bool, Callable[[], None]]] = [

@@ -8,10 +8,11 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nixfly.build.base import cache_backed, cache_backed_image, read_files
+from nixfly.build.base import cache_backed, cache_backed_image, read_files, scan_base, store_paths_in
 from nixfly.build.cache import BlobCache
 from nixfly.build.customise import _user_entries
 from nixfly.build.spec import ImageSpec, PlatformSpec, UserSpec, load_spec, validate_spec
@@ -114,6 +115,39 @@ def test_read_files_sees_the_merged_layers_through_whiteouts() -> None:
     # A whited-out /etc too.
     got = read_files(image_of(l1, tar_layer({".wh.etc": b""})), ["/etc/passwd"])
     assert got == {"/etc/passwd": None}
+
+
+def test_a_base_is_read_once_for_its_store_paths_and_its_etc_files(tmp_path: Path) -> None:
+    """A cold build with a base needs both the store paths its layers hold and its /etc files: each layer is
+    read (decompressed, its diff_id hashed) once for both; a layer whose listing is cached is read only if
+    the files still need it."""
+    reads: list[str] = []
+
+    class Counted(LayerWrapper):
+        def uncompressed(self) -> Any:
+            reads.append(self.digest)
+            return self.inner.uncompressed()
+
+    lower = tar_layer({"nix": None, "nix/store": None, "nix/store/aaa-x": None, "nix/store/aaa-x/f": b"1",
+                       "etc/passwd": b"root:x:0:0::/root:/bin/sh\n", "etc/group": b"root:x:0:\n"})  # fmt: skip
+    upper = tar_layer({"nix/store/bbb-y": None, "etc/.wh.group": b"", "etc/passwd": b"bob:x:1:1::/:/bin/sh\n"})
+    img = image_of(lower, upper)
+    counted = img.with_layers(tuple(Counted(lyr) for lyr in img.layers))
+    cache = BlobCache(tmp_path / "cache")
+    wanted = ["/etc/passwd", "/etc/group", "/etc/shadow"]
+    got = scan_base(counted, "/nix/store", cache, wanted)
+    assert sorted(reads) == sorted(lyr.digest for lyr in img.layers)  # each layer once, for both answers
+    assert got.store_paths == store_paths_in(img, "/nix/store", BlobCache(tmp_path / "other"))
+    assert got.store_paths == {"/nix/store/aaa-x", "/nix/store/bbb-y"}
+    assert got.files == read_files(img, wanted)
+    assert got.files == {"/etc/passwd": b"bob:x:1:1::/:/bin/sh\n", "/etc/group": None, "/etc/shadow": None}
+    # Listings cached: only the layers the files still need are read, top down (here both: /etc/shadow is
+    # decided only by the bottom layer, where it is absent).
+    reads.clear()
+    assert scan_base(counted, "/nix/store", cache, ["/etc/passwd"]).files == {"/etc/passwd": got.files["/etc/passwd"]}
+    assert reads == [upper.digest]
+    reads.clear()
+    assert scan_base(counted, "/nix/store", cache).store_paths == got.store_paths and reads == []
 
 
 def test_cache_backed_layer_fetches_once_and_never_commits_bad_bytes(tmp_path: Path) -> None:

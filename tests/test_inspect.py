@@ -299,3 +299,41 @@ def test_whiteouts_in_upper_layers_are_honoured(tmp_path: Path) -> None:
     assert [(p.name, p.size, p.files, p.layers) for p in report.largest] == [("alpha-1", 100, 1, (0, 1))]
     assert report.largest[0].references == () and report.largest[0].chain == (f"/{a}",)
     assert report.store_path_count == 1 and report.platform == "linux/arm64"
+
+
+def test_a_scan_hashes_each_compressed_and_uncompressed_byte_once(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inspect, the file listing and the closure diff read a layer through one pipeline: the blob's reader
+    checks its digest, the diff_id check covers the tar stream, and nothing hashes either a second time."""
+    import hashlib
+    import types
+
+    import nixfly.image.digest as digest_mod
+    from nixfly.diff.layers import LayerReader
+    from nixfly.inspect.files import list_files
+
+    streamed = [0]
+
+    class Counting:  # counts what streams through update(); whole small documents are hashed at creation
+        def __init__(self, data: bytes = b"") -> None:
+            self._h = hashlib.sha256(data)
+
+        def update(self, data: bytes) -> None:
+            streamed[0] += len(memoryview(data).cast("B"))
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    image = open_image(LayoutLocation(built / "layout", "t"))
+    report = inspect_image(image)
+    compressed = sum(lyr.size for lyr in image.layers)
+    plain = sum(lyr.uncompressed_size or 0 for lyr in report.layers)
+    assert plain > compressed > 0
+    monkeypatch.setattr(digest_mod, "hashlib", types.SimpleNamespace(sha256=Counting))
+    for read in (lambda: inspect_image(image), lambda: list_files(image),
+                 lambda: LayerReader().store_sizes(image.layers)):  # fmt: skip
+        streamed[0] = 0
+        read()
+        assert streamed[0] == compressed + plain

@@ -10,6 +10,8 @@ mounts it instead of uploading.
 :func:`store_paths_in` lists the store paths the base's merged layers hold (a base built with Nix, by
 nixfly or by nixpkgs' dockerTools, shares paths with our closure: busybox, glibc): the build leaves those out
 of its own layers instead of packing them a second time. Each layer's listing is kept in the cache by diff_id.
+:func:`read_files` reads the base's ``/etc`` files through its whiteouts; :func:`scan_base` does both with each
+layer read (decompressed, verified) at most once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any, BinaryIO, cast
 
 from nixfly.build.cache import BlobCache
 from nixfly.errors import ImageError
-from nixfly.fsutil import atomic_write_bytes
+from nixfly.fsutil import atomic_write_bytes, note_sha256
 from nixfly.image import canonical_json
 from nixfly.image.digest import VerifyingReader, file_digest
 from nixfly.image.model import BlobOrigin, Image, Layer, LayerWrapper, LocalBlob, Mountable
@@ -154,6 +156,7 @@ def cache_backed(layer: Layer, cache: BlobCache) -> Layer:
     path = cache.blob_path(inner.digest)
     with contextlib.suppress(OSError, ImageError):
         if path.stat().st_size == inner.size and file_digest(path)[0] == inner.digest:
+            note_sha256(path, inner.digest)  # hashed now: a sink hard-linking it need not read it again
             return _CachedMountable(inner, path) if isinstance(inner, Mountable) else _Cached(inner, path)
     return _CachingMountable(inner, cache) if isinstance(inner, Mountable) else _Caching(inner, cache)
 
@@ -168,57 +171,6 @@ def _norm(name: str) -> str:
     return "" if n == "." else n
 
 
-def read_files(image: Image, wanted: Iterable[str]) -> dict[str, bytes | None]:
-    """The content of each regular file in ``wanted`` (absolute paths such as ``/etc/passwd``) as the merged
-    layers of ``image`` leave it, or None when it is absent, deleted by a whiteout, or not a regular file.
-
-    Layers are read from the top down and reading stops as soon as every file is decided, so a base whose
-    top layer holds its ``/etc`` (as nixfly's customisation layer does) costs one small layer."""
-    want = {_norm(w): w for w in wanted}
-    found: dict[str, bytes | None] = {}
-    for layer in reversed(image.layers):
-        if len(found) == len(want):
-            break
-        hits: dict[str, bytes | None] = {}
-        gone: set[str] = set()  # paths whited out in this layer (hide lower layers only)
-        opaque: set[str] = set()  # directories made opaque in this layer
-        with layer.uncompressed() as stream:
-            try:
-                tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
-                for m in tf:
-                    name = _norm(m.name)
-                    base = posixpath.basename(name)
-                    parent = posixpath.dirname(name)
-                    if base == _OPAQUE:
-                        opaque.add(parent)
-                        continue
-                    if base.startswith(_WH):
-                        gone.add(posixpath.join(parent, base[len(_WH) :]))
-                        continue
-                    if name in want and name not in found:
-                        f = tf.extractfile(m) if m.isreg() and m.size <= _MAX_ETC_FILE else None
-                        hits[name] = f.read() if f is not None else None
-                tf.close()
-                while stream.read(1 << 20):  # the rest (tar padding): the blob is then verified and cached
-                    pass
-            except tarfile.TarError as e:
-                raise ImageError(f"base layer {layer.digest} is not a valid tar stream: {e}") from None
-        for name in want:
-            if name in found:
-                continue
-            if name in hits:
-                found[name] = hits[name]
-                continue
-            ancestors = [name]
-            d = posixpath.dirname(name)
-            while d:
-                ancestors.append(d)
-                d = posixpath.dirname(d)
-            if any(a in gone for a in ancestors) or any(a in opaque for a in ancestors[1:]):
-                found[name] = None
-    return {want[n]: found.get(n) for n in want}
-
-
 @dataclass(frozen=True)
 class StoreEffect:
     """What one layer does to the top level of the store directory, as names (``<hash>-<name>``): the paths
@@ -231,10 +183,22 @@ class StoreEffect:
     cleared: bool
 
 
-def _store_effect(layer: Layer, store_dir: str) -> StoreEffect:
-    prefix = _norm(store_dir)
-    above = {prefix}  # the store dir and its parents: replacing one of them hides every store path below
-    d = posixpath.dirname(prefix)
+@dataclass(frozen=True)
+class _FilesView:
+    """What one layer says about the wanted files: the content of those it holds (None when not a regular file
+    or too large), the paths it whites out and the directories it makes opaque (both hide lower layers only)."""
+
+    hits: dict[str, bytes | None]
+    gone: frozenset[str]
+    opaque: frozenset[str]
+
+
+def _walk(layer: Layer, store_dir: str | None, want: frozenset[str]) -> tuple[StoreEffect | None, _FilesView]:
+    """One read of ``layer``'s tar stream (verified): its effect on ``store_dir`` (None: not asked) and what
+    it says about the files in ``want`` (normalised names)."""
+    prefix = _norm(store_dir) if store_dir is not None else None
+    above: set[str] = set()  # the store dir and its parents: replacing one of them hides every store path below
+    d = prefix
     while d:
         above.add(d)
         d = posixpath.dirname(d)
@@ -242,9 +206,12 @@ def _store_effect(layer: Layer, store_dir: str) -> StoreEffect:
     removed: set[str] = set()
     touched: set[str] = set()
     cleared = False
+    hits: dict[str, bytes | None] = {}
+    gone: set[str] = set()
+    opaque: set[str] = set()
 
     def top(name: str) -> str | None:  # "<prefix>/X/..." → X
-        if not name.startswith(prefix + "/"):
+        if prefix is None or not name.startswith(prefix + "/"):
             return None
         return name[len(prefix) + 1 :].split("/", 1)[0] or None
 
@@ -257,10 +224,18 @@ def _store_effect(layer: Layer, store_dir: str) -> StoreEffect:
                 parent = posixpath.dirname(name)
                 if base == _OPAQUE or base.startswith(_WH):
                     target = parent if base == _OPAQUE else posixpath.join(parent, base[len(_WH) :])
+                    (opaque if base == _OPAQUE else gone).add(target)
+                    if prefix is None:
+                        continue
                     if target in above or (base == _OPAQUE and parent == ""):
                         cleared = True
                     elif (x := top(target)) is not None:
                         removed.add(x)
+                    continue
+                if name in want and name not in hits:
+                    f = tf.extractfile(m) if m.isreg() and m.size <= _MAX_ETC_FILE else None
+                    hits[name] = f.read() if f is not None else None
+                if prefix is None:
                     continue
                 if name in above:
                     cleared = cleared or not m.isdir()
@@ -269,16 +244,59 @@ def _store_effect(layer: Layer, store_dir: str) -> StoreEffect:
                 elif (x := top(name)) is not None:
                     touched.add(x)
             tf.close()
-            while stream.read(1 << 20):  # the rest: the blob is then verified (and kept in the cache)
+            while stream.read(1 << 20):  # the rest (tar padding): the blob is then verified and cached
                 pass
         except tarfile.TarError as e:
             raise ImageError(f"base layer {layer.digest} is not a valid tar stream: {e}") from None
+    view = _FilesView(hits, frozenset(gone), frozenset(opaque))
+    if prefix is None:
+        return None, view
     removed |= touched - added
-    return StoreEffect(frozenset(added - removed), frozenset(removed), cleared)
+    return StoreEffect(frozenset(added - removed), frozenset(removed), cleared), view
 
 
-def _cached_effect(layer: Layer, store_dir: str, cache: BlobCache) -> StoreEffect:
-    """:func:`_store_effect`, remembered in the cache by diff_id and store directory."""
+def _decide_files(
+    layers: Sequence[Layer], want: dict[str, str], views: Sequence[_FilesView | None]
+) -> dict[str, bytes | None]:
+    """The wanted files as the merged layers leave them, top layer first; a layer not read yet (``views[i]``
+    None) is read now, and reading stops as soon as every file is decided."""
+    found: dict[str, bytes | None] = {}
+    for layer, view in zip(reversed(layers), reversed(views), strict=True):
+        if len(found) == len(want):
+            break
+        if view is None:
+            view = _walk(layer, None, frozenset(want))[1]
+        for name in want:
+            if name in found:
+                continue
+            if name in view.hits:
+                found[name] = view.hits[name]
+                continue
+            ancestors = [name]
+            d = posixpath.dirname(name)
+            while d:
+                ancestors.append(d)
+                d = posixpath.dirname(d)
+            if any(a in view.gone for a in ancestors) or any(a in view.opaque for a in ancestors[1:]):
+                found[name] = None
+    return {want[n]: found.get(n) for n in want}
+
+
+def read_files(image: Image, wanted: Iterable[str]) -> dict[str, bytes | None]:
+    """The content of each regular file in ``wanted`` (absolute paths such as ``/etc/passwd``) as the merged
+    layers of ``image`` leave it, or None when it is absent, deleted by a whiteout, or not a regular file.
+
+    Layers are read from the top down and reading stops as soon as every file is decided, so a base whose
+    top layer holds its ``/etc`` (as nixfly's customisation layer does) costs one small layer."""
+    want = {_norm(w): w for w in wanted}
+    return _decide_files(image.layers, want, [None] * len(image.layers))
+
+
+def _cached_effect(
+    layer: Layer, store_dir: str, cache: BlobCache, want: frozenset[str]
+) -> tuple[StoreEffect, _FilesView | None]:
+    """The layer's store effect, remembered in the cache by diff_id and store directory; when the layer has to
+    be read for it, what it says about the files in ``want`` comes from the same read (else None)."""
     key = BlobCache.key({"kind": "store-listing", "diff_id": layer.diff_id, "store_dir": store_dir})
     where = cache.root / "store-listings" / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -286,13 +304,46 @@ def _cached_effect(layer: Layer, store_dir: str, cache: BlobCache) -> StoreEffec
         added, removed, cleared = rec["added"], rec["removed"], rec["cleared"]
         lists = isinstance(added, list) and isinstance(removed, list)
         if lists and all(isinstance(n, str) for n in (*added, *removed)) and isinstance(cleared, bool):
-            return StoreEffect(frozenset(added), frozenset(removed), cleared)
-    effect = _store_effect(layer, store_dir)
+            return StoreEffect(frozenset(added), frozenset(removed), cleared), None
+    effect, view = _walk(layer, store_dir, want)
+    assert effect is not None
     with contextlib.suppress(OSError, ImageError):  # a cache: a failed write only means scanning again
         where.parent.mkdir(exist_ok=True)
         rec = {"added": sorted(effect.added), "removed": sorted(effect.removed), "cleared": effect.cleared}
         atomic_write_bytes(where, canonical_json(rec), durable=False)
-    return effect
+    return effect, view
+
+
+@dataclass(frozen=True)
+class BaseScan:
+    """What a build needs of its base's layers: the store paths they hold whole (:func:`store_paths_in`) and
+    the wanted files as the merged layers leave them (:func:`read_files`)."""
+
+    store_paths: frozenset[str]
+    files: dict[str, bytes | None]
+
+
+def scan_base(
+    image: Image, store_dir: str, cache: BlobCache, wanted: Iterable[str] = (), workers: int = 4
+) -> BaseScan:
+    """:func:`store_paths_in` and :func:`read_files` with each layer read at most once: a layer read for its
+    store listing gives the wanted files in the same pass; only the layers whose listing was cached and that
+    the files still need (from the top down) are read for them."""
+    layers = image.layers
+    want = {_norm(w): w for w in wanted}
+    if not layers:
+        return BaseScan(frozenset(), {w: None for w in want.values()})
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(layers)))) as pool:
+        scans = list(pool.map(lambda lyr: _cached_effect(lyr, store_dir, cache, frozenset(want)), layers))
+    names: set[str] = set()
+    for e, _ in scans:  # bottom to top
+        if e.cleared:
+            names.clear()
+        names -= e.removed
+        names |= e.added
+    store = store_dir.rstrip("/")
+    files = _decide_files(layers, want, [v for _, v in scans]) if want else {}
+    return BaseScan(frozenset(f"{store}/{n}" for n in names), files)
 
 
 def store_paths_in(image: Image, store_dir: str, cache: BlobCache, workers: int = 4) -> frozenset[str]:
@@ -301,16 +352,4 @@ def store_paths_in(image: Image, store_dir: str, cache: BlobCache, workers: int 
 
     Every layer is read once (verified, and its blob kept in the cache like any base layer) unless its listing
     is already cached. A store path's name fixes its content, so a path the base holds need not be packed again."""
-    layers = image.layers
-    if not layers:
-        return frozenset()
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(layers)))) as pool:
-        effects = list(pool.map(lambda lyr: _cached_effect(lyr, store_dir, cache), layers))
-    names: set[str] = set()
-    for e in effects:  # bottom to top
-        if e.cleared:
-            names.clear()
-        names -= e.removed
-        names |= e.added
-    store = store_dir.rstrip("/")
-    return frozenset(f"{store}/{n}" for n in names)
+    return scan_base(image, store_dir, cache, (), workers).store_paths

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from nixfly.build.base import cache_backed_image, read_files, store_paths_in
+from nixfly.build.base import cache_backed_image, scan_base
 from nixfly.build.cache import BlobCache
 from nixfly.build.closure import Closure, resolve_closure
 
@@ -258,10 +258,12 @@ def _build(
         resolved = replace(resolved, image=cache_backed_image(resolved.image, cache))
         # Store paths the base already holds (a Nix-built base) are not packed again: the image would carry
         # them twice, and a layer equal to a base layer would be uploaded instead of mounted.
-        held = store_paths_in(resolved.image, closure.store_dir, cache, workers=workers or 4)
-        from_base = frozenset(p for p in closure.paths if p in held)
+        # One read per layer for both (store listings are cached by diff_id; the /etc files come along).
+        wanted = BASE_ETC_FILES if spec.base_etc == "merge" else ()
+        scanned = scan_base(resolved.image, closure.store_dir, cache, wanted, workers=workers or 4)
+        from_base = frozenset(p for p in closure.paths if p in scanned.store_paths)
         if spec.base_etc == "merge":
-            base_files = read_files(resolved.image, BASE_ETC_FILES)
+            base_files = scanned.files
     n_base = len(resolved.image.layers) if resolved else 0
     first = dataclasses.replace(spec, ca_certificates=False, bin_sh=False, usr_bin_env=False) if searched else spec
     cust = customise(first, closure, fs, base_files)

@@ -16,20 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, cast
-
-import zstandard
+from typing import BinaryIO
 
 from nixfly.diff.tarheaders import DIR, LNK, REG, SYM, members
-from nixfly.errors import ImageError
 from nixfly.image import Layer
-from nixfly.image.compression import decompressing_reader
-from nixfly.image.digest import VerifyingReader
+from nixfly.image.tarstream import read_layer_stream
 
 _STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[^/]+$")
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
-_CHUNK = 1 << 20
 
 # NAR framing, in bytes (every string is an 8-byte length, then its bytes padded to a multiple of 8).
 _MAGIC = 24  # "nix-archive-1"
@@ -150,8 +145,9 @@ def _member_name(name: str) -> str:
 
 
 def scan_layer(layer: Layer, store_dir: str = "/nix/store", on_bytes: Callable[[int], None] | None = None) -> LayerScan:
-    """Read ``layer``'s tar stream once (its digest and diff_id checked at the end) and keep what it does
-    under ``store_dir``: NAR costs per node, whiteouts. File contents are skipped, never hashed twice."""
+    """Read ``layer``'s tar stream once (``nixfly.image.tarstream``: its digest and diff_id checked at the end,
+    each byte hashed once) and keep what it does under ``store_dir``: NAR costs per node, whiteouts. File
+    contents are skipped."""
     store_rel = store_dir.strip("/") + "/"
     ops: list[_Put | _Out | _Link] = []
     seen: dict[str, int] = {}  # member name → cost of a regular file in this layer (for hard links)
@@ -163,76 +159,41 @@ def scan_layer(layer: Layer, store_dir: str = "/nix/store", on_bytes: Callable[[
         base, _, rel = name[len(store_rel) :].partition("/")
         return (base, rel) if _STORE_NAME.match(base) else None
 
-    raw = layer.compressed()
-    counted: BinaryIO = raw if on_bytes is None else cast(BinaryIO, _Counting(raw, on_bytes))
-    try:
-        plain = VerifyingReader(decompressing_reader(layer.compression, counted), layer.diff_id, None,
-                                what=f"{where} (diff_id)")  # fmt: skip
-        try:
-            for m in members(cast(BinaryIO, plain)):
-                name = _member_name(m.name)
-                parent, _, leaf = name.rpartition("/")
-                if leaf.startswith(_WHITEOUT):
-                    target = parent if leaf == _OPAQUE else f"{parent}/{leaf[len(_WHITEOUT):]}".lstrip("/")
-                    hit = locate(target)
-                    if hit is not None:
-                        ops.append((hit[0], hit[1], leaf == _OPAQUE))
-                    continue
-                hit = locate(name)
-                if hit is None:
-                    continue
-                if m.kind == REG:
-                    cost = file_cost(m.size, bool(m.mode & 0o100))
-                    seen[name] = cost
-                elif m.kind == DIR:
-                    cost = _DIR
-                elif m.kind == SYM:
-                    cost = link_cost(m.linkname)
-                elif m.kind == LNK:  # the same bytes as the member it names (Nix stores the file again)
-                    target = _member_name(m.linkname)
-                    linked = seen.get(target)
-                    if linked is None:  # a file of a lower layer: resolved when the layers are merged
-                        lower = locate(target)
-                        if lower is not None:
-                            ops.append((hit[0], hit[1], lower))
-                            continue
-                    cost = linked if linked is not None else file_cost(0, bool(m.mode & 0o100))
-                else:  # devices and FIFOs cannot be in a NAR
-                    continue
-                ops.append((hit[0], hit[1], cost))
-            while plain.read(_CHUNK):  # the end-of-archive padding counts towards the diff_id
-                pass
-            while counted.read(_CHUNK):  # anything after the compressed stream: the digest check sees it
-                pass
-        except ImageError as e:
-            raise ImageError(f"{where}: {e}") from None
-        except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:
-            raise ImageError(f"{where}: not a readable {layer.compression} tar stream ({e})") from None
-    finally:
-        raw.close()
+    def consume(plain: BinaryIO) -> None:
+        for m in members(plain):
+            name = _member_name(m.name)
+            parent, _, leaf = name.rpartition("/")
+            if leaf.startswith(_WHITEOUT):
+                target = parent if leaf == _OPAQUE else f"{parent}/{leaf[len(_WHITEOUT):]}".lstrip("/")
+                hit = locate(target)
+                if hit is not None:
+                    ops.append((hit[0], hit[1], leaf == _OPAQUE))
+                continue
+            hit = locate(name)
+            if hit is None:
+                continue
+            if m.kind == REG:
+                cost = file_cost(m.size, bool(m.mode & 0o100))
+                seen[name] = cost
+            elif m.kind == DIR:
+                cost = _DIR
+            elif m.kind == SYM:
+                cost = link_cost(m.linkname)
+            elif m.kind == LNK:  # the same bytes as the member it names (Nix stores the file again)
+                target = _member_name(m.linkname)
+                linked = seen.get(target)
+                if linked is None:  # a file of a lower layer: resolved when the layers are merged
+                    lower = locate(target)
+                    if lower is not None:
+                        ops.append((hit[0], hit[1], lower))
+                        continue
+                cost = linked if linked is not None else file_cost(0, bool(m.mode & 0o100))
+            else:  # devices and FIFOs cannot be in a NAR
+                continue
+            ops.append((hit[0], hit[1], cost))
+
+    read_layer_stream(layer, consume, where=where, on_bytes=on_bytes)
     return LayerScan(tuple(ops))
-
-
-class _Counting:
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
-        self._raw, self._on = raw, on_bytes
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        if data:
-            self._on(len(data))
-        return data
-
-    def readinto(self, b: bytearray | memoryview) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._raw.close()
 
 
 class LayerReader:

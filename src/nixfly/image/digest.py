@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 from nixfly.errors import ImageError
 
@@ -157,24 +157,24 @@ class VerifyingReader:
         self.close()
 
 
-class HashingReader:
-    """A file-like reader that passes reads through while hashing (sha256) and counting the bytes, so a
-    stream can be checked against its digest as it is consumed, with no second pass. ``on_bytes`` hears
-    the size of every non-empty chunk (for progress)."""
+class CountingReader:
+    """Passes reads through, counting the bytes and telling ``on_bytes`` the size of every non-empty chunk
+    (for progress). It hashes nothing: see :func:`counting_reader` to keep a checked reader checked."""
 
     def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
         self._raw = raw
         self._on_bytes = on_bytes
-        self.hash = hashlib.sha256()
         self.count = 0
+
+    def _seen(self, data: bytes) -> None:
+        self.count += len(data)
+        if self._on_bytes is not None:
+            self._on_bytes(len(data))
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
         if data:
-            self.hash.update(data)
-            self.count += len(data)
-            if self._on_bytes is not None:
-                self._on_bytes(len(data))
+            self._seen(data)
         return data
 
     def readinto(self, b: Any) -> int:
@@ -186,9 +186,50 @@ class HashingReader:
         return True
 
     def drain(self) -> None:
-        """Read (and hash) whatever is left."""
+        """Read whatever is left."""
         while self.read(_BLOCK):
             pass
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _CheckedCounting(CountingReader):
+    """A :class:`CountingReader` over a :class:`CheckedReader`, and one itself."""
+
+    @property
+    def expected_digest(self) -> str | None:
+        return cast(CheckedReader, self._raw).expected_digest
+
+    @property
+    def verified(self) -> bool:
+        return cast(CheckedReader, self._raw).verified
+
+
+def counting_reader(raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> CountingReader:
+    """``raw`` with its bytes counted (and told to ``on_bytes``); still a ``CheckedReader`` when ``raw`` is
+    one, so a consumer that trusts a checked reader (an upload) does not hash the bytes again."""
+    return _CheckedCounting(raw, on_bytes) if isinstance(raw, CheckedReader) else CountingReader(raw, on_bytes)
+
+
+class HashingReader(CountingReader):
+    """A file-like reader that passes reads through while hashing (sha256) and counting the bytes, so a
+    stream can be checked against its digest as it is consumed, with no second pass. ``on_bytes`` hears
+    the size of every non-empty chunk (for progress)."""
+
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> None:
+        super().__init__(raw, on_bytes)
+        self.hash = hashlib.sha256()
+
+    def _seen(self, data: bytes) -> None:
+        self.hash.update(data)
+        super()._seen(data)
 
     @property
     def digest(self) -> str:

@@ -105,10 +105,7 @@ def _walk_layer(
         for m in tf:
             visit(m, tf)
 
-    read_layer_tar(
-        f"layer {index + 1} ({layer.digest})", layer.compressed(), layer.compression, size=layer.size,
-        digest=layer.digest, diff_id=layer.diff_id, consume=consume, on_bytes=on_bytes,
-    )  # fmt: skip
+    read_layer_tar(f"layer {index + 1} ({layer.digest})", layer, consume=consume, on_bytes=on_bytes)
 
 
 def _under(path: str, top: str) -> bool:

@@ -16,11 +16,11 @@ import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import Any
 
 from nixfly.errors import ImageError
 from nixfly.fsutil import load_json
-from nixfly.image import Image
+from nixfly.image import Image, Layer
 from nixfly.inspect.stream import read_layer_tar
 
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -355,7 +355,7 @@ def inspect_image(
     for i, (lyr, (comment, created_by)) in enumerate(zip(image.layers, history, strict=True)):
         report = LayerReport(i, lyr.digest, lyr.diff_id, lyr.size, lyr.compression, comment, created_by)
         if state is not None:
-            report = _scan_layer(report, lyr.compressed(), state, on_bytes)
+            report = _scan_layer(report, lyr, state, on_bytes)
         layers.append(report)
 
     largest: tuple[StorePathReport, ...] = ()
@@ -421,12 +421,9 @@ def _processes(inner: Mapping[str, Any]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and isinstance(value.get("processes"), list) else None
 
 
-def _scan_layer(
-    report: LayerReport, blob: BinaryIO, state: _Scan, on_bytes: Callable[[int], None] | None
-) -> LayerReport:
+def _scan_layer(report: LayerReport, layer: Layer, state: _Scan, on_bytes: Callable[[int], None] | None) -> LayerReport:
     (files, present), size = read_layer_tar(
-        f"layer {report.index + 1} ({report.digest})", blob, report.compression, size=report.size,
-        digest=report.digest, diff_id=report.diff_id, consume=lambda tf: state.layer(report.index, tf),
+        f"layer {report.index + 1} ({report.digest})", layer, consume=lambda tf: state.layer(report.index, tf),
         on_bytes=on_bytes,
     )  # fmt: skip
     return replace(report, uncompressed_size=size, files=files, store_paths=present)
