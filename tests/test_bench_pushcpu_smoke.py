@@ -36,7 +36,8 @@ def test_quick_push_cpu_bench_counts_one_hash_pass_per_uploaded_byte(tmp_path: P
     series = json.loads(out.read_text())["series"]
     (push,) = series["pushcpu.push"]["samples"]
     assert push["blob_bytes"] > 1 << 20 and push["cpu_s"] > 0
-    assert 1.0 <= push["sha256_per_byte"] < 1.05  # the layers once, plus the config and manifest
+    # The layers once (two passes would be 2.0), plus small documents: config, manifests, the SBOM referrer.
+    assert 1.0 <= push["sha256_per_byte"] < 1.2
     (build,) = series["pushcpu.build_push"]["samples"]
     assert build["blob_bytes"] > 1 << 20 and build["upload_cpu_s"] > 0
     # The uploader of a layer pushed while it compresses hashes none of it (it sends the writer's pieces): what
