@@ -176,6 +176,42 @@ def _fly_case(content: bytes, expect: str) -> Case:
     return make
 
 
+def _fly_over(how: str) -> Case:
+    """fly.toml itself a FIFO nobody writes to, or /dev/zero, read by ``deploy``."""
+
+    def make(d: Path) -> tuple[list[str], str]:
+        if how == "zero":
+            (d / "fly.toml").symlink_to("/dev/zero")
+        else:
+            os.mkfifo(d / "fly.toml")
+        config = str(d / "fly.toml")
+        return ["deploy", "--config", config, "--image", PINNED, "--dry-run", "--access-token", "x"], (
+            "fly.toml is not a regular file")
+
+    return make
+
+
+def _fly_local_file(how: str) -> Case:
+    """A ``[[files]] local_path`` that is a FIFO without a writer, /dev/zero, or a (sparse) 10 GB file."""
+
+    def make(d: Path) -> tuple[list[str], str]:
+        target = d / "conf" / "motd"
+        target.parent.mkdir()
+        if how == "fifo":
+            os.mkfifo(target)
+        elif how == "zero":
+            target.symlink_to("/dev/zero")
+        else:
+            with open(target, "wb") as f:
+                f.truncate(10 << 30)
+        argv, _ = _fly_case(b'app = "a"\n[[files]]\nguest_path = "/etc/motd"\nlocal_path = "conf/motd"\n', "")(d)
+        expect = {"fifo": "is not a regular file (a FIFO)", "zero": "is not a regular file (a character device)",
+                  "huge": "is larger than 4 MiB (10240 MiB)"}[how]  # fmt: skip
+        return argv, f"fly.toml:4: files[0].local_path: '{target}' {expect}"
+
+    return make
+
+
 def _init_over(how: str) -> Case:
     def make(d: Path) -> tuple[list[str], str]:
         if how == "zero":
@@ -215,6 +251,16 @@ CASES: dict[str, Case] = {
     "fly.toml-latin1": _fly_case(b'app = "caf\xe9"\n', "fly.toml"),
     "fly.toml-dev-zero-init": _init_over("zero"),  # init --force updates the fly.toml it reads
     "fly.toml-fifo-init": _init_over("fifo"),
+    "fly.toml-fifo-deploy": _fly_over("fifo"),
+    "fly.toml-dev-zero-deploy": _fly_over("zero"),
+    "fly.toml-files-fifo": _fly_local_file("fifo"),
+    "fly.toml-files-dev-zero": _fly_local_file("zero"),
+    "fly.toml-files-10g": _fly_local_file("huge"),
+    "fly.toml-kill-timeout-overflow": _fly_case(b'app = "a"\nkill_timeout = 1e20\n',
+                                                "fly.toml:2: kill_timeout: 1e+20 is too long a duration"),
+    "fly.toml-check-interval-overflow": _fly_case(
+        b'app = "a"\n[checks.x]\nport = 80\ntype = "tcp"\ninterval = "9999999999999999h"\n',
+        "checks.x.interval: '9999999999999999h' is too long a duration"),
     "closure-deep": _closure_case("deep", NESTED),
     "closure-fifo": _closure_case("fifo", "is not a regular file (a FIFO)"),
     "closure-dev-zero": _closure_case("zero", "is not a regular file (a character device)"),

@@ -133,9 +133,11 @@ class DeployOutcome:
 
 
 def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyConfig:
-    from nixfly.fsutil import is_regular_file  # never raises, unlike Path.is_file (a name too long)
+    import os.path
 
-    if not is_regular_file(config_path):
+    # os.path.exists never raises (a name too long is simply not there); a FIFO, a device or a directory
+    # is then refused by load_fly_toml's read, which never blocks.
+    if not os.path.exists(config_path):
         raise ConfigError(f"{config_path}: no such file (pass -c/--config PATH to your fly.toml)")
     return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
 

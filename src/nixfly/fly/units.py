@@ -6,7 +6,9 @@ import re
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# ASCII digits only, as Go reads them (\d would take any script's digits).
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_MAX = timedelta(microseconds=((1 << 63) - 1) // 1000)  # a Go time.Duration is an int64 of nanoseconds
 _NS_PER_UNIT = {
     "ns": 1,
     "us": 1_000,
@@ -33,7 +35,20 @@ def parse_go_duration(text: str) -> timedelta:
             raise ValueError(f"{text!r} is not a duration like '10s', '1m30s' or '500ms'")
         total_ns += float(m.group(1)) * _NS_PER_UNIT[m.group(2)]
         pos = m.end()
-    return timedelta(microseconds=total_ns / 1000)
+    return _timedelta(text, microseconds=total_ns / 1000)
+
+
+def _timedelta(what: object, **amount: float) -> timedelta:
+    """A timedelta, or ValueError beyond what a Go ``time.Duration`` holds (an int64 of nanoseconds, about
+    2562047h: Go's time.ParseDuration, which fly-go's duration.go uses, refuses more as overflow) and
+    beyond what a timedelta holds (Python says OverflowError there)."""
+    try:
+        d = timedelta(**amount)
+    except OverflowError:
+        d = _GO_MAX + _GO_MAX
+    if d > _GO_MAX:
+        raise ValueError(f"{what!r} is too long a duration (at most 2562047h)")
+    return d
 
 
 def go_duration_string(d: timedelta) -> str:
@@ -76,7 +91,7 @@ def duration(value: Any, int_unit: str) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(milliseconds=value) if int_unit == "ms" else timedelta(seconds=value)
+        return _timedelta(value, milliseconds=value) if int_unit == "ms" else _timedelta(value, seconds=value)
     if isinstance(value, str):
         return parse_go_duration(value)
     raise ValueError("expected a duration like '10s'")
