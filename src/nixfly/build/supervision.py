@@ -14,7 +14,8 @@ from typing import Any
 
 from nixfly.build.closure import Closure
 from nixfly.build.layers import Entry
-from nixfly.build.spec import DirSpec, ImageSpec, located, process_ids, process_order
+from nixfly.build.processes import process_order
+from nixfly.build.spec import DirSpec, ImageSpec, located, process_ids
 from nixfly.errors import UsageError
 
 LABEL = "io.nixfly.processes"  # image config label: what inspect lists (JSON)

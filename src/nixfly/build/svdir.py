@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nixfly.build.layers import Entry
-from nixfly.build.spec import ImageSpec, ProcessSpec, process_ids, process_order
+from nixfly.build.processes import ProcessSpec, process_order
+from nixfly.build.spec import ImageSpec, process_ids
 from nixfly.build.supervision import (
     ETC,
     RUN,
