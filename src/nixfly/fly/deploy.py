@@ -29,12 +29,9 @@ from nixfly.errors import DeployError
 from nixfly.fly.api import JSON, FlyAPIError, MachinesAPI
 from nixfly.fly.health import MachineFailed, Waiter, Watch, exit_code_of
 from nixfly.fly.leases import Leases
-from nixfly.fly.normal import request_form
+from nixfly.fly.normal import GREEN_FOR_KEY, RELEASE_GROUP, RELEASES_KEY, request_form
 from nixfly.fly.plan import (
-    _IP_WORDS,
-    GREEN_FOR_KEY,
-    RELEASE_GROUP,
-    RELEASES_KEY,
+    IP_WORDS,
     SECRETS_DIGEST_KEY,
     SECRETS_VERSION_KEY,
     STRATEGIES,
@@ -189,7 +186,7 @@ class Deployer:
                 self.progress(f"could not allocate an IP address ({kind}): {e}; allocate it with `fly ips`")
                 return
             self.result.ips.append({"type": kind, "ip": got["ip"]})
-            self.progress(f"allocated {_IP_WORDS.get(kind, kind)}: {got['ip']}")
+            self.progress(f"allocated {IP_WORDS.get(kind, kind)}: {got['ip']}")
 
     def _release_command(self) -> None:
         argv = self.plan.release_command
