@@ -270,15 +270,13 @@ def check_image(image: str, desired: dict[str, JSON], cfg: FlyConfig, req: Deplo
     run (the image's entrypoint or cmd, or a command from fly.toml), and a service's internal_port should
     be one the image exposes (a warning: images need not declare their ports)."""
     from nixfly.errors import RegistryError
-    from nixfly.fly.resolve import inspect_image
+    from nixfly.fly.resolve import ImageUnreadable, inspect_image
 
     try:
         facts = inspect_image(image, req.registry)
-    except RegistryError as e:
-        if str(e).startswith("cannot read image"):  # unreachable or refused, not "does not have"
-            raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
-                                "reading it; nothing was changed)") from None  # fmt: skip
-        raise
+    except ImageUnreadable as e:  # unreachable or refused; a missing image is BadImage, said as it is
+        raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
+                            "reading it; nothing was changed)") from None  # fmt: skip
     for group, config in sorted(desired.items()):
         init = config.get("init") if isinstance(config.get("init"), dict) else {}
         assert isinstance(init, dict)
