@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from nixfly.errors import DeployError
@@ -36,29 +37,21 @@ def parallel(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 8) -
         raise errors[0]  # type: ignore[misc]
 
 
+@dataclass(eq=False)  # one per deploy: compared by identity
 class Leases:
     """The leases of one deploy of ``app``: machine id → nonce, mirrored in ``store``."""
 
-    def __init__(
-        self,
-        api: MachinesAPI,
-        app: str,
-        store: LeaseStore,
-        *,
-        holder: Holder,
-        ttl: int,
-        progress: Callable[[str], None],
-    ) -> None:
-        self.api = api
-        self.app = app
-        self.store = store
-        self.holder = holder
-        self.ttl = ttl
-        self.progress = progress
-        self._held: dict[str, str] = {}  # machine id -> nonce
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._refresher: threading.Thread | None = None
+    api: MachinesAPI
+    app: str
+    store: LeaseStore
+    _: KW_ONLY
+    holder: Holder
+    ttl: int
+    progress: Callable[[str], None]
+    _held: dict[str, str] = field(default_factory=dict, init=False)  # machine id -> nonce
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _refresher: threading.Thread | None = field(default=None, init=False)
 
     def lease(self, machine_id: str) -> str:
         """Lease a machine. A lease held by a nixfly process of this host that is gone (killed) is taken
