@@ -21,6 +21,7 @@ from nixfly.build.processes import ProcessSpec
 from nixfly.build.specdata import SpecError, at_least, from_dict, octal_mode, one_of, port_spec, to_dict
 from nixfly.errors import ConfigError, NixflyError, UsageError
 from nixfly.fsutil import CONFIG_FILE_MAX, NestingError, load_toml, read_text_file
+from nixfly.godur import parse_go_duration
 from nixfly.tomlpos import TomlPositions, dotted_path
 
 # ``to_dict`` (the inverse of the reader) is part of what callers use of an ImageSpec.
@@ -348,13 +349,14 @@ def _stderr_warning(message: str) -> None:
 
 
 def _seconds(v: Any) -> float | None:
-    """fly.toml's kill_timeout: an integer number of seconds or a duration such as "30s" or "1m"."""
+    """fly.toml's kill_timeout: an integer number of seconds or a Go duration such as "30s" or "1m30s" (as
+    flyctl reads it); None for anything else (fly.toml's own loader reports that)."""
     if isinstance(v, int) and not isinstance(v, bool):
         return float(v)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", v) if isinstance(v, str) else None
-    if m is None:
+    try:
+        return parse_go_duration(v).total_seconds() if isinstance(v, str) else None
+    except ValueError:
         return None
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
 
 
 def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, str]]:
