@@ -193,7 +193,7 @@ def ship(req: ShipRequest, events: ShipEvents | None = None) -> ShipOutcome:
     pushed to and attach the SBOM (to a layout and every registry; a docker-archive has no place for it)."""
     events = events or ShipEvents()
     check_destinations(req.destinations, index_platform=req.platforms[0].platform if req.platforms else None,
-                       allow_index=req.allow_index, sbom=req.sbom, stdout=req.stdout)  # fmt: skip
+                       allow_index=req.allow_index, sbom=req.sbom, stdout=req.stdout, paths=True)  # fmt: skip
     req = dataclasses.replace(req, destinations=_named(req))
     if req.platforms:
         with _clients(req.options) as clients:

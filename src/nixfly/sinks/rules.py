@@ -9,7 +9,7 @@ manifest types it accepts and whether it holds signatures.
 - an SBOM: attached where referrers can be held (a layout, a registry); a docker-archive gets a note, and an
   SBOM asked for explicitly with nowhere to go is refused;
 - stdout: written by at most one destination, and by none when the command prints its own result there;
-- a local file or directory: writable as what it is (a layout's directory, an archive's file).
+- a local file or directory (build's ``-o``): writable as what it is (a layout's directory, an archive's file).
 
 Every check runs before anything is built, read or written.
 """
@@ -62,13 +62,15 @@ def check_destinations(
     allow_index: bool = False,
     sbom: str | None = None,
     stdout: Stdout = "free",
+    paths: bool = False,
 ) -> None:
     """Every rule about what the destinations take, asked before anything is built or written.
     ``index_platform``: an index is published (its first platform, for the advice); ``sbom``: the SBOM kind
     asked for explicitly (a default one goes where it can, with a note elsewhere); ``stdout``: who else writes
-    there."""
+    there; ``paths``: the local destinations' paths are checked too (build's ``-o``, before a build; copy and
+    pull let the sink say)."""
     _check_stdout(locations, stdout)
-    for loc in local(locations):
+    for loc in local(locations) if paths else ():
         _check_writable(loc)
     if index_platform is not None:
         _check_index(locations, allow_index, index_platform)
