@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from nixfly.build.events import NO_EVENTS, BuildEvents, Tee
 from nixfly.errors import NixflyError
-from nixfly.sinks.rules import Stdout, check_destinations, references
+from nixfly.sinks.rules import Stdout, check_destinations, references, referrer_places
 from nixfly.transports import Location, RegistryLocation
 
 if TYPE_CHECKING:
@@ -296,7 +296,6 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     if kind in ("spdx", "cyclonedx"):
         from nixfly.build.cache import default_cache_dir
         from nixfly.sbom.attach import SbomAttacher
-        from nixfly.sinks.rules import referrer_places
 
         sboms = SbomAttacher(result, "cyclonedx" if kind == "cyclonedx" else "spdx",
                              b.cache_dir or default_cache_dir(), spec.name)  # fmt: skip
