@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from nixfly.fsutil import refuse_nix_store
 from nixfly.image.convert import with_format
 from nixfly.image.mediatypes import ManifestFormat
-from nixfly.sinks.rules import check_destinations, format_for, local, references
+from nixfly.sinks.rules import check_destinations, format_for, local, references, refuse_index
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location
 
 if TYPE_CHECKING:
@@ -76,8 +76,7 @@ class ArchiveSink:
         return Written(digest, str(self.location), f"{self.location}@{digest}")
 
     def write_index(self, index: ImageIndex) -> Written:
-        check_destinations([self.location], index_platform=index.platforms[0])  # refuses: one image only
-        raise AssertionError("unreachable")
+        refuse_index(self.location)  # one image only (publish_index asks the rules before writing anything)
 
 
 @dataclass(frozen=True)

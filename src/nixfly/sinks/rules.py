@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from nixfly.errors import UsageError
 from nixfly.transports import Location
@@ -111,10 +111,7 @@ def _check_writable(loc: Location) -> None:
 def _check_index(locations: Sequence[Location], allow_index: bool, platform: str) -> None:
     for loc in locations:
         if not loc.caps.index:
-            raise UsageError(
-                f"{loc}: a docker-archive holds one image, not a multi-platform index; write oci:DIR, "
-                "or build one platform with --platform OS/ARCH"
-            )
+            refuse_index(loc)
     fly = fly_like(locations)
     if fly and not allow_index:
         raise UsageError(
@@ -122,6 +119,14 @@ def _check_index(locations: Sequence[Location], allow_index: bool, platform: str
             f"platform (nixfly build --platform {platform} --push), or pass build --allow-index to push the index "
             "anyway"
         )
+
+
+def refuse_index(loc: Location) -> NoReturn:
+    """The refusal of an index for a destination that holds one image (a docker-archive)."""
+    raise UsageError(
+        f"{loc}: a docker-archive holds one image, not a multi-platform index; write oci:DIR, "
+        "or build one platform with --platform OS/ARCH"
+    )
 
 
 def referrer_places(locations: Sequence[Location]) -> tuple[list[Path], list[Reference], list[str]]:
@@ -137,4 +142,6 @@ def referrer_places(locations: Sequence[Location]) -> tuple[list[Path], list[Ref
     return layouts, references(locations), notes
 
 
-__all__ = ["Stdout", "check_destinations", "fly_like", "format_for", "local", "references", "referrer_places"]
+__all__ = [
+    "Stdout", "check_destinations", "fly_like", "format_for", "local", "references", "referrer_places", "refuse_index",
+]  # fmt: skip
