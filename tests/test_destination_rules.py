@@ -104,6 +104,7 @@ def test_bad_destinations_are_refused_before_any_request(registry: RunningRegist
         ["push", f"oci:{tmp_path / 'nothing'}", f"{registry.host}/rules/x:bad tag"],
         ["copy", f"docker://{registry.host}/rules/app:v1@sha256:12", f"oci:{tmp_path / 'out'}"],
         ["pull", src, "-"],  # stdout carries pull's result
+        ["copy", src, "-"],  # and copy's (which read the source before it said so)
     ):
         r = run_nixfly(*args)
         assert r.code == 2, (args, r.err)
