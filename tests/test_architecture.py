@@ -52,7 +52,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "limits": frozenset(),
     "retry": frozenset(),
     "tomlpos": frozenset(),
-    "transports": frozenset({"image"}),
+    "transports": frozenset({"image", "registry"}),
 }
 
 

@@ -93,10 +93,8 @@ def image_ref_for(loc: Location | None, image: Image) -> Callable[[str], str]:
     as deploy --build would push it (registry.fly.io/APP, in the format that registry gets)."""
 
     def ref(app: str) -> str:
-        from nixfly.registry.reference import parse_reference
-
-        if isinstance(loc, RegistryLocation):
-            return parse_reference(loc.reference).pinned(image.manifest_digest())
+        if loc is not None and loc.ref is not None:
+            return loc.ref.pinned(image.manifest_digest())
         from nixfly.image.convert import with_format
         from nixfly.sinks import format_for
 
@@ -250,7 +248,7 @@ def rehearse_before_deploy(
             image = cfg.build.image
     if image is not None:
         loc = parse_location(image)
-        if not isinstance(loc, RegistryLocation):
+        if loc.ref is None:
             raise UsageError(f"--image {image}: deploy takes a registry reference")
         img = open_image(loc, RegistryOptions())
         ref = image_ref_for(loc, img)
