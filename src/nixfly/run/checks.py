@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from nixfly.errors import UsageError
-from nixfly.fly.units import parse_go_duration
+from nixfly.godur import parse_go_duration
 
 # Fly's defaults for a check that does not set them (fly-go machine_types.go: interval 15s, timeout 2s,
 # grace_period 1s are the documented examples and the platform's values).
