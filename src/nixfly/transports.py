@@ -19,6 +19,7 @@ from typing import ClassVar, cast
 
 from nixfly.errors import UsageError
 from nixfly.image.mediatypes import ManifestFormat
+from nixfly.nixbase32 import STORE_HASH
 from nixfly.registry.reference import Reference, parse_reference
 
 _STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
@@ -209,10 +210,11 @@ def image_file_kind(path: str) -> str | None:
     p = Path(path)
     if is_stream_script(p):
         try:
-            text = p.resolve().read_bytes()[:65536]
+            with p.resolve().open("rb") as f:
+                text = f.read(65536)  # the script's head: where streamLayeredImage names its conf.json
         except OSError:
             return None
-        if re.search(rb"/[0-9a-df-np-sv-z]{32}-[^\s\"'/]*(?:conf\.json|stream)", text):
+        if re.search(rb"/" + STORE_HASH.encode() + rb"-[^\s\"'/]*(?:conf\.json|stream)", text):
             return "script"
         return None
     try:
