@@ -299,6 +299,32 @@ def test_image_missing_from_registry_fails_cleanly(
     assert fly_api.mutations() == [] and fly_api.machines("demo") == []
 
 
+def test_an_image_whose_config_nests_100000_deep_is_one_line_before_any_write(
+    fly_api: RunningStandin, demo_app: Path, registry: RunningRegistry, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The deploy reads the image's config before it sends anything; a config blob of 4 MiB nesting (under
+    the read limit) is refused as not JSON, not a RecursionError traceback (exit 70)."""
+    import hashlib
+    import io
+    import json as _json
+
+    from nixfly.registry.client import RegistryClient
+
+    config = b"[" * 1_000_000 + b"]" * 1_000_000
+    cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = _json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest,
+                                       "size": len(config)}, "layers": []}).encode()  # fmt: skip
+    with RegistryClient(registry.host) as client:
+        client.upload_blob("deep", cdigest, len(config), lambda: io.BytesIO(config))
+        digest = client.put_manifest("deep", "v1", manifest, "application/vnd.oci.image.manifest.v1+json")
+    fly_api.requests.clear()
+    assert deploy(write_toml(demo_app), f"{registry.host}/deep@{digest}") == 1
+    err = capsys.readouterr().err
+    assert err == f"nixfly: image {registry.host}/deep@{digest}: its config is not JSON\n"
+    assert fly_api.mutations() == []
+
+
 @pytest.mark.parametrize("strategy", ["canary", "bluegreen", "immediate"])
 def test_other_strategies_end_on_new_image(
     fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str], strategy: str

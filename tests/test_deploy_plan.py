@@ -151,3 +151,15 @@ def test_a_replacement_interrupted_before_the_old_machine_went_is_finished() -> 
     new = machine("m2", config(mounts=[{"name": "store", "path": "/data", "volume": "vol_2"}]), **{GREEN_FOR_KEY: "m1"})
     plan = plan_deploy([old, new], {"app": want}, S)
     assert [(a.kind, a.machine_id, a.green_for) for a in plan.actions] == [("switch", "m2", "m1")]
+
+
+def test_a_release_log_nested_deeper_than_any_release_reads_as_none() -> None:
+    """A machine's metadata is written by anyone with a token for the app: a 100,000-deep release log is
+    no release (and no RecursionError), while the machine's real log next to it still counts."""
+    from nixfly.fly.releases import app_releases, machine_releases, new_release, release_log_text
+
+    hostile = machine("m1", config(), nixfly_releases="[" * 100_000 + "]" * 100_000)
+    assert machine_releases(hostile) == []
+    good = new_release([], "registry.example/app@sha256:" + "a" * 64, "rolling", "deployed", "deploy")
+    fine = machine("m2", config(), nixfly_releases=release_log_text(good, []))
+    assert [r.version for r in app_releases([hostile, fine])] == [good.version]

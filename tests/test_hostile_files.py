@@ -82,7 +82,7 @@ def _top(root: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
 
 
 def _replace(p: Path, how: str) -> None:
-    """Make ``p`` a FIFO, a link to /dev/zero, or deep JSON, or bytes that are not UTF-8."""
+    """Make ``p`` a FIFO, a link to /dev/zero, deep JSON, a (sparse) 10 GB file, or bytes that are not UTF-8."""
     p.unlink()
     if how == "fifo":
         os.mkfifo(p)
@@ -90,6 +90,9 @@ def _replace(p: Path, how: str) -> None:
         p.symlink_to("/dev/zero")
     elif how == "deep":
         p.write_text(DEEP)
+    elif how == "huge":
+        with open(p, "wb") as f:
+            f.truncate(10 << 30)  # sparse: 10 GiB that an unbounded read would try to hold in memory
     else:
         p.write_bytes(b'{"schemaVersion": 2, "manifests": [], "x": "\xff\xfe"}')
 
@@ -167,22 +170,42 @@ def _closure_case(how: str, expect: str) -> Case:
     return make
 
 
+def _deploy_argv(d: Path) -> list[str]:
+    return ["deploy", "--config", str(d / "fly.toml"), "--image", PINNED, "--dry-run", "--access-token", "x"]
+
+
 def _fly_case(content: bytes, expect: str) -> Case:
     def make(d: Path) -> tuple[list[str], str]:
         (d / "fly.toml").write_bytes(content)
-        config = str(d / "fly.toml")
-        return ["deploy", "--config", config, "--image", PINNED, "--dry-run", "--access-token", "x"], expect
+        return _deploy_argv(d), expect
 
     return make
 
 
-def _init_over(how: str) -> Case:
+def _fly_toml_over(how: str, command: str = "init") -> Case:
+    """fly.toml itself a FIFO nobody writes to, or /dev/zero, read by ``init --force`` or ``deploy``."""
+
     def make(d: Path) -> tuple[list[str], str]:
-        if how == "zero":
-            (d / "fly.toml").symlink_to("/dev/zero")
-        else:
-            os.mkfifo(d / "fly.toml")
-        return ["init", "--app", "a", "--force"], "fly.toml is not a regular file"
+        (d / "fly.toml").touch()
+        _replace(d / "fly.toml", how)
+        argv = _deploy_argv(d) if command == "deploy" else ["init", "--app", "a", "--force"]
+        return argv, "fly.toml is not a regular file"
+
+    return make
+
+
+def _fly_local_file(how: str) -> Case:
+    """A ``[[files]] local_path`` that is a FIFO without a writer, /dev/zero, or a (sparse) 10 GB file."""
+
+    def make(d: Path) -> tuple[list[str], str]:
+        target = d / "conf" / "motd"
+        target.parent.mkdir()
+        target.touch()
+        _replace(target, how)
+        argv, _ = _fly_case(b'app = "a"\n[[files]]\nguest_path = "/etc/motd"\nlocal_path = "conf/motd"\n', "")(d)
+        expect = {"fifo": "is not a regular file (a FIFO)", "zero": "is not a regular file (a character device)",
+                  "huge": "is larger than 4 MiB (10240 MiB)"}[how]  # fmt: skip
+        return argv, f"fly.toml:4: files[0].local_path: '{target}' {expect}"
 
     return make
 
@@ -213,8 +236,18 @@ CASES: dict[str, Case] = {
                                            'image.dirs.0.mode: must be a quoted octal string: write "0750"'),
     "fly.toml-deep": _fly_case(f'app = "a"\nx = {DEEP}\n'.encode(), NESTED),
     "fly.toml-latin1": _fly_case(b'app = "caf\xe9"\n', "fly.toml"),
-    "fly.toml-dev-zero-init": _init_over("zero"),  # init --force updates the fly.toml it reads
-    "fly.toml-fifo-init": _init_over("fifo"),
+    "fly.toml-dev-zero-init": _fly_toml_over("zero"),  # init --force updates the fly.toml it reads
+    "fly.toml-fifo-init": _fly_toml_over("fifo"),
+    "fly.toml-fifo-deploy": _fly_toml_over("fifo", "deploy"),
+    "fly.toml-dev-zero-deploy": _fly_toml_over("zero", "deploy"),
+    "fly.toml-files-fifo": _fly_local_file("fifo"),
+    "fly.toml-files-dev-zero": _fly_local_file("zero"),
+    "fly.toml-files-10g": _fly_local_file("huge"),
+    "fly.toml-kill-timeout-overflow": _fly_case(b'app = "a"\nkill_timeout = 1e20\n',
+                                                "fly.toml:2: kill_timeout: 1e+20 is too long a duration"),
+    "fly.toml-check-interval-overflow": _fly_case(
+        b'app = "a"\n[checks.x]\nport = 80\ntype = "tcp"\ninterval = "9999999999999999h"\n',
+        "checks.x.interval: '9999999999999999h' is too long a duration"),
     "closure-deep": _closure_case("deep", NESTED),
     "closure-fifo": _closure_case("fifo", "is not a regular file (a FIFO)"),
     "closure-dev-zero": _closure_case("zero", "is not a regular file (a character device)"),

@@ -438,15 +438,32 @@ def test_deploy_rehearse_deploys_only_what_passed(
         ("", ("--secrets-file", "/dev/zero"),
          "nixfly: --secrets-file /dev/zero is not a regular file (a character device)\n"),
         ("", ("--group", "nope"), "nixfly: fly.toml defines no process group 'nope' (groups: app)\n"),
-        ("", ("--for", "soon"), "nixfly: --for 'soon': give a duration like 30s, 2m or 45\n"),
+        ("", ("--for", "soon"), "nixfly: --for 'soon': give seconds (90) or a duration like 90s, 5m or 1m30s\n"),
+        ("", ("--wait-timeout", "99999999999999h"),
+         "nixfly: --wait-timeout '99999999999999h': give seconds (90) or a duration like 90s, 5m or 1m30s\n"),
+        ("", ("-e", "=hunter2"), "nixfly: -e '': expected KEY=VALUE\n"),
     ],
-    ids=["files-dotdot", "volume-name", "unknown-volume", "docker-volume", "dev-zero", "no-group", "bad-duration"],
+    ids=["files-dotdot", "volume-name", "unknown-volume", "docker-volume", "dev-zero", "no-group", "bad-duration",
+         "duration-overflow", "env-without-key"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_starts_nothing(
     body: str, args: tuple[str, ...], message: str, httpd_layout: Path, cache: Path, tmp_path: Path
 ) -> None:
     toml = fly_toml(tmp_path, '[processes]\napp = "sleep 30"\n' + body)
     r = nixfly("-c", str(toml), *args, str(httpd_layout), cache=cache)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", message)
+    assert not (cache / "runs").exists() or list((cache / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["1e20", '"9999999999999h"', '"2562048h"'])
+def test_a_kill_timeout_beyond_what_fly_reads_is_one_line_and_starts_nothing(
+    value: str, httpd_layout: Path, cache: Path, tmp_path: Path
+) -> None:
+    toml = tmp_path / "fly.toml"
+    toml.write_text(f'app = "rehearsal"\nkill_timeout = {value}\n[processes]\napp = "sleep 30"\n')
+    r = nixfly("-c", str(toml), str(httpd_layout), cache=cache)
+    shown = "1e+20" if value == "1e20" else value.replace('"', "'")
+    message = f"nixfly: {toml}:2: kill_timeout: {shown} is too long a duration (at most 2562047h)\n"
     assert (r.returncode, r.stdout, r.stderr) == (2, "", message)
     assert not (cache / "runs").exists() or list((cache / "runs").iterdir()) == []
 

@@ -250,3 +250,27 @@ def test_chroot_runtime_without_root_does_not_escape_either(escape_program: byte
         assert (r.returncode, r.stdout) == (0, "hostname=in\n"), r.stderr
     finally:
         subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def test_a_10_gb_etc_passwd_in_the_image_is_one_line_not_a_read_of_10_gb(tmp_path: Path) -> None:
+    """The user the container runs as is looked up in the image's /etc/passwd; a (sparse) 10 GB one is
+    refused with one line instead of being read whole (here under a 1 GiB address-space cap, which an
+    unbounded read would end in a MemoryError)."""
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    with open(root / "etc" / "passwd", "wb") as f:
+        f.truncate(10 << 30)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from pathlib import Path\n"
+        "from nixfly.errors import NixflyError\n"
+        "from nixfly.run.process import resolve_user\n"
+        "try:\n"
+        "    resolve_user(Path(sys.argv[1]), 'app')\n"
+        "except NixflyError as e:\n"
+        "    print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == "the image's /etc/passwd is larger than 16 MiB (10240 MiB)\n"

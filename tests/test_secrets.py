@@ -181,6 +181,24 @@ def test_crash_file_redacts_every_value_given_whatever_its_name(
     assert password not in text and "argv-Only-value-91" not in text
 
 
+def test_a_secret_quoted_by_repr_is_redacted_in_the_crash_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception quotes what it got with repr(): a password holding both quote characters and a
+    backslash shows escaped there (``it\\'s``), a spelling neither the raw nor the JSON form matches."""
+    from nixfly.cli import internal_error
+    from nixfly.registry.auth import Credentials
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    password = "it's a \"pass\\word\" 9"
+    Credentials("someone", password, "docker config")
+    try:
+        raise RuntimeError(f"a bug that shows {password!r}")
+    except RuntimeError as e:
+        assert internal_error(e, ["push", "oci:x", "127.0.0.1:1/r:t"]) == 70
+    (crash,) = (tmp_path / "nixfly" / "crashes").iterdir()
+    text = crash.read_text()
+    assert "RuntimeError: a bug that shows '<redacted>'" in text and repr(password)[1:-1] not in text
+
+
 def test_json_output_and_registry_errors_redact_known_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     from nixfly.cli.common import emit_json
     from nixfly.errors import RegistryError, add_secret

@@ -429,6 +429,11 @@ def test_stop_timeouts_beyond_fly_kill_timeout_warn(tmp_path: Path) -> None:
     load_spec(p, warn=seen.append)
     assert len(seen) == 1 and seen[0].startswith(f"{p}:11: processes.0.stop_timeout: ")
     assert "add up to 20s, more than kill_timeout (10s)" in seen[0]
+    # Spelt as flyctl reads it, a Go duration with several units (this one was not understood, so no warning).
+    (tmp_path / "fly.toml").write_text('app = "x"\nkill_timeout = "0m15s"\n')
+    seen.clear()
+    load_spec(p, warn=seen.append)
+    assert len(seen) == 1 and "add up to 20s, more than kill_timeout (15s)" in seen[0]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ def add_secret(value: str) -> None:
     from urllib.parse import quote, quote_plus
 
     raw = value.encode("utf-8", "surrogateescape")  # argv and stdin keep undecodable bytes as surrogates
-    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+    # As written, as JSON and repr() (a traceback's or an exception's quoting) escape it, as URLs encode it.
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1],
              quote(raw, safe=""), quote_plus(raw, safe="")}  # fmt: skip
     forms |= {f.strip() for f in forms}
     global _secrets

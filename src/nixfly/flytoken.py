@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nixfly.errors import ConfigError
+from nixfly.fsutil import CONFIG_FILE_MAX, read_text_file
 
 TOKEN_ENVS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN")
 
@@ -38,8 +39,8 @@ def find_fly_token(env: Mapping[str, str], home: Path) -> FoundToken | None:
         if value:
             return FoundToken(value, name)
     path = fly_config_path(home)
-    try:
-        text = path.read_text()
+    try:  # a regular file, bounded (flyctl's config is a few lines; never a FIFO's endless wait)
+        text = read_text_file(path, CONFIG_FILE_MAX, str(path), ConfigError)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -48,7 +49,7 @@ def find_fly_token(env: Mapping[str, str], home: Path) -> FoundToken | None:
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # PyYAML recurses per nesting level
         raise ConfigError(f"{path} is not valid YAML") from None
     token = data.get("access_token") if isinstance(data, dict) else None
     if isinstance(token, str) and token.strip():

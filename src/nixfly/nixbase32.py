@@ -8,9 +8,16 @@ carries the highest five bits of the *last* byte).
 
 from __future__ import annotations
 
+import re
+
 from nixfly.errors import NixflyError
 
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+# A store path's hash part: 32 characters of the alphabet (a 160-bit digest), as a regular expression.
+STORE_HASH = f"[{NIX32_ALPHABET}]{{32}}"
+# A store path's base name: the hash part, '-', and a name of the characters Nix allows in one
+# (libstore's checkName: letters, digits and + - . _ ? =).
+STORE_BASENAME = re.compile(rf"^{STORE_HASH}-[A-Za-z0-9+\-._?=]+$")
 _NIX32_VALUE = {c: i for i, c in enumerate(NIX32_ALPHABET)}
 SHA256_BYTES = 32
 

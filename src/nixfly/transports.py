@@ -1,7 +1,10 @@
 """skopeo-style image locations: ``oci:DIR[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``, ``docker://REF``.
 
 A bare string that is not one of those is a registry reference (``docker://`` implied), except where a
-caller says a bare path is allowed (e.g. ``nixfly run ./layout``).
+caller says a bare path is allowed (e.g. ``nixfly run ./layout``). A registry location is parsed once, here,
+into its :class:`~nixfly.registry.reference.Reference` (``ref``; a local location's ``ref`` is None). Each
+location type declares what it can hold as a destination (:class:`Capabilities`); ``sinks/rules.py`` is the one
+place that asks.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import os
 import posixpath
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 from nixfly.errors import UsageError
+from nixfly.image.mediatypes import ManifestFormat
+from nixfly.nixbase32 import STORE_HASH
+from nixfly.registry.reference import Reference, parse_reference
 
 _STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _PATHLIKE = ("/", "./", "../", "~")
@@ -26,12 +32,44 @@ _ARCHIVE_FIRST = re.compile(
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a location can hold as a destination (and is, as a source), declared by its type as data.
+    ``sinks/rules.py`` asks these questions — v2s2 for Fly, no index in a docker-archive, stdout once —
+    so no command or service switches on a location's type to answer them."""
+
+    path: Path | None = None  # the file or directory on this machine (None: a registry, stdin/stdout)
+    directory: bool = False  # ``path`` is a directory (an OCI layout), not a file
+    stdio: bool = False  # "-": stdout as a destination, stdin as a source
+    index: bool = True  # holds a multi-platform index
+    referrers: bool = True  # holds artifacts attached to an image (the SBOM)
+    format: ManifestFormat | None = None  # the manifest format written there unless another is asked for
+    fly_like: bool = False  # registry.fly.io or a host of $NIXFLY_V2S2_REGISTRIES (an index only when allowed)
+
+
+def v2s2_hosts() -> frozenset[str]:
+    """registry.fly.io and the hosts of ``$NIXFLY_V2S2_REGISTRIES`` (comma-separated; mirrors of it): Fly's
+    image lookup breaks on OCI indexes and attestations, so images go there as Docker v2s2."""
+    from nixfly.registry.auth import FLY_REGISTRY
+
+    return frozenset({FLY_REGISTRY, *(h.strip() for h in os.environ.get("NIXFLY_V2S2_REGISTRIES", "").split(",") if h)})
+
+
+@dataclass(frozen=True)
 class LayoutLocation:
     path: Path
     tag: str | None = None
+    ref: ClassVar[None] = None  # not a registry
 
     def __str__(self) -> str:
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+    @property
+    def caps(self) -> Capabilities:
+        # index.json holds indexes and, as entries with a subject, referrers.
+        return Capabilities(path=self.path, directory=True)
+
+    def with_default_name(self, name: str | None) -> LayoutLocation:
+        return self
 
 
 @dataclass(frozen=True)
@@ -39,19 +77,42 @@ class ArchiveLocation:
     path: Path | None  # None means stdout / stdin
     name: str | None = None  # "name:tag" to record in the archive's RepoTags
     run: bool = False  # ``path`` is a program (a streamLayeredImage script) whose stdout is the archive
+    ref: ClassVar[None] = None  # not a registry
 
     def __str__(self) -> str:
         if self.run:
             return str(self.path)
         return "docker-archive:" + (str(self.path) if self.path else "-") + (f":{self.name}" if self.name else "")
 
+    @property
+    def caps(self) -> Capabilities:
+        # docker save's format: one image, its layers and config; no index, no place for referrers.
+        return Capabilities(path=self.path, stdio=self.path is None, index=False, referrers=False)
+
+    def with_default_name(self, name: str | None) -> ArchiveLocation:
+        """The archive records ``name`` (name:tag) in its RepoTags unless the location names one."""
+        return self if self.name or not name else ArchiveLocation(self.path, name, self.run)
+
 
 @dataclass(frozen=True)
 class RegistryLocation:
     reference: str  # as the user wrote it, without "docker://"
+    # Parsed once, when the location is made: a malformed reference is refused before any request.
+    ref: Reference = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", parse_reference(self.reference))
 
     def __str__(self) -> str:
         return f"docker://{self.reference}"
+
+    @property
+    def caps(self) -> Capabilities:
+        fly = self.ref.registry in v2s2_hosts()
+        return Capabilities(format="v2s2" if fly else None, fly_like=fly)
+
+    def with_default_name(self, name: str | None) -> RegistryLocation:
+        return self
 
 
 Location = LayoutLocation | ArchiveLocation | RegistryLocation
@@ -149,10 +210,11 @@ def image_file_kind(path: str) -> str | None:
     p = Path(path)
     if is_stream_script(p):
         try:
-            text = p.resolve().read_bytes()[:65536]
+            with p.resolve().open("rb") as f:
+                text = f.read(65536)  # the script's head: where streamLayeredImage names its conf.json
         except OSError:
             return None
-        if re.search(rb"/[0-9a-df-np-sv-z]{32}-[^\s\"'/]*(?:conf\.json|stream)", text):
+        if re.search(rb"/" + STORE_HASH.encode() + rb"-[^\s\"'/]*(?:conf\.json|stream)", text):
             return "script"
         return None
     try:

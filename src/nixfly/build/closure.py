@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 from nixfly.errors import ClosureError, NixflyError, UsageError
 from nixfly.fsutil import NestingError, atomic_write_text, load_json, read_regular, read_text_file
+from nixfly.nixbase32 import STORE_BASENAME, STORE_HASH
 
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 # A closure file is read whole: a path-info document for 10,000 store paths is about 10 MiB.
 CLOSURE_FILE_MAX = 64 << 20
-_STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Closure:
 
 def is_store_path(p: str, store_dir: str = STORE_DIR) -> bool:
     head, _, base = p.rstrip("/").rpartition("/")
-    return head == store_dir and bool(_STORE_NAME.match(base))
+    return head == store_dir and bool(STORE_BASENAME.match(base))
 
 
 def to_store_path(p: str, store_dir: str = STORE_DIR) -> str:
@@ -208,7 +208,7 @@ NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
 enables no experimental features (a stock install)."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_DRV_NAME = re.compile(r"/[0-9a-df-np-sv-z]{32}-(.+?)\.drv")
+_DRV_NAME = re.compile(rf"/{STORE_HASH}-(.+?)\.drv")
 
 
 def _run_nix(args: Sequence[str], what: str) -> str:

@@ -11,26 +11,23 @@ import difflib
 import re
 import sys
 import tomllib
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from nixfly.build.compress import FAST, level_problem
+from nixfly.build.processes import ProcessSpec
+from nixfly.build.specdata import SpecError, at_least, from_dict, octal_mode, one_of, port_spec, to_dict
 from nixfly.errors import ConfigError, NixflyError, UsageError
 from nixfly.fsutil import CONFIG_FILE_MAX, NestingError, load_toml, read_text_file
+from nixfly.godur import parse_go_duration
 from nixfly.tomlpos import TomlPositions, dotted_path
 
-T = TypeVar("T")
-
-
-class SpecError(ValueError):
-    def __init__(self, key: str, msg: str) -> None:
-        super().__init__(msg)
-        self.key = key
-        self.msg = msg
+# ``to_dict`` (the inverse of the reader) is part of what callers use of an ImageSpec.
+__all__ = ["ContentsSpec", "DirSpec", "FileSpec", "GroupSpec", "ImageSpec", "LayersSpec", "PermSpec",
+           "PlatformSpec", "ProcessSpec", "SpecError", "UserSpec", "check_processes", "load_spec", "located",
+           "process_ids", "to_dict", "validate_spec"]  # fmt: skip
 
 
 def _integer_modes(table: Any, prefix: str) -> None:
@@ -51,38 +48,11 @@ def _integer_modes(table: Any, prefix: str) -> None:
                 raise SpecError(key, f"must be a quoted octal string: write {hint} ({why})")
 
 
-def _octal_mode(v: Any, key: str) -> int:
-    if isinstance(v, str):
-        try:
-            v = int(v, 8)
-        except ValueError:
-            raise SpecError(key, f'mode {v!r} is not an octal number such as "0755"') from None
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o7777:
-        raise SpecError(key, 'must be a mode between "0000" and "7777" (an octal string such as "0755")')
-    return v
-
-
 # What OCI image configs name (Go's GOARCH and GOOS values).
 _ARCHES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mipsle", "mips64", "mips64le", "ppc64", "ppc64le",
            "riscv64", "s390x", "wasm")  # fmt: skip
 _OSES = ("linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "dragonfly", "illumos", "solaris", "aix",
          "android", "ios", "plan9", "js", "wasip1")  # fmt: skip
-
-
-def _one_of(allowed: tuple[str, ...], what: str) -> Any:
-    def check(v: Any, key: str) -> str:
-        if not isinstance(v, str) or v not in allowed:
-            raise SpecError(key, f"{v!r} is not an OCI {what} (use one of {', '.join(allowed)})")
-        return v
-
-    return check
-
-
-def _port(v: str, key: str) -> str:
-    port, _, proto = str(v).partition("/")
-    if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("", "tcp", "udp"):
-        raise SpecError(key, f"port {v!r} must look like 8080 or 8080/tcp")
-    return f"{int(port)}/{proto or 'tcp'}"
 
 
 def _level(v: Any, key: str) -> int | str:
@@ -98,15 +68,11 @@ def _level(v: Any, key: str) -> int | str:
     raise SpecError(key, f'must be a number or "fast" (got {type(v).__name__} {v!r}){hint}')
 
 
-def _ge0(n: int) -> dict[str, Any]:
-    return {"min": n}
-
-
 @dataclass(frozen=True)
 class UserSpec:
     name: str
-    uid: int = field(metadata=_ge0(0))
-    gid: int | None = field(default=None, metadata=_ge0(0))
+    uid: int = field(metadata=at_least(0))
+    gid: int | None = field(default=None, metadata=at_least(0))
     home: str = "/var/empty"
     shell: str = "/bin/sh"
     gecos: str = ""
@@ -116,109 +82,26 @@ class UserSpec:
 @dataclass(frozen=True)
 class GroupSpec:
     name: str
-    gid: int = field(metadata=_ge0(0))
+    gid: int = field(metadata=at_least(0))
     members: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class DirSpec:
     path: str
-    mode: int = field(default=0o755, metadata={"convert": _octal_mode})
-    uid: int = field(default=0, metadata=_ge0(0))
-    gid: int = field(default=0, metadata=_ge0(0))
+    mode: int = field(default=0o755, metadata={"convert": octal_mode})
+    uid: int = field(default=0, metadata=at_least(0))
+    gid: int = field(default=0, metadata=at_least(0))
     at_boot: bool = False  # (re)create, own and mode it at every start (volumes hide build-time dirs)
-
-
-# -- several processes in one machine (a generated supervisor configuration) -----------------------------
-
-Condition = Literal["started", "healthy", "completed_successfully"]
-CONDITIONS: tuple[str, ...] = ("started", "healthy", "completed_successfully")
-SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH")
-
-
-def _id_name(v: Any, key: str) -> str:
-    """A user or group: a name, or a numeric id (an integer or a string of digits)."""
-    if isinstance(v, bool) or not isinstance(v, int | str) or v == "":
-        raise SpecError(key, "must be a name or a numeric id")
-    if isinstance(v, int) and v < 0:
-        raise SpecError(key, f"must not be negative (got {v})")
-    return str(v)
-
-
-def _depends_on(v: Any, key: str) -> dict[str, str]:
-    """``["a", "b"]`` (condition by default) or ``{ a = "healthy" }``; the default condition is "" until
-    ``check_processes`` resolves it (completed_successfully for a oneshot, else started)."""
-    if isinstance(v, list):
-        out: dict[str, str] = {}
-        for i, x in enumerate(v):
-            if not isinstance(x, str) or not x:
-                raise SpecError(f"{key}.{i}", "must be a process name")
-            out[x] = ""
-        return out
-    if isinstance(v, dict):
-        for k, c in v.items():
-            if c not in CONDITIONS and c != "":
-                raise SpecError(f"{key}.{k}", f"condition must be one of {', '.join(CONDITIONS)} (got {c!r})")
-        return {str(k): str(c) for k, c in v.items()}
-    raise SpecError(key, 'must be a list of process names or a table such as { db = "healthy" }')
-
-
-def _signal(v: Any, key: str) -> str:
-    name = str(v).upper() if isinstance(v, str) else ""
-    if name and not name.startswith("SIG"):
-        name = "SIG" + name
-    if name not in SIGNALS:
-        raise SpecError(key, f"must be one of {', '.join(SIGNALS)} (got {v!r})")
-    return name
-
-
-@dataclass(frozen=True)
-class ReadinessSpec:
-    """When a process counts as ready (``healthy`` for the processes depending on it)."""
-
-    kind: Literal["exec", "http", "tcp"]
-    command: list[str] = field(default_factory=list)  # exec
-    host: str = "127.0.0.1"  # http, tcp
-    port: int | None = field(default=None, metadata={"min": 1, "max": 65535})  # http, tcp
-    path: str = "/"  # http
-    period: int = field(default=2, metadata={"min": 1})  # seconds between probes
-    timeout: int = field(default=1, metadata={"min": 1})  # seconds one probe may take
-    initial_delay: int = field(default=0, metadata={"min": 0})
-    success_threshold: int = field(default=1, metadata={"min": 1})
-    failure_threshold: int = field(default=3, metadata={"min": 1})
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    """One process of ``[[image.processes]]``; ``oneshot`` ones are boot steps that run to completion."""
-
-    name: str
-    command: list[str]
-    user: str | None = field(default=None, metadata={"convert": _id_name})
-    group: str | None = field(default=None, metadata={"convert": _id_name})
-    env: dict[str, str] = field(default_factory=dict)
-    working_dir: str | None = None
-    depends_on: dict[str, str] = field(default_factory=dict, metadata={"convert": _depends_on})
-    restart: Literal["always", "on-failure", "never"] | None = None  # None: always, never for a oneshot
-    backoff: int = field(default=1, metadata={"min": 0})  # seconds before a restart
-    max_restarts: int = field(default=0, metadata={"min": 0})  # 0: no limit
-    readiness: ReadinessSpec | None = None
-    stop_signal: str = field(default="SIGTERM", metadata={"convert": _signal})
-    stop_timeout: int = field(default=10, metadata={"min": 1})  # seconds before SIGKILL
-    oneshot: bool = False
-
-    @property
-    def restart_policy(self) -> str:
-        return self.restart or ("never" if self.oneshot else "always")
 
 
 @dataclass(frozen=True)
 class PermSpec:
     path: str | None = None
     regex: str | None = None
-    uid: int | None = field(default=None, metadata=_ge0(0))
-    gid: int | None = field(default=None, metadata=_ge0(0))
-    mode: int | None = field(default=None, metadata={"convert": _octal_mode})
+    uid: int | None = field(default=None, metadata=at_least(0))
+    gid: int | None = field(default=None, metadata=at_least(0))
+    mode: int | None = field(default=None, metadata={"convert": octal_mode})
     uname: str | None = None
     gname: str | None = None
 
@@ -268,13 +151,13 @@ class ImageSpec:
     env: dict[str, str] = field(default_factory=dict)
     workdir: str | None = None
     user: str | None = None
-    ports: list[str] = field(default_factory=list, metadata={"item": _port})
+    ports: list[str] = field(default_factory=list, metadata={"item": port_spec})
     volumes: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     stop_signal: str | None = None
-    architecture: str | None = field(default=None, metadata={"convert": _one_of(_ARCHES, "architecture")})
-    os: str | None = field(default=None, metadata={"convert": _one_of(_OSES, "os")})
+    architecture: str | None = field(default=None, metadata={"convert": one_of(_ARCHES, "architecture")})
+    os: str | None = field(default=None, metadata={"convert": one_of(_OSES, "os")})
     layers: LayersSpec = field(default_factory=LayersSpec)
     contents: ContentsSpec = field(default_factory=ContentsSpec)
     users: list[UserSpec] = field(default_factory=list)
@@ -300,88 +183,6 @@ class ImageSpec:
     base_image: str | None = field(default=None, metadata={"key": "from"})
     base_etc: Literal["merge", "replace"] = "merge"  # /etc/passwd and /etc/group: merge with the base's
     platforms: list[PlatformSpec] = field(default_factory=list)  # one image per platform, under an index
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
-
-
-def _convert(tp: Any, v: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        if v is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], v, key)
-    if origin is Literal:
-        if v not in args:
-            raise SpecError(key, f"must be one of {', '.join(repr(a) for a in args)} (got {v!r})")
-        return v
-    if origin is list:
-        if not isinstance(v, list):
-            raise SpecError(key, "must be a list")
-        return [_convert(args[0], x, f"{key}.{i}") for i, x in enumerate(v)]
-    if origin is dict:
-        if not isinstance(v, dict):
-            raise SpecError(key, "must be a table")
-        return {str(k): _convert(args[1], x, f"{key}.{k}") for k, x in v.items()}
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, v, key)  # type: ignore[arg-type]
-    if tp in (str, int, bool):
-        ok = isinstance(v, tp) and not (tp is int and isinstance(v, bool))
-        if not ok:
-            raise SpecError(key, f"must be {_TYPE_NAMES[tp]} (got {type(v).__name__} {v!r})")
-        return v
-    raise SpecError(key, f"unsupported type {tp!r}")  # a bug in this module, not bad input
-
-
-def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
-    """Build the dataclass ``cls`` from parsed TOML/flag data, checking types, ranges and unknown keys."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise SpecError(prefix or "(top level)", "must be a table")
-    hints = typing.get_type_hints(cls)
-    # A field's key is its name unless its metadata names another (``from`` is a Python keyword).
-    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for k in data:
-        if k not in fields:
-            close = difflib.get_close_matches(str(k), [f.replace("_", "-") if "-" in str(k) else f for f in fields], 1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(f"{prefix}.{k}" if prefix else str(k), "unknown key" + hint)
-    kw: dict[str, Any] = {}
-    for dkey, f in fields.items():
-        name = f.name
-        key = f"{prefix}.{dkey}" if prefix else dkey
-        if dkey not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SpecError(key, "is required")
-            continue
-        v = data[dkey]
-        if "convert" in f.metadata and v is not None:
-            kw[name] = f.metadata["convert"](v, key)
-            continue
-        v = _convert(hints[name], v, key)
-        if isinstance(v, int) and not isinstance(v, bool):
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-                raise SpecError(key, f"must be {rng} (got {v})")
-        if "item" in f.metadata:
-            v = [f.metadata["item"](x, f"{key}.{i}") for i, x in enumerate(v)]
-        kw[name] = v
-    return cls(**kw)
-
-
-def to_dict(obj: Any) -> Any:
-    """The plain-data form of a spec (the inverse of ``from_dict``)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.metadata.get("key", f.name): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list):
-        return [to_dict(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
 
 
 _PROC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -493,24 +294,6 @@ def check_processes(spec: ImageSpec) -> tuple[ImageSpec, list[tuple[str, str]]]:
     return dataclasses.replace(spec, processes=procs), warnings
 
 
-def process_order(processes: list[ProcessSpec]) -> list[ProcessSpec]:
-    """The processes in dependency order (dependencies first), ties in declaration order."""
-    by_name = {p.name: p for p in processes}
-    done: dict[str, ProcessSpec] = {}
-
-    def visit(p: ProcessSpec) -> None:
-        if p.name in done:
-            return
-        for dep in p.depends_on:
-            if dep in by_name:
-                visit(by_name[dep])
-        done[p.name] = p
-
-    for p in processes:
-        visit(p)
-    return list(done.values())
-
-
 # Host paths may be any bytes (a file named in Latin-1); everything else ends up in the image's JSON.
 _HOST_PATH_KEYS = re.compile(r"^(roots\.\d+|closure_file|files\.\d+\.src|platforms\.\d+\.(roots\.\d+|closure_file))$")
 
@@ -566,13 +349,14 @@ def _stderr_warning(message: str) -> None:
 
 
 def _seconds(v: Any) -> float | None:
-    """fly.toml's kill_timeout: an integer number of seconds or a duration such as "30s" or "1m"."""
+    """fly.toml's kill_timeout: an integer number of seconds or a Go duration such as "30s" or "1m30s" (as
+    flyctl reads it); None for anything else (fly.toml's own loader reports that)."""
     if isinstance(v, int) and not isinstance(v, bool):
         return float(v)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", v) if isinstance(v, str) else None
-    if m is None:
+    try:
+        return parse_go_duration(v).total_seconds() if isinstance(v, str) else None
+    except ValueError:
         return None
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
 
 
 def _kill_timeout_warnings(spec: ImageSpec, fly_toml: Path) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from nixfly.cli.app import cli
-from nixfly.errors import NixflyError, redact
+from nixfly.errors import NixflyError, add_secret, redact
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -126,9 +126,8 @@ def internal_error(exc: BaseException, argv: Sequence[str]) -> int:
         click.echo(f"nixfly: internal error: {what}, please report", err=True)
         return INTERNAL_ERROR
     text = f"nixfly {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n{tb}"
-    for s in _secrets(argv):
-        text = text.replace(s, "<redacted>")
-        text = text.replace(repr(s)[1:-1], "<redacted>")  # as repr() shows it (argv, with escapes)
+    for s in _secrets(argv):  # hidden from here on like every other secret: one redaction, all spellings
+        add_secret(s)
     text = redact(text)
     path = _write_crash_file(text)
     where = f"details in {path}" if path else "run again with --debug for details"

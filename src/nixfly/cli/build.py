@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -35,11 +35,7 @@ from nixfly.cli.common import (
 )
 from nixfly.errors import UsageError
 from nixfly.image import Image
-from nixfly.registry.reference import parse_reference
-
-if TYPE_CHECKING:
-    pass
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
+from nixfly.transports import Location, parse_location
 
 
 def _merge_spec(base: ImageSpec, roots: tuple[str, ...], o: dict[str, Any]) -> ImageSpec:
@@ -219,19 +215,6 @@ class _NixSpinner:
             con.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def _check_destinations(dest: object) -> None:
-    """What can be wrong with the local output, found before anything is built or written (push
-    references are checked by ``_push_location``)."""
-    if isinstance(dest, LayoutLocation) and dest.path.exists() and not dest.path.is_dir():
-        raise UsageError(f"-o oci:{dest.path}: {dest.path} exists and is not a directory")
-    if isinstance(dest, ArchiveLocation) and dest.path is not None:
-        if dest.path.is_dir():
-            raise UsageError(f"-o docker-archive:{dest.path}: {dest.path} is a directory")
-        parent = dest.path.absolute().parent
-        if not parent.is_dir():
-            raise UsageError(f"-o docker-archive:{dest.path}: directory {parent} does not exist")
-
-
 @cli.command()
 @click.argument("roots", nargs=-1)
 @click.option("-o", "--output", help="oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], or - (archive on stdout).")
@@ -313,13 +296,12 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     if output is None and not push_refs:
         raise UsageError("say where the image goes: -o oci:DIR[:TAG], -o docker-archive:FILE, -o -, or --push REF")
     dest = parse_location(output) if output else None
-    if isinstance(dest, RegistryLocation):
+    if dest is not None and dest.ref is not None:
         raise UsageError(f"-o {output}: use --push to send the image to a registry")
     push_locations = [_push_location(r) for r in push_refs]  # every destination is checked before building
-    if isinstance(dest, ArchiveLocation) and dest.path is None and o["json_out"]:
-        raise UsageError("-o - writes the archive to stdout; it cannot be combined with --json")
-    _check_destinations(dest)
     json_out: bool = o["json_out"]
+    destinations = (*([dest] if dest is not None else []), *push_locations)  # ship checks them first
+    to_stdout = dest is not None and dest.caps.stdio
     quiet: bool = o["quiet"]
     resolver = _base_resolver(spec, push_locations, o, quiet or json_out)
     caches = None
@@ -337,7 +319,7 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         _build_index(spec, platforms, dest, push_locations, resolver, o, caches)
         return
     progress = None
-    if show_progress(json_out, quiet) and not (isinstance(dest, ArchiveLocation) and dest.path is None):
+    if show_progress(json_out, quiet) and not to_stdout:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(
@@ -350,13 +332,6 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
     from nixfly.services.ship import ShipEvents, ShipRequest, ship
 
     options = registry_options(o)
-    destinations: list[Location] = []
-    if isinstance(dest, ArchiveLocation):
-        tag = spec.tag or "latest"
-        destinations.append(ArchiveLocation(dest.path, dest.name or (f"{spec.name}:{tag}" if spec.name else None)))
-    elif dest is not None:
-        destinations.append(dest)
-    destinations.extend(push_locations)
     uploads_bar = None
     if progress is not None and push_locations:
         from nixfly.cli.streaming import UploadBar
@@ -369,8 +344,9 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
         listener = Tee(BuildBars(progress, spinner), listener)
     events = ShipEvents(build=listener, uploads=uploads_bar)
     settings = _settings(o, caches, resolver, single_platform)
-    request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=options, build=settings,
-                          layer_index=not o["no_layer_index"])  # fmt: skip
+    request = ShipRequest(spec, destinations, fmt=o["format"], options=options, build=settings,
+                          layer_index=not o["no_layer_index"], sbom=o.get("sbom"),
+                          stdout="json" if json_out else "free")  # fmt: skip
     try:
         if spinner is not None and any(is_installable(r) for r in spec.roots):
             spinner.start(next(r for r in spec.roots if is_installable(r)))
@@ -414,17 +390,16 @@ def build(roots: tuple[str, ...], config_path: str | None, output: str | None, *
             for a in summary["sbom"]["attached"]:
                 how = f"tag {a['tag']}" if a["tag"] else a["method"]
                 click.echo(f"attached {summary['sbom']['format']} SBOM {a['digest']} to {a['to']} ({how})", err=True)
-    if not (isinstance(dest, ArchiveLocation) and dest.path is None):
+    if not to_stdout:
         click.echo(summary["pushed"]["reference"] if "pushed" in summary else digest)
     else:
         sys.stderr.write(digest + "\n")
 
 
-def _push_location(text: str) -> RegistryLocation:
-    loc = parse_location(text)
-    if not isinstance(loc, RegistryLocation):
+def _push_location(text: str) -> Location:
+    loc = parse_location(text)  # a malformed reference is refused here, before anything is built
+    if loc.ref is None:
         raise UsageError(f"--push {text}: give a registry reference (use -o for {loc})")
-    parse_reference(loc.reference)
     return loc
 
 
@@ -463,7 +438,7 @@ def _choose_platforms(spec: ImageSpec, flags: tuple[str, ...]) -> tuple[ImageSpe
     return spec, None, declared
 
 
-def _base_resolver(spec: ImageSpec, pushes: list[RegistryLocation], o: dict[str, Any], quiet: bool) -> Any:
+def _base_resolver(spec: ImageSpec, pushes: list[Location], o: dict[str, Any], quiet: bool) -> Any:
     """Opens the base with --from-creds/--from-tls-verify/--from-cert-dir; the push's --creds are used only
     when the base lives on the registry pushed to (they are never sent to another host)."""
     if not spec.base_image:
@@ -473,11 +448,9 @@ def _base_resolver(spec: ImageSpec, pushes: list[RegistryLocation], o: dict[str,
     from nixfly.sources.base import open_base
 
     flags = dict(o)
-    loc = parse_location(spec.base_image)
-    if isinstance(loc, RegistryLocation) and not o.get("from_creds"):
-        host = parse_reference(loc.reference).registry
-        if all(parse_reference(p.reference).registry != host for p in pushes):
-            flags["creds"] = None
+    base = parse_location(spec.base_image).ref
+    if base is not None and not o.get("from_creds") and all(p.ref and p.ref.registry != base.registry for p in pushes):
+        flags["creds"] = None
     options = registry_options(flags, "from")
 
     def resolve(text: str, platform: str) -> BaseImage:
@@ -493,7 +466,7 @@ def _build_index(
     spec: ImageSpec,
     platforms: list[PlatformSpec],
     dest: Location | None,
-    pushes: list[RegistryLocation],
+    pushes: list[Location],
     resolver: Any,
     o: dict[str, Any],
     caches: Any,
@@ -510,7 +483,8 @@ def _build_index(
 
     request = ShipRequest(spec, tuple(destinations), fmt=o["format"], options=registry_options(o),
                           build=_settings(o, caches, resolver, None), platforms=tuple(platforms),
-                          layer_index=not o["no_layer_index"], allow_index=o["allow_index"])  # fmt: skip
+                          layer_index=not o["no_layer_index"], allow_index=o["allow_index"], sbom=o.get("sbom"),
+                          stdout="json" if o["json_out"] else "free")  # fmt: skip
     outcome = ship(request, ShipEvents(build=Notes(noter(quiet)), on_platform=on_platform))
     for r in outcome.results:
         for w in r.warnings:

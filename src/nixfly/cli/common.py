@@ -40,8 +40,8 @@ def parse_kv(items: tuple[str, ...], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {item!r} must look like KEY=VALUE")
+        if not sep or not key:  # named by its key alone: the value may be a secret
+            raise UsageError(f"{what} {key!r}: expected KEY=VALUE")
         out[key] = value
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nixfly.cli.app import cli
-from nixfly.cli.common import DURATION
+from nixfly.cli.common import DURATION, parse_kv
 from nixfly.errors import NixflyError, UsageError, redact
 from nixfly.fly.plan import STRATEGIES
 from nixfly.fly.secrets import list_secrets, parse_assignments, set_secrets, unset_secrets
@@ -234,12 +234,7 @@ def deploy(
         raise UsageError("--lease-timeout must be at least 1s")
     if no_public_ips and flycast:
         raise UsageError("--no-public-ips and --flycast contradict each other; pass one")
-    env = []
-    for pair in env_pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"-e {pair.split('=', 1)[0]!r}: expected KEY=VALUE")
-        env.append((key.strip(), value))
+    env = list(parse_kv(env_pairs, "-e").items())
     registry = None
     if creds:
         from nixfly.registry.auth import parse_creds

@@ -11,7 +11,7 @@ import click
 from nixfly.cli.app import cli
 from nixfly.errors import ConfigError, ImageError, UsageError
 from nixfly.fly.init import exposed_tcp_ports, starter_fly_toml, write_atomic
-from nixfly.transports import RegistryLocation, parse_location
+from nixfly.transports import parse_location
 
 
 def _image_config(location_text: str) -> tuple[dict[str, Any], str | None]:
@@ -26,7 +26,7 @@ def _image_config(location_text: str) -> tuple[dict[str, Any], str | None]:
         raise ImageError(f"{location_text}: the image config is not JSON") from None
     if not isinstance(config, dict):
         raise ImageError(f"{location_text}: the image config is not a JSON object")
-    ref = location.reference if isinstance(location, RegistryLocation) else None
+    ref = location_text.removeprefix("docker://") if location.ref is not None else None  # as written
     return config, ref
 
 

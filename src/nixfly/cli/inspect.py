@@ -30,7 +30,7 @@ from nixfly.inspect import (
     why,
 )
 from nixfly.sources import open_image
-from nixfly.transports import LayoutLocation, Location, RegistryLocation, parse_location
+from nixfly.transports import Location, parse_location
 
 if TYPE_CHECKING:
     from nixfly.registry.client import RegistryOptions
@@ -47,19 +47,12 @@ def _location(text: str) -> Location:
 
 def _referrers(loc: Location, digest: str, options: RegistryOptions | None) -> tuple[ReferrerReport, ...] | None:
     """The image's OCI referrers (SBOMs, signatures); None where the location has no place for them."""
-    from nixfly.sinks import referrers
+    from nixfly.sinks import open_referrers
 
-    if isinstance(loc, LayoutLocation):
-        found = referrers.list_layout_referrers(loc.path, digest)
-    elif isinstance(loc, RegistryLocation):
-        from nixfly.registry.client import RegistryClient
-        from nixfly.registry.reference import parse_reference
-
-        r = parse_reference(loc.reference)
-        with RegistryClient(r.registry, options) as client:
-            found = referrers.list_registry_referrers(client, r.repository, digest)
-    else:
-        return None
+    with open_referrers(loc, options) as store:
+        if store is None:
+            return None
+        found = store.list(digest)
     return tuple(ReferrerReport(x.artifact_type, x.digest, x.size) for x in sorted(found, key=lambda x: x.digest))
 
 
@@ -268,7 +261,7 @@ def inspect(
     if files and why_path is not None:
         raise UsageError("--files and --why are separate views; give one")
     loc = _location(location)
-    options = registry_options(o) if isinstance(loc, RegistryLocation) else None
+    options = registry_options(o) if loc.ref is not None else None
     from nixfly.image.platform import normalise_platform
 
     platform = o.get("platform")

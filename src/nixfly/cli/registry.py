@@ -28,19 +28,18 @@ from nixfly.cli.common import (
     transport_options,
 )
 from nixfly.errors import ImageError, RegistryError, UsageError
-from nixfly.image import Image
 from nixfly.image.mediatypes import INDEX_TYPES, ManifestFormat
 from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
-from nixfly.registry.reference import Reference, parse_reference, parse_repository
-from nixfly.sinks import publish
+from nixfly.registry.reference import Reference, as_repository
 from nixfly.sinks.layer_index import INDEX_TAG
 from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
-from nixfly.sources import open_image
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
+from nixfly.transports import Location, parse_location
 
 if TYPE_CHECKING:  # rich loads only for a person at a terminal (progress bars)
     from rich.progress import Progress, TaskID
+
+    from nixfly.services.ship import PublishRequest, ShipEvents, ShipOutcome
 
 
 def _network_options(transfers: bool = True) -> Callable[[Any], Any]:
@@ -132,25 +131,30 @@ def _report_push(result: PushResult, o: dict[str, Any], verb: str = "pushed") ->
     click.echo(result.reference)
 
 
-def _read_archive_with_progress(loc: ArchiveLocation) -> Image:
-    """Read a docker-archive (file, stdin, stream script) with a bar of the bytes read so far."""
-    from nixfly.sources.archive import read_archive
+class _ReadBar:
+    """The bar of what a source has read so far (an archive read whole, the layers a local copy reads)."""
 
-    total: int | None = None
-    if loc.path is not None and not loc.run and loc.path.is_file():
-        total = loc.path.stat().st_size
-    with _progress_bar() as bar:
-        task = bar.add_task("reading archive", total=total)
-        return read_archive(loc, on_bytes=lambda n: bar.advance(task, n))
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def start(self, what: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(what, total=total)
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
 
 
 def _dest_locations(dests: tuple[str, ...]) -> list[Location]:
+    """Push destinations, each parsed (and its reference checked) before anything is read."""
     locs: list[Location] = []
     for d in dests:
         loc = parse_location(d)
-        if not isinstance(loc, RegistryLocation):
+        if loc.ref is None:
             raise UsageError(f"{d}: push sends images to registries; use nixfly copy to write {loc}")
-        parse_reference(loc.reference)  # fail early on a malformed reference
         locs.append(loc)
     return locs
 
@@ -181,18 +185,12 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     if source.endswith(".toml") and not source.startswith(("oci:", "docker-archive:")):
         _push_spec(Path(source), dests, fmt, options, tuple(mount_from), o)
         return
-    from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
+    from nixfly.services.ship import PublishRequest
 
-    loc = parse_location(source, bare_paths=True)
-    if isinstance(loc, ArchiveLocation) and show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
-        image = _read_archive_with_progress(loc)
-    else:
-        image = open_image(loc, options)
     # The image's SBOM goes along from a layout.
-    request = PublishRequest(image, tuple(dests), fmt=fmt, options=options, mount_from=tuple(mount_from),
-                             referrers_from=loc.path if isinstance(loc, LayoutLocation) else None)  # fmt: skip
-    with _push_bars(o) as bars:
-        outcome = publish_image(request, ShipEvents(push=bars))
+    request = PublishRequest(parse_location(source, bare_paths=True), tuple(dests), fmt=fmt, options=options,
+                             source_options=options, mount_from=tuple(mount_from), carry_referrers=True)  # fmt: skip
+    outcome = _publish(request, o)
     for note in outcome.notes if not o.get("quiet") and not o.get("json_out") else []:
         click.echo(f"note: {note}", err=True)
     assert outcome.written[-1].push is not None
@@ -229,12 +227,29 @@ def _push_spec(path: Path, dests: list[Location], fmt: ManifestFormat | None, op
 @contextlib.contextmanager
 def _push_bars(o: dict[str, Any]) -> Iterator[PushProgress | None]:
     """Upload bars on a terminal, else nothing."""
+    with _bars(o) as events:
+        yield events.push
+
+
+@contextlib.contextmanager
+def _bars(o: dict[str, Any]) -> Iterator[ShipEvents]:
+    """Upload bars and the bar of what the source reads, on a terminal; else no listeners."""
+    from nixfly.services.ship import ShipEvents
+
     if not show_progress(bool(o.get("json_out")), bool(o.get("quiet"))):
-        yield None
+        yield ShipEvents()
         return
     bar = _progress_bar()
     with bar:
-        yield _RichPushProgress(bar)
+        yield ShipEvents(push=_RichPushProgress(bar), reading=_ReadBar(bar))
+
+
+def _publish(request: PublishRequest, o: dict[str, Any]) -> ShipOutcome:
+    """An existing image through the ship service, with bars on a terminal."""
+    from nixfly.services.ship import publish_image
+
+    with _bars(o) as events:
+        return publish_image(request, events)
 
 
 @cli.command()
@@ -249,14 +264,15 @@ def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
     Every blob is verified against its digest while it streams; the layout keeps the registry's manifest
     bytes, so the pulled image has the same digest.
     """
+    from nixfly.services.ship import PublishRequest
+
     src = parse_location(source)
-    if not isinstance(src, RegistryLocation):
+    ref = src.ref
+    if ref is None:
         raise UsageError(f"{source}: pull reads from a registry (docker://REF); use nixfly copy for {src}")
     dest = _local_destination(parse_location(destination, bare_paths=False))
-    options = registry_options(o)
-    image = open_image(src, options, platform=platform)
-    digest = _write_local(image, dest, o)
-    ref = parse_reference(src.reference)
+    outcome = _publish(PublishRequest(src, (dest,), source_options=registry_options(o), platform=platform), o)
+    digest = outcome.digest
     if o.get("json_out"):
         emit_json({"digest": digest, "reference": ref.pinned(digest), "destination": str(dest)})
         return
@@ -266,30 +282,9 @@ def pull(source: str, destination: str, platform: str | None, **o: Any) -> None:
 
 
 def _local_destination(dest: Location) -> Location:
-    if isinstance(dest, ArchiveLocation) and dest.path is None:
-        raise UsageError("writing an archive to stdout is not supported here; give a file")
-    if isinstance(dest, RegistryLocation):
+    if dest.ref is not None:
         raise UsageError(f"{dest}: expected oci:DIR[:TAG] or docker-archive:FILE")
     return dest
-
-
-def _write_local(image: Image, dest: Location, o: dict[str, Any], fmt: ManifestFormat | None = None) -> str:
-    """Write a (possibly remote, lazily streamed) image to a layout or archive; returns its digest."""
-    if show_progress(bool(o.get("json_out")), bool(o.get("quiet"))) and isinstance(dest, LayoutLocation):
-        with _progress_bar() as bar:
-            task = bar.add_task("downloading", total=sum(lyr.size for lyr in image.layers))
-            _, written = publish(_counting(image, (bar, task)), [dest], fmt=fmt)
-            return written[0].digest
-    _, written = publish(image, [dest], fmt=fmt)
-    return written[0].digest
-
-
-def _counting(image: Image, hook: tuple[Progress, TaskID]) -> Image:
-    """The same image whose layer reads advance a progress bar."""
-    from nixfly.registry.progress_io import ProgressLayer
-
-    bar, task = hook
-    return image.with_layers(tuple(ProgressLayer(lyr, lambda n: bar.advance(task, n)) for lyr in image.layers))
 
 
 @cli.command()
@@ -308,19 +303,18 @@ def copy(source: str, destination: str, fmt: ManifestFormat | None, platform: st
     Registry to registry, blobs stream through (never a whole image in memory) or, on the same registry,
     are mounted across repositories without transferring them.
     """
+    from nixfly.services.ship import PublishRequest
+
     src = parse_location(source, bare_paths=True)
     dest = parse_location(destination)
-    src_opts, dest_opts = registry_options(o, "src"), registry_options(o, "dest")
-    image = open_image(src, src_opts, platform=platform)
-    if isinstance(dest, RegistryLocation):
-        from nixfly.services.ship import PublishRequest, ShipEvents, publish_image
-
-        with _push_bars(o) as bars:
-            outcome = publish_image(PublishRequest(image, (dest,), fmt=fmt, options=dest_opts), ShipEvents(push=bars))
-        assert outcome.written[0].push is not None
-        _report_push(outcome.written[0].push, o, "copied to")
+    request = PublishRequest(src, (dest,), fmt=fmt, options=registry_options(o, "dest"),
+                             source_options=registry_options(o, "src"), platform=platform)  # fmt: skip
+    outcome = _publish(request, o)
+    pushed = outcome.written[0].push
+    if pushed is not None:
+        _report_push(pushed, o, "copied to")
         return
-    digest = _write_local(image, _local_destination(dest), o, fmt)
+    digest = outcome.digest
     if o.get("json_out"):
         emit_json({"digest": digest, "reference": f"{dest}@{digest}", "destination": str(dest)})
         return
@@ -337,9 +331,9 @@ def tags(repository: str, **o: Any) -> None:
     """List the releases in REPOSITORY: each tag with its digest and created time, newest first
     (with -q, only the tag names)."""
     loc = parse_location(repository)
-    if not isinstance(loc, RegistryLocation):
+    if loc.ref is None:
         raise UsageError(f"{repository}: tags lists a registry repository, as in registry.fly.io/app")
-    ref = parse_repository(loc.reference)
+    ref = as_repository(loc.ref, repository.removeprefix("docker://"))
     options = registry_options(o)
     with RegistryClient(ref.registry, options) as client:
         releases = list_releases(client, ref)

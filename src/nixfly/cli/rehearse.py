@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from nixfly.cli.common import DURATION, parse_kv
 from nixfly.errors import UsageError
 from nixfly.image import Image
 from nixfly.transports import Location, RegistryLocation
@@ -32,9 +33,9 @@ REHEARSAL_OPTIONS = [
                  help="With -c: secrets from a dotenv file (NAME=VALUE lines)."),
     click.option("--require-secrets", is_flag=True,
                  help="With -c: a secret the app needs but that was not given here is an error."),
-    click.option("--for", "watch_for", default=None, metavar="DURATION",
+    click.option("--for", "watch_for", type=DURATION, default=None, metavar="DURATION",
                  help="With -c: keep watching this long (e.g. 30s) before the verdict."),
-    click.option("--wait-timeout", "rehearse_wait", default=None, metavar="DURATION",
+    click.option("--wait-timeout", "rehearse_wait", type=DURATION, default=None, metavar="DURATION",
                  help="With -c: give up on the checks after this long (default: grace period + two intervals)."),
     click.option("--json", "as_json", is_flag=True, help="With -c: the verdict and every check's history as JSON."),
     click.option("--region", default=None, help="With -c: FLY_REGION (default: primary_region)."),
@@ -49,28 +50,12 @@ def rehearsal_options(f: Any) -> Any:
     return f
 
 
-def seconds(text: str | None, flag: str) -> float | None:
-    """``30s``, ``1m30s`` or a plain number of seconds."""
-    if text is None:
-        return None
-    from nixfly.fly.units import parse_go_duration
-
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return parse_go_duration(text).total_seconds()
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: give a duration like 30s, 2m or 45") from None
-
-
 MAX_SECRETS_FILE = 1 << 20
 
 
 def local_secrets(secret_args: tuple[str, ...], secrets_file: Path | None) -> dict[str, str]:
     """Secrets from --secrets-file, then --secret NAME=VALUE (NAME alone: from the environment)."""
-    from nixfly.run.rehearse import parse_dotenv
+    from nixfly.run.flyplan import parse_dotenv
 
     out: dict[str, str] = {}
     if secrets_file is not None:
@@ -108,10 +93,8 @@ def image_ref_for(loc: Location | None, image: Image) -> Callable[[str], str]:
     as deploy --build would push it (registry.fly.io/APP, in the format that registry gets)."""
 
     def ref(app: str) -> str:
-        from nixfly.registry.reference import parse_reference
-
-        if isinstance(loc, RegistryLocation):
-            return parse_reference(loc.reference).pinned(image.manifest_digest())
+        if loc is not None and loc.ref is not None:
+            return loc.ref.pinned(image.manifest_digest())
         from nixfly.image.convert import with_format
         from nixfly.sinks import format_for
 
@@ -170,8 +153,8 @@ def run_rehearsal(
     secret_args: tuple[str, ...],
     secrets_file: Path | None,
     require_secrets: bool,
-    watch_for: str | None,
-    rehearse_wait: str | None,
+    watch_for: float | None,
+    rehearse_wait: float | None,
     as_json: bool,
     region: str | None,
     offline: bool,
@@ -183,9 +166,7 @@ def run_rehearsal(
     """Plan, rehearse, print; 0 when the rehearsal passed, 1 when it found a problem (named above)."""
     from nixfly.run.rehearse import RehearsalOptions, RehearsalRequest, plan_rehearsal, rehearse
 
-    for e in env:
-        if "=" not in e:
-            raise UsageError(f"-e {e}: with -c give KEY=VALUE")
+    parse_kv(env, "-e")  # with -c, every -e is KEY=VALUE (the container gets them as given)
     if all_groups and groups:
         raise UsageError("--group and --all-groups: give one of them")
     req = RehearsalRequest(
@@ -196,8 +177,8 @@ def run_rehearsal(
     )  # fmt: skip
     plans = plan_rehearsal(req, _warn)
     opts = RehearsalOptions(
-        runtime=runtime, cache_dir=cache_dir, watch_for=seconds(watch_for, "--for") or 0.0,
-        wait_timeout=seconds(rehearse_wait, "--wait-timeout"), log=_stderr,
+        runtime=runtime, cache_dir=cache_dir, watch_for=watch_for or 0.0, wait_timeout=rehearse_wait,
+        log=_stderr,
     )  # fmt: skip
     result = rehearse(image, plans, opts)
     if as_json:
@@ -267,7 +248,7 @@ def rehearse_before_deploy(
             image = cfg.build.image
     if image is not None:
         loc = parse_location(image)
-        if not isinstance(loc, RegistryLocation):
+        if loc.ref is None:
             raise UsageError(f"--image {image}: deploy takes a registry reference")
         img = open_image(loc, RegistryOptions())
         ref = image_ref_for(loc, img)

@@ -15,7 +15,7 @@ from nixfly.errors import UsageError
 from nixfly.run.process import parse_volume
 from nixfly.run.runner import RunOptions, run_image
 from nixfly.run.runtimes import RUNTIMES
-from nixfly.transports import RegistryLocation, parse_location
+from nixfly.transports import parse_location
 
 
 # Options may follow the image (people write them there); everything after "--" is the container's command.
@@ -79,13 +79,13 @@ def run_cmd(
         _check_publish(spec)
     entry = parse_command(entrypoint, "--entrypoint")
     loc = parse_location(image, bare_paths=True)
-    if o.get("creds") and not isinstance(loc, RegistryLocation):
+    if o.get("creds") and loc.ref is None:
         raise UsageError("--creds only applies to registry references")
     from nixfly.image.platform import normalise_platform
     from nixfly.run.pinned import open_run_image
 
     platform = o.get("platform")
-    img = open_run_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None,
+    img = open_run_image(loc, registry_options(o) if loc.ref is not None else None,
                          platform=normalise_platform(platform, "--platform") if platform else None,
                          cache_dir=cache_dir.absolute() if cache_dir else None)  # fmt: skip
     if rehearsal["fly_config"] is not None:

@@ -16,34 +16,26 @@ import click
 from nixfly.cli.app import cli
 from nixfly.cli.common import registry_options, transport_options
 from nixfly.errors import UsageError
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation, parse_location
+from nixfly.transports import Location, parse_location
 
 
 def _location(text: str) -> Location:
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
         raise UsageError(f"{text}: no such file or directory (a registry image is written docker://REF)")
     loc = parse_location(text, bare_paths=True)
-    if isinstance(loc, ArchiveLocation) and loc.path is None:
+    if loc.caps.stdio:
         raise UsageError("nixfly sbom reads an image from a file, layout or registry, not from stdin")
     return loc
 
 
 def _attached(loc: Location, digest: str, media_type: str, o: dict[str, Any]) -> bytes | None:
     """The attached SBOM of ``media_type`` for the image ``digest``, or None when there is none."""
-    from nixfly.sinks import referrers
+    from nixfly.sinks import open_referrers
+    from nixfly.sinks.referrers import pick
 
-    if isinstance(loc, LayoutLocation):
-        ref = referrers.pick(referrers.list_layout_referrers(loc.path, digest), media_type)
-        return None if ref is None else referrers.fetch_layout_artifact(loc.path, ref, digest)
-    if isinstance(loc, RegistryLocation):
-        from nixfly.registry.client import RegistryClient
-        from nixfly.registry.reference import parse_reference
-
-        r = parse_reference(loc.reference)
-        with RegistryClient(r.registry, registry_options(o)) as client:
-            ref = referrers.pick(referrers.list_registry_referrers(client, r.repository, digest), media_type)
-            return None if ref is None else referrers.fetch_registry_artifact(client, r.repository, ref, digest)
-    return None
+    with open_referrers(loc, registry_options(o) if loc.ref is not None else None) as store:
+        ref = None if store is None else pick(store.list(digest), media_type)
+        return None if store is None or ref is None else store.fetch(ref, digest)
 
 
 @cli.command()
@@ -64,7 +56,7 @@ def sbom(image: str, fmt: str, output: Path | None, from_layers: bool, validate:
     from nixfly.sources import open_image
 
     loc = _location(image)
-    img = open_image(loc, registry_options(o) if isinstance(loc, RegistryLocation) else None)
+    img = open_image(loc, registry_options(o) if loc.ref is not None else None)
     sbom_fmt: SbomFormat = "cyclonedx" if fmt == "cyclonedx" else "spdx"
     subject = subject_of(img)
     data = None if from_layers else _attached(loc, subject.digest, MEDIA_TYPES[sbom_fmt], o)

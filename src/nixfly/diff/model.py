@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nixfly.fsutil import human_size
+from nixfly.nixbase32 import STORE_HASH
 from nixfly.sbom.nixhash import parse_drv_name
 
 Source = Literal["sbom", "layers", "store"]
 Kind = Literal["changed", "added", "removed", "rebuilt"]
-_STORE_BASE = re.compile(r"^[0-9a-df-np-sv-z]{32}-")
+_STORE_BASE = re.compile(rf"^{STORE_HASH}-")
 
 
 def path_name(path: str) -> str:

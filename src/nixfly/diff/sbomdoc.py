@@ -9,12 +9,12 @@ import re
 from dataclasses import dataclass
 
 from nixfly.errors import ImageError
+from nixfly.nixbase32 import STORE_BASENAME
 
 SPDX = "application/spdx+json"
 CYCLONEDX = "application/vnd.cyclonedx+json"
 MEDIA_TYPES = (SPDX, CYCLONEDX)  # in order of preference
 _NAR_SIZE = re.compile(r"NarSize (\d+) bytes")
-_STORE_NAME = re.compile(r"^[0-9a-df-np-sv-z]{32}-[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _store_path(value: object, store_dir: str) -> str | None:
     if not isinstance(value, str):
         return None
     head, _, base = value.rstrip("/").rpartition("/")
-    return value if head == store_dir.rstrip("/") and _STORE_NAME.match(base) else None
+    return value if head == store_dir.rstrip("/") and STORE_BASENAME.match(base) else None
 
 
 def _size(value: object) -> int | None:

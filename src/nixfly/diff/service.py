@@ -21,7 +21,7 @@ from nixfly.diff.model import ClosureDiff, ImageFacts, Side, diff_sides, size
 from nixfly.diff.sbomdoc import MEDIA_TYPES, SbomClosure, read_sbom
 from nixfly.errors import ImageError, UsageError
 from nixfly.image import Image
-from nixfly.transports import LayoutLocation, Location, RegistryLocation, image_file_kind, parse_location
+from nixfly.transports import Location, image_file_kind, parse_location
 
 if TYPE_CHECKING:
     from nixfly.registry.client import RegistryClient
@@ -107,37 +107,25 @@ def image_facts(image: Image) -> ImageFacts:
 
 def _attached_sbom(loc: Location, digest: str, session: _Session, store_dir: str) -> tuple[SbomClosure | None, str]:
     """The closure the image's attached SBOM describes, or (None, why not)."""
-    from nixfly.sinks import referrers
+    from nixfly.sinks import open_referrers
+    from nixfly.sinks.referrers import pick
 
-    if isinstance(loc, LayoutLocation):
-        refs = referrers.list_layout_referrers(loc.path, digest)
+    with open_referrers(loc, client=session.client(loc.ref.registry) if loc.ref else None) as store:
+        if store is None:
+            return None, "a docker-archive carries no SBOM"
+        refs = store.list(digest)
         for mt in MEDIA_TYPES:
-            ref = referrers.pick(refs, mt)
+            ref = pick(refs, mt)
             if ref is not None:
-                data = referrers.fetch_layout_artifact(loc.path, ref, digest)
-                return read_sbom(data, mt, f"{loc} SBOM {ref.digest}", store_dir), ""
+                return read_sbom(store.fetch(ref, digest), mt, f"{loc} SBOM {ref.digest}", store_dir), ""
         return None, "no SBOM attached"
-    if isinstance(loc, RegistryLocation):
-        from nixfly.registry.reference import parse_reference
-
-        r = parse_reference(loc.reference)
-        client = session.client(r.registry)
-        refs = referrers.list_registry_referrers(client, r.repository, digest)
-        for mt in MEDIA_TYPES:
-            ref = referrers.pick(refs, mt)
-            if ref is not None:
-                data = referrers.fetch_registry_artifact(client, r.repository, ref, digest)
-                return read_sbom(data, mt, f"{loc} SBOM {ref.digest}", store_dir), ""
-        return None, "no SBOM attached"
-    return None, "a docker-archive carries no SBOM"
 
 
 def _open_image(loc: Location, opts: DiffOptions, session: _Session) -> Image:
-    if isinstance(loc, RegistryLocation):
-        from nixfly.registry.reference import parse_reference
+    r = loc.ref
+    if r is not None:
         from nixfly.sources.registry import open_remote_image
 
-        r = parse_reference(loc.reference)
         return open_remote_image(r, opts.registry, platform=opts.platform, client=session.client(r.registry))
     from nixfly.sources import open_image
 

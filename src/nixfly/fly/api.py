@@ -172,12 +172,16 @@ class Machine:
     # The nonce of the lease a create with ``lease_ttl`` took (the API returns it only then).
     nonce: str | None = None
 
+    def meta(self, key: str) -> str | None:
+        """The string its config's metadata holds under ``key``, if any."""
+        meta = self.config.get("metadata")
+        value = meta.get(key) if isinstance(meta, dict) else None
+        return value if isinstance(value, str) else None
+
     @property
     def process_group(self) -> str:
         """The fly process group (flyctl's metadata key); machines without one belong to ``app``."""
-        meta = self.config.get("metadata") or {}
-        group = meta.get("fly_process_group") if isinstance(meta, dict) else None
-        return group if isinstance(group, str) and group else "app"
+        return self.meta("fly_process_group") or "app"
 
     @property
     def image(self) -> str:

@@ -69,7 +69,12 @@ from nixfly.fly.validation import (
     trim_loc,
     where,
 )
+from nixfly.fsutil import CONFIG_FILE_MAX, read_regular, read_text_file
 from nixfly.tomlpos import KeyPath, TomlPositions
+
+# A [[files]] local_path is read whole and sent base64 in every create and update of a machine, and comes
+# back in every machine list (read under limits.JSON_MAX, 16 MiB for all machines): a few MiB at most.
+LOCAL_FILE_MAX = 4 << 20
 
 __all__ = [
     "DEFAULT_GPU_VM_SIZE", "DEFAULT_PROCESS_GROUP", "DEFAULT_VM_SIZE", "STOP_SIGNALS", "STRATEGIES", "VM_SIZES",
@@ -92,12 +97,12 @@ def load_fly_toml(path: Path, *, warn: Warn | None = None, allow_unknown_keys: b
     ``[[files]]`` entries with ``local_path`` are read (relative to the file's directory) into
     ``raw_value`` so the config is self-contained.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a regular file, bounded: never a FIFO without a writer (it would block) or /dev/zero
+        text = read_text_file(path, CONFIG_FILE_MAX, str(path), ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; create one with `nixfly init`") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     return parse_fly_toml(
         text, source=str(path), base_dir=path.parent, warn=warn, allow_unknown_keys=allow_unknown_keys
     )
@@ -444,12 +449,11 @@ def _inline_local_files(cfg: FlyConfig, source: str, lines: TomlPositions, base_
     for i, f in enumerate(cfg.files):
         if f.local_path:
             p = base_dir / f.local_path
-            try:
-                content = p.read_bytes()
+            at = where(source, lines, ("files", i, "local_path"))
+            try:  # a regular file, bounded, as fly.toml itself: a FIFO or a 10 GB file is one line
+                content = read_regular(p, LOCAL_FILE_MAX, f"{at}{str(p)!r}", ConfigError)
             except OSError as e:
-                raise ConfigError(
-                    f"{where(source, lines, ('files', i, 'local_path'))}cannot read {str(p)!r}: {e.strerror or e}"
-                ) from None
+                raise ConfigError(f"{at}cannot read {str(p)!r}: {e.strerror or e}") from None
             f = f.with_local_content(content)
         files.append(f)
     return cfg.model_copy(update={"files": files})

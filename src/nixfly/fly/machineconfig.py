@@ -31,11 +31,11 @@ from nixfly.fly.flytoml import (
     parse_memory_mb,
     parse_size_gb,
 )
+from nixfly.fly.normal import RELEASE_GROUP
 
 JSON = dict[str, Any]
 
 # Names flyctl gives the throwaway machines it runs for a release command.
-RELEASE_COMMAND_GROUP = "fly_app_release_command"
 PLATFORM_VERSION = "v2"
 
 
@@ -257,7 +257,7 @@ def release_command_config(cfg: FlyConfig, image: str, *, app_guests: Sequence[J
         return None
     env = dict(cfg.env)
     env["RELEASE_COMMAND"] = "1"
-    env["FLY_PROCESS_GROUP"] = RELEASE_COMMAND_GROUP
+    env["FLY_PROCESS_GROUP"] = RELEASE_GROUP
     if cfg.primary_region:
         env["PRIMARY_REGION"] = cfg.primary_region
     init: JSON = {"cmd": argv}
@@ -269,7 +269,7 @@ def release_command_config(cfg: FlyConfig, image: str, *, app_guests: Sequence[J
         "image": image,
         "init": init,
         "env": env,
-        "metadata": {"fly_platform_version": PLATFORM_VERSION, "fly_process_group": RELEASE_COMMAND_GROUP},
+        "metadata": {"fly_platform_version": PLATFORM_VERSION, "fly_process_group": RELEASE_GROUP},
         "restart": {"policy": "no"},
         "auto_destroy": True,
         "dns": {"skip_registration": True},

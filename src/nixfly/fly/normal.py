@@ -16,7 +16,16 @@ JSON = dict[str, Any]
 
 # Metadata nixfly keeps on machines outside the config a deploy decides: the release log (releases.py), a
 # first deploy's group size and a green machine's blue (plan.py). A difference in them alone is no change.
-BOOKKEEPING_METADATA = ("nixfly_releases", "nixfly_group_size", "nixfly_green_for")
+RELEASES_KEY = "nixfly_releases"
+# A machine created by a first deploy: how many machines its group starts with. A re-run after an
+# interrupted first deploy creates the ones still missing (the plan counts what the app should have).
+GROUP_SIZE_KEY = "nixfly_group_size"
+# A bluegreen green machine: the blue machine it replaces. A re-run after an interrupted bluegreen deploy
+# finishes the switch instead of starting a second set of greens.
+GREEN_FOR_KEY = "nixfly_green_for"
+BOOKKEEPING_METADATA = (RELEASES_KEY, GROUP_SIZE_KEY, GREEN_FOR_KEY)
+# flyctl's process group of the one-off machine that runs a release command (its fly_process_group).
+RELEASE_GROUP = "fly_app_release_command"
 
 
 def _autostop(value: Any) -> Any:

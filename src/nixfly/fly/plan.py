@@ -19,21 +19,13 @@ from typing import Any, Literal
 
 from nixfly.errors import UsageError
 from nixfly.fly.api import JSON, Machine
-from nixfly.fly.normal import BOOKKEEPING_METADATA, comparable, same_config
+from nixfly.fly.normal import GREEN_FOR_KEY, GROUP_SIZE_KEY, RELEASES_KEY, comparable, same_config
 from nixfly.fly.state import Holder
 
 Strategy = Literal["immediate", "rolling", "canary", "bluegreen"]
 STRATEGIES: tuple[str, ...] = ("immediate", "rolling", "canary", "bluegreen")
-RELEASE_GROUP = "fly_app_release_command"  # flyctl's process-group name for one-off release machines
 SECRETS_VERSION_KEY = "nixfly_secrets_version"  # metadata: which secrets version a machine runs with
 SECRETS_DIGEST_KEY = "nixfly_secrets"  # metadata: a digest of the secrets' names and digests it runs with
-# metadata of a machine created by a first deploy: how many machines its group starts with. A re-run after
-# an interrupted first deploy creates the ones still missing (the plan counts what the app should have).
-RELEASES_KEY = BOOKKEEPING_METADATA[0]
-GROUP_SIZE_KEY = BOOKKEEPING_METADATA[1]
-# metadata of a bluegreen green machine: the blue machine it replaces. A re-run after an interrupted
-# bluegreen deploy finishes the switch instead of starting a second set of greens.
-GREEN_FOR_KEY = BOOKKEEPING_METADATA[2]
 # States in which flyctl starts a machine it updates; any other state (stopped, suspended, ...) is
 # updated with skip_launch and left as it was (flyctl: internal/command/deploy/machines_launchinput.go,
 # shouldSkipLaunch).
@@ -262,7 +254,7 @@ class Plan:
             if kind == "create_app":
                 out.append(f"create app {st['app']}")
             elif kind == "allocate_ip":
-                out.append(f"allocate IP address ({_IP_WORDS.get(st['type'], st['type'])})")
+                out.append(f"allocate IP address ({IP_WORDS.get(st['type'], st['type'])})")
             elif kind == "release_command":
                 out.append(f"run release command: {' '.join(st['command'])}")
             elif kind == "create_volume":
@@ -297,8 +289,18 @@ class Plan:
                 "no_change": self.empty}  # fmt: skip
 
 
-_IP_WORDS = {"v6": "dedicated IPv6", "shared_v4": "shared IPv4", "v4": "dedicated IPv4",
-             "private_v6": "private IPv6 (flycast)"}  # fmt: skip
+# The address types the API allocates, in words.
+IP_WORDS = {"v6": "dedicated IPv6", "shared_v4": "shared IPv4", "v4": "dedicated IPv4",
+            "private_v6": "private IPv6 (flycast)"}  # fmt: skip
+
+
+def ip_kind(item: JSON) -> str:
+    """What an address of the app's list is, as ``fly ips list`` calls it: private IPv6 (flycast, in Fly's
+    ``fdaa:`` 6PN range), public IPv6, shared IPv4 or dedicated IPv4."""
+    ip = str(item.get("ip", ""))
+    if ":" in ip:
+        return "private IPv6" if ip.lower().startswith("fdaa:") else "public IPv6"
+    return "shared IPv4" if item.get("shared") else "dedicated IPv4"
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -392,12 +394,6 @@ def initial_count(config: JSON, ha: bool) -> int:
     return 2
 
 
-def _meta(config: JSON, key: str) -> str | None:
-    meta = config.get("metadata")
-    value = meta.get(key) if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def should_skip_launch(state: str) -> bool:
     """Whether an update leaves the machine as it is instead of starting it (flyctl's shouldSkipLaunch)."""
     return state not in RUNNING_STATES
@@ -417,13 +413,13 @@ def plan_ips(desired: Mapping[str, JSON], existing: Sequence[JSON], mode: str) -
     services = [s for c in desired.values() for s in c.get("services") or [] if isinstance(s, dict)]
     if not services or mode == "none":
         return (), None
-    addresses = [str(i.get("ip", "")).lower() for i in existing]
     if mode == "private":
-        return ((), None) if addresses else (("private_v6",), None)
-    if any(a.startswith("fdaa:") for a in addresses):
+        return ((), None) if existing else (("private_v6",), None)
+    kinds_held = {ip_kind(i) for i in existing if i.get("ip")}
+    if "private IPv6" in kinds_held:
         return (), None
-    has_v6 = any(":" in a for a in addresses)
-    has_v4 = any(a and ":" not in a for a in addresses)
+    has_v6 = "public IPv6" in kinds_held
+    has_v4 = bool(kinds_held & {"shared IPv4", "dedicated IPv4"})
     dedicated = False
     for svc in services:
         if svc.get("protocol") == "udp":
@@ -501,7 +497,7 @@ def plan_deploy(
         switching: set[str] = set()
         regular: list[Machine] = []
         for m in current:
-            blue = _meta(m.config, GREEN_FOR_KEY)
+            blue = m.meta(GREEN_FOR_KEY)
             if blue and blue in ids and blue != m.id:
                 if same_config(carry_over(want, m.config), m.config):
                     actions.append(Action("switch", group, m.id, m.region, old=m.config, green_for=blue))
@@ -511,7 +507,7 @@ def plan_deploy(
                 continue
             regular.append(m)
         regular = [m for m in regular if m.id not in switching]
-        sizes = [int(v) for m in current if (v := _meta(m.config, GROUP_SIZE_KEY)) and v.isdigit()]
+        sizes = [int(v) for m in current if (v := m.meta(GROUP_SIZE_KEY)) and v.isdigit()]
         target = max(sizes) if sizes else (0 if current else initial_count(want, settings.ha))
         # A filter by machine or region never creates machines; --process-groups creates the named groups'.
         may_create = group_selected and not settings.only_machines and not settings.regions

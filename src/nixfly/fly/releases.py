@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from nixfly.fly.api import JSON, Machine
-from nixfly.fly.normal import BOOKKEEPING_METADATA
+from nixfly.fly.normal import RELEASES_KEY
+from nixfly.fsutil import load_json
 
-RELEASES_KEY = BOOKKEEPING_METADATA[0]
 MAX_RELEASES = 20
 OUTCOMES = ("deployed", "failed", "interrupted")
 
@@ -51,12 +51,11 @@ class Release:
 
 
 def machine_releases(m: Machine) -> list[Release]:
-    meta = m.config.get("metadata")
-    text = meta.get(RELEASES_KEY) if isinstance(meta, dict) else None
-    if not isinstance(text, str):
+    text = m.meta(RELEASES_KEY)
+    if text is None:
         return []
-    try:
-        items = json.loads(text)
+    try:  # a machine's metadata is anyone's with a token for the app: no 10,000-deep nesting
+        items = load_json(text)
     except ValueError:
         return []
     return [r for r in (Release.parse(i) for i in items if isinstance(items, list)) if r is not None]

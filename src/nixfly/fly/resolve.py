@@ -3,17 +3,27 @@ deploy must check about an image before any write (:func:`inspect_image`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 
 from nixfly.errors import RegistryError
+from nixfly.fsutil import load_json
 from nixfly.registry.reference import parse_reference
 
 if TYPE_CHECKING:
     from nixfly.registry.options import RegistryOptions
+
+
+class ImageUnreadable(RegistryError):
+    """The registry could not be asked about the image (unreachable, refused, an error answer): nothing is
+    known about the image itself."""
+
+
+class BadImage(RegistryError):
+    """The registry answered, and the image is not one a deploy can use (missing, no linux/amd64 entry,
+    no config)."""
 
 
 def is_pinned(image: str) -> bool:
@@ -66,8 +76,8 @@ def inspect_image(image: str, options: RegistryOptions | None = None) -> ImageFa
             try:
                 manifest = client.get_manifest(ref.repository, ref.digest)
             except RegistryError as e:
-                if "not found" in str(e):
-                    raise RegistryError(
+                if "not found" in str(e):  # the client's 404 (it has no error type of its own for one)
+                    raise BadImage(
                         f"registry {ref.registry} does not have image {image}: push it first (nixfly push), "
                         "or pass the registry's credentials with --creds"
                     ) from None
@@ -76,25 +86,24 @@ def inspect_image(image: str, options: RegistryOptions | None = None) -> ImageFa
             if isinstance(body.get("manifests"), list):
                 entry = choose_platform([e for e in body["manifests"] if isinstance(e, dict)], "linux/amd64")
                 if entry is None:
-                    raise RegistryError(f"image {image} has no linux/amd64 manifest; Fly Machines run linux/amd64")
+                    raise BadImage(f"image {image} has no linux/amd64 manifest; Fly Machines run linux/amd64")
                 manifest = client.get_manifest(ref.repository, str(entry.get("digest")))
                 body = manifest.json()
             config = body.get("config")
             digest = config.get("digest") if isinstance(config, dict) else None
             if not isinstance(digest, str):
-                raise RegistryError(f"image {image}: the manifest names no config")
+                raise BadImage(f"image {image}: the manifest names no config")
             raw = client.get_blob_bytes(ref.repository, digest, max_size=4 * 1024 * 1024)
+    except BadImage:
+        raise
     except RegistryError as e:
-        msg = str(e)
-        if not (msg.startswith("image ") or " does not have image " in msg):
-            msg = f"cannot read image {image}: {msg}"
-        raise RegistryError(msg) from None
+        raise ImageUnreadable(f"cannot read image {image}: {e}") from None
     except httpx.HTTPError as e:
-        raise RegistryError(f"cannot read image {image}: {type(e).__name__}: {e}") from None
+        raise ImageUnreadable(f"cannot read image {image}: {type(e).__name__}: {e}") from None
     try:
-        cfg = json.loads(raw).get("config") or {}
+        cfg = load_json(raw).get("config") or {}  # a 4 MiB nesting is refused, not a RecursionError
     except (ValueError, AttributeError):
-        raise RegistryError(f"image {image}: its config is not JSON") from None
+        raise BadImage(f"image {image}: its config is not JSON") from None
     if not isinstance(cfg, dict):
         cfg = {}
     ports = []

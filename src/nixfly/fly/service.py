@@ -32,9 +32,8 @@ from nixfly.fly.api import (
 )
 from nixfly.fly.deploy import Deployer, DeployResult
 from nixfly.fly.flytoml import FlyConfig, load_fly_toml
-from nixfly.fly.normal import request_form
+from nixfly.fly.normal import RELEASE_GROUP, request_form
 from nixfly.fly.plan import (
-    RELEASE_GROUP,
     SECRETS_DIGEST_KEY,
     SECRETS_VERSION_KEY,
     Action,
@@ -42,6 +41,7 @@ from nixfly.fly.plan import (
     Plan,
     Strategy,
     desired_with_secrets,
+    ip_kind,
     plan_deploy,
     require_digest_ref,
     secrets_digest,
@@ -133,9 +133,11 @@ class DeployOutcome:
 
 
 def load_config(config_path: Path, *, allow_unknown_keys: bool = False) -> FlyConfig:
-    from nixfly.fsutil import is_regular_file  # never raises, unlike Path.is_file (a name too long)
+    import os.path
 
-    if not is_regular_file(config_path):
+    # os.path.exists never raises (a name too long is simply not there); a FIFO, a device or a directory
+    # is then refused by load_fly_toml's read, which never blocks.
+    if not os.path.exists(config_path):
         raise ConfigError(f"{config_path}: no such file (pass -c/--config PATH to your fly.toml)")
     return load_fly_toml(config_path, allow_unknown_keys=allow_unknown_keys)
 
@@ -189,12 +191,6 @@ def desired_configs(cfg: FlyConfig, image: str, machines: Sequence[Machine]) -> 
     return {g: machine_config(cfg, g, image, current_guest=guests.get(g)) for g in cfg.process_groups()}
 
 
-def _meta(m: Machine, key: str) -> str | None:
-    meta = m.config.get("metadata")
-    value = meta.get(key) if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def secrets_state(
     api: MachinesAPI,
     app: str,
@@ -214,8 +210,8 @@ def secrets_state(
         return None, None
     digest = secrets_digest(secrets)
     for m in machines:
-        version = _meta(m, SECRETS_VERSION_KEY)
-        if _meta(m, SECRETS_DIGEST_KEY) == digest and version is not None and version.isdigit():
+        version = m.meta(SECRETS_VERSION_KEY)
+        if m.meta(SECRETS_DIGEST_KEY) == digest and version is not None and version.isdigit():
             return int(version), digest
     local = SecretsVersionStore(state_dir or default_state_dir(), app).get()
     return local, digest
@@ -274,15 +270,13 @@ def check_image(image: str, desired: dict[str, JSON], cfg: FlyConfig, req: Deplo
     run (the image's entrypoint or cmd, or a command from fly.toml), and a service's internal_port should
     be one the image exposes (a warning: images need not declare their ports)."""
     from nixfly.errors import RegistryError
-    from nixfly.fly.resolve import inspect_image
+    from nixfly.fly.resolve import ImageUnreadable, inspect_image
 
     try:
         facts = inspect_image(image, req.registry)
-    except RegistryError as e:
-        if str(e).startswith("cannot read image"):  # unreachable or refused, not "does not have"
-            raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
-                                "reading it; nothing was changed)") from None  # fmt: skip
-        raise
+    except ImageUnreadable as e:  # unreachable or refused; a missing image is BadImage, said as it is
+        raise RegistryError(f"{e} (--creds USER:PASS if it needs credentials; --no-image-check deploys without "
+                            "reading it; nothing was changed)") from None  # fmt: skip
     for group, config in sorted(desired.items()):
         init = config.get("init") if isinstance(config.get("init"), dict) else {}
         assert isinstance(init, dict)
@@ -469,14 +463,6 @@ class AppStatus:
                 "ips": list(self.ips), "machines": [m.to_json() for m in self.machines]}  # fmt: skip
 
 
-def ip_kind(item: JSON) -> str:
-    """How ``fly ips list`` would call an address: shared IPv4, private/public IPv6, (dedicated) IPv4."""
-    ip = str(item.get("ip", ""))
-    if ":" in ip:
-        return "private IPv6" if ip.lower().startswith("fdaa:") else "public IPv6"
-    return "shared IPv4" if item.get("shared") else "dedicated IPv4"
-
-
 def status(connection: Connection, app: str) -> AppStatus:
     with connection.open() as api:
         try:
@@ -491,7 +477,7 @@ def status(connection: Connection, app: str) -> AppStatus:
             continue
         checks = {str(c.get("name")): str(c.get("status")) for c in m.checks}
         matches = last is not None and m.image == last.image
-        version = _meta(m, SECRETS_VERSION_KEY)
+        version = m.meta(SECRETS_VERSION_KEY)
         rows.append(MachineStatus(m.id, m.process_group, m.region, m.state, m.image, checks, version, matches))
     return AppStatus(app, tuple(rows), last, ips)
 

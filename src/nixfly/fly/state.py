@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixfly.errors import DeployError
-from nixfly.fsutil import atomic_write_bytes
+from nixfly.errors import DeployError, NixflyError
+from nixfly.fsutil import atomic_write_bytes, load_json, read_regular
 
 _HOLDER = re.compile(r"^nixfly (?P<what>[a-z ]+) pid=(?P<pid>\d+) host=(?P<host>\S+) start=(?P<start>\S+) "
                      r"run=(?P<run>[0-9a-f]+)$")  # fmt: skip
@@ -48,6 +48,11 @@ def process_start(pid: int) -> str | None:
     return f"{ticks}@{boot}"
 
 
+def _this_host() -> str:
+    """This host's name as a holder's description carries it (one word)."""
+    return re.sub(r"\s+", "_", socket.gethostname() or "localhost")
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a lease: a nixfly process on some host. Written into the lease's description."""
@@ -61,7 +66,7 @@ class Holder:
     @classmethod
     def me(cls, what: str = "deploy") -> Holder:
         pid = os.getpid()
-        host = re.sub(r"\s+", "_", socket.gethostname() or "localhost")
+        host = _this_host()
         start = process_start(pid) or f"t{int(time.time())}"
         return cls(what, pid, host, start, secrets.token_hex(6))
 
@@ -79,8 +84,7 @@ class Holder:
         """Whether this holder is a process of this host that no longer runs (its pid is free, or now
         belongs to a process that started at another time). A holder on another host is never gone as
         far as this host can tell."""
-        here = re.sub(r"\s+", "_", socket.gethostname() or "localhost")
-        if self.host != here:
+        if self.host != _this_host():
             return False
         now = process_start(self.pid)
         if now is None:
@@ -97,6 +101,10 @@ class Holder:
         return f"nixfly {self.what} (pid {self.pid} on {self.host})"
 
 
+# Every state file is small (a lease per machine, a version number); a larger one is not ours.
+STATE_FILE_MAX = 1 << 20
+
+
 def default_state_dir() -> Path:
     """Where nixfly remembers leases and secrets versions (``$NIXFLY_STATE_DIR`` or XDG state home)."""
     explicit = os.environ.get("NIXFLY_STATE_DIR")
@@ -104,6 +112,15 @@ def default_state_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "nixfly"
+
+
+def _read_json(path: Path) -> Any:
+    """A state file's document, or None when it is missing or unreadable: a file that is not regular (a
+    FIFO would block), larger than any state nixfly writes, or not JSON is as good as none."""
+    try:
+        return load_json(read_regular(path, STATE_FILE_MAX))
+    except (OSError, ValueError, NixflyError):
+        return None
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -121,10 +138,7 @@ class LeaseStore:
         self._lock = threading.Lock()
 
     def _read(self) -> dict[str, dict[str, str]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+        data = _read_json(self.path)
         if not isinstance(data, dict):
             return {}
         out: dict[str, dict[str, str]] = {}
@@ -177,9 +191,9 @@ def app_lock(state_dir: Path, app: str, *, timeout: float, progress: Callable[[s
             except BlockingIOError:
                 pass
             if not told:
-                try:
-                    who = Path(path).read_text().strip() or "another nixfly deploy"
-                except OSError:
+                try:  # what the holder wrote (Holder.where), bounded
+                    who = read_regular(path, 4096).decode(errors="replace").strip() or "another nixfly deploy"
+                except (OSError, NixflyError):
                     who = "another nixfly deploy"
                 progress(f"waiting for {who} to finish with app {app}")
                 told = True
@@ -201,11 +215,9 @@ class SecretsVersionStore:
         self.path = state_dir / "secrets" / f"{app}.json"
 
     def get(self) -> int | None:
-        try:
-            v = json.loads(self.path.read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return v if isinstance(v, int) else None
+        data = _read_json(self.path)
+        v = data.get("version") if isinstance(data, dict) else None
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
 
     def set(self, version: int) -> None:
         _write_json(self.path, {"version": version})

@@ -1,4 +1,5 @@
-"""Units as flyctl reads them in fly.toml: Go durations, memory and volume sizes, VM size presets."""
+"""Units as flyctl reads them in fly.toml: Go durations (parsed by :mod:`nixfly.godur`), memory and volume sizes,
+VM size presets."""
 
 from __future__ import annotations
 
@@ -6,34 +7,8 @@ import re
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NS_PER_UNIT = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-
-
-def parse_go_duration(text: str) -> timedelta:
-    """Parse a Go-style duration ("15s", "1m30s", "1.5s", "250ms", "0"); raise ValueError otherwise."""
-    s = text.strip()
-    if s == "0":
-        return timedelta(0)
-    if not s:
-        raise ValueError("empty duration")
-    pos, total_ns = 0, 0.0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            raise ValueError(f"{text!r} is not a duration like '10s', '1m30s' or '500ms'")
-        total_ns += float(m.group(1)) * _NS_PER_UNIT[m.group(2)]
-        pos = m.end()
-    return timedelta(microseconds=total_ns / 1000)
+from nixfly.godur import go_timedelta
+from nixfly.godur import parse_go_duration as parse_go_duration  # fly.toml's durations: the one parser
 
 
 def go_duration_string(d: timedelta) -> str:
@@ -76,7 +51,7 @@ def duration(value: Any, int_unit: str) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(milliseconds=value) if int_unit == "ms" else timedelta(seconds=value)
+        return go_timedelta(value, milliseconds=value) if int_unit == "ms" else go_timedelta(value, seconds=value)
     if isinstance(value, str):
         return parse_go_duration(value)
     raise ValueError("expected a duration like '10s'")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from nixfly.errors import RegistryError, UsageError, add_secret
 from nixfly.flytoken import find_fly_token
+from nixfly.fsutil import CONFIG_FILE_MAX, load_json, read_text_file
 
 if TYPE_CHECKING:  # only in annotations: parsing --creds must not load the HTTP stack
     import httpx
@@ -98,11 +99,13 @@ def _run_helper(helper: str, server: str) -> Credentials | None:
 
 def _from_docker_config(registry: str, env: Mapping[str, str], home: Path) -> Credentials | None:
     path = _docker_config_path(env, home)
-    try:
-        cfg = json.loads(path.read_text())
+    try:  # a regular file, bounded (a FIFO or /dev/zero named by DOCKER_CONFIG is one line, not a hang)
+        cfg = load_json(read_text_file(path, CONFIG_FILE_MAX, str(path), UsageError))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    except ValueError:  # not JSON, or nested deeper than any docker config
         raise UsageError(f"{path} is not valid JSON") from None
     if not isinstance(cfg, dict):
         raise UsageError(f"{path} is not a JSON object")

@@ -124,7 +124,11 @@ def parse_reference(text: str) -> Reference:
 
 def parse_repository(text: str) -> Reference:
     """Parse a repository (``nixfly tags REPO``); a tag or digest is not allowed."""
-    ref = parse_reference(text)
+    return as_repository(parse_reference(text), text)
+
+
+def as_repository(ref: Reference, text: str) -> Reference:
+    """``ref`` (parsed from ``text``) when it names just a repository; a tag or digest is a UsageError."""
     if ref.tag or ref.digest:
         raise UsageError(f"{text!r} names a tag or digest; give just the repository, as in registry/name")
     return ref

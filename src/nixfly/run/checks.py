@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from nixfly.fly.units import parse_go_duration
+from nixfly.errors import UsageError
+from nixfly.godur import parse_go_duration
 
 # Fly's defaults for a check that does not set them (fly-go machine_types.go: interval 15s, timeout 2s,
 # grace_period 1s are the documented examples and the platform's values).
@@ -97,13 +98,18 @@ class CheckState:
                 "history": [r.to_json() for r in self.history]}  # fmt: skip
 
 
-def _seconds(value: Any, default: float) -> float:
-    if not isinstance(value, str):
+def config_seconds(value: Any, default: float, what: str) -> float:
+    """A duration of a machine config (a Go duration string, as the Machines API takes it) in seconds;
+    ``default`` when it is not set. The rehearsal's one reader of such durations: one that is not a
+    duration is a UsageError naming ``what``."""
+    if value is None:
         return default
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return parse_go_duration(value).total_seconds()
     except ValueError:
-        return default
+        raise UsageError(f"fly.toml: {what} {value!r} is not a duration like '10s', '1m30s' or '500ms'") from None
 
 
 def _spec(name: str, raw: Mapping[str, Any], port: int, host: str) -> CheckSpec:
@@ -116,9 +122,9 @@ def _spec(name: str, raw: Mapping[str, Any], port: int, host: str) -> CheckSpec:
         name=name,
         type=str(raw.get("type") or "tcp"),
         port=port,
-        interval=_seconds(raw.get("interval"), DEFAULT_INTERVAL),
-        timeout=_seconds(raw.get("timeout"), DEFAULT_TIMEOUT),
-        grace_period=_seconds(raw.get("grace_period"), DEFAULT_GRACE),
+        interval=config_seconds(raw.get("interval"), DEFAULT_INTERVAL, f"check {name} interval"),
+        timeout=config_seconds(raw.get("timeout"), DEFAULT_TIMEOUT, f"check {name} timeout"),
+        grace_period=config_seconds(raw.get("grace_period"), DEFAULT_GRACE, f"check {name} grace_period"),
         method=str(raw.get("method") or "GET").upper(),
         path=str(raw.get("path") or "/"),
         protocol=str(raw.get("protocol") or "http"),

@@ -11,8 +11,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nixfly.errors import RuntimeErrorNF, UsageError
+from nixfly.fsutil import read_regular
 from nixfly.image.config import DEFAULT_PATH, env_path
 from nixfly.run.rootfs import find_in_root, resolve_dir
+
+USER_DB_MAX = 16 << 20  # /etc/passwd or /etc/group: a line per user, a few KiB in any real image
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ def _read_db(root: Path, path: str) -> list[list[str]]:
     hit = find_in_root(root, path)
     if hit is None or not hit.is_file():
         return []
-    try:
-        text = hit.read_text(errors="replace")
+    try:  # bounded: an image is anyone's, and its /etc/passwd may be 10 GB
+        text = read_regular(hit, USER_DB_MAX, f"the image's {path}", RuntimeErrorNF).decode(errors="replace")
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]

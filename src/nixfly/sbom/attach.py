@@ -8,7 +8,7 @@ does not pay for loading the SBOM library and emitting the document again."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ RENDER_KEY = "io.nixfly.sbom.render-key"
 if TYPE_CHECKING:
     from nixfly.build.pipeline import BuildResult
     from nixfly.registry.client import RegistryClient, RegistryOptions
+    from nixfly.registry.reference import Reference
 
 
 @dataclass
@@ -61,7 +62,7 @@ class SbomAttacher:
         self._blob = self._blob or art.blob_descriptor
         self.attached.append({"to": str(root), **attach_to_layout(root, art).to_json()})
 
-    def attach_registry(self, refs: list[str], image: Image, pinned: str, options: RegistryOptions,
+    def attach_registry(self, refs: Sequence[str | Reference], image: Image, pinned: str, options: RegistryOptions,
                         clients: Mapping[str, RegistryClient] | None = None) -> None:  # fmt: skip
         """Attach the SBOM in every repository ``refs`` name, unless one with the same render key is already
         attached there to the image."""

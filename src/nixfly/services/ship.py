@@ -11,6 +11,7 @@ what, and the registry clients live here. Single- and multi-platform builds alik
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from nixfly.build.events import NO_EVENTS, BuildEvents, Tee
 from nixfly.errors import NixflyError
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
+from nixfly.sinks.rules import Stdout, check_destinations, references, referrer_places
+from nixfly.transports import Location, RegistryLocation
 
 if TYPE_CHECKING:
     from nixfly.build.bincache import CacheOptions
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from nixfly.sinks import Written
     from nixfly.sinks.layer_index import RegistryLayerIndex
     from nixfly.sinks.registry import PushProgress
+    from nixfly.sources import ReadProgress
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ShipRequest:
     # (deploy's deployment-… tags).
     digest_tag: str | None = None
     dry_run: bool = False  # build and say the digest a push would have; write nothing
+    stdout: Stdout = "free"  # who else writes to stdout ("json": build --json), for the stdout rule
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,14 @@ class ShipOutcome:
 class ShipEvents:
     """What the CLI listens to: the build's events (``build.events``: the layer plan, layers' progress, …, and
     the notes of the whole operation), upload progress while the build runs and during the push, platforms as
-    they start."""
+    they start; for an existing image, the bytes read from its source (an archive read whole, or the layers a
+    copy to this machine reads)."""
 
     build: BuildEvents = NO_EVENTS
     uploads: PushProgress | None = None
     push: PushProgress | None = None
     on_platform: Callable[[str], None] | None = None
+    reading: ReadProgress | None = None
 
     def note(self, text: str) -> None:
         self.build.note(text)
@@ -119,21 +125,6 @@ class Clients:
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
-
-
-def check_destinations(locations: Sequence[Location], *, index_platform: str | None, allow_index: bool) -> None:
-    """Every rule about what a destination takes, asked before anything is built (an index: see
-    ``sinks.check_index_destinations``)."""
-    if index_platform is not None:
-        from nixfly.sinks import check_index_destinations
-
-        check_index_destinations(locations, allow_index=allow_index, platform=index_platform)
-
-
-def _refs(locations: Sequence[Location]) -> list[Reference]:
-    from nixfly.registry.reference import parse_reference
-
-    return [parse_reference(loc.reference) for loc in locations if isinstance(loc, RegistryLocation)]
 
 
 def _base(req: ShipRequest) -> BaseResolver | None:
@@ -171,18 +162,21 @@ def _save_layer_index(index: RegistryLayerIndex, results: Sequence[BuildResult],
 
 
 def _tagged(req: ShipRequest, locations: tuple[Location, ...], digest: str) -> tuple[Location, ...]:
+    """Registry destinations given as a bare repository, tagged ``req.digest_tag`` + the digest's first hex."""
     if req.digest_tag is None:
         return locations
-    from nixfly.registry.reference import parse_reference
+    tag = f"{req.digest_tag}{digest.split(':', 1)[1][:12]}"
+    return tuple(
+        RegistryLocation(f"{loc.ref.name}:{tag}") if loc.ref and loc.ref.tag is None and loc.ref.digest is None else loc
+        for loc in locations
+    )
 
-    out: list[Location] = []
-    for loc in locations:
-        if isinstance(loc, RegistryLocation):
-            ref = parse_reference(loc.reference)
-            if ref.tag is None and ref.digest is None:
-                loc = RegistryLocation(f"{ref.name}:{req.digest_tag}{digest.split(':', 1)[1][:12]}")
-        out.append(loc)
-    return tuple(out)
+
+def _named(req: ShipRequest) -> tuple[Location, ...]:
+    """The destinations, an archive recording the spec's name:tag unless its location names one."""
+    spec = req.spec
+    name = f"{spec.name}:{spec.tag or 'latest'}" if spec.name else None
+    return tuple(loc.with_default_name(name) for loc in req.destinations)
 
 
 @contextlib.contextmanager
@@ -198,8 +192,10 @@ def ship(req: ShipRequest, events: ShipEvents | None = None) -> ShipOutcome:
     """Build ``req.spec`` and publish it to every destination, then update the layer index of the registries
     pushed to and attach the SBOM (to a layout and every registry; a docker-archive has no place for it)."""
     events = events or ShipEvents()
+    check_destinations(req.destinations, index_platform=req.platforms[0].platform if req.platforms else None,
+                       allow_index=req.allow_index, sbom=req.sbom, stdout=req.stdout, paths=True)  # fmt: skip
+    req = dataclasses.replace(req, destinations=_named(req))
     if req.platforms:
-        check_destinations(req.destinations, index_platform=req.platforms[0].platform, allow_index=req.allow_index)
         with _clients(req.options) as clients:
             return _ship_index(req, events, clients)
     with _clients(req.options) as clients:
@@ -208,37 +204,53 @@ def ship(req: ShipRequest, events: ShipEvents | None = None) -> ShipOutcome:
 
 @dataclass(frozen=True)
 class PublishRequest:
-    """An image that exists already (``push``/``copy`` of a layout, an archive, a registry image) to publish."""
+    """An image that exists already — ``push``, ``copy`` and ``pull`` of a layout, an archive or a registry
+    image — to publish to every destination."""
 
-    image: Image
+    source: Location
     destinations: tuple[Location, ...]
     fmt: ManifestFormat | None = None
-    options: RegistryOptions | None = None
+    options: RegistryOptions | None = None  # the destinations'
+    source_options: RegistryOptions | None = None
+    platform: str | None = None  # the entry of a multi-platform source (default: this machine's)
     mount_from: tuple[str, ...] = ()
-    referrers_from: Path | None = None  # the source layout: its referrers (the SBOM) go along
+    carry_referrers: bool = False  # a layout source's referrers (its SBOM) go along to the registries
+    stdout: Stdout = "result"  # the command prints its result on stdout: no destination may write there
 
 
 def publish_image(req: PublishRequest, events: ShipEvents | None = None) -> ShipOutcome:
-    """Publish an existing image to every destination (one client per registry), taking the source layout's
-    SBOM along when the manifest pushed is the layout's."""
+    """Open the source and publish it to every destination (one client per registry); with
+    ``carry_referrers``, a layout's SBOM goes along when the manifest pushed is the layout's. The destinations
+    are checked (``sinks.rules``) before the source is opened."""
     from nixfly.sinks import publish
+    from nixfly.sources import open_image
 
     events = events or ShipEvents()
-    pushes = _refs(req.destinations)
+    check_destinations(req.destinations, stdout=req.stdout)
+    source = open_image(req.source, req.source_options, platform=req.platform, progress=events.reading)
+    pushes = references(req.destinations)
+    image = source if events.reading is None or pushes else _counting(source, events.reading, "downloading")
     with _clients(req.options) as clients:
         clients.pushing(pushes)
-        image, written = publish(req.image, req.destinations, fmt=req.fmt, options=req.options,
-                                 mount_from=req.mount_from, progress=events.push,
-                                 clients=clients.mapping())  # fmt: skip
+        image, written = publish(image, req.destinations, fmt=req.fmt, options=req.options, mount_from=req.mount_from,
+                                 progress=events.push, clients=clients.mapping())  # fmt: skip
         notes: list[str] = []
-        if req.referrers_from is not None and pushes:
+        layout = req.source.caps.path if req.source.ref is None and req.source.caps.referrers else None
+        if req.carry_referrers and layout is not None and pushes:
             from nixfly.sinks.referrers import carry_layout_referrers
 
-            refs = [loc.reference for loc in req.destinations if isinstance(loc, RegistryLocation)]
-            notes = carry_layout_referrers(req.referrers_from, req.image.manifest_digest(), written[-1].digest, refs,
+            notes = carry_layout_referrers(layout, source.manifest_digest(), written[-1].digest, pushes,
                                            _options(req), clients.mapping())  # fmt: skip
     pinned = written[-1].reference if pushes else None
     return ShipOutcome(image.manifest_digest(), pinned, tuple(written), tuple(notes), (), image, None, None)
+
+
+def _counting(image: Image, progress: ReadProgress, what: str) -> Image:
+    """The same image whose layer reads advance ``progress``."""
+    from nixfly.registry.progress_io import ProgressLayer
+
+    progress.start(what, sum(lyr.size for lyr in image.layers))
+    return image.with_layers(tuple(ProgressLayer(lyr, progress.advance) for lyr in image.layers))
 
 
 def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipOutcome:
@@ -247,7 +259,7 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     from nixfly.sinks import format_for, publish
 
     spec = req.spec
-    pushes = _refs(req.destinations)
+    pushes = references(req.destinations)
     clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
     listeners = events.build
@@ -275,7 +287,7 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
                              progress=events.push, early=uploads.early if uploads else None,
                              clients=clients.mapping())  # fmt: skip
     notes: list[str] = []
-    pushed = _refs(destinations)
+    pushed = references(destinations)
     pinned = written[-1].reference if pushed else None
     if index is not None:
         _save_layer_index(index, [result], pushed, clients, notes)
@@ -287,14 +299,12 @@ def _ship_image(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
 
         sboms = SbomAttacher(result, "cyclonedx" if kind == "cyclonedx" else "spdx",
                              b.cache_dir or default_cache_dir(), spec.name)  # fmt: skip
-        for loc in destinations:
-            if isinstance(loc, LayoutLocation):
-                sboms.attach_layout(loc.path, image)
-            elif isinstance(loc, ArchiveLocation):
-                notes.append("the SBOM is not written into a docker-archive (it has no place for referrers)")
-        if pushed:
+        layouts, refs, no_place = referrer_places(destinations)
+        for path in layouts:
+            sboms.attach_layout(path, image)
+        notes += no_place
+        if refs:
             assert pinned is not None
-            refs = [loc.reference for loc in destinations if isinstance(loc, RegistryLocation)]
             sboms.attach_registry(refs, image, pinned, _options(req), clients=clients.mapping())
         sbom_summary = sboms.summary()
     return ShipOutcome(digest, pinned, tuple(written), tuple(notes), (result,), image, None, sbom_summary)
@@ -304,7 +314,7 @@ def _ship_index(req: ShipRequest, events: ShipEvents, clients: Clients) -> ShipO
     from nixfly.build.platforms import build_index
     from nixfly.sinks import publish_index
 
-    pushes = _refs(req.destinations)
+    pushes = references(req.destinations)
     clients.pushing(pushes)
     index = _layer_index(req, pushes, clients, events)
     b = req.build

@@ -2,27 +2,32 @@
 it is given and says which digest it wrote; none asks where the image came from.
 
 :func:`open_sink` picks the sink for a location; :func:`publish` is the one path ``build``, ``push``,
-``copy``, ``pull`` and ``deploy --build`` share: choose the format once (:func:`format_for`), convert the
-image if needed (a new image, a new digest), then write it to every destination.
+``copy``, ``pull`` and ``deploy --build`` share (through ``services/ship.py``): choose the format once
+(:func:`format_for`), convert the image if needed (a new image, a new digest), then write it to every
+destination. What each destination takes is asked in one place, ``sinks/rules.py``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from nixfly.errors import UsageError
 from nixfly.fsutil import refuse_nix_store
 from nixfly.image.convert import with_format
 from nixfly.image.mediatypes import ManifestFormat
-from nixfly.transports import ArchiveLocation, LayoutLocation, Location, RegistryLocation
+from nixfly.sinks.rules import check_destinations, format_for, local, references, refuse_index
+from nixfly.transports import ArchiveLocation, LayoutLocation, Location
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nixfly.image import Image
     from nixfly.image.index import ImageIndex
     from nixfly.registry.client import RegistryClient, RegistryOptions
+    from nixfly.registry.reference import Reference
+    from nixfly.sinks.referrers import Referrer
     from nixfly.sinks.registry import EarlyUploads, PushProgress, PushResult
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Written:
 class Sink(Protocol):
     def write(self, image: Image) -> Written: ...
 
+    def write_index(self, index: ImageIndex) -> Written: ...
+
 
 @dataclass(frozen=True)
 class LayoutSink:
@@ -46,7 +53,14 @@ class LayoutSink:
     def write(self, image: Image) -> Written:
         from nixfly.sinks.layout import write_layout
 
-        digest = write_layout(image, self.location)
+        return self._written(write_layout(image, self.location))
+
+    def write_index(self, index: ImageIndex) -> Written:
+        from nixfly.sinks.layout import write_index_layout
+
+        return self._written(write_index_layout(index, self.location))
+
+    def _written(self, digest: str) -> Written:
         return Written(digest, str(self.location), f"{self.location}@{digest}")
 
 
@@ -61,12 +75,15 @@ class ArchiveSink:
         digest = image.manifest_digest()
         return Written(digest, str(self.location), f"{self.location}@{digest}")
 
+    def write_index(self, index: ImageIndex) -> Written:
+        refuse_index(self.location)  # one image only (publish_index asks the rules before writing anything)
+
 
 @dataclass(frozen=True)
 class RegistrySink:
     """One push to several tags/repositories at once (blobs go once per repository)."""
 
-    references: tuple[str, ...]
+    references: tuple[Reference, ...]
     options: RegistryOptions | None = None
     mount_from: tuple[str, ...] = ()
     progress: PushProgress | None = None
@@ -80,6 +97,13 @@ class RegistrySink:
             image, list(self.references), options=self.options, mount_from=self.mount_from, progress=self.progress,
             early=self.early, clients=self.clients,
         )
+        return Written(result.digest, ", ".join(result.references), result.reference, result)
+
+    def write_index(self, index: ImageIndex) -> Written:
+        from nixfly.sinks.registry import push_index
+
+        result = push_index(index, list(self.references), options=self.options, progress=self.progress,
+                            clients=self.clients)  # fmt: skip
         return Written(result.digest, ", ".join(result.references), result.reference, result)
 
 
@@ -98,49 +122,18 @@ def open_sink(
         if location.path is not None:
             refuse_nix_store(location.path, "output")
         return ArchiveSink(location)
-    return RegistrySink((location.reference,), options, tuple(mount_from), progress)
+    return RegistrySink((location.ref,), options, tuple(mount_from), progress)
 
 
-def format_for(locations: Sequence[Location], image: Image, requested: ManifestFormat | None = None) -> ManifestFormat:
-    """The manifest format an image is published in: ``requested``, else Docker v2s2 when any destination
-    is registry.fly.io (Fly's image lookup breaks on OCI indexes and attestations) or a host listed in
-    ``$NIXFLY_V2S2_REGISTRIES`` (comma-separated; for mirrors of it), else the image's own."""
-    if requested is not None:
-        return requested
-    if fly_like_destinations(locations):
-        return "v2s2"
-    return image.format
-
-
-def fly_like_destinations(locations: Sequence[Location]) -> list[str]:
-    """The registry destinations that are registry.fly.io or a host in ``$NIXFLY_V2S2_REGISTRIES``."""
-    from nixfly.registry.auth import FLY_REGISTRY
-    from nixfly.registry.reference import parse_reference
-
-    v2s2_hosts = {FLY_REGISTRY, *(h.strip() for h in os.environ.get("NIXFLY_V2S2_REGISTRIES", "").split(",") if h)}
-    return [
-        loc.reference
-        for loc in locations
-        if isinstance(loc, RegistryLocation) and parse_reference(loc.reference).registry in v2s2_hosts
-    ]
-
-
-def check_index_destinations(locations: Sequence[Location], *, allow_index: bool, platform: str) -> None:
-    """The one place that says where a multi-platform index cannot go (asked before anything is built): a
-    docker-archive holds one image, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot
-    look images up through an index, so pushing one there needs ``allow_index``."""
-    for loc in locations:
-        if isinstance(loc, ArchiveLocation):
-            raise UsageError(
-                f"{loc}: a docker-archive holds one image, not a multi-platform index; write oci:DIR, "
-                "or build one platform with --platform OS/ARCH"
-            )
-    fly = fly_like_destinations(locations)
-    if fly and not allow_index:
-        raise UsageError(
-            f"{fly[0]}: Fly's registry cannot run images through a multi-platform index; push one platform "
-            f"(nixfly build --platform {platform} --push), or pass build --allow-index to push the index anyway"
-        )
+def _sinks(locations: Sequence[Location], options: RegistryOptions | None, mount_from: Sequence[str],
+           progress: PushProgress | None, early: EarlyUploads | None,
+           clients: Mapping[str, RegistryClient] | None) -> list[Sink]:  # fmt: skip
+    """The local destinations' sinks in order, then one push to every registry reference."""
+    sinks = [open_sink(loc) for loc in local(locations)]
+    remote = tuple(references(locations))
+    if remote:
+        sinks.append(RegistrySink(remote, options, tuple(mount_from), progress, early, clients))
+    return sinks
 
 
 def publish_index(
@@ -154,27 +147,15 @@ def publish_index(
     clients: Mapping[str, RegistryClient] | None = None,
 ) -> tuple[ImageIndex, list[Written]]:
     """Write a multi-platform ``index`` to every location in one format (an OCI index, or a Docker manifest
-    list for v2s2), like :func:`publish`. Everything is checked before anything is written: a docker-archive
-    cannot hold an index, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot look images
-    up through one, so pushing an index there needs ``allow_index``."""
+    list for v2s2), like :func:`publish`. Everything is checked before anything is written (``rules``): a
+    docker-archive cannot hold an index, and registry.fly.io (or a host of ``$NIXFLY_V2S2_REGISTRIES``) cannot
+    look images up through one, so pushing an index there needs ``allow_index``."""
     from nixfly.image.index import index_with_format
 
-    check_index_destinations(locations, allow_index=allow_index, platform=index.platforms[0])
+    check_destinations(locations, index_platform=index.platforms[0], allow_index=allow_index)
     out = index_with_format(index, format_for(locations, index.entries[0].image, fmt))
-    written: list[Written] = []
-    for loc in locations:
-        if isinstance(loc, LayoutLocation):
-            from nixfly.sinks.layout import write_index_layout
-
-            digest = write_index_layout(out, loc)
-            written.append(Written(digest, str(loc), f"{loc}@{digest}"))
-    remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
-    if remote:
-        from nixfly.sinks.registry import push_index
-
-        result = push_index(out, list(remote), options=options, progress=progress, clients=clients)
-        written.append(Written(result.digest, ", ".join(result.references), result.reference, result))
-    return out, written
+    sinks = _sinks(locations, options, (), progress, None, clients)
+    return out, [sink.write_index(out) for sink in sinks]
 
 
 def publish(
@@ -192,12 +173,67 @@ def publish(
     format changed) and what each sink wrote — every digest is the same. ``early``: uploads a build started
     to one of the registry destinations (only the rest is sent there)."""
     out = with_format(image, format_for(locations, image, fmt))
-    local = [loc for loc in locations if not isinstance(loc, RegistryLocation)]
-    remote = tuple(loc.reference for loc in locations if isinstance(loc, RegistryLocation))
-    written = [open_sink(loc).write(out) for loc in local]
-    if remote:
-        written.append(RegistrySink(remote, options, tuple(mount_from), progress, early, clients).write(out))
-    return out, written
+    sinks = _sinks(locations, options, mount_from, progress, early, clients)
+    return out, [sink.write(out) for sink in sinks]
 
 
-__all__ = ["Sink", "Written", "check_index_destinations", "format_for", "open_sink", "publish", "publish_index"]
+class ReferrerStore(Protocol):
+    """Where a location keeps the artifacts attached to its images (SBOMs, signatures)."""
+
+    def list(self, subject_digest: str) -> list[Referrer]: ...
+
+    def fetch(self, ref: Referrer, subject_digest: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class _LayoutReferrers:
+    root: Path
+
+    def list(self, subject_digest: str) -> list[Referrer]:
+        from nixfly.sinks.referrers import list_layout_referrers
+
+        return list_layout_referrers(self.root, subject_digest)
+
+    def fetch(self, ref: Referrer, subject_digest: str) -> bytes:
+        from nixfly.sinks.referrers import fetch_layout_artifact
+
+        return fetch_layout_artifact(self.root, ref, subject_digest)
+
+
+@dataclass(frozen=True)
+class _RegistryReferrers:
+    client: RegistryClient
+    repository: str
+
+    def list(self, subject_digest: str) -> list[Referrer]:
+        from nixfly.sinks.referrers import list_registry_referrers
+
+        return list_registry_referrers(self.client, self.repository, subject_digest)
+
+    def fetch(self, ref: Referrer, subject_digest: str) -> bytes:
+        from nixfly.sinks.referrers import fetch_registry_artifact
+
+        return fetch_registry_artifact(self.client, self.repository, ref, subject_digest)
+
+
+@contextlib.contextmanager
+def open_referrers(location: Location, options: RegistryOptions | None = None, *,
+                   client: RegistryClient | None = None) -> Iterator[ReferrerStore | None]:  # fmt: skip
+    """The referrers of ``location``: a layout's ``index.json``, a registry repository (through ``client``, else
+    one opened with ``options`` and closed afterwards); None where the location has no place for them (a
+    docker-archive)."""
+    ref = location.ref
+    if ref is None:
+        path = location.caps.path
+        yield _LayoutReferrers(path) if location.caps.referrers and path is not None else None
+        return
+    if client is not None:
+        yield _RegistryReferrers(client, ref.repository)
+        return
+    from nixfly.registry.client import RegistryClient
+
+    with RegistryClient(ref.registry, options) as mine:
+        yield _RegistryReferrers(mine, ref.repository)
+
+
+__all__ = ["ReferrerStore", "Sink", "Written", "format_for", "open_referrers", "open_sink", "publish", "publish_index"]

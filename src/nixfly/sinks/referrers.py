@@ -32,6 +32,7 @@ from nixfly.sinks.layout import edit_layout_index
 
 if TYPE_CHECKING:  # the registry client (httpx) loads only when a registry is involved
     from nixfly.registry.client import RegistryClient, RegistryOptions
+    from nixfly.registry.reference import Reference
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
@@ -272,7 +273,7 @@ def attach_to_registry(client: RegistryClient, repo: str, artifact: Artifact) ->
 
 
 def attach_to_references(
-    refs: Sequence[str], artifact: Artifact, options: RegistryOptions | None = None,
+    refs: Sequence[str | Reference], artifact: Artifact, options: RegistryOptions | None = None,
     clients: Mapping[str, RegistryClient] | None = None,
 ) -> list[tuple[str, AttachResult]]:  # fmt: skip
     """Attach ``artifact`` once in every repository ``refs`` name (``registry/repo``, result) pairs."""
@@ -282,7 +283,7 @@ def attach_to_references(
 
 
 def attach_once(
-    refs: Sequence[str],
+    refs: Sequence[str | Reference],
     artifact_type: str,
     subject_digest: str,
     match: Mapping[str, str],
@@ -301,7 +302,7 @@ def attach_once(
 
     repos: dict[tuple[str, str], None] = {}
     for r in refs:
-        ref = parse_reference(r)
+        ref = parse_reference(r) if isinstance(r, str) else r
         repos.setdefault((ref.registry, ref.repository), None)
     out: list[tuple[str, AttachResult, Descriptor]] = []
     given = dict(clients or {})  # the caller's: kept open
@@ -454,7 +455,7 @@ def pick(refs: Sequence[Referrer], artifact_type: str) -> Referrer | None:
 
 
 def carry_layout_referrers(
-    root: Path, source_digest: str, pushed_digest: str, refs: list[str], options: RegistryOptions,
+    root: Path, source_digest: str, pushed_digest: str, refs: Sequence[str | Reference], options: RegistryOptions,
     clients: Mapping[str, RegistryClient] | None = None,
 ) -> list[str]:  # fmt: skip
     """After ``nixfly push oci:DIR``: attach the layout's referrers of the image (its SBOM) in the

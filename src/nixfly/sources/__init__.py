@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nixfly.image import Image
 from nixfly.transports import ArchiveLocation, LayoutLocation, Location
@@ -11,9 +11,25 @@ if TYPE_CHECKING:
     from nixfly.registry.client import RegistryOptions
 
 
-def open_image(location: Location, options: RegistryOptions | None = None, *, platform: str | None = None) -> Image:
+class ReadProgress(Protocol):
+    """Bytes read from a source as they are read: a task (``what``, its total when known), then its bytes."""
+
+    def start(self, what: str, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+def open_image(
+    location: Location,
+    options: RegistryOptions | None = None,
+    *,
+    platform: str | None = None,
+    progress: ReadProgress | None = None,
+) -> Image:
     """Open the image at ``location``. ``options`` (credentials, TLS, retries) apply to registries;
-    ``platform`` (``linux/arm64``; default: this machine's) picks the entry of a multi-platform index."""
+    ``platform`` (``linux/arm64``; default: this machine's) picks the entry of a multi-platform index.
+    ``progress`` hears a docker-archive's bytes as it is read whole (a layout or a registry image is read
+    lazily, when it is written somewhere)."""
     if isinstance(location, LayoutLocation):
         from nixfly.sources.layout import read_layout
 
@@ -21,7 +37,12 @@ def open_image(location: Location, options: RegistryOptions | None = None, *, pl
     if isinstance(location, ArchiveLocation):
         from nixfly.sources.archive import read_archive
 
-        return read_archive(location)
+        if progress is None:
+            return read_archive(location)
+        path = location.path
+        total = path.stat().st_size if path is not None and not location.run and path.is_file() else None
+        progress.start("reading archive", total)
+        return read_archive(location, on_bytes=progress.advance)
     from nixfly.sources.registry import open_remote_image
 
-    return open_remote_image(location.reference, options, platform=platform)
+    return open_remote_image(location.ref, options, platform=platform)

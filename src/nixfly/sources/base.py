@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from nixfly.errors import ImageError, NixflyError, UsageError
 from nixfly.image.base import BaseImage, config_platform
 from nixfly.image.platform import platform_matches
-from nixfly.transports import ArchiveLocation, LayoutLocation, RegistryLocation, parse_location
+from nixfly.transports import parse_location
 
 if TYPE_CHECKING:
     from nixfly.registry.client import RegistryOptions
@@ -25,28 +25,21 @@ def open_base(text: str, platform: str, options: RegistryOptions | None = None) 
     except UsageError as e:
         raise UsageError(f"--from {text}: {e}") from None
     try:
-        if isinstance(loc, RegistryLocation):
+        ref = loc.ref
+        if ref is not None:
             from nixfly.registry.client import RegistryClient
-            from nixfly.registry.reference import parse_reference
             from nixfly.sources.registry import image_from_manifest, resolve_manifest
 
-            ref = parse_reference(loc.reference)
             client = RegistryClient(ref.registry, options)
             m = resolve_manifest(client, ref, platform)
             image = image_from_manifest(client, ref, m)
-            name, digest = str(loc.reference), m.digest
-        elif isinstance(loc, LayoutLocation):
-            from nixfly.sources.layout import read_layout
-
-            image = read_layout(loc, platform)
-            name, digest = str(loc), image.manifest_digest()
+            name, digest = text.removeprefix("docker://"), m.digest
         else:
-            assert isinstance(loc, ArchiveLocation)
-            if loc.path is None:
+            if loc.caps.stdio:
                 raise UsageError("a base image cannot be read from stdin; save it to a file first")
-            from nixfly.sources.archive import read_archive
+            from nixfly.sources import open_image
 
-            image = read_archive(loc)
+            image = open_image(loc, platform=platform)
             name, digest = str(loc), image.manifest_digest()
     except NixflyError as e:
         msg = str(e)
