@@ -185,6 +185,9 @@ class CountingReader:
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return False
+
     def drain(self) -> None:
         """Read whatever is left."""
         while self.read(_BLOCK):
