@@ -231,3 +231,24 @@ def test_push_to_a_v2s2_default_registry_prints_the_registry_digest(
     assert printed == f"{registry.host}/v2/app@{_skopeo_raw_digest(ref)}"
     assert printed.endswith(with_format(img, "v2s2").manifest_digest())
     assert printed.split("@")[1] != img.manifest_digest()
+
+
+def test_a_progress_wrapped_layer_stays_checked_so_nothing_hashes_it_twice(tmp_path: Path) -> None:
+    from nixfly.image.digest import CheckedReader
+    from nixfly.registry.progress_io import ProgressLayer
+    from tests.support.registry_images import blob_layer
+
+    layer = blob_layer(tmp_path, b"x" * 300_000, level=1)
+    seen: list[int] = []
+    wrapped = ProgressLayer(layer, seen.append)
+    with wrapped.compressed() as f:
+        # An upload trusts a CheckedReader and does not hash its bytes again: the wrapper must stay one.
+        assert isinstance(f, CheckedReader) and f.expected_digest == layer.digest
+        assert f.read() == layer.path.read_bytes() and f.read() == b""
+        assert f.verified and sum(seen) == layer.size
+    data = bytearray(layer.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    layer.path.chmod(0o644)
+    layer.path.write_bytes(bytes(data))
+    with wrapped.compressed() as f, pytest.raises(ImageError, match="does not match its digest"):
+        f.read()
