@@ -74,3 +74,58 @@ def test_copy_registry_to_layout_and_back(
     assert capsys.readouterr().out.strip() == src.digest
     assert main(["copy", f"oci:{tmp_path / 'lay'}:v1", f"{registry.host}/rt/back:v1", "-q"]) == 0
     assert capsys.readouterr().out.strip() == f"{registry.host}/rt/back@{src.digest}"
+
+
+def test_copy_between_registries_hashes_each_layer_byte_once(
+    registry: RunningRegistry, basic_registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's verifying stream checks every blob byte; the upload to the other registry trusts it and
+    does not hash the layer again (it hashed all of it when the stream came wrapped in a plain buffer)."""
+    import hashlib
+    import types
+
+    import nixfly.registry.upload as upload_mod
+
+    image = make_image(tmp_path / "img", extra_layer_bytes=3_000_000)
+    push_image(image, [f"{registry.host}/src/app:v1"])
+    hashed = [0]
+
+    class Counting:
+        def __init__(self, data: bytes = b"") -> None:
+            self._h = hashlib.sha256(data)
+
+        def update(self, data: bytes) -> None:
+            hashed[0] += len(memoryview(data).cast("B"))
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(upload_mod, "hashlib", types.SimpleNamespace(sha256=Counting))
+    creds = f"{basic_registry.username}:{basic_registry.password}"
+    assert main(["copy", f"{registry.host}/src/app:v1", f"{basic_registry.host}/dst/app:v1",
+                 "--dest-creds", creds, "-q"]) == 0  # fmt: skip
+    assert hashed[0] < 3_000_000 / 10, hashed[0]  # at most the small documents, never the 3 MB layer
+
+
+def test_a_corrupt_source_blob_never_reaches_the_other_registry(
+    registry: RunningRegistry, basic_registry: RunningRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The upload trusts the source stream's check: a blob changed in the source registry must still stop
+    the copy with one line, before the blob is committed or any manifest is written at the destination."""
+    from tests.test_pull import _blob_data
+
+    image = make_image(tmp_path / "img", extra_layer_bytes=3_000_000)
+    push_image(image, [f"{registry.host}/src/bad:v1"])
+    bad = image.layers[-1].digest
+    data = _blob_data(registry, bad)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    data.write_bytes(bytes(raw))
+    creds = f"{basic_registry.username}:{basic_registry.password}"
+    code = main(["copy", f"{registry.host}/src/bad:v1", f"{basic_registry.host}/dst/bad:v1", "--dest-creds", creds])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "does not match its digest" in err, err
+    assert not _blob_data(basic_registry, bad).exists()
+    manifests = basic_registry.root / "docker" / "registry" / "v2" / "repositories" / "dst" / "bad" / "_manifests"
+    assert not manifests.exists() or not any(manifests.rglob("link"))

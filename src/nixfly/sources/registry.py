@@ -11,7 +11,7 @@ import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import httpx
 
@@ -49,10 +49,23 @@ class RemoteLayer:
         return BlobOrigin(self.client.registry, self.repository)
 
     def compressed(self) -> BinaryIO:
-        return io.BufferedReader(_VerifyingBlobReader(self), IO_CHUNK)
+        return _CheckedBufferedReader(_VerifyingBlobReader(self), IO_CHUNK)
 
     def uncompressed(self) -> BinaryIO:
         return uncompressed_reader(self)
+
+
+class _CheckedBufferedReader(io.BufferedReader):
+    """The buffered blob stream, still a ``CheckedReader``: an upload of it (a copy to another registry)
+    trusts its check instead of hashing every byte a second time."""
+
+    @property
+    def expected_digest(self) -> str:
+        return cast(_VerifyingBlobReader, self.raw).layer_digest
+
+    @property
+    def verified(self) -> bool:
+        return cast(_VerifyingBlobReader, self.raw).ok
 
 
 class _VerifyingBlobReader(io.RawIOBase):
@@ -67,6 +80,8 @@ class _VerifyingBlobReader(io.RawIOBase):
         self._chunks: Iterator[bytes] | None = None
         self._buf = b""
         self._done = False
+        self.ok = False  # the end was read and the bytes matched the digest and size
+        self.layer_digest = layer.digest
 
     def readable(self) -> bool:
         return True
@@ -128,6 +143,7 @@ class _VerifyingBlobReader(io.RawIOBase):
                 f"registry {lyr.client.registry}: blob {lyr.digest} from {lyr.repository} does not match its "
                 f"digest or size ({self._pos} bytes, expected {lyr.size})"
             )
+        self.ok = True
 
     def close(self) -> None:
         self._drop()
