@@ -81,27 +81,12 @@ def test_copy_between_registries_hashes_each_layer_byte_once(
 ) -> None:
     """The source's verifying stream checks every blob byte; the upload to the other registry trusts it and
     does not hash the layer again (it hashed all of it when the stream came wrapped in a plain buffer)."""
-    import hashlib
-    import types
-
     import nixfly.registry.upload as upload_mod
+    from tests.support.hashcount import count_sha256
 
     image = make_image(tmp_path / "img", extra_layer_bytes=3_000_000)
     push_image(image, [f"{registry.host}/src/app:v1"])
-    hashed = [0]
-
-    class Counting:
-        def __init__(self, data: bytes = b"") -> None:
-            self._h = hashlib.sha256(data)
-
-        def update(self, data: bytes) -> None:
-            hashed[0] += len(memoryview(data).cast("B"))
-            self._h.update(data)
-
-        def hexdigest(self) -> str:
-            return self._h.hexdigest()
-
-    monkeypatch.setattr(upload_mod, "hashlib", types.SimpleNamespace(sha256=Counting))
+    hashed = count_sha256(monkeypatch, upload_mod)
     creds = f"{basic_registry.username}:{basic_registry.password}"
     assert main(["copy", f"{registry.host}/src/app:v1", f"{basic_registry.host}/dst/app:v1",
                  "--dest-creds", creds, "-q"]) == 0  # fmt: skip

@@ -306,32 +306,17 @@ def test_a_scan_hashes_each_compressed_and_uncompressed_byte_once(
 ) -> None:
     """inspect, the file listing and the closure diff read a layer through one pipeline: the blob's reader
     checks its digest, the diff_id check covers the tar stream, and nothing hashes either a second time."""
-    import hashlib
-    import types
-
     import nixfly.image.digest as digest_mod
     from nixfly.diff.layers import LayerReader
     from nixfly.inspect.files import list_files
-
-    streamed = [0]
-
-    class Counting:  # counts what streams through update(); whole small documents are hashed at creation
-        def __init__(self, data: bytes = b"") -> None:
-            self._h = hashlib.sha256(data)
-
-        def update(self, data: bytes) -> None:
-            streamed[0] += len(memoryview(data).cast("B"))
-            self._h.update(data)
-
-        def hexdigest(self) -> str:
-            return self._h.hexdigest()
+    from tests.support.hashcount import count_sha256
 
     image = open_image(LayoutLocation(built / "layout", "t"))
     report = inspect_image(image)
     compressed = sum(lyr.size for lyr in image.layers)
     plain = sum(lyr.uncompressed_size or 0 for lyr in report.layers)
     assert plain > compressed > 0
-    monkeypatch.setattr(digest_mod, "hashlib", types.SimpleNamespace(sha256=Counting))
+    streamed = count_sha256(monkeypatch, digest_mod)
     for read in (lambda: inspect_image(image), lambda: list_files(image),
                  lambda: LayerReader().store_sizes(image.layers)):  # fmt: skip
         streamed[0] = 0
