@@ -5,15 +5,12 @@ diff_id, which the compressed bytes it uploads are a fraction of)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_bench_smoke import BENCH, TOOLS
+from tests.test_bench_smoke import TOOLS, run_quick
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,15 +22,8 @@ pytestmark = [
 
 
 def test_quick_push_cpu_bench_counts_one_hash_pass_per_uploaded_byte(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "pushcpu", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    series = json.loads(out.read_text())["series"]
+    data = run_quick(tmp_path, "pushcpu")
+    series = data["series"]
     (push,) = series["pushcpu.push"]["samples"]
     assert push["blob_bytes"] > 1 << 20 and push["cpu_s"] > 0
     # The layers once (two passes would be 2.0), plus small documents: config, manifests, the SBOM referrer.

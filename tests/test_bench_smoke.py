@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,16 +23,22 @@ pytestmark = [
 ]
 
 
-def test_quick_build_bench_matches_the_floor(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, only: str, timeout: float = 600) -> dict[str, Any]:
+    """``bench/run.py --quick --only ONLY``; its JSON (the run must succeed)."""
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "build", "--json", str(out)],
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", only, "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_quick_build_bench_matches_the_floor(tmp_path: Path) -> None:
+    data = run_quick(tmp_path, "build", timeout=300)
     for comp in ("gzip", "zstd"):
         for subject in ("nixfly", "floor", "skopeo"):
             series = data["series"][f"build.{comp}.{subject}"]

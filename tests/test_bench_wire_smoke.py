@@ -5,15 +5,12 @@ exactly the changed layer after an app change."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_bench_smoke import BENCH, TOOLS
+from tests.test_bench_smoke import TOOLS, run_quick
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,15 +22,7 @@ pytestmark = [
 
 
 def test_quick_wire_and_fresh_runner_bench(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "wire,fresh", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data = run_quick(tmp_path, "wire,fresh")
     series = data["series"]
     for subj in ("nixfly_gzip", "nixfly_zstd", "usual"):
         (s,) = series[f"wire.100.{subj}"]["samples"]
