@@ -10,16 +10,13 @@ import shutil
 import threading
 from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, Protocol
 
 from nixfly.build.bincache.fetch import BinaryCache, _Counting, _Decompressor
 from nixfly.build.bincache.narinfo import BinaryCacheError, NarInfo, nix_hash
 from nixfly.build.bincache.resolve import FETCH_JOBS, RemoteClosure
 from nixfly.build.nar import NarReader
 from nixfly.build.tarwriter import TreeEntry
-
-if TYPE_CHECKING:  # the listings a streamed NAR leaves behind; remotefs imports this module at run time
-    from nixfly.build.bincache.remotefs import RemoteFS
 
 # ---------------------------------------------------------------------------------------------------
 # fetching and streaming NARs
@@ -41,6 +38,17 @@ def listing_item(e: TreeEntry, root: bytes) -> tuple[str, list[str]] | None:
     return rel, [kind, os.fsdecode(e.target) if e.type == b"2" else ""]
 
 
+class Listings(Protocol):
+    """Where the listings a streamed NAR leaves behind are kept (``remotefs.RemoteFS``, which imports this
+    module: the store knows it only by this)."""
+
+    roots: set[str]
+
+    def has_complete_listing(self, path: str) -> bool: ...
+
+    def keep_listing(self, path: str, entries: dict[str, list[str]]) -> None: ...
+
+
 class RemoteStore:
     """The StoreSource for paths that come from a binary cache (see ``nixfly.build.layers``)."""
 
@@ -50,7 +58,7 @@ class RemoteStore:
         self.workdir = workdir
         self._files: dict[str, Path] = {}
         self._lock = threading.Lock()
-        self.fs: RemoteFS | None = None  # set by the pipeline once it knows which paths are listed whole
+        self.fs: Listings | None = None  # set by the pipeline once it knows which paths are listed whole
         self.on_bytes: Callable[[int], None] | None = None  # hears downloaded bytes (progress)
 
     def covers(self, path: str) -> bool:
