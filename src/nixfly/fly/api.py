@@ -59,7 +59,10 @@ class FlyAPIError(DeployError):
 
 
 class LeaseConflict(FlyAPIError):
-    """Somebody else holds the lease on a machine."""
+    """Somebody else holds the lease on a machine. ``held``: that lease, when the API was asked (a refused
+    :meth:`MachinesAPI.acquire_lease` asks; None then means it was gone by the time it was read)."""
+
+    held: Lease | None = None
 
 
 class NotFound(FlyAPIError):
@@ -458,10 +461,11 @@ class MachinesAPI:
         path = self._p("apps", app, "machines", machine_id, "lease")
         try:
             resp = self.request("POST", path, idempotent=True, json={"ttl": ttl, "description": description})
-        except LeaseConflict:
+        except LeaseConflict as conflict:
             held = self.get_lease(app, machine_id)
             if held is not None and held.description == description:
                 return held
+            conflict.held = held
             raise
         return Lease.parse(self._json(resp, "acquire lease"))
 

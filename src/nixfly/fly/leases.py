@@ -61,8 +61,8 @@ class Leases:
         desc = self.holder.describe()
         try:
             lease = self._acquire(machine_id, desc)
-        except LeaseConflict:
-            held = self.api.get_lease(self.app, machine_id)
+        except LeaseConflict as conflict:
+            held = conflict.held  # the API client read it already
             lease = self._lease_held(machine_id, held, desc) if held is not None else self._acquire(machine_id, desc)
         self.hold(machine_id, lease.nonce)
         return lease.nonce
