@@ -199,14 +199,17 @@ class GrowingReader:
     held pieces are the ones its digest covers; bytes read back from the file are hashed, and once the blob is
     finished and its end read, the hash must be the digest, else ImageError. A reader that goes from held
     pieces to the file first hashes the file's bytes before that point (the one case of a second pass: it fell
-    behind what memory holds). Bytes read again after seeking back are not checked again, as in
-    ``VerifyingReader``."""
+    behind what memory holds); from then on it hashes every byte it takes, held ones too, since one pass
+    over some file bytes proves nothing unless the end check covers them. Bytes read again after seeking back
+    are not checked again, as in ``VerifyingReader``."""
 
     def __init__(self, blob: GrowingBlob) -> None:
         self._blob = blob
         self._pos = 0
         self._checked = 0  # bytes [0, _checked) were taken from held pieces or hashed from the file
-        self._hash: hashlib._Hash | None = hashlib.sha256()  # of [0, _checked); None once a piece was taken
+        # Of [0, _checked) once the file was read from; None while every byte came from held pieces. Once
+        # set it stays: held bytes after file bytes are hashed too, so the end check covers the file's.
+        self._hash: hashlib._Hash | None = None
         self._verified = False
 
     @property
@@ -239,7 +242,8 @@ class GrowingReader:
         at = self._checked
         data = self._blob.held(at, n)
         if data is not None:
-            self._hash = None  # covered by the writer's digest, not by ours
+            if self._hash is not None:  # the file's bytes before it are in the hash: so must these be
+                self._hash.update(data)
         else:
             if self._hash is None:
                 self._hash = self._hash_file(at)
