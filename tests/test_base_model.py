@@ -21,7 +21,7 @@ from nixfly.image import Image, canonical_json
 from nixfly.image.base import BASE_DIGEST, BASE_NAME, BaseImage, merge_config, stack_on_base
 from nixfly.image.convert import retyped
 from nixfly.image.index import ImageIndex, PlatformImage, index_with_format
-from nixfly.image.mediatypes import DOCKER_LAYER_GZIP, DOCKER_LIST, OCI_INDEX, OCI_LAYER
+from nixfly.image.mediatypes import DOCKER_LAYER_GZIP, DOCKER_LIST, OCI_INDEX, OCI_LAYER, Compression
 from nixfly.image.model import BlobOrigin, BytesLayer, LayerWrapper, LocalBlob, Mountable
 from nixfly.image.platform import choose_platform, normalise_platform, platform_matches
 
@@ -282,3 +282,92 @@ def test_docker_gzip_type_is_known() -> None:
     from nixfly.image.mediatypes import layer_type_for
 
     assert layer_type_for(DOCKER_LAYER_GZIP, "oci") == "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+# -- a base of many layers, each with large /etc files, scanned under a memory cap ---------------------------
+
+_BIG = 16 << 20  # the largest /etc file a base scan reads (base._MAX_ETC_FILE)
+_BIG_NAMES = ("etc/passwd", "etc/group", "etc/shadow", "etc/nsswitch.conf")
+
+
+class _GeneratedTar(io.RawIOBase):
+    """An uncompressed tar stream made while it is read: each name in ``_BIG_NAMES`` holds ``_BIG`` bytes,
+    a first line naming the layer followed by a filler shared by every layer (so the test itself holds one)."""
+
+    def __init__(self, index: int, filler: memoryview) -> None:
+        head = f"layer {index}\n".encode()
+        parts: list[bytes | memoryview] = []
+        for name in _BIG_NAMES:
+            ti = tarfile.TarInfo(name)
+            ti.size = _BIG
+            parts += [ti.tobuf(format=tarfile.USTAR_FORMAT), head, filler[: _BIG - len(head)]]
+        parts.append(bytes(1024))
+        self._parts, self._at = parts, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while self._parts and self._at == len(self._parts[0]):
+            self._parts.pop(0)
+            self._at = 0
+        if not self._parts:
+            return 0
+        part = self._parts[0]
+        n = min(len(b), len(part) - self._at)
+        b[:n] = part[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+class _GeneratedLayer:
+    """A layer whose tar stream is a :class:`_GeneratedTar` (a third-party layer: nothing of ours wraps it)."""
+
+    media_type = OCI_LAYER
+    size = 1 << 30
+    uncompressed_size: int | None = None
+    compression: Compression = "none"
+
+    def __init__(self, index: int, filler: memoryview) -> None:
+        self.index, self.filler = index, filler
+        self.digest = self.diff_id = "sha256:" + hashlib.sha256(f"generated layer {index}".encode()).hexdigest()
+
+    def compressed(self) -> Any:
+        raise AssertionError("a base scan reads the tar stream")
+
+    def uncompressed(self) -> Any:
+        return io.BufferedReader(_GeneratedTar(self.index, self.filler), 1 << 20)
+
+
+def scan_many_big_layers(count: int, cache_dir: str) -> None:
+    """Run in a child under a memory cap: scan a base of ``count`` generated layers, print the first line of
+    each wanted file and the hash of its content."""
+    filler = memoryview(b"f" * _BIG)
+    layers = tuple(_GeneratedLayer(i, filler) for i in range(count))
+    img = Image(canonical_json({"rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in layers]}}), layers, "oci")
+    files = scan_base(img, "/nix/store", BlobCache(Path(cache_dir)), [f"/{n}" for n in _BIG_NAMES]).files
+    out = {k: [v.split(b"\n", 1)[0].decode(), hashlib.sha256(v).hexdigest(), len(v)] for k, v in files.items() if v}
+    print(json.dumps(out))
+
+
+def test_a_base_with_large_etc_files_in_many_layers_is_scanned_in_bounded_memory(tmp_path: Path) -> None:
+    """Each of 24 layers holds 16 MiB /etc/passwd, group, shadow and nsswitch.conf: a scan keeping every
+    layer's copy until it decides would need 1.5 GiB; the topmost copies are 64 MiB."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    cap = 1 << 30
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    code = f"from tests.test_base_model import scan_many_big_layers; scan_many_big_layers(24, {str(tmp_path)!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=Path(__file__).parent.parent,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}, preexec_fn=limit,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    top = b"layer 23\n" + b"f" * (_BIG - len(b"layer 23\n"))
+    want = ["layer 23", hashlib.sha256(top).hexdigest(), _BIG]
+    assert json.loads(r.stdout) == {f"/{n}": want for n in _BIG_NAMES}
