@@ -361,3 +361,54 @@ def test_bytes_changed_in_the_file_behind_held_pieces_never_go_out(
     early.layer_growing(blob)
     assert early.finish() == {layer.digest: ("uploaded", layer.size)}
     assert blob_on_registry(fault_proxy.host, "overlap/held", layer.digest) == good
+
+
+# -- an abandoned push gives back what its growing blobs hold ------------------------------------------------
+
+
+def _open_fds_under(root: Path) -> list[str]:
+    """The files under ``root`` this process has open (its blob descriptors)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
+
+
+def test_an_aborted_push_fails_and_closes_every_growing_blob(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    import nixfly.image.growing as growing_mod
+
+    # The registry refuses every upload; one upload at a time, so the first failure leaves the other blobs'
+    # uploads queued (skipped, never run): abort must still give back their held pieces and descriptors.
+    fault_proxy.add_fault("status", status=403, method="POST", path_contains="/blobs/uploads/", times=100)
+    opts = RegistryOptions(backoff=0.01, max_backoff=0.01, timeout=5, chunk_size=CHUNK, parallel=1)
+    early = EarlyUploads(parse_reference(f"{fault_proxy.host}/overlap/refused:v1"), opts)
+    blobs = []
+    for i in range(3):
+        data = os.urandom(3 * CHUNK)
+        path = tmp_path / f"blob{i}.tmp"
+        path.write_bytes(data)
+        blob = GrowingBlob(path, f"layer {i}")
+        for off in range(0, len(data), CHUNK):
+            blob.wrote(CHUNK, data[off : off + CHUNK])
+        blob.finish("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        blobs.append(blob)
+    assert growing_mod.held_bytes() == 9 * CHUNK
+    for blob in blobs:
+        early.layer_growing(blob)
+    deadline = time.monotonic() + 10
+    with pytest.raises(RegistryError):  # the first upload's refusal, as the build hears it
+        while time.monotonic() < deadline:
+            early.check()
+            time.sleep(0.01)
+    early.abort()  # the build raised the failure: abandon
+    assert growing_mod.held_bytes() == 0
+    assert _open_fds_under(tmp_path) == []
+    for blob in blobs:
+        with pytest.raises(ImageError, match="read after close"):
+            blob.pread(1, 0)
+    assert fault_proxy.blob_uploads_completed() == 0

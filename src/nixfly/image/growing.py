@@ -65,6 +65,7 @@ class GrowingBlob:
         self._digest: str | None = None
         self._error: str | None = None
         self._closed = False
+        self._reading = 0  # preads in flight: the descriptor is closed after the last one, never under one
         self._pieces: deque[tuple[int, bytes]] = deque()  # (offset, bytes) the writer hashed, not yet taken
         self._held = 0
         self._holding = True  # false once a piece was not kept: later ones would not follow on
@@ -130,10 +131,21 @@ class GrowingBlob:
 
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (never past what the writer announced)."""
-        if self._closed:
-            raise ImageError(f"{self.label or 'blob'}: read after close")
-        n = max(0, min(n, self._written - offset))
-        return os.pread(self._fd, n, offset) if n else b""
+        with self._cond:
+            if self._closed:
+                raise ImageError(f"{self.label or 'blob'}: read after close")
+            n = max(0, min(n, self._written - offset))
+            if not n:
+                return b""
+            self._reading += 1
+        try:
+            return os.pread(self._fd, n, offset)
+        finally:
+            with self._cond:
+                self._reading -= 1
+                last = self._closed and not self._reading
+            if last:
+                os.close(self._fd)
 
     def held(self, offset: int, n: int) -> bytes | None:
         """Up to ``n`` bytes at ``offset`` from a piece the writer handed over (never past its end), or None
@@ -165,9 +177,16 @@ class GrowingBlob:
             _unhold(freed)
 
     def close(self) -> None:
+        """Drop the held pieces and close the descriptor (at once, or after the reads in flight): later reads
+        raise ImageError. Any thread may call it, more than once."""
         self._drop_pieces()
-        if not self._closed:
+        with self._cond:
+            if self._closed:
+                return
             self._closed = True
+            now = not self._reading
+            self._cond.notify_all()
+        if now:
             os.close(self._fd)
 
 

@@ -345,9 +345,16 @@ class EarlyUploads:
         self._record(layer.digest, "skipped", 0)
 
     def layer_growing(self, blob: GrowingBlob) -> None:
+        """Upload ``blob`` as it grows; it is ours from here on (closed by :meth:`finish` or :meth:`abort`),
+        unless this raises the first failure of an earlier upload."""
         self.check()
         with self._lock:
             self._growing.append(blob)
+            closed = self._closed
+        if closed:  # after finish() or abort(): nothing would ever take it
+            self._give_up(blob)
+            self.check()
+            return
 
         def one() -> None:
             try:
@@ -383,12 +390,16 @@ class EarlyUploads:
 
     def abort(self) -> None:
         """Stop (the build failed or was interrupted): pending uploads are dropped and the client is closed,
-        which ends the running ones at their next request; nothing waits for the wire."""
+        which ends the running ones at their next request; nothing waits for the wire. Every growing blob is
+        failed (an upload waiting for its bytes stops) and closed, so its held pieces go back to the process's
+        budget and its descriptor is closed, whether or not its upload ever started."""
         with self._lock:
             self._closed = True
             if self._error is None:
                 self._error = RegistryError("push abandoned")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for blob in self._blobs():
+            self._give_up(blob)
         self.close()
 
     def close(self) -> None:
@@ -396,9 +407,18 @@ class EarlyUploads:
         if self._own_client:
             self.client.close()
 
+    def _blobs(self) -> list[GrowingBlob]:
+        with self._lock:
+            return list(self._growing)
+
     def _close_blobs(self) -> None:
-        for blob in self._growing:
+        for blob in self._blobs():
             blob.close()
+
+    @staticmethod
+    def _give_up(blob: GrowingBlob) -> None:
+        blob.fail("push abandoned")
+        blob.close()
 
 
 def _origin(layer: Layer) -> BlobOrigin | None:
