@@ -58,3 +58,42 @@ def test_a_reader_of_held_pieces_only_is_verified_without_hashing(tmp_path: Path
     finally:
         blob.close()
     assert growing_mod.held_bytes() == 0
+
+
+@pytest.mark.parametrize("fails", ["remember", "on_blob"])
+def test_a_layer_build_failing_after_its_blob_was_handed_over_fails_the_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """Every way out of ``build_layer`` finishes or fails the growing blob it handed over: an upload waiting
+    for its bytes must not wait for ever. A blob the receiver refused is closed."""
+    import errno
+    import os
+
+    from nixfly.build.cache import BlobCache
+    from nixfly.build.compress import make_compressor
+    from nixfly.build.layers import Entry, LayerSettings, LayerSpec, build_layer
+    from nixfly.errors import NixflyError
+
+    blobs: list[GrowingBlob] = []
+
+    def on_blob(blob: GrowingBlob) -> None:
+        blobs.append(blob)
+        if fails == "on_blob":
+            raise NixflyError("push abandoned")
+
+    def remember(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(BlobCache, "remember", remember)
+    spec = LayerSpec(extra=(Entry("file", "/data/x", 0o644, data=os.urandom(100_000)),), comment="data")
+    with pytest.raises(NixflyError, match="No space left on device" if fails == "remember" else "abandoned"):
+        build_layer(spec, LayerSettings(make_compressor("gzip")), BlobCache(tmp_path / "cache"), on_blob=on_blob)
+    (blob,) = blobs
+    assert blob.done and blob.digest is None
+    with pytest.raises(ImageError, match="No space left on device" if fails == "remember" else "abandoned"):
+        blob.wait(1 << 30, timeout=5)
+    if fails == "on_blob":
+        with pytest.raises(ImageError, match="read after close"):
+            blob.pread(1, 0)
+    blob.close()
+    assert growing_mod.held_bytes() == 0

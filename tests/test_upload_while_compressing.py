@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -412,3 +413,46 @@ def test_an_aborted_push_fails_and_closes_every_growing_blob(fault_proxy: FaultP
         with pytest.raises(ImageError, match="read after close"):
             blob.pread(1, 0)
     assert fault_proxy.blob_uploads_completed() == 0
+
+
+def test_a_build_push_the_registry_refuses_gives_back_every_blob(
+    tiny_closure: TinyClosure, fault_proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nixfly.image.growing as growing_mod
+    from nixfly.cli import main
+
+    fault_proxy.add_fault("status", status=403, method="POST", path_contains="/blobs/uploads/", times=1000)
+    cache = tmp_path / "c"
+    code = main(["build", tiny_closure.app, "--push", f"{fault_proxy.host}/overlap/refused:v1", "--chunk-size",
+                 "4096", "--parallel", "1", "--retries", "0", "--sbom", "none", "--cache-dir", str(cache)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code not in (0, 70), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert growing_mod.held_bytes() == 0
+    assert _open_fds_under(cache) == []
+    assert fault_proxy.blob_uploads_completed() == 0
+
+
+def test_a_layer_the_cache_cannot_remember_ends_the_build_push_with_one_line(
+    tiny_closure: TinyClosure, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # Run in a child: before, the upload waited for ever for a layer that was never finished or failed, and
+    # its (non-daemon) worker thread kept the process from exiting.
+    code = (
+        "import errno, os, sys\n"
+        "from nixfly.build.cache import BlobCache\n"
+        "def remember(self, key, layer):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "BlobCache.remember = remember\n"
+        "from nixfly.cli import main\n"
+        f"sys.exit(main(['build', {tiny_closure.app!r}, '--push', '{fault_proxy.host}/overlap/full:v1',"
+        f" '--chunk-size', '4096', '--sbom', 'none', '--cache-dir', {str(tmp_path / 'c')!r}]))\n"
+    )
+    try:
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}  # a crash file, if any, stays here
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the build hung after the cache failed to remember a layer")
+    assert r.returncode not in (0, 70), r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "No space left on device" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -189,7 +189,14 @@ def build_layer(
         if on_blob is not None:
             growing = GrowingBlob(holder[0], spec.comment or ",".join(spec.store_paths[:1]))
             out = cast(BinaryIO, GrowingWriter(f, growing))
-            on_blob(growing)
+            try:
+                on_blob(growing)
+            except BaseException as e:  # not taken: nobody else will fail and close it
+                growing.fail(str(e) or type(e).__name__)
+                growing.close()
+                raise
+        # From here every way out finishes or fails the growing blob: an upload waiting for its bytes would
+        # otherwise wait for ever (and, on a worker thread, keep the process from exiting).
         try:
             sink = HashingSink(settings.compressor, out, on_bytes)
             tw = TarWriter(sink, settings.mtime, settings.rules)
@@ -199,15 +206,19 @@ def build_layer(
                 raise NixflyError(f"cannot read {e.filename or 'a store path'}: {e.strerror}") from None
             diff_id, digest = sink.finish()
             f.flush()
-            path = cache.commit(holder[0], digest)
+            try:
+                path = cache.commit(holder[0], digest)
+                layer = CachedLayer(digest, diff_id, sink.compressed_size, sink.uncompressed_size,
+                                    settings.compressor.kind, path)  # fmt: skip
+                cache.remember(key, layer)
+            except OSError as e:
+                raise NixflyError(f"cannot store a layer in the cache {cache.root}: {e.strerror}") from None
+            if growing is not None:
+                growing.finish(digest, sink.compressed_size)
         except BaseException as e:
             if growing is not None:
-                growing.fail(str(e) or type(e).__name__)
+                growing.fail(str(e) or type(e).__name__)  # nothing once finished
             raise
-    layer = CachedLayer(digest, diff_id, sink.compressed_size, sink.uncompressed_size, settings.compressor.kind, path)
-    cache.remember(key, layer)
-    if growing is not None:
-        growing.finish(digest, sink.compressed_size)
     return layer, True
 
 
