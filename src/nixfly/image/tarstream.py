@@ -1,8 +1,9 @@
 """A layer's tar stream read once, every byte checked once: the one pipeline ``inspect``, the closure diff and
 a build's base image read layers through.
 
-compressed blob (``layer.compressed()``, which the ``Layer`` protocol has check its own digest and size) →
-progress count → decompressor → diff_id check → the caller's tar reader. After the caller is done the rest is
+compressed blob (``layer.compressed()``, which the ``Layer`` protocol has check its own digest and size; a
+stream that is not a ``CheckedReader`` is checked here) → progress count → decompressor → diff_id check → the
+caller's tar reader. After the caller is done the rest is
 drained, so both checks run at the end of the stream: nothing is hashed twice and nothing goes unchecked.
 """
 
@@ -36,6 +37,10 @@ def read_layer_stream(
     import zstandard
 
     raw = layer.compressed()
+    if not isinstance(raw, CheckedReader):
+        # A layer that does not check its own blob (one from outside nixfly: the protocol asks it to, nothing
+        # makes it): check its digest and size here, or the "none" case below would trust it unread.
+        raw = cast(BinaryIO, VerifyingReader(raw, layer.digest, layer.size, what=f"layer blob {layer.digest}"))
     try:
         counted = counting_reader(raw, on_bytes)
         if layer.compression == "none" and layer.diff_id == layer.digest:
