@@ -20,6 +20,7 @@ from nixfly.errors import ConfigError, ImageError, UsageError
 from nixfly.image import Image, canonical_json
 from nixfly.image.base import BASE_DIGEST, BASE_NAME, BaseImage, merge_config, stack_on_base
 from nixfly.image.convert import retyped
+from nixfly.image.digest import CheckedReader
 from nixfly.image.index import ImageIndex, PlatformImage, index_with_format
 from nixfly.image.mediatypes import DOCKER_LAYER_GZIP, DOCKER_LIST, OCI_INDEX, OCI_LAYER, Compression
 from nixfly.image.model import BlobOrigin, BytesLayer, LayerWrapper, LocalBlob, Mountable
@@ -159,7 +160,10 @@ def test_cache_backed_layer_fetches_once_and_never_commits_bad_bytes(tmp_path: P
         assert f.read(100)  # closed early: nothing is committed
     assert not cache.blob_path(layer.digest).exists()
     with wrapped.compressed() as f:
+        # It checks its bytes itself (a CheckedReader): the layer stream and an upload trust it, hash once.
+        assert isinstance(f, CheckedReader) and f.expected_digest == layer.digest and not f.verified
         assert f.read() == layer.data
+        assert f.verified
     assert cache.blob_path(layer.digest).read_bytes() == layer.data
     assert not list(cache.tmp.iterdir())
     again = cache_backed(layer, cache)

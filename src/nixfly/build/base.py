@@ -33,7 +33,7 @@ from nixfly.build.cache import BlobCache
 from nixfly.errors import ImageError
 from nixfly.fsutil import atomic_write_bytes, note_sha256
 from nixfly.image import canonical_json
-from nixfly.image.digest import VerifyingReader, file_digest
+from nixfly.image.digest import CheckedBy, CheckedReader, VerifyingReader, file_digest
 from nixfly.image.model import BlobOrigin, Image, Layer, LayerWrapper, LocalBlob, Mountable
 
 _WH = ".wh."
@@ -41,9 +41,10 @@ _OPAQUE = ".wh..wh..opq"
 _MAX_ETC_FILE = 16 << 20
 
 
-class _TeeToCache:
+class _TeeToCache(CheckedBy):
     """Reads a verified stream and copies it into a temporary file of the cache; once the whole blob has
-    been read and verified, the file is committed under its digest. A stream closed early leaves nothing."""
+    been read and verified, the file is committed under its digest. A stream closed early leaves nothing.
+    A ``CheckedReader``: whoever reads it need not check the bytes again."""
 
     def __init__(self, src: BinaryIO, cache: BlobCache, digest: str, size: int) -> None:
         self._src = VerifyingReader(src, digest, size, what=f"base layer {digest}")
@@ -55,6 +56,9 @@ class _TeeToCache:
         self._out = os.fdopen(fd, "wb")
         self._pos = 0
         self._done = False
+
+    def _checked_by(self) -> CheckedReader:
+        return self._src
 
     def readable(self) -> bool:
         return True

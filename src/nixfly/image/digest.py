@@ -203,16 +203,27 @@ class CountingReader:
         self.close()
 
 
-class _CheckedCounting(CountingReader):
-    """A :class:`CountingReader` over a :class:`CheckedReader`, and one itself."""
+class CheckedBy:
+    """Mixin for a reader that passes on the bytes of a :class:`CheckedReader` (``_checked_by()``): it is one
+    too, with that reader's digest and verdict."""
+
+    def _checked_by(self) -> CheckedReader:
+        raise NotImplementedError
 
     @property
     def expected_digest(self) -> str | None:
-        return cast(CheckedReader, self._raw).expected_digest
+        return self._checked_by().expected_digest
 
     @property
     def verified(self) -> bool:
-        return cast(CheckedReader, self._raw).verified
+        return self._checked_by().verified
+
+
+class _CheckedCounting(CheckedBy, CountingReader):
+    """A :class:`CountingReader` over a :class:`CheckedReader`, and one itself."""
+
+    def _checked_by(self) -> CheckedReader:
+        return cast(CheckedReader, self._raw)
 
 
 def counting_reader(raw: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> CountingReader:

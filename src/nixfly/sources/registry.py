@@ -18,7 +18,7 @@ import httpx
 from nixfly.errors import ImageError, NixflyError, RegistryError
 from nixfly.fsutil import load_json
 from nixfly.image import Image
-from nixfly.image.digest import check_digest
+from nixfly.image.digest import CheckedBy, CheckedReader, check_digest
 from nixfly.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, Compression, compression_of, format_of_manifest
 from nixfly.image.model import BlobOrigin, uncompressed_reader
 from nixfly.image.platform import choose_platform, entry_platforms, host_platform
@@ -55,17 +55,12 @@ class RemoteLayer:
         return uncompressed_reader(self)
 
 
-class _CheckedBufferedReader(io.BufferedReader):
+class _CheckedBufferedReader(CheckedBy, io.BufferedReader):
     """The buffered blob stream, still a ``CheckedReader``: an upload of it (a copy to another registry)
     trusts its check instead of hashing every byte a second time."""
 
-    @property
-    def expected_digest(self) -> str:
-        return cast(_VerifyingBlobReader, self.raw).layer_digest
-
-    @property
-    def verified(self) -> bool:
-        return cast(_VerifyingBlobReader, self.raw).ok
+    def _checked_by(self) -> CheckedReader:
+        return cast(_VerifyingBlobReader, self.raw)
 
 
 class _VerifyingBlobReader(io.RawIOBase):
@@ -80,8 +75,8 @@ class _VerifyingBlobReader(io.RawIOBase):
         self._chunks: Iterator[bytes] | None = None
         self._buf = b""
         self._done = False
-        self.ok = False  # the end was read and the bytes matched the digest and size
-        self.layer_digest = layer.digest
+        self.verified = False  # the end was read and the bytes matched the digest and size
+        self.expected_digest = layer.digest
 
     def readable(self) -> bool:
         return True
@@ -143,7 +138,7 @@ class _VerifyingBlobReader(io.RawIOBase):
                 f"registry {lyr.client.registry}: blob {lyr.digest} from {lyr.repository} does not match its "
                 f"digest or size ({self._pos} bytes, expected {lyr.size})"
             )
-        self.ok = True
+        self.verified = True
 
     def close(self) -> None:
         self._drop()
