@@ -312,3 +312,23 @@ def test_one_retry_loop_per_blob_read_and_retry_after_honoured(
                           retry_after=email.utils.formatdate(time.time() + 30, usegmt=True))  # fmt: skip
     assert layer.compressed().read() == image.layers[0].compressed().read()
     assert slept[0] == 7.0 and 28.0 <= slept[1] <= 30.0
+
+
+def test_a_registry_claiming_bytes_never_sent_gets_no_final_put(fault_proxy: FaultProxy) -> None:
+    """A PATCH answer saying the session holds the whole blob after its first chunk: the bytes we never read
+    were never checked, so the upload stops before the PUT that would commit them under our digest."""
+    import hashlib
+    import io
+
+    from nixfly.errors import ImageError
+    from nixfly.registry.client import RegistryClient
+
+    data = bytes(range(256)) * 1200  # 307200 bytes: five chunks
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    fault_proxy.add_fault("rewrite", method="PATCH", set_headers={"Range": f"0-{len(data) - 1}"})
+    with RegistryClient(fault_proxy.host, RegistryOptions(retries=0, **CHUNKED)) as c:  # type: ignore[arg-type]
+        with pytest.raises(ImageError, match=rf"{digest}: 65536 of {len(data)} bytes were read"):
+            c.upload_blob("claims/all", digest, len(data), lambda: io.BytesIO(data))
+        assert not c.has_blob("claims/all", digest, len(data))
+    puts = [e for e in fault_proxy.snapshot() if e.method == "PUT" and "/blobs/uploads/" in e.path]
+    assert puts == []

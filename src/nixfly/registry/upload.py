@@ -213,6 +213,9 @@ def _put_chunks(client: UploadClient, repo: str, state: _UploadState) -> None:
     assert state.location is not None
     while state.offset < state.size:
         _patch(client, repo, state, min(state.size, state.offset + client.options.chunk_size))
+    # The registry may say it holds everything (after a resync, or a PATCH answer's Range) before we read
+    # every byte: then what it would commit under our digest was never checked by us.
+    state.check_complete()
     _close_session(client, repo, state)
 
 def _patch(client: UploadClient, repo: str, state: _UploadState, end: int) -> None:
