@@ -190,6 +190,41 @@ def test_waiting_out_an_unnamed_lease_keeps_the_other_leases_alive(
     assert not fly_api.standin.violations
 
 
+def test_a_refresh_answered_after_the_leases_were_released_gives_its_new_lease_back(
+    fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
+) -> None:
+    """The refresher's request is on its way when the deploy ends (its join gives up after 5 s) and the
+    lease is released; the API then grants the late refresh as a new lease. That lease must go back at
+    once, not hold the machine for its TTL against the next deploy."""
+    import threading
+    import time
+
+    from nixfly.fly.leases import Leases
+
+    toml = write_toml(demo_app)
+    (mid,) = seed(fly_api, toml, demo_images["v1"], 1)
+    api = MachinesAPI(AccessToken(fly_api.token), fly_api.url)
+    leases = Leases(api, "demo", LeaseStore(demo_app / "state", "demo"), holder=Holder.me(), ttl=3,
+                    progress=lambda _line: None)  # fmt: skip
+    slow_once = threading.Event()
+
+    def hook(r: RecordedRequest) -> None:  # the first refresh (a lease POST with a nonce) takes 6 s
+        refresh = r.method == "POST" and r.path.endswith("/lease") and "fly-machine-lease-nonce" in r.headers
+        if refresh and not slow_once.is_set():
+            slow_once.set()
+            time.sleep(6)
+
+    fly_api.on_request = hook
+    with leases.held([mid]):
+        assert slow_once.wait(10)  # the refresh is in flight
+    assert leases._refresher is not None
+    leases._refresher.join(15)
+    assert not leases._refresher.is_alive()
+    (m,) = fly_api.machines("demo")
+    assert m.lease is None, m.lease
+    assert LeaseStore(demo_app / "state", "demo").load() == {}
+
+
 def test_ctrl_c_mid_deploy_releases_leases(
     fly_api: RunningStandin, demo_app: Path, demo_images: dict[str, str]
 ) -> None:

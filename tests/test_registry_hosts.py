@@ -160,3 +160,20 @@ def test_plain_http_token_realm_is_refused_for_an_https_registry(
         ok = _cli("push", f"oci:{layout}:v1", ref, "--creds", "tok-user:tok-Secret-pw", "--tls-verify=false")
         assert ok.returncode == 0, ok.stderr
         assert issuer.requests and all(q.account == "tok-user" for q in issuer.requests)
+
+
+def test_push_of_a_registry_source_never_offers_the_destinations_credentials_to_it(
+    registry: RunningRegistry, basic_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    """`push docker://A/x B/y --creds U:P`: the credentials are B's. A (another host, asking for Basic auth)
+    must not get them: the source is read with what is found for A (nothing here), so the push stops there."""
+    src = basic_registry
+    p = _cli("push", f"oci:{_layout(tmp_path)}:v1", f"{src.host}/team/app:v1",
+             "--creds", f"{src.username}:{src.password}")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    # Another registry (host:port) in front of it, passing on whatever Authorization it is sent.
+    with serving(Relay(src.host, host="127.0.0.1")) as other:
+        p = _cli("push", f"docker://{other.host}/team/app:v1", f"{registry.host}/dst/app:v1",
+                 "--creds", "dest-user:dest-password-for-the-destination-only")  # fmt: skip
+    assert other.seen and other.authorized() == [], (other.authorized(), p.stderr)
+    _one_line(p)

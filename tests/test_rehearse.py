@@ -442,9 +442,10 @@ def test_deploy_rehearse_deploys_only_what_passed(
         ("", ("--wait-timeout", "99999999999999h"),
          "nixfly: --wait-timeout '99999999999999h': give seconds (90) or a duration like 90s, 5m or 1m30s\n"),
         ("", ("-e", "=hunter2"), "nixfly: -e '': expected KEY=VALUE\n"),
+        ("", ("-e", "  =hunter2"), "nixfly: -e '': expected KEY=VALUE\n"),
     ],
     ids=["files-dotdot", "volume-name", "unknown-volume", "docker-volume", "dev-zero", "no-group", "bad-duration",
-         "duration-overflow", "env-without-key"],
+         "duration-overflow", "env-without-key", "env-blank-key"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_starts_nothing(
     body: str, args: tuple[str, ...], message: str, httpd_layout: Path, cache: Path, tmp_path: Path

@@ -37,9 +37,11 @@ def emit_json(obj: Any) -> None:
 
 
 def parse_kv(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (the key stripped of spaces; a later key wins)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:  # named by its key alone: the value may be a secret
             raise UsageError(f"{what} {key!r}: expected KEY=VALUE")
         out[key] = value

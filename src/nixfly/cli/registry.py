@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,9 +188,14 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
         return
     from nixfly.services.ship import PublishRequest
 
-    # The image's SBOM goes along from a layout.
-    request = PublishRequest(parse_location(source, bare_paths=True), tuple(dests), fmt=fmt, options=options,
-                             source_options=options, mount_from=tuple(mount_from), carry_referrers=True)  # fmt: skip
+    src = parse_location(source, bare_paths=True)
+    # The push's credentials are for its destinations: a registry source elsewhere reads with its own (looked
+    # up), never with them. The image's SBOM goes along from a layout.
+    source_options = options
+    if src.ref is not None and all(d.ref is None or d.ref.registry != src.ref.registry for d in dests):
+        source_options = replace(options, credentials=None)
+    request = PublishRequest(src, tuple(dests), fmt=fmt, options=options, source_options=source_options,
+                             mount_from=tuple(mount_from), carry_referrers=True)  # fmt: skip
     outcome = _publish(request, o)
     for note in outcome.notes if not o.get("quiet") and not o.get("json_out") else []:
         click.echo(f"note: {note}", err=True)

@@ -136,10 +136,21 @@ class Leases:
                     # A refresh that came after the lease ran out (a starved process) is granted as a new
                     # lease with a new nonce: hold that one, or every later change is refused as not ours.
                     if lease.nonce and lease.nonce != nonce:
-                        with self._lock:
-                            still_held = self._held.get(mid) == nonce
-                        if still_held:
-                            self.hold(mid, lease.nonce)
+                        self._adopt(mid, nonce, lease.nonce)
+
+    def _adopt(self, machine_id: str, old: str, new: str) -> None:
+        """Hold ``new`` in place of ``old``, in one step with the check that ``old`` is still held and the
+        deploy goes on; else (the machine was forgotten, or the leases are being released while this
+        refresh was on its way) give the new lease back at once rather than leave it to run out."""
+        with self._lock:
+            adopt = self._held.get(machine_id) == old and not self._stop.is_set()
+            if adopt:
+                self._held[machine_id] = new
+        if adopt:
+            self.store.put(machine_id, new, self.holder.describe())
+            return
+        with contextlib.suppress(FlyAPIError):
+            self.api.release_lease(self.app, machine_id, nonce=new)
 
     def _release_all(self) -> None:
         with self._lock:
