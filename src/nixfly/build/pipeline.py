@@ -204,11 +204,12 @@ def build_image(
 
 def check_platform(closure: Closure, arch: str, os_name: str, store: RemoteStore | None) -> None:
     """The platform guard over the roots' bin/ and sbin/ (see ``nixfly.build.platform``)."""
-    from nixfly.build.bincache import RemoteFS
     from nixfly.build.platform import check_executable, check_local_root
 
     for r in closure.roots:
         if store is not None and store.covers(r):
+            from nixfly.build.bincache import RemoteFS  # only from a binary cache: it loads the HTTP stack
+
             fs = store.fs
             assert isinstance(fs, RemoteFS)
             for path, head in fs.bin_heads(r):
