@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nixfly.image.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
-from tests.support.hostile_http import ENDLESS, Answer, Measured, Scripted, Seen, run_measured, serving
+from tests.support.hostile_http import ENDLESS, TRICKLE, Answer, Measured, Scripted, Seen, run_measured, serving
 
 MAX_RSS_MB = 300
 REGISTRY_OK = Answer(200, {"Docker-Distribution-API-Version": "registry/2.0"})
@@ -149,3 +149,21 @@ def test_endless_fly_api_answer(tmp_path: Path) -> None:
     line = one_line(r)
     assert "Fly API GET /apps/demo/secrets" in line and "larger than the 16 MiB" in line, line
     assert "endless-test-token" not in r.err
+
+
+def test_a_trickling_manifest_ends_in_one_line(tmp_path: Path) -> None:
+    """One byte every 0.3 s keeps every read inside the timeout, and 4 MiB at that pace is four months: a
+    body read whole must keep coming at a useful rate once the read timeout has passed."""
+
+    def script(s: Seen) -> Answer:
+        if s.path == "/v2/":
+            return REGISTRY_OK
+        return Answer(200, {"Content-Type": OCI_MANIFEST}, TRICKLE)
+
+    with serving(Scripted(script)) as srv:
+        r = run_measured("pull", f"docker://{srv.host}/r:t", f"oci:{tmp_path / 'out'}", "--tls-verify=false",
+                         "--timeout", "2", timeout=30)  # fmt: skip
+    line = one_line(r)
+    assert "manifests/t" in line and "trickles in" in line, line
+    assert r.seconds < 15, r.seconds
+    assert not (tmp_path / "out").exists()

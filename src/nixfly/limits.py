@@ -15,6 +15,7 @@ This module imports no HTTP library at load time (the CLI's start-up path import
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,11 @@ DEFAULT_MAX = 4 * _MiB  # any other answer read whole, error bodies included
 NARINFO_MAX = 1 * _MiB  # a narinfo: a store path, hashes, references and signatures
 CACHE_INFO_MAX = 64 * _KiB  # nix-cache-info: three short lines
 NAR_LISTING_MAX = 16 * _MiB  # a <hash>.ls NAR listing (large for big trees, parsed into memory)
+
+# A body read whole must also keep coming: after a grace as long as the request's read timeout, it has to
+# average this rate, or the read ends (curl's --speed-limit/--speed-time). A server that trickles one byte
+# just inside the read timeout would otherwise hold a command for as long as it likes.
+MIN_RATE = 4 * _KiB  # bytes per second
 
 ACCEPT_ENCODING = "gzip, deflate"
 _DECODABLE = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
@@ -64,6 +70,15 @@ def _method(resp: httpx.Response) -> str:
         return ""
 
 
+def _read_timeout(resp: httpx.Response) -> float:
+    """The read timeout the request was sent with (httpx keeps it in the request's extensions), else 60 s."""
+    try:
+        t = resp.request.extensions.get("timeout", {}).get("read")
+    except RuntimeError:  # a response made by hand, with no request
+        return 60.0
+    return float(t) if isinstance(t, (int, float)) and t > 0 else 60.0
+
+
 def read_limited(resp: httpx.Response, limit: int, what: str, error: ErrorFactory) -> bytes:
     """The whole (decoded) body of a streamed ``resp``, at most ``limit`` bytes; ``error(line)`` is raised
     as soon as it is known to be longer. httpx errors while reading pass through for the caller to judge.
@@ -75,10 +90,16 @@ def read_limited(resp: httpx.Response, limit: int, what: str, error: ErrorFactor
         if declared.isdigit() and int(declared) > limit and not resp.headers.get("content-encoding"):
             raise error(f"{what}: the answer is {declared} bytes, more than the {human_limit(limit)} nixfly reads")
         data = bytearray()
-        for chunk in resp.iter_bytes(64 * _KiB):
+        grace = _read_timeout(resp)
+        start = time.monotonic()
+        for chunk in resp.iter_bytes():  # as it arrives: a trickle is seen byte by byte
             data += chunk
             if len(data) > limit:
                 raise error(f"{what}: the answer is larger than the {human_limit(limit)} nixfly reads")
+            late = time.monotonic() - start - grace
+            if late > 0 and len(data) < late * MIN_RATE:
+                raise error(f"{what}: the answer trickles in ({len(data)} bytes in "
+                            f"{time.monotonic() - start:.0f}s, under {MIN_RATE // _KiB} KiB/s); giving up")  # fmt: skip
         return bytes(data)
     finally:
         resp.close()

@@ -1,7 +1,8 @@
 """Hostile HTTP servers on loopback, for what a malicious or broken server does to a client.
 
 - :class:`Scripted`: a server whose answers a test writes as a function of (method, path, headers, body);
-  an answer may be :data:`ENDLESS` (200 and a body that never ends, as fast as the socket takes it). Every
+  an answer may be :data:`ENDLESS` (200 and a body that never ends, as fast as the socket takes it) or
+  :data:`TRICKLE` (a body that comes one byte at a time, each just in time for any read timeout). Every
   request is recorded with its headers, so a test can ask whether a host ever saw an Authorization header.
 - :class:`Relay`: a server on ANOTHER loopback host (127.0.0.2 when it can bind there, else another port on
   127.0.0.1: another origin either way) that records what it receives and forwards it to a real registry,
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ENDLESS = "endless"
+TRICKLE = "trickle"  # 200, a Content-Length of 1 MiB, then one byte every 0.3 s (each read well inside any timeout)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
 
 
@@ -134,6 +136,18 @@ class Scripted(_Server):
                             self.wfile.write(chunk)
                             with outer.lock:
                                 outer.sent_bytes += len(chunk)
+                    return
+                if a.body == TRICKLE:
+                    self.send_header("Content-Length", str(1 << 20))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        while not outer.stop.wait(0.3):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            with outer.lock:
+                                outer.sent_bytes += 1
                     return
                 data = a.body.encode() if isinstance(a.body, str) else a.body
                 self.send_header("Content-Length", str(len(data)))
