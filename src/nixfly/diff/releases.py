@@ -12,7 +12,7 @@ from nixfly.diff.model import ClosureDiff
 from nixfly.diff.service import DiffOptions, diff
 from nixfly.errors import NixflyError, UsageError
 from nixfly.fly.plan import Plan
-from nixfly.fly.releases import Release, last_deployed
+from nixfly.fly.releases import Release, last_deployed, rollback_target
 
 _WORD = re.compile(r"^(v?\d+|current|previous)$")
 
@@ -33,10 +33,10 @@ def pick(releases: Sequence[Release], word: str) -> Release:
     if word == "previous":
         if current is None:
             raise UsageError("the app has no finished release yet (see `nixfly releases`)")
-        for r in releases:
-            if r.version < current.version and r.outcome == "deployed" and r.image != current.image:
-                return r
-        raise UsageError(f"no finished release before v{current.version} with another image")
+        previous = rollback_target(releases, current)
+        if previous is None:
+            raise UsageError(f"no finished release before v{current.version} with another image")
+        return previous
     version = int(word.removeprefix("v"))
     for r in releases:
         if r.version == version:

@@ -75,6 +75,13 @@ def last_deployed(releases: Sequence[Release]) -> Release | None:
     return next((r for r in releases if r.outcome == "deployed"), None)
 
 
+def rollback_target(releases: Sequence[Release], current: Release) -> Release | None:
+    """The newest finished release before ``current`` whose image differs: where a rollback goes (and what
+    ``nixfly diff -a APP previous`` names)."""
+    return next((r for r in releases if r.version < current.version and r.outcome == "deployed"
+                 and r.image != current.image), None)  # fmt: skip
+
+
 def new_release(releases: Sequence[Release], image: str, strategy: str, outcome: str, command: str) -> Release:
     version = (releases[0].version + 1) if releases else 1
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

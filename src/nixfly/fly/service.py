@@ -46,7 +46,7 @@ from nixfly.fly.plan import (
     require_digest_ref,
     secrets_digest,
 )
-from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, release_log_text
+from nixfly.fly.releases import Release, app_releases, last_deployed, new_release, release_log_text, rollback_target
 from nixfly.fly.resolve import is_pinned, resolve_tag
 from nixfly.fly.state import SecretsVersionStore, app_lock, default_state_dir
 
@@ -416,10 +416,10 @@ def pick_release(releases: Sequence[Release], to: str | None) -> Release:
     current = last_deployed(releases)
     if current is None:
         raise UsageError("the app has no finished release to roll back from (see `nixfly releases`)")
-    for r in releases:
-        if r.version < current.version and r.outcome == "deployed" and r.image != current.image:
-            return r
-    raise UsageError(f"no earlier release with another image than v{current.version} to roll back to")
+    target = rollback_target(releases, current)
+    if target is None:
+        raise UsageError(f"no earlier release with another image than v{current.version} to roll back to")
+    return target
 
 
 def rollback(req: DeployRequest, to: str | None, *, progress: Progress = _quiet,
