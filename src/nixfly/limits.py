@@ -63,19 +63,16 @@ def check_encoding(resp: httpx.Response, what: str, error: ErrorFactory) -> None
             raise error(f"{what}: the answer is in Content-Encoding {enc[:40]!r}, which nixfly does not accept")
 
 
-def _method(resp: httpx.Response) -> str:
+def _request(resp: httpx.Response) -> httpx.Request | None:
     try:
-        return resp.request.method
+        return resp.request
     except RuntimeError:  # a response made by hand, with no request
-        return ""
+        return None
 
 
-def _read_timeout(resp: httpx.Response) -> float:
+def _read_timeout(request: httpx.Request | None) -> float:
     """The read timeout the request was sent with (httpx keeps it in the request's extensions), else 60 s."""
-    try:
-        t = resp.request.extensions.get("timeout", {}).get("read")
-    except RuntimeError:  # a response made by hand, with no request
-        return 60.0
+    t = request.extensions.get("timeout", {}).get("read") if request is not None else None
     return float(t) if isinstance(t, (int, float)) and t > 0 else 60.0
 
 
@@ -86,11 +83,12 @@ def read_limited(resp: httpx.Response, limit: int, what: str, error: ErrorFactor
     try:
         check_encoding(resp, what, error)
         # A HEAD's Content-Length is the size of what a GET would send (a blob's, for one): it has no body.
-        declared = "" if _method(resp) == "HEAD" else resp.headers.get("content-length", "")
+        request = _request(resp)
+        declared = "" if request is not None and request.method == "HEAD" else resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit and not resp.headers.get("content-encoding"):
             raise error(f"{what}: the answer is {declared} bytes, more than the {human_limit(limit)} nixfly reads")
         data = bytearray()
-        grace = _read_timeout(resp)
+        grace = _read_timeout(request)
         start = time.monotonic()
         for chunk in resp.iter_bytes():  # as it arrives: a trickle is seen byte by byte
             data += chunk
