@@ -445,11 +445,12 @@ def _base_resolver(spec: ImageSpec, pushes: list[Location], o: dict[str, Any], q
         return None
     from nixfly.cli.common import registry_options
     from nixfly.image.base import BaseImage
+    from nixfly.sinks.rules import pushed_to
     from nixfly.sources.base import open_base
 
     flags = dict(o)
     base = parse_location(spec.base_image).ref
-    if base is not None and not o.get("from_creds") and all(p.ref and p.ref.registry != base.registry for p in pushes):
+    if base is not None and not o.get("from_creds") and not pushed_to(base, pushes):
         flags["creds"] = None
     options = registry_options(flags, "from")
 

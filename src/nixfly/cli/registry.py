@@ -34,6 +34,7 @@ from nixfly.registry.client import Manifest, RegistryClient, RegistryOptions
 from nixfly.registry.reference import Reference, as_repository
 from nixfly.sinks.layer_index import INDEX_TAG
 from nixfly.sinks.registry import BlobOutcome, PushProgress, PushResult
+from nixfly.sinks.rules import pushed_to
 from nixfly.sources.registry import image_from_manifest, resolve_manifest
 from nixfly.transports import Location, parse_location
 
@@ -192,7 +193,7 @@ def push(source: str, destinations: tuple[str, ...], fmt: ManifestFormat | None,
     # The push's credentials are for its destinations: a registry source elsewhere reads with its own (looked
     # up), never with them. The image's SBOM goes along from a layout.
     source_options = options
-    if src.ref is not None and all(d.ref is None or d.ref.registry != src.ref.registry for d in dests):
+    if src.ref is not None and not pushed_to(src.ref, dests):
         source_options = replace(options, credentials=None)
     request = PublishRequest(src, tuple(dests), fmt=fmt, options=options, source_options=source_options,
                              mount_from=tuple(mount_from), carry_referrers=True)  # fmt: skip

@@ -37,6 +37,12 @@ def references(locations: Sequence[Location]) -> list[Reference]:
     return [loc.ref for loc in locations if loc.ref is not None]
 
 
+def pushed_to(ref: Reference, locations: Sequence[Location]) -> bool:
+    """Whether one of ``locations`` is on ``ref``'s registry: only then may an image read from ``ref`` (a
+    base, a push's registry source) be read with the push's own credentials, never sent to another host."""
+    return any(r.registry == ref.registry for r in references(locations))
+
+
 def local(locations: Sequence[Location]) -> list[Location]:
     """The destinations on this machine (layouts, archives), in order."""
     return [loc for loc in locations if loc.ref is None]
