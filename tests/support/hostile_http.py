@@ -62,7 +62,9 @@ def other_host() -> str:
     return "127.0.0.1"
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+def read_body(handler: BaseHTTPRequestHandler, limit: int | None = None) -> bytes:
+    """A request's body, chunked or by Content-Length; with ``limit``, stop once that much has come (the
+    rest stays unread: the caller drops the connection)."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         out = bytearray()
         while True:
@@ -73,7 +75,11 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
                 return bytes(out)
             out += handler.rfile.read(size)
             handler.rfile.readline()
+            if limit is not None and len(out) >= limit:
+                return bytes(out)
     n = int(handler.headers.get("Content-Length") or 0)
+    if limit is not None:
+        n = min(n, limit)
     return handler.rfile.read(n) if n else b""
 
 
@@ -97,7 +103,7 @@ class _Server:
 
     def receive(self, handler: BaseHTTPRequestHandler) -> tuple[Seen, bytes]:
         """Read a request's body and record what arrived."""
-        body = _read_body(handler)
+        body = read_body(handler)
         s = Seen(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, len(body))
         with self.lock:
             self.seen.append(s)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import pytest
 
+from tests.support.hostile_http import read_body
 from tests.support.registry import RunningRegistry
 
 FaultAction = Literal["reset", "truncate", "forward_then_reset", "status", "stall", "redirect", "rewrite"]
@@ -158,30 +159,12 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _read_body(self, limit: int | None) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                out = bytearray()
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return bytes(out)
-                    out += self.rfile.read(size)
-                    self.rfile.readline()
-                    if limit is not None and len(out) >= limit:
-                        return bytes(out)
-            length = int(self.headers.get("Content-Length") or 0)
-            if limit is not None:
-                length = min(length, limit)
-            return self.rfile.read(length) if length else b""
-
         def _handle(self) -> None:
             method, path = self.command, self.path
             declared = int(self.headers.get("Content-Length") or 0)
             fault = proxy.take_fault(method, path, declared)
             if fault is not None and fault.action == "truncate":
-                body = self._read_body(fault.after_bytes)
+                body = read_body(self, fault.after_bytes)
                 proxy.record(Exchange(method, path, len(body), None, "truncate"))
                 up = socket.create_connection((up_host, int(up_port)), timeout=10)
                 head = f"{method} {path} HTTP/1.1\r\n" + "".join(
@@ -194,12 +177,12 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 _reset(self.connection)
                 return
             if fault is not None and fault.action == "reset":
-                body = self._read_body(fault.after_bytes)
+                body = read_body(self, fault.after_bytes)
                 proxy.record(Exchange(method, path, len(body), None, "reset"))
                 self.close_connection = True
                 _reset(self.connection)
                 return
-            body = self._read_body(None)
+            body = read_body(self, None)
             if fault is not None and fault.action == "status":
                 proxy.record(Exchange(method, path, len(body), fault.status, "status"))
                 payload = b'{"errors":[{"code":"UNKNOWN","message":"injected fault"}]}'
